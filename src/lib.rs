@@ -1,0 +1,3 @@
+//! spendb: a spend database server for LLM agents. See docs/ARCHITECTURE.md.
+
+pub mod state;

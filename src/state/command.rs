@@ -1,0 +1,118 @@
+//! Commands the state machine understands and the replies it gives, in a
+//! structured form both front ends (RESP, HTTP) translate to their own bytes.
+
+use super::limit::LimitSpec;
+use super::price::{Price, Usage};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveArgs {
+    pub hold: String,
+    pub scope: String,
+    pub model: String,
+    pub input: u64,
+    /// Cap on output tokens (max_tokens); 0 when not given.
+    pub output: u64,
+    /// As the client gave it; None means the default TTL.
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    BudgetSet {
+        scope: String,
+        limits: Vec<LimitSpec>,
+    },
+    BudgetGet {
+        scope: String,
+    },
+    BudgetDel {
+        scope: String,
+    },
+    BudgetList {
+        prefix: Option<String>,
+    },
+    Reserve(ReserveArgs),
+    Commit {
+        hold: String,
+        usage: Usage,
+    },
+    Release {
+        hold: String,
+    },
+    HoldGet {
+        hold: String,
+    },
+    Spend {
+        scope: String,
+        model: String,
+        usage: Usage,
+        id: Option<String>,
+    },
+    Balance {
+        scope: String,
+    },
+    PriceSet {
+        model: String,
+        price: Price,
+    },
+    PriceGet {
+        model: String,
+    },
+    PriceList,
+}
+
+impl Command {
+    /// The scopes a command touches (for access checks in front ends).
+    pub fn scope(&self) -> Option<&str> {
+        match self {
+            Command::BudgetSet { scope, .. }
+            | Command::BudgetGet { scope }
+            | Command::BudgetDel { scope }
+            | Command::Spend { scope, .. }
+            | Command::Balance { scope } => Some(scope),
+            Command::Reserve(a) => Some(&a.scope),
+            _ => None,
+        }
+    }
+}
+
+/// A reply, structured. Maps keep their field order; money stays integer
+/// nano-USD until a front end formats it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Ok,
+    Null,
+    Int(i64),
+    Str(String),
+    /// nano-USD, signed (a remaining balance can be negative after an overrun)
+    Money(i128),
+    Array(Vec<Value>),
+    Map(Vec<(&'static str, Value)>),
+    /// `code` is the first word of the error line (ERR, EXISTS, UNKNOWN, …).
+    Error {
+        code: &'static str,
+        msg: String,
+    },
+}
+
+impl Value {
+    pub fn err(code: &'static str, msg: impl Into<String>) -> Value {
+        Value::Error {
+            code,
+            msg: msg.into(),
+        }
+    }
+    pub fn str(s: impl Into<String>) -> Value {
+        Value::Str(s.into())
+    }
+    pub fn is_error(&self) -> bool {
+        matches!(self, Value::Error { .. })
+    }
+    /// The value of a field of a map reply.
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        match self {
+            Value::Map(fields) => fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}

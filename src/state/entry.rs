@@ -1,0 +1,79 @@
+//! Ledger entries: every change to a balance, numbered and timestamped.
+//! The state is derived from them (`State::apply_entry`), so the ledger alone
+//! rebuilds every figure.
+
+use serde::{Deserialize, Serialize};
+
+use super::limit::{Dims, LimitSpec};
+use super::price::{Price, Usage};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the ledger, from 1, without gaps.
+    pub seq: u64,
+    /// Server time in ms since the Unix epoch, assigned by the engine.
+    pub ts: u64,
+    pub kind: EntryKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    BudgetSet {
+        scope: String,
+        limits: Vec<LimitSpec>,
+    },
+    BudgetDel {
+        scope: String,
+    },
+    Hold {
+        id: String,
+        scope: String,
+        model: String,
+        input: u64,
+        output: u64,
+        ttl_ms: Option<u64>,
+        /// What is held in each dimension (cost at the price of the moment).
+        amounts: Dims,
+        expires_at: u64,
+    },
+    /// `cost` is recorded, not recomputed, so a later price change never
+    /// alters history.
+    Commit {
+        id: String,
+        usage: Usage,
+        cost: u64,
+        late: bool,
+    },
+    Release {
+        id: String,
+    },
+    Expire {
+        id: String,
+    },
+    Spend {
+        id: Option<String>,
+        scope: String,
+        model: String,
+        usage: Usage,
+        cost: u64,
+    },
+    PriceSet {
+        model: String,
+        price: Price,
+    },
+}
+
+impl EntryKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EntryKind::BudgetSet { .. } => "budget_set",
+            EntryKind::BudgetDel { .. } => "budget_del",
+            EntryKind::Hold { .. } => "hold",
+            EntryKind::Commit { .. } => "commit",
+            EntryKind::Release { .. } => "release",
+            EntryKind::Expire { .. } => "expire",
+            EntryKind::Spend { .. } => "spend",
+            EntryKind::PriceSet { .. } => "price_set",
+        }
+    }
+}

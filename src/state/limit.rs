@@ -1,0 +1,508 @@
+//! Limits: a dimension × a window × an amount, and the counters that track
+//! usage inside the window. Calendar windows are aligned in UTC; rolling
+//! windows are a fixed ring of sub-buckets (fixed memory per limit, no event
+//! log). Time is always an argument (ms since the Unix epoch).
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What a limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Dim {
+    /// input + output tokens
+    Tokens,
+    Input,
+    Output,
+    Requests,
+    /// nano-USD
+    Cost,
+}
+
+impl Dim {
+    pub const ALL: [Dim; 5] = [
+        Dim::Tokens,
+        Dim::Input,
+        Dim::Output,
+        Dim::Requests,
+        Dim::Cost,
+    ];
+
+    pub fn parse(s: &str) -> Option<Dim> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "TOKENS" => Dim::Tokens,
+            "INPUT" => Dim::Input,
+            "OUTPUT" => Dim::Output,
+            "REQUESTS" => Dim::Requests,
+            "COST" => Dim::Cost,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Tokens => "TOKENS",
+            Dim::Input => "INPUT",
+            Dim::Output => "OUTPUT",
+            Dim::Requests => "REQUESTS",
+            Dim::Cost => "COST",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An amount in every dimension at once (what a hold holds, what a call used).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dims(pub [u64; 5]);
+
+impl Dims {
+    /// The amounts of one model call.
+    pub fn call(input: u64, output: u64, cost: u64) -> Dims {
+        Dims([input.saturating_add(output), input, output, 1, cost])
+    }
+    pub fn get(&self, d: Dim) -> u64 {
+        self.0[d.index()]
+    }
+    pub fn add(&mut self, o: &Dims) {
+        for i in 0..5 {
+            self.0[i] = self.0[i].saturating_add(o.0[i]);
+        }
+    }
+    pub fn sub(&mut self, o: &Dims) {
+        for i in 0..5 {
+            debug_assert!(self.0[i] >= o.0[i], "held would go negative");
+            self.0[i] = self.0[i].saturating_sub(o.0[i]);
+        }
+    }
+}
+
+/// A calendar period, aligned in UTC. Weeks start on Monday (ISO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Period {
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Window {
+    Calendar(Period),
+    /// Never resets.
+    Total,
+    /// A sliding window of this many milliseconds.
+    Rolling(u64),
+}
+
+pub const MAX_ROLLING_MS: u64 = 31 * 24 * 3_600_000;
+/// Sub-buckets per rolling window: the window's resolution is 1/60 of it.
+pub const ROLLING_BUCKETS: u64 = 60;
+
+impl Window {
+    /// `PER <period>` argument.
+    pub fn parse_period(s: &str) -> Option<Window> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "MINUTE" => Window::Calendar(Period::Minute),
+            "HOUR" => Window::Calendar(Period::Hour),
+            "DAY" => Window::Calendar(Period::Day),
+            "WEEK" => Window::Calendar(Period::Week),
+            "MONTH" => Window::Calendar(Period::Month),
+            "TOTAL" => Window::Total,
+            _ => return None,
+        })
+    }
+
+    /// `ROLLING <duration>` argument: `500ms`, `60s`, `5m`, `1h`, `1d`, or bare ms.
+    pub fn parse_rolling(s: &str) -> Result<Window, String> {
+        let ms = parse_duration_ms(s)?;
+        if ms == 0 || ms > MAX_ROLLING_MS {
+            return Err(format!("rolling window '{s}' must be between 1ms and 31d"));
+        }
+        Ok(Window::Rolling(ms))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Window::Calendar(p) => format!("PER {}", period_name(*p)),
+            Window::Total => "PER TOTAL".into(),
+            Window::Rolling(ms) => format!("ROLLING {}", format_duration_ms(*ms)),
+        }
+    }
+}
+
+fn period_name(p: Period) -> &'static str {
+    match p {
+        Period::Minute => "MINUTE",
+        Period::Hour => "HOUR",
+        Period::Day => "DAY",
+        Period::Week => "WEEK",
+        Period::Month => "MONTH",
+    }
+}
+
+/// Parses `250ms`, `60s`, `5m`, `2h`, `1d`, or a bare number of milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a duration (like 500ms, 60s, 5m, 1h, 1d)");
+    let lower = s.to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = lower.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = lower.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = lower.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = lower.strip_suffix('h') {
+        (n, 3_600_000)
+    } else if let Some(n) = lower.strip_suffix('d') {
+        (n, 86_400_000)
+    } else {
+        (lower.as_str(), 1)
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
+pub fn format_duration_ms(ms: u64) -> String {
+    for (unit, m) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms % m == 0 {
+            return format!("{}{unit}", ms / m);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn to_dt(ms: u64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_default()
+}
+
+fn to_ms(dt: DateTime<Utc>) -> u64 {
+    dt.timestamp_millis().max(0) as u64
+}
+
+/// Start of the UTC calendar period containing `now`.
+pub fn period_start(p: Period, now: u64) -> u64 {
+    let dt = to_dt(now);
+    let day = dt.date_naive();
+    let midnight = |d: NaiveDate| to_ms(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap()));
+    match p {
+        Period::Minute => now - now % 60_000,
+        Period::Hour => now - now % 3_600_000,
+        Period::Day => now - now % 86_400_000,
+        Period::Week => midnight(day - Duration::days(dt.weekday().num_days_from_monday() as i64)),
+        Period::Month => midnight(day.with_day(1).unwrap()),
+    }
+}
+
+/// End (exclusive) of the UTC calendar period containing `now`: when it resets.
+pub fn period_end(p: Period, now: u64) -> u64 {
+    let start = period_start(p, now);
+    match p {
+        Period::Minute => start + 60_000,
+        Period::Hour => start + 3_600_000,
+        Period::Day => start + 86_400_000,
+        Period::Week => start + 7 * 86_400_000,
+        Period::Month => {
+            let d = to_dt(start);
+            let (y, m) = if d.month() == 12 {
+                (d.year() + 1, 1)
+            } else {
+                (d.year(), d.month() + 1)
+            };
+            let next = NaiveDate::from_ymd_opt(y, m, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap();
+            debug_assert_eq!(d.hour(), 0);
+            to_ms(Utc.from_utc_datetime(&next))
+        }
+    }
+}
+
+/// One limit as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitSpec {
+    pub dim: Dim,
+    pub window: Window,
+    /// tokens, requests, or nano-USD for COST
+    pub amount: u64,
+}
+
+/// Usage counted inside a limit's window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Counter {
+    /// Usage since `start`, the beginning of the current period (lazily reset).
+    Period {
+        start: u64,
+        used: u64,
+    },
+    Total {
+        used: u64,
+    },
+    Rolling(Ring),
+}
+
+/// A sliding window as a ring of `buckets.len()` sub-buckets of `width` ms.
+/// A charge at time t lands in bucket `t / width` and counts until bucket
+/// `t / width + len` begins, so the window is `len × width` ≥ its duration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    pub width: u64,
+    pub buckets: Vec<u64>,
+    /// Absolute index of the newest bucket written.
+    pub newest: u64,
+}
+
+impl Ring {
+    pub fn new(duration_ms: u64) -> Ring {
+        let width = duration_ms.div_ceil(ROLLING_BUCKETS).max(1);
+        let n = duration_ms.div_ceil(width);
+        Ring {
+            width,
+            buckets: vec![0; n as usize],
+            newest: 0,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.buckets.len() as u64
+    }
+
+    /// Absolute bucket indexes still inside the window at `now`, oldest first,
+    /// with their amounts.
+    fn live(&self, now: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let cur = now / self.width;
+        let oldest_live = (cur + 1).saturating_sub(self.len());
+        let first = self.newest.saturating_sub(self.len() - 1).max(oldest_live);
+        (first..=self.newest)
+            .filter(move |&i| i <= cur && i >= oldest_live)
+            .map(move |i| (i, self.buckets[(i % self.len()) as usize]))
+    }
+
+    pub fn sum(&self, now: u64) -> u64 {
+        self.live(now)
+            .map(|(_, v)| v)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    pub fn add(&mut self, now: u64, amount: u64) {
+        let cur = now / self.width;
+        if cur > self.newest {
+            // Zero the buckets between the newest written and now: they hold
+            // usage from a lap ago (at most one full lap needs wiping).
+            for k in 0..(cur - self.newest).min(self.len()) {
+                let slot = ((cur - k) % self.len()) as usize;
+                self.buckets[slot] = 0;
+            }
+            self.newest = cur;
+        } else if cur + self.len() <= self.newest {
+            return; // older than the whole window (time never runs backwards here)
+        }
+        let slot = (cur % self.len()) as usize;
+        self.buckets[slot] = self.buckets[slot].saturating_add(amount);
+    }
+
+    /// Milliseconds from `now` until at least `excess` of the recorded usage
+    /// has aged out of the window; None if all of it ageing out is not enough.
+    pub fn time_to_free(&self, now: u64, excess: u64) -> Option<u64> {
+        let mut freed = 0u64;
+        for (i, v) in self.live(now) {
+            freed = freed.saturating_add(v);
+            if freed >= excess {
+                return Some((i + self.len()) * self.width - now);
+            }
+        }
+        None
+    }
+
+    /// When the oldest usage still in the window leaves it.
+    pub fn next_change(&self, now: u64) -> Option<u64> {
+        self.live(now)
+            .find(|&(_, v)| v > 0)
+            .map(|(i, _)| (i + self.len()) * self.width)
+    }
+}
+
+impl Counter {
+    pub fn new(window: Window, now: u64) -> Counter {
+        match window {
+            Window::Calendar(p) => Counter::Period {
+                start: period_start(p, now),
+                used: 0,
+            },
+            Window::Total => Counter::Total { used: 0 },
+            Window::Rolling(ms) => Counter::Rolling(Ring::new(ms)),
+        }
+    }
+
+    /// Usage inside the window at `now`.
+    pub fn used(&self, window: Window, now: u64) -> u64 {
+        match (self, window) {
+            (Counter::Period { start, used }, Window::Calendar(p)) => {
+                if period_start(p, now) == *start {
+                    *used
+                } else {
+                    0
+                }
+            }
+            (Counter::Total { used }, _) => *used,
+            (Counter::Rolling(r), _) => r.sum(now),
+            _ => unreachable!("counter does not match its window"),
+        }
+    }
+
+    pub fn charge(&mut self, window: Window, now: u64, amount: u64) {
+        match (self, window) {
+            (Counter::Period { start, used }, Window::Calendar(p)) => {
+                let s = period_start(p, now);
+                if s != *start {
+                    *start = s;
+                    *used = 0;
+                }
+                *used = used.saturating_add(amount);
+            }
+            (Counter::Total { used }, _) => *used = used.saturating_add(amount),
+            (Counter::Rolling(r), _) => r.add(now, amount),
+            _ => unreachable!("counter does not match its window"),
+        }
+    }
+
+    /// When this window next frees usage: the period's end, or when the
+    /// oldest rolling usage ages out; None for TOTAL or an empty ring.
+    pub fn resets_at(&self, window: Window, now: u64) -> Option<u64> {
+        match (self, window) {
+            (Counter::Period { .. }, Window::Calendar(p)) => Some(period_end(p, now)),
+            (Counter::Rolling(r), _) => r.next_change(now),
+            _ => None,
+        }
+    }
+}
+
+/// A limit on a scope: its spec and its usage counter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    pub spec: LimitSpec,
+    pub counter: Counter,
+}
+
+impl Limit {
+    pub fn used(&self, now: u64) -> u64 {
+        self.counter.used(self.spec.window, now)
+    }
+
+    /// How long until a request of `amount`, with `held` still held, would
+    /// fit; None when waiting cannot help (larger than the limit, or open
+    /// holds alone leave no room).
+    pub fn retry_after(&self, now: u64, held: u64, amount: u64) -> Option<u64> {
+        if held.saturating_add(amount) > self.spec.amount {
+            return None;
+        }
+        let used = self.used(now);
+        let excess = used
+            .saturating_add(held)
+            .saturating_add(amount)
+            .saturating_sub(self.spec.amount);
+        if excess == 0 {
+            return Some(0);
+        }
+        match (&self.counter, self.spec.window) {
+            (Counter::Period { .. }, Window::Calendar(p)) => Some(period_end(p, now) - now),
+            (Counter::Rolling(r), _) => r.time_to_free(now, excess),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a Thursday
+
+    #[test]
+    fn calendar_periods_align_in_utc() {
+        let t = T0 + 3 * 86_400_000 + 5 * 3_600_000 + 7 * 60_000 + 11_000; // Sun 2026-01-04 05:07:11
+        assert_eq!(period_start(Period::Minute, t), t - 11_000);
+        assert_eq!(period_start(Period::Hour, t), t - 7 * 60_000 - 11_000);
+        assert_eq!(period_start(Period::Day, t), T0 + 3 * 86_400_000);
+        // ISO week: Monday 2025-12-29.
+        assert_eq!(period_start(Period::Week, t), T0 - 3 * 86_400_000);
+        assert_eq!(period_end(Period::Week, t), T0 + 4 * 86_400_000);
+        assert_eq!(period_start(Period::Month, t), T0);
+        assert_eq!(period_end(Period::Month, t), T0 + 31 * 86_400_000);
+        // February 2028 is a leap month.
+        let feb = 1_832_457_600_000; // 2028-01-25
+        let end_jan = period_end(Period::Month, feb);
+        assert_eq!(
+            period_end(Period::Month, end_jan) - end_jan,
+            29 * 86_400_000
+        );
+        // December rolls into the next year.
+        let dec = T0 - 86_400_000;
+        assert_eq!(period_end(Period::Month, dec), T0);
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration_ms("60s").unwrap(), 60_000);
+        assert_eq!(parse_duration_ms("1h").unwrap(), 3_600_000);
+        assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
+        assert_eq!(parse_duration_ms("42").unwrap(), 42);
+        assert!(parse_duration_ms("1.5s").is_err());
+        assert!(parse_duration_ms("s").is_err());
+        assert_eq!(format_duration_ms(60_000), "1m");
+        assert_eq!(format_duration_ms(1500), "1500ms");
+        assert!(Window::parse_rolling("0s").is_err());
+    }
+
+    #[test]
+    fn rolling_ring_slides_and_predicts_retry() {
+        let mut r = Ring::new(60_000);
+        assert_eq!((r.width, r.buckets.len()), (1000, 60));
+        r.add(T0, 10);
+        r.add(T0 + 30_500, 5);
+        assert_eq!(r.sum(T0 + 59_999), 15);
+        assert_eq!(r.sum(T0 + 60_000), 5);
+        // The charge at 30.5s sits in bucket [30s, 31s) and leaves at 90s.
+        assert_eq!(r.sum(T0 + 89_999), 5);
+        assert_eq!(r.sum(T0 + 90_000), 0);
+        // Freeing 12 needs both buckets gone: when the 30s bucket leaves.
+        assert_eq!(r.time_to_free(T0 + 31_000, 12), Some(59_000));
+        assert_eq!(r.time_to_free(T0 + 31_000, 3), Some(29_000));
+        assert_eq!(r.time_to_free(T0 + 31_000, 16), None);
+        // Writing long after wipes stale buckets.
+        r.add(T0 + 500_000, 1);
+        assert_eq!(r.sum(T0 + 500_000), 1);
+    }
+
+    #[test]
+    fn odd_rolling_durations_round_window_up() {
+        let r = Ring::new(1000);
+        assert_eq!(r.width, 17);
+        assert!(r.width * r.buckets.len() as u64 >= 1000);
+    }
+
+    #[test]
+    fn period_counter_resets_lazily() {
+        let w = Window::Calendar(Period::Minute);
+        let mut c = Counter::new(w, T0);
+        c.charge(w, T0 + 1, 7);
+        assert_eq!(c.used(w, T0 + 59_999), 7);
+        assert_eq!(c.used(w, T0 + 60_000), 0);
+        c.charge(w, T0 + 60_001, 2);
+        assert_eq!(c.used(w, T0 + 60_002), 2);
+    }
+}

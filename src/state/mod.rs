@@ -1,0 +1,1027 @@
+//! The pure state machine: scopes, limits, windows, holds, prices and the
+//! ledger entries that change them. No I/O, no clock reads, no randomness:
+//! time is an argument. Every business rule of spendb lives here.
+//!
+//! Two functions carry it all:
+//! - [`State::apply`] decides: it reads the state, validates a command and
+//!   emits ledger entries (or none: reads, replays, denials);
+//! - [`State::apply_entry`] evolves: the only code that changes balances, used
+//!   both for entries just emitted and for entries replayed from the ledger, so
+//!   a replay rebuilds exactly the state that was live.
+
+pub mod command;
+pub mod entry;
+pub mod limit;
+pub mod money;
+pub mod price;
+pub mod scope;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{Command, ReserveArgs, Value};
+pub use entry::{Entry, EntryKind};
+use limit::{Counter, Dim, Dims, Limit, LimitSpec};
+use price::{Price, Usage};
+use scope::chain;
+
+pub const MAX_HOLD_ID_LEN: usize = 64;
+pub const MAX_LIMITS_PER_SCOPE: usize = 16;
+pub const MAX_MODEL_LEN: usize = 128;
+
+/// Settings of the rules (not recorded in the ledger: they shape decisions,
+/// never how an entry is applied).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub default_ttl_ms: u64,
+    pub max_ttl_ms: u64,
+    /// How long a settled hold or an ID'd spend is remembered, so a retried
+    /// RESERVE / COMMIT / SPEND gets its first answer back.
+    pub id_retention_ms: u64,
+    /// Price used for models the table does not know; None → NOPRICE.
+    pub default_price: Option<Price>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_ttl_ms: 10 * 60_000,
+            max_ttl_ms: 24 * 3_600_000,
+            id_retention_ms: 10 * 60_000,
+            default_price: None,
+        }
+    }
+}
+
+/// What one scope carries: its own limits, and what is attributed to it and
+/// everything below it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub limits: Vec<Limit>,
+    /// Sum of the open holds at or below this scope, per dimension.
+    pub held: Dims,
+    /// All-time settled usage at or below this scope.
+    pub spent: Dims,
+    pub open_holds: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub usage: Usage,
+    pub cost: u64,
+    pub late: bool,
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldStatus {
+    Open,
+    Committed(Settlement),
+    Released { at: u64 },
+    Expired { at: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub scope: String,
+    pub model: String,
+    pub input: u64,
+    pub output: u64,
+    pub ttl_ms: Option<u64>,
+    pub amounts: Dims,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub status: HoldStatus,
+}
+
+impl Hold {
+    fn ended_at(&self) -> Option<u64> {
+        match &self.status {
+            HoldStatus::Open => None,
+            HoldStatus::Committed(s) => Some(s.at),
+            HoldStatus::Released { at } | HoldStatus::Expired { at } => Some(*at),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    pub scope: String,
+    pub model: String,
+    pub usage: Usage,
+    pub cost: u64,
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    #[serde(skip)]
+    pub config: Config,
+    /// Sequence number the next entry gets.
+    pub next_seq: u64,
+    /// Timestamp of the last entry applied.
+    pub last_ts: u64,
+    pub nodes: HashMap<String, Node>,
+    pub holds: HashMap<String, Hold>,
+    /// Open holds by expiry time.
+    expiry: BTreeSet<(u64, String)>,
+    /// Ended holds in the order they ended, for forgetting them later.
+    ended: VecDeque<(u64, String)>,
+    pub spends: HashMap<String, SpendRecord>,
+    spends_seen: VecDeque<(u64, String)>,
+    pub prices: HashMap<String, Price>,
+}
+
+/// Why a RESERVE was denied: the most binding limit.
+struct Denial {
+    scope: String,
+    spec: LimitSpec,
+    remaining: i128,
+    retry_after: Option<u64>,
+}
+
+fn amount_value(dim: Dim, v: i128) -> Value {
+    if dim == Dim::Cost {
+        Value::Money(v)
+    } else {
+        Value::Int(v.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+    }
+}
+
+fn dims_value(d: &Dims) -> Value {
+    Value::Map(vec![
+        ("tokens", Value::Int(d.get(Dim::Tokens) as i64)),
+        ("input", Value::Int(d.get(Dim::Input) as i64)),
+        ("output", Value::Int(d.get(Dim::Output) as i64)),
+        ("requests", Value::Int(d.get(Dim::Requests) as i64)),
+        ("cost", Value::Money(d.get(Dim::Cost) as i128)),
+    ])
+}
+
+fn syntax(msg: impl Into<String>) -> Value {
+    Value::err("ERR", msg)
+}
+
+impl State {
+    /// A fresh state with the shipped price table.
+    pub fn new(config: Config) -> State {
+        State {
+            config,
+            next_seq: 1,
+            prices: price::default_prices(),
+            ..Default::default()
+        }
+    }
+
+    // ----- deciding -------------------------------------------------------
+
+    /// Applies one command at time `now`: returns the reply and appends the
+    /// entries it caused (expiries that fell due first, then its own).
+    pub fn apply(&mut self, now: u64, cmd: &Command, out: &mut Vec<Entry>) -> Value {
+        let now = now.max(self.last_ts);
+        self.expire_due(now, out);
+        match cmd {
+            Command::BudgetSet { scope, limits } => self.budget_set(now, scope, limits, out),
+            Command::BudgetGet { scope } => self.budget_get(now, scope),
+            Command::BudgetDel { scope } => self.budget_del(now, scope, out),
+            Command::BudgetList { prefix } => self.budget_list(prefix.as_deref()),
+            Command::Reserve(a) => self.reserve(now, a, out),
+            Command::Commit { hold, usage } => self.commit(now, hold, usage, out),
+            Command::Release { hold } => self.release(now, hold, out),
+            Command::HoldGet { hold } => match self.holds.get(hold) {
+                Some(h) => hold_value(hold, h),
+                None => Value::err("UNKNOWN", format!("hold {hold}")),
+            },
+            Command::Spend {
+                scope,
+                model,
+                usage,
+                id,
+            } => self.spend(now, scope, model, usage, id, out),
+            Command::Balance { scope } => self.balance(now, scope),
+            Command::PriceSet { model, price } => {
+                if model.is_empty() || model.len() > MAX_MODEL_LEN {
+                    return syntax(format!("model name must be 1 to {MAX_MODEL_LEN} bytes"));
+                }
+                let kind = EntryKind::PriceSet {
+                    model: model.to_ascii_lowercase(),
+                    price: *price,
+                };
+                self.emit(now, kind, out);
+                Value::Ok
+            }
+            Command::PriceGet { model } => self.price_get(model),
+            Command::PriceList => {
+                let sorted: BTreeMap<_, _> = self.prices.iter().collect();
+                Value::Array(
+                    sorted
+                        .into_iter()
+                        .map(|(m, p)| price_value(m, m, p))
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// Housekeeping on the clock: expires due holds and forgets settled
+    /// holds and spend ids older than the retention.
+    pub fn tick(&mut self, now: u64, out: &mut Vec<Entry>) {
+        let now = now.max(self.last_ts);
+        self.expire_due(now, out);
+        self.forget_old(now);
+    }
+
+    /// When the next open hold expires, for the engine's timer.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.first().map(|(t, _)| *t)
+    }
+
+    fn emit(&mut self, now: u64, kind: EntryKind, out: &mut Vec<Entry>) {
+        let e = Entry {
+            seq: self.next_seq,
+            ts: now,
+            kind,
+        };
+        self.apply_entry(&e);
+        out.push(e);
+    }
+
+    fn expire_due(&mut self, now: u64, out: &mut Vec<Entry>) {
+        while let Some((t, id)) = self.expiry.first() {
+            if *t > now {
+                break;
+            }
+            let id = id.clone();
+            self.emit(now, EntryKind::Expire { id }, out);
+        }
+    }
+
+    fn forget_old(&mut self, now: u64) {
+        let keep_after = now.saturating_sub(self.config.id_retention_ms);
+        while let Some((t, _)) = self.ended.front() {
+            if *t > keep_after {
+                break;
+            }
+            let (_, id) = self.ended.pop_front().unwrap();
+            // A hold can be queued twice (expired, then committed late): only
+            // forget it once its latest end is old enough.
+            if let Some(end) = self.holds.get(&id).and_then(Hold::ended_at) {
+                if end <= keep_after {
+                    self.holds.remove(&id);
+                }
+            }
+        }
+        while let Some((t, _)) = self.spends_seen.front() {
+            if *t > keep_after {
+                break;
+            }
+            let (_, id) = self.spends_seen.pop_front().unwrap();
+            self.spends.remove(&id);
+        }
+    }
+
+    fn budget_set(
+        &mut self,
+        now: u64,
+        scope: &str,
+        limits: &[LimitSpec],
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if let Err(e) = scope::validate_scope(scope) {
+            return syntax(e);
+        }
+        if limits.is_empty() {
+            return syntax("BUDGET.SET needs at least one limit");
+        }
+        if limits.len() > MAX_LIMITS_PER_SCOPE {
+            return syntax(format!("at most {MAX_LIMITS_PER_SCOPE} limits per scope"));
+        }
+        for (i, l) in limits.iter().enumerate() {
+            if limits[..i]
+                .iter()
+                .any(|o| o.dim == l.dim && o.window == l.window)
+            {
+                return syntax(format!(
+                    "limit {} {} is given twice",
+                    l.dim.name(),
+                    l.window.describe()
+                ));
+            }
+        }
+        self.emit(
+            now,
+            EntryKind::BudgetSet {
+                scope: scope.to_string(),
+                limits: limits.to_vec(),
+            },
+            out,
+        );
+        Value::Ok
+    }
+
+    fn budget_del(&mut self, now: u64, scope: &str, out: &mut Vec<Entry>) -> Value {
+        match self.nodes.get(scope) {
+            Some(n) if !n.limits.is_empty() => {
+                self.emit(
+                    now,
+                    EntryKind::BudgetDel {
+                        scope: scope.to_string(),
+                    },
+                    out,
+                );
+                Value::Int(1)
+            }
+            _ => Value::Int(0),
+        }
+    }
+
+    fn budget_get(&self, now: u64, scope: &str) -> Value {
+        match self.nodes.get(scope) {
+            Some(n) if !n.limits.is_empty() => Value::Map(vec![
+                ("scope", Value::str(scope)),
+                (
+                    "limits",
+                    Value::Array(
+                        n.limits
+                            .iter()
+                            .map(|l| limit_value(None, n, l, now))
+                            .collect(),
+                    ),
+                ),
+            ]),
+            _ => Value::err("UNKNOWN", format!("budget {scope}")),
+        }
+    }
+
+    fn budget_list(&self, prefix: Option<&str>) -> Value {
+        let mut scopes: Vec<&String> = self
+            .nodes
+            .iter()
+            .filter(|(s, n)| !n.limits.is_empty() && prefix.is_none_or(|p| scope::is_within(s, p)))
+            .map(|(s, _)| s)
+            .collect();
+        scopes.sort();
+        Value::Array(scopes.into_iter().map(|s| Value::str(s.clone())).collect())
+    }
+
+    fn balance(&self, now: u64, scope: &str) -> Value {
+        if let Err(e) = scope::validate_scope(scope) {
+            return syntax(e);
+        }
+        let empty = Node::default();
+        let n = self.nodes.get(scope).unwrap_or(&empty);
+        let mut limits = Vec::new();
+        for s in chain(scope) {
+            if let Some(node) = self.nodes.get(s) {
+                limits.extend(
+                    node.limits
+                        .iter()
+                        .map(|l| limit_value(Some(s), node, l, now)),
+                );
+            }
+        }
+        Value::Map(vec![
+            ("scope", Value::str(scope)),
+            ("spent", dims_value(&n.spent)),
+            ("held", dims_value(&n.held)),
+            ("open_holds", Value::Int(n.open_holds as i64)),
+            ("limits", Value::Array(limits)),
+        ])
+    }
+
+    fn price_of(&self, model: &str) -> Option<Price> {
+        price::lookup(&self.prices, self.config.default_price.as_ref(), model).copied()
+    }
+
+    fn price_get(&self, model: &str) -> Value {
+        for c in price::family_candidates(model) {
+            if let Some(p) = self.prices.get(&c) {
+                return price_value(model, &c, p);
+            }
+        }
+        match &self.config.default_price {
+            Some(p) => price_value(model, "default", p),
+            None => Value::err("NOPRICE", format!("model {model}")),
+        }
+    }
+
+    fn reserve(&mut self, now: u64, a: &ReserveArgs, out: &mut Vec<Entry>) -> Value {
+        if let Some(h) = self.holds.get(&a.hold) {
+            let same = h.scope == a.scope
+                && h.model == a.model
+                && h.input == a.input
+                && h.output == a.output
+                && h.ttl_ms == a.ttl_ms;
+            return if same {
+                granted_value(&a.hold, h)
+            } else {
+                Value::err(
+                    "EXISTS",
+                    format!("hold {} was reserved with other arguments", a.hold),
+                )
+            };
+        }
+        if a.hold.is_empty() || a.hold.len() > MAX_HOLD_ID_LEN {
+            return syntax(format!("hold id must be 1 to {MAX_HOLD_ID_LEN} bytes"));
+        }
+        if let Err(e) = scope::validate_scope(&a.scope) {
+            return syntax(e);
+        }
+        let ttl = a.ttl_ms.unwrap_or(self.config.default_ttl_ms);
+        if ttl == 0 || ttl > self.config.max_ttl_ms {
+            return syntax(format!(
+                "TTL must be between 1 and {} ms",
+                self.config.max_ttl_ms
+            ));
+        }
+        let Some(price) = self.price_of(&a.model) else {
+            return Value::err("NOPRICE", format!("model {}", a.model));
+        };
+        let cost = price.max_cost(a.input, a.output);
+        let amounts = Dims::call(a.input, a.output, cost);
+
+        if let Some(d) = self.check(now, &a.scope, &amounts) {
+            return Value::Map(vec![
+                ("status", Value::str("denied")),
+                ("hold", Value::str(a.hold.clone())),
+                ("scope", Value::str(d.scope)),
+                (
+                    "limit",
+                    Value::Str(format!(
+                        "{} {}",
+                        d.spec.dim.name(),
+                        d.spec.window.describe()
+                    )),
+                ),
+                ("remaining", amount_value(d.spec.dim, d.remaining)),
+                (
+                    "retry_after_ms",
+                    Value::Int(d.retry_after.map_or(-1, |t| t as i64)),
+                ),
+                ("tokens", Value::Int(amounts.get(Dim::Tokens) as i64)),
+                ("cost", Value::Money(cost as i128)),
+            ]);
+        }
+        let kind = EntryKind::Hold {
+            id: a.hold.clone(),
+            scope: a.scope.clone(),
+            model: a.model.clone(),
+            input: a.input,
+            output: a.output,
+            ttl_ms: a.ttl_ms,
+            amounts,
+            expires_at: now.saturating_add(ttl),
+        };
+        self.emit(now, kind, out);
+        granted_value(&a.hold, &self.holds[&a.hold])
+    }
+
+    /// Checks `amounts` against every limit on the scope and its ancestors.
+    /// None if all fit; otherwise the most binding limit (waiting cannot help
+    /// beats the longest wait).
+    fn check(&self, now: u64, scope: &str, amounts: &Dims) -> Option<Denial> {
+        let mut worst: Option<Denial> = None;
+        for s in chain(scope) {
+            let Some(node) = self.nodes.get(s) else {
+                continue;
+            };
+            for l in &node.limits {
+                let dim = l.spec.dim;
+                let (amt, held, used) = (amounts.get(dim), node.held.get(dim), l.used(now));
+                if (used as u128) + (held as u128) + (amt as u128) <= l.spec.amount as u128 {
+                    continue;
+                }
+                let d = Denial {
+                    scope: s.to_string(),
+                    spec: l.spec,
+                    remaining: l.spec.amount as i128 - used as i128 - held as i128,
+                    retry_after: l.retry_after(now, held, amt),
+                };
+                let worse = match (&worst, d.retry_after) {
+                    (None, _) => true,
+                    (Some(w), None) => w.retry_after.is_some(),
+                    (Some(w), Some(t)) => w.retry_after.is_some_and(|wt| t > wt),
+                };
+                if worse {
+                    worst = Some(d);
+                }
+            }
+        }
+        worst
+    }
+
+    fn commit(&mut self, now: u64, id: &str, usage: &Usage, out: &mut Vec<Entry>) -> Value {
+        if let Err(e) = usage.check() {
+            return syntax(e);
+        }
+        let Some(h) = self.holds.get(id) else {
+            return Value::err("UNKNOWN", format!("hold {id}"));
+        };
+        let late = match &h.status {
+            HoldStatus::Committed(s) => {
+                return if s.usage == *usage {
+                    committed_value(id, h, s)
+                } else {
+                    Value::err(
+                        "EXISTS",
+                        format!("hold {id} was committed with other arguments"),
+                    )
+                };
+            }
+            HoldStatus::Released { .. } => {
+                return Value::err("STATE", format!("hold {id} was released"));
+            }
+            HoldStatus::Open => false,
+            HoldStatus::Expired { .. } => true,
+        };
+        // The price a hold was made at may have changed since; an unknown
+        // price now (deleted default) falls back to the hold's own estimate.
+        let cost = match self.price_of(&h.model) {
+            Some(p) => p.cost(usage),
+            None => h.amounts.get(Dim::Cost),
+        };
+        self.emit(
+            now,
+            EntryKind::Commit {
+                id: id.to_string(),
+                usage: *usage,
+                cost,
+                late,
+            },
+            out,
+        );
+        let h = &self.holds[id];
+        match &h.status {
+            HoldStatus::Committed(s) => committed_value(id, h, s),
+            _ => unreachable!("commit entry settles the hold"),
+        }
+    }
+
+    fn release(&mut self, now: u64, id: &str, out: &mut Vec<Entry>) -> Value {
+        let Some(h) = self.holds.get(id) else {
+            return Value::err("UNKNOWN", format!("hold {id}"));
+        };
+        match h.status {
+            HoldStatus::Open => {
+                self.emit(now, EntryKind::Release { id: id.to_string() }, out);
+                release_value(id, &self.holds[id])
+            }
+            HoldStatus::Released { .. } | HoldStatus::Expired { .. } => release_value(id, h),
+            HoldStatus::Committed(_) => Value::err("STATE", format!("hold {id} was committed")),
+        }
+    }
+
+    fn spend(
+        &mut self,
+        now: u64,
+        scope: &str,
+        model: &str,
+        usage: &Usage,
+        id: &Option<String>,
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if let Err(e) = usage.check() {
+            return syntax(e);
+        }
+        if let Some(id) = id {
+            if let Some(r) = self.spends.get(id) {
+                return if r.scope == scope && r.model == model && r.usage == *usage {
+                    spend_value(Some(id), r.usage, r.cost)
+                } else {
+                    Value::err(
+                        "EXISTS",
+                        format!("spend {id} was recorded with other arguments"),
+                    )
+                };
+            }
+            if id.is_empty() || id.len() > MAX_HOLD_ID_LEN {
+                return syntax(format!("spend id must be 1 to {MAX_HOLD_ID_LEN} bytes"));
+            }
+        }
+        if let Err(e) = scope::validate_scope(scope) {
+            return syntax(e);
+        }
+        let Some(price) = self.price_of(model) else {
+            return Value::err("NOPRICE", format!("model {model}"));
+        };
+        let cost = price.cost(usage);
+        let kind = EntryKind::Spend {
+            id: id.clone(),
+            scope: scope.to_string(),
+            model: model.to_string(),
+            usage: *usage,
+            cost,
+        };
+        self.emit(now, kind, out);
+        spend_value(id.as_deref(), *usage, cost)
+    }
+
+    // ----- evolving -------------------------------------------------------
+
+    /// Applies one ledger entry. The only place balances change.
+    pub fn apply_entry(&mut self, e: &Entry) {
+        debug_assert_eq!(
+            e.seq, self.next_seq,
+            "ledger entries apply in order without gaps"
+        );
+        let ts = e.ts;
+        match &e.kind {
+            EntryKind::BudgetSet { scope, limits } => {
+                let node = self.nodes.entry(scope.clone()).or_default();
+                let mut old = std::mem::take(&mut node.limits);
+                node.limits = limits
+                    .iter()
+                    .map(|spec| {
+                        // A limit that stays (same dimension and window) keeps its usage.
+                        let counter = match old
+                            .iter()
+                            .position(|l| l.spec.dim == spec.dim && l.spec.window == spec.window)
+                        {
+                            Some(i) => old.swap_remove(i).counter,
+                            None => Counter::new(spec.window, ts),
+                        };
+                        Limit {
+                            spec: *spec,
+                            counter,
+                        }
+                    })
+                    .collect();
+            }
+            EntryKind::BudgetDel { scope } => {
+                if let Some(n) = self.nodes.get_mut(scope) {
+                    n.limits.clear();
+                }
+            }
+            EntryKind::Hold {
+                id,
+                scope,
+                model,
+                input,
+                output,
+                ttl_ms,
+                amounts,
+                expires_at,
+            } => {
+                for s in chain(scope) {
+                    let n = self.node_mut(s);
+                    n.held.add(amounts);
+                    n.open_holds += 1;
+                }
+                self.expiry.insert((*expires_at, id.clone()));
+                let hold = Hold {
+                    scope: scope.clone(),
+                    model: model.clone(),
+                    input: *input,
+                    output: *output,
+                    ttl_ms: *ttl_ms,
+                    amounts: *amounts,
+                    created_at: ts,
+                    expires_at: *expires_at,
+                    status: HoldStatus::Open,
+                };
+                self.holds.insert(id.clone(), hold);
+            }
+            EntryKind::Commit {
+                id,
+                usage,
+                cost,
+                late,
+            } => {
+                let (scope, was_open) = self.end_hold(id);
+                debug_assert_eq!(was_open, !late);
+                self.charge(&scope, ts, &Dims::call(usage.input, usage.output, *cost));
+                let h = self.holds.get_mut(id).expect("commit of a known hold");
+                h.status = HoldStatus::Committed(Settlement {
+                    usage: *usage,
+                    cost: *cost,
+                    late: *late,
+                    at: ts,
+                });
+                self.ended.push_back((ts, id.clone()));
+            }
+            EntryKind::Release { id } | EntryKind::Expire { id } => {
+                let (_, was_open) = self.end_hold(id);
+                debug_assert!(was_open);
+                let h = self.holds.get_mut(id).expect("known hold");
+                h.status = match e.kind {
+                    EntryKind::Release { .. } => HoldStatus::Released { at: ts },
+                    _ => HoldStatus::Expired { at: ts },
+                };
+                self.ended.push_back((ts, id.clone()));
+            }
+            EntryKind::Spend {
+                id,
+                scope,
+                model,
+                usage,
+                cost,
+            } => {
+                self.charge(scope, ts, &Dims::call(usage.input, usage.output, *cost));
+                if let Some(id) = id {
+                    let r = SpendRecord {
+                        scope: scope.clone(),
+                        model: model.clone(),
+                        usage: *usage,
+                        cost: *cost,
+                        at: ts,
+                    };
+                    self.spends.insert(id.clone(), r);
+                    self.spends_seen.push_back((ts, id.clone()));
+                }
+            }
+            EntryKind::PriceSet { model, price } => {
+                self.prices.insert(model.clone(), *price);
+            }
+        }
+        self.next_seq = e.seq + 1;
+        self.last_ts = self.last_ts.max(ts);
+    }
+
+    fn node_mut(&mut self, scope: &str) -> &mut Node {
+        if !self.nodes.contains_key(scope) {
+            self.nodes.insert(scope.to_string(), Node::default());
+        }
+        self.nodes.get_mut(scope).unwrap()
+    }
+
+    /// Takes an open hold's amounts off every level it held on. Returns the
+    /// hold's scope and whether it was open.
+    fn end_hold(&mut self, id: &str) -> (String, bool) {
+        let h = self.holds.get(id).expect("entry names a known hold");
+        let scope = h.scope.clone();
+        if h.status != HoldStatus::Open {
+            return (scope, false);
+        }
+        let (amounts, expires_at) = (h.amounts, h.expires_at);
+        for s in chain(&scope) {
+            let n = self.node_mut(s);
+            n.held.sub(&amounts);
+            n.open_holds -= 1;
+        }
+        self.expiry.remove(&(expires_at, id.to_string()));
+        (scope, true)
+    }
+
+    /// Books settled usage on the scope and every ancestor, and into every
+    /// limit on them.
+    fn charge(&mut self, scope: &str, ts: u64, actual: &Dims) {
+        for s in chain(scope) {
+            let n = self.node_mut(s);
+            n.spent.add(actual);
+            for l in &mut n.limits {
+                l.counter.charge(l.spec.window, ts, actual.get(l.spec.dim));
+            }
+        }
+    }
+
+    // ----- auditing -------------------------------------------------------
+
+    /// A canonical view of everything balances depend on, for comparing a
+    /// live or snapshotted state with one rebuilt from the ledger. Leaves out
+    /// what only serves idempotent replies (settled holds, spend ids), whose
+    /// forgetting depends on when housekeeping ran.
+    pub fn digest(&self) -> Digest {
+        Digest {
+            next_seq: self.next_seq,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            open_holds: self
+                .holds
+                .iter()
+                .filter(|(_, h)| h.status == HoldStatus::Open)
+                .map(|(k, h)| (k.clone(), h.clone()))
+                .collect(),
+            prices: self.prices.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    /// Checks the internal invariants: every scope's held equals the sum of
+    /// the open holds at or below it, and the expiry index matches the open
+    /// holds. Returns a description of the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut held: HashMap<&str, (Dims, u64)> = HashMap::new();
+        let mut open = 0;
+        for (id, h) in &self.holds {
+            if h.status != HoldStatus::Open {
+                continue;
+            }
+            open += 1;
+            if !self.expiry.contains(&(h.expires_at, id.clone())) {
+                return Err(format!("open hold {id} is missing from the expiry index"));
+            }
+            for s in chain(&h.scope) {
+                let e = held.entry(s).or_default();
+                e.0.add(&h.amounts);
+                e.1 += 1;
+            }
+        }
+        if open != self.expiry.len() {
+            return Err(format!(
+                "{} open holds but {} in the expiry index",
+                open,
+                self.expiry.len()
+            ));
+        }
+        for (s, n) in &self.nodes {
+            let (want, count) = held.get(s.as_str()).copied().unwrap_or_default();
+            if n.held != want || n.open_holds != count {
+                return Err(format!(
+                    "scope {s}: held {:?}/{} but open holds sum to {:?}/{}",
+                    n.held, n.open_holds, want, count
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// See [`State::digest`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub next_seq: u64,
+    pub nodes: BTreeMap<String, Node>,
+    pub open_holds: BTreeMap<String, Hold>,
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Digest {
+    /// The first difference between two digests, described for a person.
+    pub fn diff(&self, other: &Digest) -> Option<String> {
+        if self.next_seq != other.next_seq {
+            return Some(format!(
+                "ledger position: {} vs {}",
+                self.next_seq - 1,
+                other.next_seq - 1
+            ));
+        }
+        for (k, v) in &self.nodes {
+            match other.nodes.get(k) {
+                None => return Some(format!("scope {k}: missing on the other side")),
+                Some(o) if o != v => return Some(format!("scope {k}: {v:?} vs {o:?}")),
+                _ => {}
+            }
+        }
+        if let Some(k) = other.nodes.keys().find(|k| !self.nodes.contains_key(*k)) {
+            return Some(format!("scope {k}: missing on this side"));
+        }
+        for (k, v) in &self.open_holds {
+            if other.open_holds.get(k) != Some(v) {
+                return Some(format!(
+                    "open hold {k}: {v:?} vs {:?}",
+                    other.open_holds.get(k)
+                ));
+            }
+        }
+        if let Some(k) = other
+            .open_holds
+            .keys()
+            .find(|k| !self.open_holds.contains_key(*k))
+        {
+            return Some(format!("open hold {k}: missing on this side"));
+        }
+        if self.prices != other.prices {
+            return Some("price tables differ".into());
+        }
+        None
+    }
+}
+
+fn limit_value(scope: Option<&str>, node: &Node, l: &Limit, now: u64) -> Value {
+    let dim = l.spec.dim;
+    let used = l.used(now);
+    let held = node.held.get(dim);
+    let mut fields = Vec::with_capacity(8);
+    if let Some(s) = scope {
+        fields.push(("scope", Value::str(s)));
+    }
+    fields.extend([
+        ("dim", Value::str(dim.name())),
+        ("window", Value::Str(l.spec.window.describe())),
+        ("limit", amount_value(dim, l.spec.amount as i128)),
+        ("used", amount_value(dim, used as i128)),
+        ("held", amount_value(dim, held as i128)),
+        (
+            "remaining",
+            amount_value(dim, l.spec.amount as i128 - used as i128 - held as i128),
+        ),
+        (
+            "resets_at",
+            l.counter
+                .resets_at(l.spec.window, now)
+                .map_or(Value::Null, |t| Value::Int(t as i64)),
+        ),
+    ]);
+    Value::Map(fields)
+}
+
+fn granted_value(id: &str, h: &Hold) -> Value {
+    Value::Map(vec![
+        ("status", Value::str("granted")),
+        ("hold", Value::str(id)),
+        ("tokens", Value::Int(h.amounts.get(Dim::Tokens) as i64)),
+        ("cost", Value::Money(h.amounts.get(Dim::Cost) as i128)),
+        ("expires_at", Value::Int(h.expires_at as i64)),
+    ])
+}
+
+fn committed_value(id: &str, h: &Hold, s: &Settlement) -> Value {
+    let tokens = s.usage.input + s.usage.output;
+    let (held_tokens, held_cost) = (h.amounts.get(Dim::Tokens), h.amounts.get(Dim::Cost));
+    let (released, released_tokens) = if s.late {
+        (0, 0)
+    } else {
+        (
+            held_cost.saturating_sub(s.cost),
+            held_tokens.saturating_sub(tokens),
+        )
+    };
+    Value::Map(vec![
+        ("status", Value::str("committed")),
+        ("hold", Value::str(id)),
+        ("tokens", Value::Int(tokens as i64)),
+        ("cost", Value::Money(s.cost as i128)),
+        ("released", Value::Money(released as i128)),
+        ("released_tokens", Value::Int(released_tokens as i64)),
+        (
+            "overrun",
+            Value::Money(s.cost.saturating_sub(held_cost) as i128),
+        ),
+        (
+            "overrun_tokens",
+            Value::Int(tokens.saturating_sub(held_tokens) as i64),
+        ),
+        ("late", Value::Int(s.late as i64)),
+    ])
+}
+
+fn release_value(id: &str, h: &Hold) -> Value {
+    let (status, released) = match h.status {
+        HoldStatus::Released { .. } => ("released", h.amounts),
+        _ => ("expired", Dims::default()),
+    };
+    Value::Map(vec![
+        ("status", Value::str(status)),
+        ("hold", Value::str(id)),
+        ("released", Value::Money(released.get(Dim::Cost) as i128)),
+        (
+            "released_tokens",
+            Value::Int(released.get(Dim::Tokens) as i64),
+        ),
+    ])
+}
+
+fn spend_value(id: Option<&str>, usage: Usage, cost: u64) -> Value {
+    Value::Map(vec![
+        ("status", Value::str("spent")),
+        ("id", id.map_or(Value::Null, Value::str)),
+        ("tokens", Value::Int((usage.input + usage.output) as i64)),
+        ("cost", Value::Money(cost as i128)),
+    ])
+}
+
+fn hold_value(id: &str, h: &Hold) -> Value {
+    let status = match h.status {
+        HoldStatus::Open => "open",
+        HoldStatus::Committed(_) => "committed",
+        HoldStatus::Released { .. } => "released",
+        HoldStatus::Expired { .. } => "expired",
+    };
+    let mut f = vec![
+        ("hold", Value::str(id)),
+        ("status", Value::str(status)),
+        ("scope", Value::str(h.scope.clone())),
+        ("model", Value::str(h.model.clone())),
+        ("input", Value::Int(h.input as i64)),
+        ("output", Value::Int(h.output as i64)),
+        ("tokens", Value::Int(h.amounts.get(Dim::Tokens) as i64)),
+        ("cost", Value::Money(h.amounts.get(Dim::Cost) as i128)),
+        ("created_at", Value::Int(h.created_at as i64)),
+        ("expires_at", Value::Int(h.expires_at as i64)),
+        (
+            "ended_at",
+            h.ended_at().map_or(Value::Null, |t| Value::Int(t as i64)),
+        ),
+    ];
+    if let HoldStatus::Committed(s) = &h.status {
+        f.push((
+            "actual_tokens",
+            Value::Int((s.usage.input + s.usage.output) as i64),
+        ));
+        f.push(("actual_cost", Value::Money(s.cost as i128)));
+        f.push(("late", Value::Int(s.late as i64)));
+    }
+    Value::Map(f)
+}
+
+fn price_value(model: &str, matched: &str, p: &Price) -> Value {
+    let mut f = vec![
+        ("model", Value::str(model)),
+        ("matched", Value::str(matched)),
+    ];
+    f.extend(p.describe().into_iter().map(|(k, v)| (k, Value::Str(v))));
+    Value::Map(f)
+}

@@ -1,0 +1,226 @@
+//! Prices: model → nano-USD per million tokens for input, output, cached
+//! input (cache read) and cache write. The shipped default table lives in
+//! `data/prices.toml`; PRICE.SET entries override it. A dated or provider-
+//! prefixed model name falls back to its family.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::money::{cost_of, format_usd, parse_usd, Nanos};
+
+/// Per-million-token prices in nano-USD (so "$2.50/M" is 2_500_000_000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    pub input: Nanos,
+    pub output: Nanos,
+    pub cached: Nanos,
+    pub cache_write: Nanos,
+}
+
+/// Token counts of one settled call. `cached` and `cache_write` are the parts
+/// of `input` read from and written to a prompt cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+}
+
+impl Usage {
+    pub fn check(&self) -> Result<(), String> {
+        if self.cached.saturating_add(self.cache_write) > self.input {
+            return Err("CACHED + CACHEWRITE cannot exceed INPUT (they are parts of it)".into());
+        }
+        Ok(())
+    }
+}
+
+impl Price {
+    /// What a settled call cost, rounded up to the nano-dollar.
+    pub fn cost(&self, u: &Usage) -> Nanos {
+        let plain = u.input - u.cached - u.cache_write;
+        cost_of(&[
+            (plain, self.input),
+            (u.cached, self.cached),
+            (u.cache_write, self.cache_write),
+            (u.output, self.output),
+        ])
+    }
+
+    /// The most a call with this input and output cap can cost (all input at
+    /// the full input price): what a hold reserves.
+    pub fn max_cost(&self, input: u64, output: u64) -> Nanos {
+        cost_of(&[(input, self.input), (output, self.output)])
+    }
+
+    pub fn describe(&self) -> [(&'static str, String); 4] {
+        [
+            ("input", format_usd(self.input)),
+            ("output", format_usd(self.output)),
+            ("cached", format_usd(self.cached)),
+            ("cachewrite", format_usd(self.cache_write)),
+        ]
+    }
+}
+
+#[derive(Deserialize)]
+struct PriceFile {
+    models: HashMap<String, PriceRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceRow {
+    input: String,
+    output: String,
+    cached: Option<String>,
+    cachewrite: Option<String>,
+}
+
+pub const DEFAULT_PRICES_TOML: &str = include_str!("../../data/prices.toml");
+
+/// Parses a price table file (the format of `data/prices.toml`).
+pub fn parse_price_table(text: &str) -> Result<HashMap<String, Price>, String> {
+    let file: PriceFile = toml::from_str(text).map_err(|e| format!("price table: {e}"))?;
+    let mut out = HashMap::new();
+    for (model, row) in file.models {
+        let p = |s: &str| parse_usd(s).map_err(|e| format!("price of {model}: {e}"));
+        let input = p(&row.input)?;
+        let price = Price {
+            input,
+            output: p(&row.output)?,
+            cached: row.cached.as_deref().map(p).transpose()?.unwrap_or(input),
+            cache_write: row
+                .cachewrite
+                .as_deref()
+                .map(p)
+                .transpose()?
+                .unwrap_or(input),
+        };
+        out.insert(model.to_ascii_lowercase(), price);
+    }
+    Ok(out)
+}
+
+/// The shipped default table.
+pub fn default_prices() -> HashMap<String, Price> {
+    parse_price_table(DEFAULT_PRICES_TOML).expect("data/prices.toml is valid")
+}
+
+/// Candidate names for a model, most specific first: the name itself
+/// (lower-cased), then without a provider prefix (`openai/gpt-4o`), then with
+/// date/version suffixes stripped one at a time (`-2024-08-06`, `-20250514`,
+/// `-0613`, `@20240620`, `-latest`).
+pub fn family_candidates(model: &str) -> Vec<String> {
+    let mut name = model.to_ascii_lowercase();
+    let mut out = vec![name.clone()];
+    if let Some((_, rest)) = name.rsplit_once('/') {
+        name = rest.to_string();
+        out.push(name.clone());
+    }
+    if let Some((base, _)) = name.split_once('@') {
+        name = base.to_string();
+        out.push(name.clone());
+    }
+    loop {
+        let stripped = strip_version_suffix(&name);
+        match stripped {
+            Some(s) if !s.is_empty() => {
+                name = s.to_string();
+                out.push(name.clone());
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+fn strip_version_suffix(name: &str) -> Option<&str> {
+    let is_digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (base, last) = name.rsplit_once('-')?;
+    if last == "latest" || is_digits(last, 8) || is_digits(last, 4) {
+        return Some(base);
+    }
+    // -YYYY-MM-DD
+    if is_digits(last, 2) {
+        let (b2, mm) = base.rsplit_once('-')?;
+        let (b3, yyyy) = b2.rsplit_once('-')?;
+        if is_digits(mm, 2) && is_digits(yyyy, 4) {
+            return Some(b3);
+        }
+    }
+    None
+}
+
+/// Finds a model's price: exact, then its family, then the configured default.
+pub fn lookup<'a>(
+    table: &'a HashMap<String, Price>,
+    default: Option<&'a Price>,
+    model: &str,
+) -> Option<&'a Price> {
+    family_candidates(model)
+        .iter()
+        .find_map(|c| table.get(c))
+        .or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_table_parses_and_has_families() {
+        let t = default_prices();
+        assert!(t.len() > 25);
+        let p = lookup(&t, None, "gpt-4o-2024-08-06").unwrap();
+        assert_eq!(p.input, 2_500_000_000);
+        assert_eq!(
+            lookup(&t, None, "gpt-4o-mini-2024-07-18").unwrap().input,
+            150_000_000
+        );
+        assert_eq!(
+            lookup(&t, None, "claude-sonnet-4-20250514").unwrap().output,
+            15_000_000_000
+        );
+        assert_eq!(
+            lookup(&t, None, "anthropic/claude-3-5-sonnet@20240620")
+                .unwrap()
+                .input,
+            3_000_000_000
+        );
+        assert_eq!(
+            lookup(&t, None, "GPT-4-0613").unwrap().input,
+            30_000_000_000
+        );
+        assert!(lookup(&t, None, "llama-3").is_none());
+        // "gpt-4o" must not be mistaken for gpt-4 + a version.
+        assert_eq!(lookup(&t, None, "gpt-4o").unwrap().input, 2_500_000_000);
+    }
+
+    #[test]
+    fn costs_split_cached_input() {
+        let p = Price {
+            input: 3_000_000_000,
+            output: 15_000_000_000,
+            cached: 300_000_000,
+            cache_write: 3_750_000_000,
+        };
+        let u = Usage {
+            input: 1_000_000,
+            output: 0,
+            cached: 500_000,
+            cache_write: 0,
+        };
+        assert_eq!(p.cost(&u), 1_500_000_000 + 150_000_000);
+        assert_eq!(p.max_cost(1_000_000, 1_000_000), 18_000_000_000);
+        assert!(Usage {
+            input: 1,
+            cached: 2,
+            ..Default::default()
+        }
+        .check()
+        .is_err());
+    }
+}
