@@ -1,1 +1,224 @@
-fn main() {}
+//! The spendb command line: `spendb serve`, `spendb ledger verify`.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use spendb::engine::{self, Durability, EngineConfig};
+use spendb::resp::{self, frame::FrameLimits, ServerCtx};
+use spendb::state::limit::parse_duration_ms;
+use spendb::state::money::parse_usd;
+use spendb::state::price::Price;
+use spendb::state::Config;
+use spendb::store::{recovery, SledStore};
+
+#[derive(Parser)]
+#[command(
+    name = "spendb",
+    version,
+    about = "A spend database server for LLM agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Inspect the ledger.
+    Ledger {
+        #[command(subcommand)]
+        cmd: LedgerCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Replay the whole ledger, check every CRC, and compare the rebuilt state
+    /// with the stored snapshots. Run it on a stopped server's data dir.
+    Verify {
+        #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RulesArgs {
+    /// Price for models the table does not know, as "<input usd/M>:<output usd/M>"
+    /// (default: unknown models get NOPRICE).
+    #[arg(long, env = "SPENDB_DEFAULT_PRICE")]
+    default_price: Option<String>,
+    /// How long settled holds and spend ids are remembered for idempotent replays.
+    #[arg(long, env = "SPENDB_ID_RETENTION", default_value = "10m")]
+    id_retention: String,
+    /// Hold TTL when RESERVE gives none.
+    #[arg(long, env = "SPENDB_DEFAULT_TTL", default_value = "10m")]
+    default_ttl: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where the ledger and snapshots live.
+    #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
+    data_dir: PathBuf,
+    /// Redis-protocol port (0: any free port, printed at start).
+    #[arg(long, env = "SPENDB_PORT", default_value_t = 7379)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, env = "SPENDB_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// fsync (reply after fsync), interval:<ms> (sync at most every ms), or none.
+    #[arg(long, env = "SPENDB_DURABILITY", default_value = "fsync")]
+    durability: Durability,
+    /// Snapshot the state every this many ledger entries (0: only at shutdown).
+    #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
+    snapshot_every: u64,
+    #[command(flatten)]
+    rules: RulesArgs,
+}
+
+fn rules(a: &RulesArgs) -> Result<Config, String> {
+    let default_price = match &a.default_price {
+        None => None,
+        Some(s) => {
+            let (i, o) = s
+                .split_once(':')
+                .ok_or("--default-price: expected <input usd/M>:<output usd/M>")?;
+            let input = parse_usd(i).map_err(|e| format!("--default-price: {e}"))?;
+            let output = parse_usd(o).map_err(|e| format!("--default-price: {e}"))?;
+            Some(Price {
+                input,
+                output,
+                cached: input,
+                cache_write: input,
+            })
+        }
+    };
+    let default_ttl_ms =
+        parse_duration_ms(&a.default_ttl).map_err(|e| format!("--default-ttl: {e}"))?;
+    let base = Config::default();
+    if default_ttl_ms == 0 || default_ttl_ms > base.max_ttl_ms {
+        return Err("--default-ttl must be between 1ms and 24h".into());
+    }
+    Ok(Config {
+        default_price,
+        id_retention_ms: parse_duration_ms(&a.id_retention)
+            .map_err(|e| format!("--id-retention: {e}"))?,
+        default_ttl_ms,
+        ..base
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPENDB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Ledger {
+            cmd: LedgerCmd::Verify { data_dir },
+        } => verify(&data_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spendb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(dir: &std::path::Path) -> Result<(), String> {
+    if !dir.join("db").exists() {
+        return Err(format!("{} holds no spendb data", dir.display()));
+    }
+    let store = SledStore::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let r = recovery::verify(&store, Config::default())
+        .map_err(|e| format!("ledger verify FAILED: {e}"))?;
+    println!(
+        "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds",
+        r.entries, r.snapshots_compared, r.scopes, r.open_holds
+    );
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<(), String> {
+    let rules = rules(&a.rules)?;
+    let store = SledStore::open(&a.data_dir)
+        .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
+    let started = Instant::now();
+    let config = EngineConfig {
+        durability: a.durability,
+        rules,
+        snapshot_every: a.snapshot_every,
+        ..Default::default()
+    };
+    let (handle, thread, rec) = engine::start(Box::new(store), config, engine::system_clock())
+        .map_err(|e| format!("recovery failed: {e}"))?;
+    tracing::info!(
+        "recovered {} ledger entries in {:?} (snapshot at {:?}, replayed {}{})",
+        rec.state.next_seq - 1,
+        started.elapsed(),
+        rec.snapshot_seq,
+        rec.replayed,
+        rec.cut_tail
+            .map_or(String::new(), |s| format!(", cut a damaged tail at {s}")),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.bind, a.port))
+            .await
+            .map_err(|e| format!("binding {}:{}: {e}", a.bind, a.port))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let ctx = Arc::new(ServerCtx {
+            engine: handle.clone(),
+            limits: FrameLimits::default(),
+            next_client_id: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            started,
+            port: addr.port(),
+            durability: a.durability,
+        });
+        tracing::info!(
+            "serving the Redis protocol on {addr} (durability {:?})",
+            a.durability
+        );
+        // Tests and scripts read this line to learn the port.
+        println!("spendb ready resp={addr}");
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = resp::run(listener, ctx) => {}
+            _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
+        }
+        handle.shutdown().await;
+        Ok::<(), String>(())
+    })?;
+    let _ = thread.join();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -81,6 +81,8 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
     Ok,
+    /// A simple status line (`+PONG`).
+    Status(&'static str),
     Null,
     Int(i64),
     Str(String),

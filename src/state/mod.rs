@@ -237,6 +237,10 @@ impl State {
         self.expiry.first().map(|(t, _)| *t)
     }
 
+    pub fn open_hold_count(&self) -> usize {
+        self.expiry.len()
+    }
+
     fn emit(&mut self, now: u64, kind: EntryKind, out: &mut Vec<Entry>) {
         let e = Entry {
             seq: self.next_seq,

@@ -1,0 +1,369 @@
+//! spendb's own commands: arguments → [`Command`]. Only syntax lives here
+//! (which words, which numbers); every rule is the state machine's.
+
+use std::borrow::Cow;
+
+use crate::state::limit::{Dim, LimitSpec, Window};
+use crate::state::money::parse_usd;
+use crate::state::price::{Price, Usage};
+use crate::state::{Command, ReserveArgs, Value};
+
+pub type Args<'a> = [Cow<'a, [u8]>];
+
+/// Name, arity (Redis convention: negative = at least), flags, summary, syntax.
+pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
+    (
+        "budget.set",
+        -6,
+        "write",
+        "Set a scope's limits (replaces them all)",
+        "<scope> <DIM> <amount> (PER <period> | ROLLING <duration>) [<DIM> ...]",
+    ),
+    (
+        "budget.get",
+        2,
+        "readonly",
+        "A scope's limits with used, held, remaining, resets_at",
+        "<scope>",
+    ),
+    (
+        "budget.del",
+        2,
+        "write",
+        "Delete a scope's limits",
+        "<scope>",
+    ),
+    (
+        "budget.list",
+        -1,
+        "readonly",
+        "Scopes that have limits",
+        "[<prefix>]",
+    ),
+    (
+        "reserve",
+        -6,
+        "write",
+        "Hold an amount against every budget covering a scope",
+        "<hold> <scope> <model> INPUT <n> [OUTPUT <max>] [TTL <ms>]",
+    ),
+    (
+        "commit",
+        -6,
+        "write",
+        "Settle a hold at the actual usage",
+        "<hold> INPUT <n> OUTPUT <n> [CACHED <n>] [CACHEWRITE <n>]",
+    ),
+    ("release", 2, "write", "Drop a hold", "<hold>"),
+    ("hold.get", 2, "readonly", "A hold and its state", "<hold>"),
+    (
+        "spend",
+        -7,
+        "write",
+        "Book usage that had no hold",
+        "<scope> <model> INPUT <n> OUTPUT <n> [CACHED <n>] [CACHEWRITE <n>] [ID <id>]",
+    ),
+    (
+        "balance",
+        2,
+        "readonly",
+        "Spent and held at a scope, and every limit covering it",
+        "<scope>",
+    ),
+    (
+        "price.set",
+        -6,
+        "write",
+        "Set a model's USD per million tokens",
+        "<model> INPUT <usd/M> OUTPUT <usd/M> [CACHED <usd/M>] [CACHEWRITE <usd/M>]",
+    ),
+    (
+        "price.get",
+        2,
+        "readonly",
+        "A model's price (after family fallback)",
+        "<model>",
+    ),
+    ("price.list", 1, "readonly", "The price table", ""),
+];
+
+fn syntax(cmd: &str) -> Value {
+    let usage = COMMANDS.iter().find(|c| c.0 == cmd).map_or("", |c| c.4);
+    Value::err(
+        "ERR",
+        format!("syntax: {} {usage}", cmd.to_ascii_uppercase()),
+    )
+}
+
+pub fn text(arg: &[u8], what: &str) -> Result<String, Value> {
+    String::from_utf8(arg.to_vec())
+        .map_err(|_| Value::err("ERR", format!("{what} is not valid UTF-8")))
+}
+
+pub fn uint(arg: &[u8], what: &str) -> Result<u64, Value> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Value::err("ERR", format!("{what} must be a non-negative integer")))
+}
+
+fn usd(arg: &[u8], what: &str) -> Result<u64, Value> {
+    parse_usd(std::str::from_utf8(arg).unwrap_or("?"))
+        .map_err(|e| Value::err("ERR", format!("{what}: {e}")))
+}
+
+/// Keyword options: `KEY value` pairs from `allowed`; unknown or repeated
+/// keywords are syntax errors. Returns values by position in `allowed`.
+fn options<'a>(
+    cmd: &str,
+    args: &'a Args<'a>,
+    allowed: &[&str],
+) -> Result<Vec<Option<&'a [u8]>>, Value> {
+    let mut out = vec![None; allowed.len()];
+    if args.len() % 2 != 0 {
+        return Err(syntax(cmd));
+    }
+    for pair in args.chunks(2) {
+        let key = std::str::from_utf8(&pair[0])
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let Some(i) = allowed.iter().position(|a| *a == key) else {
+            return Err(Value::err(
+                "ERR",
+                format!(
+                    "syntax: unknown option '{key}' for {}",
+                    cmd.to_ascii_uppercase()
+                ),
+            ));
+        };
+        if out[i].is_some() {
+            return Err(Value::err("ERR", format!("syntax: {key} given twice")));
+        }
+        out[i] = Some(&pair[1][..]);
+    }
+    Ok(out)
+}
+
+fn usage(cmd: &str, opts: &[Option<&[u8]>]) -> Result<Usage, Value> {
+    let (Some(i), Some(o)) = (opts[0], opts[1]) else {
+        return Err(syntax(cmd));
+    };
+    Ok(Usage {
+        input: uint(i, "INPUT")?,
+        output: uint(o, "OUTPUT")?,
+        cached: opts[2].map(|v| uint(v, "CACHED")).transpose()?.unwrap_or(0),
+        cache_write: opts[3]
+            .map(|v| uint(v, "CACHEWRITE"))
+            .transpose()?
+            .unwrap_or(0),
+    })
+}
+
+/// Whether `name` (lower-case) is one of spendb's engine commands.
+pub fn is_engine_command(name: &str) -> bool {
+    COMMANDS.iter().any(|c| c.0 == name)
+}
+
+/// Parses an engine command; `name` is lower-case, `args` excludes it.
+pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
+    let arity = COMMANDS.iter().find(|c| c.0 == name).map_or(0, |c| c.1);
+    let n = args.len() as i64 + 1;
+    if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
+        return Err(syntax(name));
+    }
+    let arg = |i: usize, what: &str| text(&args[i], what);
+    Ok(match name {
+        "budget.set" => {
+            let scope = arg(0, "scope")?;
+            let rest = &args[1..];
+            if rest.len() % 4 != 0 {
+                return Err(syntax(name));
+            }
+            let mut limits = Vec::new();
+            for l in rest.chunks(4) {
+                let word = |b: &[u8]| std::str::from_utf8(b).unwrap_or("").to_ascii_uppercase();
+                let dim = Dim::parse(&word(&l[0])).ok_or_else(|| {
+                    Value::err(
+                        "ERR",
+                        format!(
+                            "unknown dimension '{}' (TOKENS INPUT OUTPUT REQUESTS COST)",
+                            word(&l[0])
+                        ),
+                    )
+                })?;
+                let amount = if dim == Dim::Cost {
+                    usd(&l[1], "COST amount")?
+                } else {
+                    uint(&l[1], "limit amount")?
+                };
+                let spec = word(&l[3]);
+                let window = match word(&l[2]).as_str() {
+                    "PER" => Window::parse_period(&spec).ok_or_else(|| {
+                        Value::err(
+                            "ERR",
+                            format!("unknown period '{spec}' (MINUTE HOUR DAY WEEK MONTH TOTAL)"),
+                        )
+                    })?,
+                    "ROLLING" => Window::parse_rolling(&spec).map_err(|e| Value::err("ERR", e))?,
+                    _ => return Err(syntax(name)),
+                };
+                limits.push(LimitSpec {
+                    dim,
+                    window,
+                    amount,
+                });
+            }
+            Command::BudgetSet { scope, limits }
+        }
+        "budget.get" => Command::BudgetGet {
+            scope: arg(0, "scope")?,
+        },
+        "budget.del" => Command::BudgetDel {
+            scope: arg(0, "scope")?,
+        },
+        "budget.list" => match args.len() {
+            0 => Command::BudgetList { prefix: None },
+            1 => Command::BudgetList {
+                prefix: Some(arg(0, "prefix")?),
+            },
+            _ => return Err(syntax(name)),
+        },
+        "reserve" => {
+            let o = options(name, &args[3..], &["INPUT", "OUTPUT", "TTL", "TEXT"])?;
+            if o[3].is_some() {
+                return Err(Value::err("ERR", "RESERVE … TEXT needs token counting, which this build does not have yet: count with your tokenizer and send INPUT <n>"));
+            }
+            let Some(input) = o[0] else {
+                return Err(syntax(name));
+            };
+            Command::Reserve(ReserveArgs {
+                hold: arg(0, "hold id")?,
+                scope: arg(1, "scope")?,
+                model: arg(2, "model")?,
+                input: uint(input, "INPUT")?,
+                output: o[1].map(|v| uint(v, "OUTPUT")).transpose()?.unwrap_or(0),
+                ttl_ms: o[2].map(|v| uint(v, "TTL")).transpose()?,
+            })
+        }
+        "commit" => {
+            let o = options(
+                name,
+                &args[1..],
+                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE"],
+            )?;
+            Command::Commit {
+                hold: arg(0, "hold id")?,
+                usage: usage(name, &o)?,
+            }
+        }
+        "release" => Command::Release {
+            hold: arg(0, "hold id")?,
+        },
+        "hold.get" => Command::HoldGet {
+            hold: arg(0, "hold id")?,
+        },
+        "spend" => {
+            let o = options(
+                name,
+                &args[2..],
+                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE", "ID"],
+            )?;
+            Command::Spend {
+                scope: arg(0, "scope")?,
+                model: arg(1, "model")?,
+                usage: usage(name, &o)?,
+                id: o[4].map(|v| text(v, "ID")).transpose()?,
+            }
+        }
+        "balance" => Command::Balance {
+            scope: arg(0, "scope")?,
+        },
+        "price.set" => {
+            let o = options(
+                name,
+                &args[1..],
+                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE"],
+            )?;
+            let (Some(i), Some(out)) = (o[0], o[1]) else {
+                return Err(syntax(name));
+            };
+            let input = usd(i, "INPUT")?;
+            Command::PriceSet {
+                model: arg(0, "model")?,
+                price: Price {
+                    input,
+                    output: usd(out, "OUTPUT")?,
+                    cached: o[2].map(|v| usd(v, "CACHED")).transpose()?.unwrap_or(input),
+                    cache_write: o[3]
+                        .map(|v| usd(v, "CACHEWRITE"))
+                        .transpose()?
+                        .unwrap_or(input),
+                },
+            }
+        }
+        "price.get" => Command::PriceGet {
+            model: arg(0, "model")?,
+        },
+        "price.list" => Command::PriceList,
+        _ => return Err(Value::err("ERR", format!("unknown command '{name}'"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Result<Command, Value> {
+        let words: Vec<Cow<[u8]>> = line
+            .split(' ')
+            .map(|w| Cow::Owned(w.as_bytes().to_vec()))
+            .collect();
+        parse(
+            &std::str::from_utf8(&words[0]).unwrap().to_ascii_lowercase(),
+            &words[1..],
+        )
+    }
+
+    #[test]
+    fn parses_budget_set() {
+        let c = p("BUDGET.SET org:a TOKENS 1000 PER DAY COST 2.5 ROLLING 1h").unwrap();
+        let Command::BudgetSet { limits, .. } = c else {
+            panic!()
+        };
+        assert_eq!(
+            limits[1],
+            LimitSpec {
+                dim: Dim::Cost,
+                window: Window::Rolling(3_600_000),
+                amount: 2_500_000_000
+            }
+        );
+        assert!(p("BUDGET.SET org:a TOKENS 1000 PER YEAR").is_err());
+        assert!(p("BUDGET.SET org:a BOGUS 1 PER DAY").is_err());
+        assert!(p("BUDGET.SET org:a TOKENS -1 PER DAY").is_err());
+        assert!(p("BUDGET.SET org:a TOKENS 1 PER").is_err());
+    }
+
+    #[test]
+    fn parses_reserve_and_commit() {
+        let c = p("RESERVE h1 org:a gpt-4o INPUT 10 OUTPUT 20 TTL 5000").unwrap();
+        assert_eq!(
+            c,
+            Command::Reserve(ReserveArgs {
+                hold: "h1".into(),
+                scope: "org:a".into(),
+                model: "gpt-4o".into(),
+                input: 10,
+                output: 20,
+                ttl_ms: Some(5000)
+            })
+        );
+        assert!(p("RESERVE h1 org:a gpt-4o OUTPUT 20").is_err());
+        assert!(p("RESERVE h1 org:a gpt-4o INPUT 1 INPUT 2").is_err());
+        assert!(p("RESERVE h1 org:a gpt-4o INPUT x").is_err());
+        assert!(p("COMMIT h1 INPUT 1").is_err());
+        assert!(p("COMMIT h1 INPUT 1 OUTPUT 2 CACHED 1").is_ok());
+        assert!(p("COMMIT h1 INPUT 1 OUTPUT 2 FOO 1").is_err());
+    }
+}

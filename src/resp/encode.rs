@@ -1,0 +1,90 @@
+//! Reply encoding: a structured [`Value`] to RESP2 or RESP3 bytes. Maps are
+//! RESP3 maps, or flat field/value arrays in RESP2; money is a decimal USD
+//! string in both.
+
+use crate::state::money::format_signed_usd;
+use crate::state::Value;
+
+pub fn encode(v: &Value, proto: u8, out: &mut Vec<u8>) {
+    match v {
+        Value::Ok => out.extend_from_slice(b"+OK\r\n"),
+        Value::Status(s) => {
+            out.push(b'+');
+            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Value::Null => out.extend_from_slice(if proto >= 3 { b"_\r\n" } else { b"$-1\r\n" }),
+        Value::Int(n) => {
+            out.push(b':');
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Value::Str(s) => bulk(s.as_bytes(), out),
+        Value::Money(n) => bulk(format_signed_usd(*n).as_bytes(), out),
+        Value::Array(items) => {
+            header(b'*', items.len(), out);
+            for i in items {
+                encode(i, proto, out);
+            }
+        }
+        Value::Map(fields) => {
+            if proto >= 3 {
+                header(b'%', fields.len(), out);
+            } else {
+                header(b'*', fields.len() * 2, out);
+            }
+            for (k, v) in fields {
+                bulk(k.as_bytes(), out);
+                encode(v, proto, out);
+            }
+        }
+        Value::Error { code, msg } => {
+            out.push(b'-');
+            out.extend_from_slice(code.as_bytes());
+            out.push(b' ');
+            // An error line cannot carry CR or LF.
+            out.extend(
+                msg.bytes()
+                    .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+            );
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+pub fn bulk(b: &[u8], out: &mut Vec<u8>) {
+    header(b'$', b.len(), out);
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header(kind: u8, n: usize, out: &mut Vec<u8>) {
+    out.push(kind);
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_by_protocol() {
+        let v = Value::Map(vec![
+            ("status", Value::str("granted")),
+            ("cost", Value::Money(1_500_000_000)),
+        ]);
+        let mut o2 = Vec::new();
+        encode(&v, 2, &mut o2);
+        assert_eq!(
+            o2,
+            b"*4\r\n$6\r\nstatus\r\n$7\r\ngranted\r\n$4\r\ncost\r\n$3\r\n1.5\r\n"
+        );
+        let mut o3 = Vec::new();
+        encode(&v, 3, &mut o3);
+        assert!(o3.starts_with(b"%2\r\n"));
+        let mut e = Vec::new();
+        encode(&Value::err("ERR", "bad\r\nthing"), 2, &mut e);
+        assert_eq!(e, b"-ERR bad  thing\r\n");
+    }
+}

@@ -1,0 +1,79 @@
+//! CRC framing of ledger records and snapshots: `[crc32 (LE, 4 bytes)][payload]`,
+//! the CRC (crc32fast) taken over the payload. Payloads are bincode 2.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::state::Entry;
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Frames any serializable value.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(value, &mut out, bincode_config())
+        .expect("encoding to a Vec cannot fail");
+    let crc = crc32fast::hash(&out[4..]);
+    out[..4].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Checks a frame's CRC and decodes it.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() < 4 {
+        return Err(format!(
+            "record of {} bytes is shorter than its CRC",
+            bytes.len()
+        ));
+    }
+    let (crc, payload) = bytes.split_at(4);
+    let want = u32::from_le_bytes(crc.try_into().unwrap());
+    let got = crc32fast::hash(payload);
+    if want != got {
+        return Err(format!(
+            "CRC mismatch (stored {want:08x}, computed {got:08x})"
+        ));
+    }
+    let (v, used) = bincode::serde::decode_from_slice(payload, bincode_config())
+        .map_err(|e| format!("undecodable record: {e}"))?;
+    if used != payload.len() {
+        return Err(format!(
+            "{} trailing bytes after the record",
+            payload.len() - used
+        ));
+    }
+    Ok(v)
+}
+
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    encode(e)
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::EntryKind;
+
+    #[test]
+    fn round_trips_and_detects_any_flipped_bit() {
+        let e = Entry {
+            seq: 7,
+            ts: 123,
+            kind: EntryKind::Release { id: "h1".into() },
+        };
+        let bytes = encode_entry(&e);
+        assert_eq!(decode_entry(&bytes).unwrap(), e);
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(decode_entry(&b).is_err(), "flip of bit {i} went unnoticed");
+        }
+        assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_entry(&[1, 2]).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! Durability: the ledger and snapshots on disk, behind [`Storage`] so the
+//! engine never depends on sled's quirks (and tests can inject faults).
+//!
+//! - `frame`: CRC-framed, bincode-encoded records;
+//! - `sled_store`: the sled implementation, with a real fsync;
+//! - `recovery`: start-up (snapshot + replay of the tail) and `ledger verify`.
+
+pub mod frame;
+pub mod recovery;
+pub mod sled_store;
+
+use crate::state::Entry;
+
+pub use sled_store::SledStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ledger record {seq}: {what}")]
+    Corrupt { seq: u64, what: String },
+}
+
+/// What the engine needs from a store.
+pub trait Storage: Send {
+    /// Writes a group of entries as one crash-atomic batch. Not yet durable.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError>;
+    /// Makes everything appended so far durable (survives power loss).
+    fn sync(&mut self) -> Result<(), StoreError>;
+    /// Ledger entries with seq ≥ `from`, in order, each CRC-checked.
+    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_>;
+    /// The highest seq in the ledger (0 when empty).
+    fn last_seq(&self) -> Result<u64, StoreError>;
+    /// Stores a framed snapshot of the state as of ledger position `seq`.
+    fn save_snapshot(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError>;
+    /// Snapshots, newest first, as (seq, framed bytes).
+    fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Removes a ledger tail from `from` on (cutting back a damaged tail).
+    fn truncate_from(&mut self, from: u64) -> Result<(), StoreError>;
+}
