@@ -109,10 +109,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 return;
             }
             wbuf.clear();
+            if close {
+                return;
+            }
             continue; // more may already be buffered
-        }
-        if close {
-            return;
         }
         match stream.read_buf(&mut rbuf).await {
             Ok(0) | Err(_) => return,

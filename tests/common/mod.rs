@@ -1,0 +1,205 @@
+//! Test harness: runs the real `spendb` binary on a free port (port 0; the
+//! server prints the address it bound) over a temporary data dir, and talks
+//! to it with the `redis` crate. Children are killed and dirs removed on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub extra: Vec<String>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_spendb")
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        let (child, port) = spawn(dir, extra);
+        Server {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: a crash.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Restarts on the same data dir (after stop or crash).
+    pub fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        (self.child, self.port) = spawn(&self.dir, &extra);
+    }
+}
+
+/// Starts the binary and reads the address it bound from its first line.
+pub fn spawn(dir: &Path, extra: &[&str]) -> (Child, u16) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("SPENDB_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn spendb");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("spendb ready resp=")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (child, addr.rsplit(':').next().unwrap().parse().unwrap())
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Runs `spendb ledger verify` on a data dir: (success, output).
+pub fn verify(dir: &Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A spendb reply as field → value (RESP2 flat array or RESP3 map).
+pub type Reply = HashMap<String, redis::Value>;
+
+pub fn fields(v: redis::Value) -> Reply {
+    match v {
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .map(|kv| (string(&kv[0]), kv[1].clone()))
+            .collect(),
+        redis::Value::Map(kvs) => kvs.into_iter().map(|(k, v)| (string(&k), v)).collect(),
+        other => panic!("not a map reply: {other:?}"),
+    }
+}
+
+pub fn string(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::Nil => "nil".into(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+pub trait Get {
+    fn s(&self, f: &str) -> String;
+    fn i(&self, f: &str) -> i64;
+}
+
+impl Get for Reply {
+    fn s(&self, f: &str) -> String {
+        string(
+            self.get(f)
+                .unwrap_or_else(|| panic!("no field {f} in {self:?}")),
+        )
+    }
+    fn i(&self, f: &str) -> i64 {
+        match self.get(f) {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("field {f} is {other:?}"),
+        }
+    }
+}
+
+/// Sends a command given as words; returns the reply as fields.
+pub fn q(con: &mut redis::Connection, line: &str) -> Reply {
+    fields(raw(con, line).unwrap_or_else(|e| panic!("{line}: {e}")))
+}
+
+/// Sends a command given as words; returns the raw reply or the error.
+pub fn raw(con: &mut redis::Connection, line: &str) -> redis::RedisResult<redis::Value> {
+    let mut words = line.split_whitespace();
+    let mut c = redis::cmd(words.next().unwrap());
+    for w in words {
+        c.arg(w);
+    }
+    c.query(con)
+}
+
+/// The error line of a command that must fail ("CODE message").
+pub fn err(con: &mut redis::Connection, line: &str) -> String {
+    match raw(con, line) {
+        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+        Ok(v) => panic!("{line} succeeded: {v:?}"),
+    }
+}
+
+/// A limit of a BALANCE / BUDGET.GET reply, by dim and window.
+pub fn limit(reply: &Reply, dim: &str, window: &str) -> Reply {
+    let redis::Value::Array(ls) = reply.get("limits").unwrap().clone() else {
+        panic!("limits not an array")
+    };
+    ls.into_iter()
+        .map(fields)
+        .find(|l| l.s("dim") == dim && l.s("window") == window)
+        .unwrap_or_else(|| panic!("no limit {dim} {window} in {reply:?}"))
+}
+
+/// A dimension of a BALANCE's `spent` or `held` map.
+pub fn dim(reply: &Reply, map: &str, dim: &str) -> String {
+    fields(reply.get(map).unwrap().clone()).s(dim)
+}

@@ -1,0 +1,649 @@
+//! Model-based property test of the state machine. Random sequences of budget
+//! sets and deletes, reserves, commits, releases, spends, price changes and
+//! clock advances over a small tree of scopes run against `State` and against
+//! a reference model that keeps every charge in a log and recomputes each
+//! figure from scratch. Every reply and every balance must agree, and after
+//! every step:
+//! - held = the sum of the open holds at or below each scope, per dimension;
+//! - used = the sum of the settled amounts in each limit's window;
+//! - no grant takes `used + held` past a limit;
+//! - a denial names a limit that really is exceeded, and its retry_after_ms
+//!   is exact: the request fits at that moment and not a millisecond before.
+//!
+//! At the end, replaying the emitted ledger into a fresh state, and a
+//! snapshot round trip, both give the same state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+use spendb::state::limit::{
+    period_end, period_start, Dim, LimitSpec, Period, Window, ROLLING_BUCKETS,
+};
+use spendb::state::price::{Price, Usage};
+use spendb::state::{Command, Config, Entry, ReserveArgs, State, Value};
+use spendb::store::recovery::{decode_snapshot, encode_snapshot};
+
+const T0: u64 = 1_795_305_600_000; // 2026-11-22T00:00:00Z
+const SCOPES: &[&str] = &["a", "a/b", "a/b/c", "a/d", "e"];
+const MODELS: &[&str] = &[
+    "gpt-4o",
+    "gpt-4o-mini-2024-07-18",
+    "claude-sonnet-4",
+    "mystery",
+];
+const WINDOWS: &[Window] = &[
+    Window::Calendar(Period::Minute),
+    Window::Calendar(Period::Hour),
+    Window::Calendar(Period::Day),
+    Window::Total,
+    Window::Rolling(2_000),
+    Window::Rolling(10_000),
+    Window::Rolling(1_000),
+];
+
+#[derive(Clone, Debug)]
+enum Op {
+    BudgetSet(usize, Vec<(Dim, usize, u64)>),
+    BudgetDel(usize),
+    Reserve {
+        hold: usize,
+        scope: usize,
+        model: usize,
+        input: u64,
+        output: u64,
+        ttl: Option<u64>,
+    },
+    Commit {
+        hold: usize,
+        usage: Usage,
+    },
+    Release(usize),
+    Spend {
+        scope: usize,
+        model: usize,
+        usage: Usage,
+        id: Option<usize>,
+    },
+    PriceSet(usize, u64, u64),
+    Advance(u64),
+}
+
+fn usage() -> impl Strategy<Value = Usage> {
+    (0u64..600, 0u64..600, 0u64..3).prop_map(|(input, output, split)| Usage {
+        input,
+        output,
+        cached: if split == 1 { input / 2 } else { 0 },
+        cache_write: if split == 2 { input / 3 } else { 0 },
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let dim = prop::sample::select(Dim::ALL.to_vec());
+    let limit = (
+        dim,
+        0..WINDOWS.len(),
+        prop_oneof![1u64..3, 300u64..3000, 2_000_000u64..40_000_000],
+    );
+    prop_oneof![
+        2 => (0..SCOPES.len(), prop::collection::vec(limit, 1..4)).prop_map(|(s, l)| Op::BudgetSet(s, l)),
+        1 => (0..SCOPES.len()).prop_map(Op::BudgetDel),
+        8 => (0usize..10, 0..SCOPES.len(), 0..MODELS.len(), 0u64..300, 0u64..300,
+              prop::option::of(prop::sample::select(vec![1u64, 500, 3_000, 60_000, 90_000_000])))
+            .prop_map(|(hold, scope, model, input, output, ttl)| Op::Reserve { hold, scope, model, input, output, ttl }),
+        5 => (0usize..10, usage()).prop_map(|(hold, usage)| Op::Commit { hold, usage }),
+        2 => (0usize..10).prop_map(Op::Release),
+        2 => (0..SCOPES.len(), 0..MODELS.len(), usage(), prop::option::of(0usize..4))
+            .prop_map(|(scope, model, usage, id)| Op::Spend { scope, model, usage, id }),
+        1 => (0..3usize, 0u64..20_000_000_000, 0u64..80_000_000_000).prop_map(|(m, i, o)| Op::PriceSet(m, i, o)),
+        5 => prop_oneof![0u64..50, 0u64..3_000, Just(60_000u64), Just(3_600_000u64), Just(86_400_000u64)].prop_map(Op::Advance),
+    ]
+}
+
+// ----- the reference model ------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+enum RStatus {
+    Open,
+    Committed { usage: Usage, cost: u64, late: bool },
+    Released,
+    Expired,
+}
+
+#[derive(Clone, Debug)]
+struct RHold {
+    scope: String,
+    model: String,
+    input: u64,
+    output: u64,
+    ttl: Option<u64>,
+    amounts: [u64; 5],
+    expires_at: u64,
+    status: RStatus,
+}
+
+#[derive(Default)]
+struct Reference {
+    /// scope → limits with the index of the step that started counting them.
+    budgets: BTreeMap<String, Vec<(LimitSpec, u64)>>,
+    /// (scope, ts, step, amounts)
+    charges: Vec<(String, u64, u64, [u64; 5])>,
+    holds: HashMap<String, RHold>,
+    spends: HashMap<String, (String, String, Usage, u64)>,
+    prices: HashMap<String, Price>,
+}
+
+fn within(scope: &str, prefix: &str) -> bool {
+    scope == prefix || scope.starts_with(&format!("{prefix}/"))
+}
+
+fn ancestors(scope: &str) -> Vec<String> {
+    let parts: Vec<&str> = scope.split('/').collect();
+    (1..=parts.len())
+        .rev()
+        .map(|n| parts[..n].join("/"))
+        .collect()
+}
+
+fn call(input: u64, output: u64, cost: u64) -> [u64; 5] {
+    [input + output, input, output, 1, cost]
+}
+
+impl Reference {
+    fn price(&self, model: &str) -> Option<Price> {
+        let family = match model {
+            "gpt-4o-mini-2024-07-18" => "gpt-4o-mini",
+            m => m,
+        };
+        self.prices
+            .get(model)
+            .or_else(|| self.prices.get(family))
+            .copied()
+    }
+
+    fn cost(p: &Price, u: &Usage) -> u64 {
+        let plain = (u.input - u.cached - u.cache_write) as u128;
+        let t = plain * p.input as u128
+            + u.cached as u128 * p.cached as u128
+            + u.cache_write as u128 * p.cache_write as u128
+            + u.output as u128 * p.output as u128;
+        t.div_ceil(1_000_000) as u64
+    }
+
+    fn in_window(w: Window, charge_ts: u64, now: u64) -> bool {
+        match w {
+            Window::Calendar(p) => period_start(p, charge_ts) == period_start(p, now),
+            Window::Total => true,
+            Window::Rolling(ms) => {
+                let width = ms.div_ceil(ROLLING_BUCKETS).max(1);
+                let n = ms.div_ceil(width);
+                charge_ts / width + n > now / width
+            }
+        }
+    }
+
+    fn used(&self, scope: &str, spec: &LimitSpec, since_step: u64, now: u64) -> u64 {
+        self.charges
+            .iter()
+            .filter(|(s, ts, step, _)| {
+                within(s, scope) && *step > since_step && Self::in_window(spec.window, *ts, now)
+            })
+            .map(|(_, _, _, a)| a[spec.dim.index()])
+            .sum()
+    }
+
+    fn expire(&mut self, now: u64) {
+        for h in self.holds.values_mut() {
+            if h.status == RStatus::Open && h.expires_at <= now {
+                h.status = RStatus::Expired;
+            }
+        }
+    }
+
+    fn held(&self, scope: &str) -> [u64; 5] {
+        let mut out = [0; 5];
+        for h in self
+            .holds
+            .values()
+            .filter(|h| h.status == RStatus::Open && within(&h.scope, scope))
+        {
+            for i in 0..5 {
+                out[i] += h.amounts[i];
+            }
+        }
+        out
+    }
+
+    fn spent(&self, scope: &str) -> [u64; 5] {
+        let mut out = [0; 5];
+        for (_, _, _, a) in self.charges.iter().filter(|(s, ..)| within(s, scope)) {
+            for i in 0..5 {
+                out[i] += a[i];
+            }
+        }
+        out
+    }
+
+    /// Whether `amounts` at `scope`, with `held` extra on top, fit a limit at `now`.
+    fn fits(&self, lscope: &str, spec: &LimitSpec, since: u64, now: u64, amount: u64) -> bool {
+        self.used(lscope, spec, since, now) + self.held(lscope)[spec.dim.index()] + amount
+            <= spec.amount
+    }
+}
+
+fn int(v: &Value, f: &str) -> i64 {
+    match v.field(f) {
+        Some(Value::Int(n)) => *n,
+        other => panic!("field {f} of {v:?} is {other:?}"),
+    }
+}
+fn money(v: &Value, f: &str) -> i128 {
+    match v.field(f) {
+        Some(Value::Money(n)) => *n,
+        other => panic!("field {f} of {v:?} is {other:?}"),
+    }
+}
+fn status(v: &Value) -> String {
+    match v {
+        Value::Error { code, .. } => format!("error:{code}"),
+        _ => match v.field("status") {
+            Some(Value::Str(s)) => s.clone(),
+            _ => "other".into(),
+        },
+    }
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let config = Config {
+        id_retention_ms: u64::MAX / 4,
+        ..Config::default()
+    };
+    let mut st = State::new(config.clone());
+    let mut rf = Reference {
+        prices: st.prices.clone(),
+        ..Default::default()
+    };
+    let mut now = T0 + 12_345;
+    let mut ledger: Vec<Entry> = Vec::new();
+
+    for (step, op) in ops.into_iter().enumerate() {
+        let step = step as u64 + 1;
+        rf.expire(now);
+        let cmd = match &op {
+            Op::BudgetSet(s, limits) => {
+                let mut specs: Vec<LimitSpec> = Vec::new();
+                for (dim, w, amount) in limits {
+                    let spec = LimitSpec {
+                        dim: *dim,
+                        window: WINDOWS[*w],
+                        amount: *amount,
+                    };
+                    if !specs
+                        .iter()
+                        .any(|o| o.dim == spec.dim && o.window == spec.window)
+                    {
+                        specs.push(spec);
+                    }
+                }
+                Command::BudgetSet {
+                    scope: SCOPES[*s].into(),
+                    limits: specs,
+                }
+            }
+            Op::BudgetDel(s) => Command::BudgetDel {
+                scope: SCOPES[*s].into(),
+            },
+            Op::Reserve {
+                hold,
+                scope,
+                model,
+                input,
+                output,
+                ttl,
+            } => Command::Reserve(ReserveArgs {
+                hold: format!("h{hold}"),
+                scope: SCOPES[*scope].into(),
+                model: MODELS[*model].into(),
+                input: *input,
+                output: *output,
+                ttl_ms: *ttl,
+            }),
+            Op::Commit { hold, usage } => Command::Commit {
+                hold: format!("h{hold}"),
+                usage: *usage,
+            },
+            Op::Release(h) => Command::Release {
+                hold: format!("h{h}"),
+            },
+            Op::Spend {
+                scope,
+                model,
+                usage,
+                id,
+            } => Command::Spend {
+                scope: SCOPES[*scope].into(),
+                model: MODELS[*model].into(),
+                usage: *usage,
+                id: id.map(|i| format!("s{i}")),
+            },
+            Op::PriceSet(m, i, o) => Command::PriceSet {
+                model: MODELS[*m].into(),
+                price: Price {
+                    input: *i,
+                    output: *o,
+                    cached: *i / 10,
+                    cache_write: *i,
+                },
+            },
+            Op::Advance(ms) => {
+                now += ms;
+                rf.expire(now);
+                st.tick(now, &mut ledger);
+                check_balances(&st, &rf, now)?;
+                continue;
+            }
+        };
+        let reply = st.apply(now, &cmd, &mut ledger);
+        let got = status(&reply);
+
+        // The reference decides the same command.
+        match &cmd {
+            Command::BudgetSet { scope, limits } => {
+                let old = rf.budgets.remove(scope).unwrap_or_default();
+                let new = limits
+                    .iter()
+                    .map(|spec| {
+                        let since = old
+                            .iter()
+                            .find(|(o, _)| o.dim == spec.dim && o.window == spec.window)
+                            .map_or(step, |(_, s)| *s);
+                        (*spec, since)
+                    })
+                    .collect();
+                rf.budgets.insert(scope.clone(), new);
+                prop_assert_eq!(reply, Value::Ok);
+            }
+            Command::BudgetDel { scope } => {
+                let existed = rf.budgets.remove(scope).is_some();
+                prop_assert_eq!(reply, Value::Int(existed as i64));
+            }
+            Command::Reserve(a) => {
+                if let Some(h) = rf.holds.get(&a.hold) {
+                    let same = h.scope == a.scope
+                        && h.model == a.model
+                        && h.input == a.input
+                        && h.output == a.output
+                        && h.ttl == a.ttl_ms;
+                    if same {
+                        prop_assert_eq!(&got, "granted");
+                        prop_assert_eq!(int(&reply, "expires_at") as u64, h.expires_at);
+                        prop_assert_eq!(money(&reply, "cost") as u64, h.amounts[4]);
+                    } else {
+                        prop_assert_eq!(&got, "error:EXISTS");
+                    }
+                } else if a.ttl_ms.is_some_and(|t| t > config.max_ttl_ms) {
+                    prop_assert_eq!(&got, "error:ERR");
+                } else if let Some(p) = rf.price(&a.model) {
+                    // A hold reserves all input at the full input price plus the output cap.
+                    let cost = Reference::cost(
+                        &p,
+                        &Usage {
+                            input: a.input,
+                            output: a.output,
+                            ..Default::default()
+                        },
+                    );
+                    let amounts = call(a.input, a.output, cost);
+                    let mut violated = Vec::new();
+                    for s in ancestors(&a.scope) {
+                        for (spec, since) in rf.budgets.get(&s).into_iter().flatten() {
+                            if !rf.fits(&s, spec, *since, now, amounts[spec.dim.index()]) {
+                                violated.push((s.clone(), *spec, *since));
+                            }
+                        }
+                    }
+                    if violated.is_empty() {
+                        prop_assert_eq!(&got, "granted", "reply {:?}", reply);
+                        prop_assert_eq!(money(&reply, "cost") as u64, cost);
+                        let expires_at = now + a.ttl_ms.unwrap_or(config.default_ttl_ms);
+                        prop_assert_eq!(int(&reply, "expires_at") as u64, expires_at);
+                        rf.holds.insert(
+                            a.hold.clone(),
+                            RHold {
+                                scope: a.scope.clone(),
+                                model: a.model.clone(),
+                                input: a.input,
+                                output: a.output,
+                                ttl: a.ttl_ms,
+                                amounts,
+                                expires_at,
+                                status: RStatus::Open,
+                            },
+                        );
+                        // No grant takes used + held past a limit.
+                        for s in ancestors(&a.scope) {
+                            for (spec, since) in rf.budgets.get(&s).into_iter().flatten() {
+                                prop_assert!(
+                                    rf.fits(&s, spec, *since, now, 0),
+                                    "grant overspent {s} {spec:?}"
+                                );
+                            }
+                        }
+                    } else {
+                        prop_assert_eq!(&got, "denied", "reply {:?}", reply);
+                        // The limit named is one that is exceeded.
+                        let named_scope = match reply.field("scope") {
+                            Some(Value::Str(s)) => s.clone(),
+                            _ => unreachable!(),
+                        };
+                        let named = violated.iter().find(|(s, spec, _)| {
+                            *s == named_scope
+                                && reply.field("limit")
+                                    == Some(&Value::Str(format!(
+                                        "{} {}",
+                                        spec.dim.name(),
+                                        spec.window.describe()
+                                    )))
+                        });
+                        prop_assert!(
+                            named.is_some(),
+                            "denial names a limit that is not exceeded: {:?}",
+                            reply
+                        );
+                        let (s, spec, since) = named.unwrap().clone();
+                        let amt = amounts[spec.dim.index()];
+                        let retry = int(&reply, "retry_after_ms");
+                        if retry >= 0 {
+                            let at = now + retry as u64;
+                            prop_assert!(
+                                rf.fits(&s, &spec, since, at, amt),
+                                "still does not fit after retry_after {retry}"
+                            );
+                            if retry > 0 {
+                                prop_assert!(
+                                    !rf.fits(&s, &spec, since, at - 1, amt),
+                                    "retry_after {retry} is not the earliest"
+                                );
+                            }
+                            // And every other violated limit needs no longer a wait.
+                            for (s2, spec2, since2) in &violated {
+                                let a2 = amounts[spec2.dim.index()];
+                                let can = rf.held(s2)[spec2.dim.index()] + a2 <= spec2.amount;
+                                prop_assert!(
+                                    can,
+                                    "named a waitable limit while {s2} {spec2:?} can never fit"
+                                );
+                                if let Window::Calendar(p) = spec2.window {
+                                    prop_assert!(
+                                        period_end(p, now) <= at
+                                            || rf.fits(s2, spec2, *since2, at, a2)
+                                    );
+                                } else {
+                                    prop_assert!(
+                                        rf.fits(s2, spec2, *since2, at, a2),
+                                        "{s2} {spec2:?} not free at retry time"
+                                    );
+                                }
+                            }
+                        } else {
+                            prop_assert_eq!(retry, -1);
+                            prop_assert!(
+                                rf.held(&s)[spec.dim.index()] + amt > spec.amount
+                                    || matches!(spec.window, Window::Total)
+                            );
+                        }
+                    }
+                } else {
+                    prop_assert_eq!(&got, "error:NOPRICE");
+                }
+            }
+            Command::Commit { hold, usage } => {
+                let valid = usage.cached + usage.cache_write <= usage.input;
+                match rf.holds.get(hold).cloned() {
+                    _ if !valid => prop_assert_eq!(&got, "error:ERR"),
+                    None => prop_assert_eq!(&got, "error:UNKNOWN"),
+                    Some(h) => match &h.status {
+                        RStatus::Committed {
+                            usage: u,
+                            cost,
+                            late,
+                        } => {
+                            if u == usage {
+                                prop_assert_eq!(&got, "committed");
+                                prop_assert_eq!(money(&reply, "cost") as u64, *cost);
+                                prop_assert_eq!(int(&reply, "late") == 1, *late);
+                            } else {
+                                prop_assert_eq!(&got, "error:EXISTS");
+                            }
+                        }
+                        RStatus::Released => prop_assert_eq!(&got, "error:STATE"),
+                        RStatus::Open | RStatus::Expired => {
+                            let late = h.status == RStatus::Expired;
+                            let cost = Reference::cost(&rf.price(&h.model).unwrap(), usage);
+                            prop_assert_eq!(&got, "committed");
+                            prop_assert_eq!(money(&reply, "cost") as u64, cost);
+                            prop_assert_eq!(int(&reply, "late") == 1, late);
+                            prop_assert_eq!(
+                                money(&reply, "overrun") as u64,
+                                cost.saturating_sub(h.amounts[4])
+                            );
+                            let released = if late {
+                                0
+                            } else {
+                                h.amounts[4].saturating_sub(cost)
+                            };
+                            prop_assert_eq!(money(&reply, "released") as u64, released);
+                            rf.charges.push((
+                                h.scope.clone(),
+                                now,
+                                step,
+                                call(usage.input, usage.output, cost),
+                            ));
+                            rf.holds.get_mut(hold).unwrap().status = RStatus::Committed {
+                                usage: *usage,
+                                cost,
+                                late,
+                            };
+                        }
+                    },
+                }
+            }
+            Command::Release { hold } => match rf.holds.get(hold).map(|h| h.status.clone()) {
+                None => prop_assert_eq!(&got, "error:UNKNOWN"),
+                Some(RStatus::Committed { .. }) => prop_assert_eq!(&got, "error:STATE"),
+                Some(RStatus::Expired) => prop_assert_eq!(&got, "expired"),
+                Some(RStatus::Released) => prop_assert_eq!(&got, "released"),
+                Some(RStatus::Open) => {
+                    prop_assert_eq!(&got, "released");
+                    rf.holds.get_mut(hold).unwrap().status = RStatus::Released;
+                }
+            },
+            Command::Spend {
+                scope,
+                model,
+                usage,
+                id,
+            } => {
+                let valid = usage.cached + usage.cache_write <= usage.input;
+                let prior = id.as_ref().and_then(|i| rf.spends.get(i)).cloned();
+                if !valid {
+                    prop_assert_eq!(&got, "error:ERR");
+                } else if let Some((s, m, u, cost)) = prior {
+                    if s == *scope && m == *model && u == *usage {
+                        prop_assert_eq!(&got, "spent");
+                        prop_assert_eq!(money(&reply, "cost") as u64, cost);
+                    } else {
+                        prop_assert_eq!(&got, "error:EXISTS");
+                    }
+                } else if let Some(p) = rf.price(model) {
+                    let cost = Reference::cost(&p, usage);
+                    prop_assert_eq!(&got, "spent");
+                    prop_assert_eq!(money(&reply, "cost") as u64, cost);
+                    rf.charges.push((
+                        scope.clone(),
+                        now,
+                        step,
+                        call(usage.input, usage.output, cost),
+                    ));
+                    if let Some(i) = id {
+                        rf.spends
+                            .insert(i.clone(), (scope.clone(), model.clone(), *usage, cost));
+                    }
+                } else {
+                    prop_assert_eq!(&got, "error:NOPRICE");
+                }
+            }
+            Command::PriceSet { model, price } => {
+                prop_assert_eq!(reply, Value::Ok);
+                rf.prices.insert(model.clone(), *price);
+            }
+            _ => unreachable!(),
+        }
+        check_balances(&st, &rf, now)?;
+    }
+
+    // Replaying the ledger rebuilds the same state; so does a snapshot.
+    let mut replayed = State::new(config.clone());
+    for (i, e) in ledger.iter().enumerate() {
+        prop_assert_eq!(e.seq, i as u64 + 1);
+        replayed.apply_entry(e);
+    }
+    prop_assert_eq!(replayed.digest().diff(&st.digest()), None);
+    let snap = decode_snapshot(st.next_seq - 1, &encode_snapshot(&st), &config).unwrap();
+    prop_assert_eq!(snap.digest().diff(&st.digest()), None);
+    Ok(())
+}
+
+fn check_balances(st: &State, rf: &Reference, now: u64) -> Result<(), TestCaseError> {
+    st.check_invariants().map_err(TestCaseError::fail)?;
+    for s in SCOPES {
+        let node = st.nodes.get(*s).cloned().unwrap_or_default();
+        prop_assert_eq!(node.held.0, rf.held(s), "held at {}", s);
+        prop_assert_eq!(node.spent.0, rf.spent(s), "spent at {}", s);
+        let want: Vec<_> = rf.budgets.get(*s).cloned().unwrap_or_default();
+        prop_assert_eq!(node.limits.len(), want.len(), "limits at {}", s);
+        for (l, (spec, since)) in node.limits.iter().zip(&want) {
+            prop_assert_eq!(&l.spec, spec);
+            prop_assert_eq!(
+                l.used(now),
+                rf.used(s, spec, *since, now),
+                "used of {:?} at {}",
+                spec,
+                s
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    // PROPTEST_CASES=<n> runs more (CI runs the default).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(300),
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn state_machine_matches_reference(ops in prop::collection::vec(op(), 1..80)) {
+        run(ops)?;
+    }
+}
