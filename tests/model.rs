@@ -206,8 +206,8 @@ impl Reference {
             .values()
             .filter(|h| h.status == RStatus::Open && within(&h.scope, scope))
         {
-            for i in 0..5 {
-                out[i] += h.amounts[i];
+            for (o, a) in out.iter_mut().zip(h.amounts) {
+                *o += a;
             }
         }
         out
@@ -216,8 +216,8 @@ impl Reference {
     fn spent(&self, scope: &str) -> [u64; 5] {
         let mut out = [0; 5];
         for (_, _, _, a) in self.charges.iter().filter(|(s, ..)| within(s, scope)) {
-            for i in 0..5 {
-                out[i] += a[i];
+            for (o, x) in out.iter_mut().zip(a) {
+                *o += x;
             }
         }
         out

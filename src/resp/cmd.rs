@@ -121,7 +121,7 @@ fn options<'a>(
     allowed: &[&str],
 ) -> Result<Vec<Option<&'a [u8]>>, Value> {
     let mut out = vec![None; allowed.len()];
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Err(syntax(cmd));
     }
     for pair in args.chunks(2) {
@@ -177,7 +177,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
         "budget.set" => {
             let scope = arg(0, "scope")?;
             let rest = &args[1..];
-            if rest.len() % 4 != 0 {
+            if !rest.len().is_multiple_of(4) {
                 return Err(syntax(name));
             }
             let mut limits = Vec::new();

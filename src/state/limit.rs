@@ -176,7 +176,7 @@ pub fn format_duration_ms(ms: u64) -> String {
         ("m", 60_000),
         ("s", 1000),
     ] {
-        if ms % m == 0 {
+        if ms.is_multiple_of(m) {
             return format!("{}{unit}", ms / m);
         }
     }

@@ -72,8 +72,8 @@ mod tests {
         assert!(validate_scope("a//b").is_err());
         assert!(validate_scope("a/").is_err());
         assert!(validate_scope("a b").is_err());
-        assert!(validate_scope(&"a/".repeat(8).trim_end_matches('/').to_string()).is_ok());
-        assert!(validate_scope(&"a/".repeat(9).trim_end_matches('/').to_string()).is_err());
+        assert!(validate_scope("a/".repeat(8).trim_end_matches('/')).is_ok());
+        assert!(validate_scope("a/".repeat(9).trim_end_matches('/')).is_err());
     }
 
     #[test]
