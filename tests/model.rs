@@ -327,12 +327,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             },
             Op::PriceSet(m, i, o) => Command::PriceSet {
                 model: MODELS[*m].into(),
-                price: Price {
-                    input: *i,
-                    output: *o,
-                    cached: *i / 10,
-                    cache_write: *i,
-                },
+                input: *i,
+                output: *o,
+                cached: Some(*i / 10),
+                cache_write: None,
             },
             Op::Advance(ms) => {
                 now += ms;
@@ -592,9 +590,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(&got, "error:NOPRICE");
                 }
             }
-            Command::PriceSet { model, price } => {
+            Command::PriceSet {
+                model,
+                input,
+                output,
+                cached,
+                cache_write,
+            } => {
                 prop_assert_eq!(reply, Value::Ok);
-                rf.prices.insert(model.clone(), *price);
+                let price = Price {
+                    input: *input,
+                    output: *output,
+                    cached: cached.unwrap_or(*input),
+                    cache_write: cache_write.unwrap_or(*input),
+                };
+                rf.prices.insert(model.clone(), price);
             }
             _ => unreachable!(),
         }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use crate::state::limit::{Dim, LimitSpec, Window};
 use crate::state::money::parse_usd;
-use crate::state::price::{Price, Usage};
+use crate::state::price::Usage;
 use crate::state::{Command, ReserveArgs, Value};
 
 pub type Args<'a> = [Cow<'a, [u8]>];
@@ -288,18 +288,12 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
             let (Some(i), Some(out)) = (o[0], o[1]) else {
                 return Err(syntax(name));
             };
-            let input = usd(i, "INPUT")?;
             Command::PriceSet {
                 model: arg(0, "model")?,
-                price: Price {
-                    input,
-                    output: usd(out, "OUTPUT")?,
-                    cached: o[2].map(|v| usd(v, "CACHED")).transpose()?.unwrap_or(input),
-                    cache_write: o[3]
-                        .map(|v| usd(v, "CACHEWRITE"))
-                        .transpose()?
-                        .unwrap_or(input),
-                },
+                input: usd(i, "INPUT")?,
+                output: usd(out, "OUTPUT")?,
+                cached: o[2].map(|v| usd(v, "CACHED")).transpose()?,
+                cache_write: o[3].map(|v| usd(v, "CACHEWRITE")).transpose()?,
             }
         }
         "price.get" => Command::PriceGet {

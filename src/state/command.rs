@@ -2,7 +2,7 @@
 //! structured form both front ends (RESP, HTTP) translate to their own bytes.
 
 use super::limit::LimitSpec;
-use super::price::{Price, Usage};
+use super::price::Usage;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReserveArgs {
@@ -51,9 +51,14 @@ pub enum Command {
     Balance {
         scope: String,
     },
+    /// USD per million tokens as nano-USD; `cached` and `cache_write`
+    /// default to `input` (no discount assumed).
     PriceSet {
         model: String,
-        price: Price,
+        input: u64,
+        output: u64,
+        cached: Option<u64>,
+        cache_write: Option<u64>,
     },
     PriceGet {
         model: String,

@@ -200,13 +200,26 @@ impl State {
                 id,
             } => self.spend(now, scope, model, usage, id, out),
             Command::Balance { scope } => self.balance(now, scope),
-            Command::PriceSet { model, price } => {
+            Command::PriceSet {
+                model,
+                input,
+                output,
+                cached,
+                cache_write,
+            } => {
                 if model.is_empty() || model.len() > MAX_MODEL_LEN {
                     return syntax(format!("model name must be 1 to {MAX_MODEL_LEN} bytes"));
                 }
+                // Without cache prices, assume no discount: never undercharge.
+                let price = Price {
+                    input: *input,
+                    output: *output,
+                    cached: cached.unwrap_or(*input),
+                    cache_write: cache_write.unwrap_or(*input),
+                };
                 let kind = EntryKind::PriceSet {
                     model: model.to_ascii_lowercase(),
-                    price: *price,
+                    price,
                 };
                 self.emit(now, kind, out);
                 Value::Ok
