@@ -512,3 +512,54 @@ fn verify_reports_damage() {
     let (ok, _) = verify(&s.dir);
     assert!(ok);
 }
+
+#[test]
+fn interval_and_none_durability_serve_and_recover_after_clean_shutdown() {
+    for mode in ["interval:50", "none"] {
+        let mut s = Server::start(&["--durability", mode]);
+        let mut c = s.conn();
+        raw(&mut c, "BUDGET.SET org:dm TOKENS 1000 PER DAY").unwrap();
+        q(&mut c, "RESERVE d1 org:dm gpt-4o INPUT 100");
+        let committed = q(&mut c, "COMMIT d1 INPUT 100 OUTPUT 7");
+        assert!(s.stop().success(), "{mode}");
+        let (ok, out) = verify(&s.dir);
+        assert!(ok, "{mode}: {out}");
+        s.restart();
+        let mut c = s.conn();
+        assert_eq!(
+            q(&mut c, "COMMIT d1 INPUT 100 OUTPUT 7"),
+            committed,
+            "{mode}"
+        );
+        assert_eq!(
+            limit(&q(&mut c, "BUDGET.GET org:dm"), "TOKENS", "PER DAY").i("used"),
+            107,
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn settings_come_from_spendb_environment_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [
+        ("SPENDB_DEFAULT_PRICE", "2:4"),
+        ("SPENDB_DEFAULT_TTL", "250ms"),
+        ("SPENDB_DURABILITY", "interval:20"),
+    ];
+    let (mut child, port) = spawn_env(&tmp.path().join("data"), &[], &env);
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let r = q(&mut c, "RESERVE x1 org:env unpriced-model INPUT 1000000");
+    assert_eq!(r.s("cost"), "2");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(q(&mut c, "HOLD.GET x1").s("status"), "expired");
+    assert!(raw(&mut c, "INFO")
+        .map(|v| string(&v))
+        .unwrap()
+        .contains("durability:Interval(20)"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

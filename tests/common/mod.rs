@@ -72,7 +72,13 @@ impl Server {
 
 /// Starts the binary and reads the address it bound from its first line.
 pub fn spawn(dir: &Path, extra: &[&str]) -> (Child, u16) {
+    spawn_env(dir, extra, &[])
+}
+
+/// As `spawn`, with extra environment variables.
+pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, u16) {
     let mut child = Command::new(bin())
+        .envs(env.iter().copied())
         .args(["serve", "--port", "0", "--data-dir"])
         .arg(dir)
         .args(extra)
