@@ -77,6 +77,12 @@ struct ServeArgs {
     /// fsync (reply after fsync), interval:<ms> (sync at most every ms), or none.
     #[arg(long, env = "SPENDB_DURABILITY", default_value = "fsync")]
     durability: Durability,
+    /// Password clients must give (AUTH / HELLO … AUTH) before any command.
+    #[arg(long, env = "SPENDB_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Allow binding a non-loopback address without a password.
+    #[arg(long, env = "SPENDB_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
     /// Snapshot the state every this many ledger entries (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     snapshot_every: u64,
@@ -157,6 +163,14 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     let rules = rules(&a.rules)?;
+    let has_password = a.requirepass.as_deref().is_some_and(|p| !p.is_empty());
+    if !a.bind.is_loopback() && !has_password && !a.insecure_no_auth {
+        return Err(format!(
+            "refusing to serve on {} without a password: set --requirepass, or bind 127.0.0.1, \
+             or pass --insecure-no-auth if the network is trusted",
+            a.bind
+        ));
+    }
     let store = SledStore::open(&a.data_dir)
         .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
     let started = Instant::now();
@@ -194,6 +208,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             started,
             port: addr.port(),
             durability: a.durability,
+            auth: resp::auth::Auth::new(a.requirepass.clone()),
         });
         tracing::info!(
             "serving the Redis protocol on {addr} (durability {:?})",

@@ -24,6 +24,8 @@ struct Conn {
     id: u64,
     proto: u8,
     name: Option<String>,
+    authed: bool,
+    addr: String,
 }
 
 enum Slot {
@@ -37,6 +39,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
         id: ctx.next_client_id.fetch_add(1, Ordering::Relaxed),
         proto: 2,
         name: None,
+        authed: !ctx.auth.required(),
+        addr: stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -55,7 +62,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         .collect();
                     if !args.is_empty() {
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-                        if cmd::is_engine_command(&name) {
+                        if !conn.authed
+                            && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
+                        {
+                            slots.push(Slot::Now(Value::err("NOAUTH", "Authentication required.")));
+                        } else if cmd::is_engine_command(&name) {
                             match cmd::parse(&name, &args[1..]) {
                                 Ok(c) => {
                                     cmds.push(c);
@@ -143,11 +154,32 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
         "echo" if args.len() == 1 => Value::Str(String::from_utf8_lossy(&args[0]).into_owned()),
         "echo" => wrong_args(name),
         "quit" => return (Value::Ok, true),
-        "hello" => hello(conn, args),
-        "auth" => Value::err(
-            "ERR",
-            "AUTH <password> called without any password configured for the default user",
-        ),
+        "hello" => hello(conn, ctx, args),
+        "auth" => match args.len() {
+            1 | 2 => auth(
+                conn,
+                ctx,
+                (args.len() == 2).then(|| &args[0][..]),
+                &args[args.len() - 1],
+            ),
+            _ => wrong_args(name),
+        },
+        "reset" => {
+            conn.proto = 2;
+            conn.name = None;
+            conn.authed = !ctx.auth.required();
+            Value::Status("RESET")
+        }
+        "dbsize" => Value::Int(ctx.engine.stats.open_holds.load(Ordering::Relaxed) as i64),
+        "time" => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Value::Array(vec![
+                Value::Str(now.as_secs().to_string()),
+                Value::Str(now.subsec_micros().to_string()),
+            ])
+        }
         "select" => match args.first().map(|a| &a[..]) {
             Some(b"0") if args.len() == 1 => Value::Ok,
             Some(_) if args.len() == 1 => Value::err(
@@ -176,30 +208,61 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
     (v, false)
 }
 
-fn hello(conn: &mut Conn, args: &Args) -> Value {
+fn auth(conn: &mut Conn, ctx: &ServerCtx, user: Option<&[u8]>, password: &[u8]) -> Value {
+    if !ctx.auth.required() {
+        return Value::err(
+            "ERR",
+            "AUTH <password> called without any password configured for the default user",
+        );
+    }
+    if ctx.auth.check(user, password) {
+        conn.authed = true;
+        Value::Ok
+    } else {
+        Value::err(
+            "WRONGPASS",
+            "invalid username-password pair or user is disabled.",
+        )
+    }
+}
+
+fn hello(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
+    let mut proto = conn.proto;
     let mut i = 0;
     if let Some(v) = args.first() {
         match &v[..] {
-            b"2" => conn.proto = 2,
-            b"3" => conn.proto = 3,
+            b"2" => proto = 2,
+            b"3" => proto = 3,
             _ => return Value::err("NOPROTO", "unsupported protocol version"),
         }
         i = 1;
     }
+    let mut setname = None;
     while i < args.len() {
         match word(&args[i]).as_str() {
             "AUTH" if args.len() >= i + 3 => {
-                return Value::err(
-                    "ERR",
-                    "AUTH called without any password configured for the default user",
-                );
+                let v = auth(conn, ctx, Some(&args[i + 1]), &args[i + 2]);
+                if v.is_error() {
+                    return v;
+                }
+                i += 3;
             }
             "SETNAME" if args.len() > i + 1 => {
-                conn.name = Some(String::from_utf8_lossy(&args[i + 1]).into_owned());
+                setname = Some(String::from_utf8_lossy(&args[i + 1]).into_owned());
                 i += 2;
             }
             _ => return Value::err("ERR", "syntax error in HELLO"),
         }
+    }
+    if !conn.authed {
+        return Value::err(
+            "NOAUTH",
+            "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+        );
+    }
+    conn.proto = proto;
+    if setname.is_some() {
+        conn.name = setname;
     }
     Value::Map(vec![
         ("server", Value::str("spendb")),
@@ -223,6 +286,13 @@ fn client(conn: &mut Conn, args: &Args) -> Value {
         }
         "GETNAME" => conn.name.clone().map_or(Value::Null, Value::Str),
         "ID" => Value::Int(conn.id as i64),
+        "INFO" => Value::Str(format!(
+            "id={} addr={} name={} resp={} lib-name= lib-ver=\n",
+            conn.id,
+            conn.addr,
+            conn.name.as_deref().unwrap_or(""),
+            conn.proto
+        )),
         "SETINFO" => Value::Ok,
         _ => Value::err("ERR", format!("unknown subcommand '{sub}' for CLIENT")),
     }

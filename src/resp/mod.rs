@@ -3,6 +3,7 @@
 //! replies into RESP2/RESP3, `connection` runs one client. Front ends hold no
 //! rules.
 
+pub mod auth;
 pub mod cmd;
 pub mod connection;
 pub mod encode;
@@ -26,6 +27,7 @@ pub struct ServerCtx {
     pub started: Instant,
     pub port: u16,
     pub durability: Durability,
+    pub auth: auth::Auth,
 }
 
 /// Accepts connections until the task is dropped.
