@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use spendb::engine::{self, Durability, EngineConfig};
@@ -83,6 +83,21 @@ struct ServeArgs {
     /// Allow binding a non-loopback address without a password.
     #[arg(long, env = "SPENDB_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
+    /// Most client connections at once; more are refused with an error.
+    #[arg(long, env = "SPENDB_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: u64,
+    /// Close connections idle this long (e.g. 300s); 0 never does.
+    #[arg(long, env = "SPENDB_IDLE_TIMEOUT", default_value = "0")]
+    idle_timeout: String,
+    /// Close connections that do not read their replies for this long.
+    #[arg(long, env = "SPENDB_WRITE_TIMEOUT", default_value = "30s")]
+    write_timeout: String,
+    /// Largest single argument, in bytes (checked before it is buffered).
+    #[arg(long, env = "SPENDB_MAX_BULK", default_value_t = 16 * 1024 * 1024)]
+    max_bulk: usize,
+    /// Most arguments in one request.
+    #[arg(long, env = "SPENDB_MAX_ARGS", default_value_t = 1024 * 1024)]
+    max_args: usize,
     /// Snapshot the state every this many ledger entries (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     snapshot_every: u64,
@@ -171,6 +186,16 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             a.bind
         ));
     }
+    let idle_timeout =
+        match parse_duration_ms(&a.idle_timeout).map_err(|e| format!("--idle-timeout: {e}"))? {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+    let write_timeout = Duration::from_millis(
+        parse_duration_ms(&a.write_timeout)
+            .map_err(|e| format!("--write-timeout: {e}"))?
+            .max(1),
+    );
     let store = SledStore::open(&a.data_dir)
         .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
     let started = Instant::now();
@@ -202,13 +227,20 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let ctx = Arc::new(ServerCtx {
             engine: handle.clone(),
-            limits: FrameLimits::default(),
+            limits: FrameLimits {
+                max_bulk: a.max_bulk,
+                max_args: a.max_args,
+                ..FrameLimits::default()
+            },
             next_client_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             started,
             port: addr.port(),
             durability: a.durability,
             auth: resp::auth::Auth::new(a.requirepass.clone()),
+            max_connections: a.max_connections,
+            idle_timeout,
+            write_timeout,
         });
         tracing::info!(
             "serving the Redis protocol on {addr} (durability {:?})",

@@ -116,8 +116,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                     ),
                 }
             }
-            if stream.write_all(&wbuf).await.is_err() {
-                return;
+            match tokio::time::timeout(ctx.write_timeout, stream.write_all(&wbuf)).await {
+                Ok(Ok(())) => {}
+                _ => return, // gone, or not reading its replies
             }
             wbuf.clear();
             if close {
@@ -125,7 +126,15 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             }
             continue; // more may already be buffered
         }
-        match stream.read_buf(&mut rbuf).await {
+        let read = stream.read_buf(&mut rbuf);
+        let n = match ctx.idle_timeout {
+            Some(t) => match tokio::time::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) => return, // idle too long
+            },
+            None => read.await,
+        };
+        match n {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

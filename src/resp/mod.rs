@@ -11,7 +11,7 @@ pub mod frame;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -28,6 +28,14 @@ pub struct ServerCtx {
     pub port: u16,
     pub durability: Durability,
     pub auth: auth::Auth,
+    /// Connections beyond this are told so and closed.
+    pub max_connections: u64,
+    /// Close a connection that sends nothing for this long (None: never).
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection that does not read its replies for this long. The
+    /// output buffer itself is bounded: replies to at most one pipeline
+    /// batch are buffered, and nothing more is read until they are written.
+    pub write_timeout: Duration,
 }
 
 /// Accepts connections until the task is dropped.
@@ -42,6 +50,16 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>) {
             }
         };
         let ctx = ctx.clone();
+        if ctx.connections.load(Ordering::Relaxed) >= ctx.max_connections {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        }
         tokio::spawn(async move {
             ctx.connections.fetch_add(1, Ordering::Relaxed);
             connection::serve(stream, ctx.clone()).await;
