@@ -563,3 +563,16 @@ fn settings_come_from_spendb_environment_variables() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn echo_is_binary_safe() {
+    // redis-cli --pipe ends its stream with an ECHO of 20 random bytes and
+    // waits for exactly those bytes back.
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let bytes = vec![0xff, 0xfe, 0x00, b'a', b'\r', b'\n'];
+    let v: redis::Value = redis::cmd("ECHO").arg(&bytes).query(&mut c).unwrap();
+    assert_eq!(v, redis::Value::BulkString(bytes.clone()));
+    let v: redis::Value = redis::cmd("PING").arg(&bytes).query(&mut c).unwrap();
+    assert_eq!(v, redis::Value::BulkString(bytes));
+}

@@ -157,10 +157,10 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
     let v = match name {
         "ping" => match args.len() {
             0 => Value::Status("PONG"),
-            1 => Value::Str(String::from_utf8_lossy(&args[0]).into_owned()),
+            1 => Value::Bulk(args[0].to_vec()),
             _ => wrong_args(name),
         },
-        "echo" if args.len() == 1 => Value::Str(String::from_utf8_lossy(&args[0]).into_owned()),
+        "echo" if args.len() == 1 => Value::Bulk(args[0].to_vec()),
         "echo" => wrong_args(name),
         "quit" => return (Value::Ok, true),
         "hello" => hello(conn, ctx, args),

@@ -20,6 +20,7 @@ pub fn encode(v: &Value, proto: u8, out: &mut Vec<u8>) {
             out.extend_from_slice(b"\r\n");
         }
         Value::Str(s) => bulk(s.as_bytes(), out),
+        Value::Bulk(b) => bulk(b, out),
         Value::Money(n) => bulk(format_signed_usd(*n).as_bytes(), out),
         Value::Array(items) => {
             header(b'*', items.len(), out);

@@ -91,6 +91,8 @@ pub enum Value {
     Null,
     Int(i64),
     Str(String),
+    /// Arbitrary bytes (ECHO of binary data).
+    Bulk(Vec<u8>),
     /// nano-USD, signed (a remaining balance can be negative after an overrun)
     Money(i128),
     Array(Vec<Value>),
