@@ -125,3 +125,30 @@ fn dbsize_time_and_client_info() {
         "{info}"
     );
 }
+
+#[test]
+fn info_sections() {
+    let s = Server::start(&["--durability", "interval:100"]);
+    let mut c = s.conn();
+    q(&mut c, "RESERVE i1 org:i gpt-4o INPUT 1");
+    let all = string(&raw(&mut c, "INFO").unwrap());
+    for section in [
+        "# Server",
+        "# Clients",
+        "# Persistence",
+        "# Stats",
+        "# Keyspace",
+    ] {
+        assert!(all.contains(section), "{all}");
+    }
+    assert!(all.contains("db0:keys=1,expires=1"), "{all}");
+    assert!(all.contains("durability:interval(100)"), "{all}");
+    let some = string(&raw(&mut c, "INFO persistence KEYSPACE").unwrap());
+    assert!(
+        some.starts_with("# Persistence\r\n")
+            && some.contains("# Keyspace")
+            && !some.contains("# Server"),
+        "{some}"
+    );
+    assert_eq!(string(&raw(&mut c, "INFO nosuch").unwrap()), "");
+}

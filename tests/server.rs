@@ -559,7 +559,7 @@ fn settings_come_from_spendb_environment_variables() {
     assert!(raw(&mut c, "INFO")
         .map(|v| string(&v))
         .unwrap()
-        .contains("durability:Interval(20)"));
+        .contains("durability:interval(20)"));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -199,7 +199,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
         },
         "client" => client(conn, args),
         "command" => command(args),
-        "info" => Value::Str(info(ctx, conn)),
+        "info" => Value::Str(info(ctx, conn, args)),
         "config" => match args.first().map(|a| word(a)).as_deref() {
             Some("GET") if args.len() == 2 => {
                 // redis-benchmark asks for save and appendonly at start.
@@ -330,27 +330,87 @@ fn command(args: &Args) -> Value {
     }
 }
 
-fn info(ctx: &ServerCtx, conn: &Conn) -> String {
+/// INFO: the requested sections (all when none, `all`, `default` or
+/// `everything` is asked), in Redis's `# Section` / `key:value` format.
+fn info(ctx: &ServerCtx, conn: &Conn, args: &Args) -> String {
     let s = &ctx.engine.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    format!(
-        "# Server\r\nredis_version:7.0.0\r\nspendb_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n\
-         # Clients\r\nconnected_clients:{}\r\nclient_proto:{}\r\n\r\n\
-         # Persistence\r\ndurability:{:?}\r\nledger_last_seq:{}\r\nsyncs:{}\r\nwrite_errors:{}\r\n\r\n\
-         # Stats\r\ntotal_commands_processed:{}\r\ngroup_commits:{}\r\nledger_entries_written:{}\r\nopen_holds:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        ctx.port,
-        ctx.started.elapsed().as_secs(),
-        ctx.connections.load(Ordering::Relaxed),
-        conn.proto,
-        ctx.durability,
-        l(&s.last_seq),
-        l(&s.syncs),
-        l(&s.write_errors),
-        l(&s.commands),
-        l(&s.batches),
-        l(&s.entries),
-        l(&s.open_holds),
-    )
+    let sections: [(&str, Vec<(&str, String)>); 5] = [
+        (
+            "Server",
+            vec![
+                ("redis_version", "7.0.0".into()),
+                ("spendb_version", env!("CARGO_PKG_VERSION").into()),
+                ("redis_mode", "standalone".into()),
+                ("process_id", std::process::id().to_string()),
+                ("tcp_port", ctx.port.to_string()),
+                (
+                    "uptime_in_seconds",
+                    ctx.started.elapsed().as_secs().to_string(),
+                ),
+            ],
+        ),
+        (
+            "Clients",
+            vec![
+                (
+                    "connected_clients",
+                    ctx.connections.load(Ordering::Relaxed).to_string(),
+                ),
+                ("maxclients", ctx.max_connections.to_string()),
+                ("client_proto", conn.proto.to_string()),
+            ],
+        ),
+        (
+            "Persistence",
+            vec![
+                (
+                    "durability",
+                    format!("{:?}", ctx.durability).to_ascii_lowercase(),
+                ),
+                ("ledger_last_seq", l(&s.last_seq).to_string()),
+                ("ledger_syncs", l(&s.syncs).to_string()),
+                ("ledger_write_errors", l(&s.write_errors).to_string()),
+            ],
+        ),
+        (
+            "Stats",
+            vec![
+                ("total_commands_processed", l(&s.commands).to_string()),
+                ("group_commits", l(&s.batches).to_string()),
+                ("ledger_entries_written", l(&s.entries).to_string()),
+                ("open_holds", l(&s.open_holds).to_string()),
+            ],
+        ),
+        // What DBSIZE counts: open holds, each with an expiry.
+        (
+            "Keyspace",
+            vec![(
+                "db0",
+                format!("keys={0},expires={0},avg_ttl=0", l(&s.open_holds)),
+            )],
+        ),
+    ];
+    let wanted: Vec<String> = args
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    let all = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|w| matches!(w.as_str(), "all" | "default" | "everything"));
+    let mut out = String::new();
+    for (name, fields) in sections {
+        if !all && !wanted.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        out.push_str(&format!("# {name}\r\n"));
+        for (k, v) in fields {
+            out.push_str(&format!("{k}:{v}\r\n"));
+        }
+    }
+    out
 }
