@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use crate::state::{Command, Config, Entry, State, Value};
+use crate::state::{Access, Command, Config, Entry, State, Value};
 use crate::store::recovery::{self, encode_snapshot, Recovered};
 use crate::store::{Storage, StoreError};
 
@@ -89,9 +89,17 @@ pub struct EngineStats {
     pub write_errors: AtomicU64,
 }
 
+/// A connection's commands, its access, and where its replies go.
+type Pending = (
+    Vec<Command>,
+    Option<Arc<Access>>,
+    oneshot::Sender<Vec<Value>>,
+);
+
 enum Msg {
     Batch {
         cmds: Vec<Command>,
+        access: Option<Arc<Access>>,
         reply: oneshot::Sender<Vec<Value>>,
     },
     Shutdown(oneshot::Sender<()>),
@@ -108,9 +116,22 @@ impl EngineHandle {
     /// Runs commands in order and returns their replies, after the entries
     /// they caused are durable (per the durability mode).
     pub async fn execute(&self, cmds: Vec<Command>) -> Vec<Value> {
+        self.execute_as(cmds, None).await
+    }
+
+    /// `execute` for a caller limited to some scopes.
+    pub async fn execute_as(&self, cmds: Vec<Command>, access: Option<Arc<Access>>) -> Vec<Value> {
         let n = cmds.len();
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Batch { cmds, reply: tx }).is_err() {
+        if self
+            .tx
+            .send(Msg::Batch {
+                cmds,
+                access,
+                reply: tx,
+            })
+            .is_err()
+        {
             return vec![Value::err("SHUTDOWN", "the server is shutting down"); n];
         }
         rx.await
@@ -181,7 +202,7 @@ impl Engine {
     }
 
     fn run(&mut self) {
-        let mut batch: Vec<(Vec<Command>, oneshot::Sender<Vec<Value>>)> = Vec::new();
+        let mut batch: Vec<Pending> = Vec::new();
         loop {
             let now = self.now();
             let wait = self.state.next_expiry().map_or(TICK, |t| {
@@ -189,17 +210,25 @@ impl Engine {
             });
             let mut shutdown = None;
             match self.rx.recv_timeout(wait) {
-                Ok(Msg::Batch { cmds, reply }) => batch.push((cmds, reply)),
+                Ok(Msg::Batch {
+                    cmds,
+                    access,
+                    reply,
+                }) => batch.push((cmds, access, reply)),
                 Ok(Msg::Shutdown(done)) => shutdown = Some(done),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            let mut queued: usize = batch.iter().map(|(c, _)| c.len()).sum();
+            let mut queued: usize = batch.iter().map(|(c, _, _)| c.len()).sum();
             while queued < self.config.max_batch && shutdown.is_none() {
                 match self.rx.try_recv() {
-                    Ok(Msg::Batch { cmds, reply }) => {
+                    Ok(Msg::Batch {
+                        cmds,
+                        access,
+                        reply,
+                    }) => {
                         queued += cmds.len();
-                        batch.push((cmds, reply));
+                        batch.push((cmds, access, reply));
                     }
                     Ok(Msg::Shutdown(done)) => shutdown = Some(done),
                     Err(_) => break,
@@ -208,8 +237,13 @@ impl Engine {
             self.process(&mut batch);
             if let Some(done) = shutdown {
                 // Whatever was sent before the shutdown is answered first.
-                while let Ok(Msg::Batch { cmds, reply }) = self.rx.try_recv() {
-                    batch.push((cmds, reply));
+                while let Ok(Msg::Batch {
+                    cmds,
+                    access,
+                    reply,
+                }) = self.rx.try_recv()
+                {
+                    batch.push((cmds, access, reply));
                     self.process(&mut batch);
                 }
                 self.snapshot();
@@ -221,16 +255,16 @@ impl Engine {
     }
 
     /// Applies a batch, commits its entries, then replies.
-    fn process(&mut self, batch: &mut Vec<(Vec<Command>, oneshot::Sender<Vec<Value>>)>) {
+    fn process(&mut self, batch: &mut Vec<Pending>) {
         let now = self.now();
         let mut entries: Vec<Entry> = Vec::new();
         let mut replies: Vec<Vec<Value>> = Vec::with_capacity(batch.len());
         let mut commands = 0;
-        for (cmds, _) in batch.iter() {
+        for (cmds, access, _) in batch.iter() {
             commands += cmds.len();
             replies.push(
                 cmds.iter()
-                    .map(|c| self.state.apply(now, c, &mut entries))
+                    .map(|c| self.state.apply_as(now, c, access.as_deref(), &mut entries))
                     .collect(),
             );
         }
@@ -247,7 +281,7 @@ impl Engine {
                 s.last_seq.store(self.state.next_seq - 1, Ordering::Relaxed);
                 s.open_holds
                     .store(self.state.open_hold_count() as u64, Ordering::Relaxed);
-                for ((_, tx), r) in batch.drain(..).zip(replies) {
+                for ((_, _, tx), r) in batch.drain(..).zip(replies) {
                     let _ = tx.send(r);
                 }
                 self.since_snapshot += entries.len() as u64;
@@ -263,7 +297,7 @@ impl Engine {
                     "writing {} ledger entries failed: {e}; nothing in this batch is acknowledged",
                     entries.len()
                 );
-                for ((cmds, tx), _) in batch.drain(..).zip(replies) {
+                for ((cmds, _, tx), _) in batch.drain(..).zip(replies) {
                     let _ = tx.send(vec![
                         Value::err(
                             "IOERR",

@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Password clients must give (AUTH / HELLO … AUTH) before any command.
     #[arg(long, env = "SPENDB_REQUIREPASS", hide_env_values = true)]
     requirepass: Option<String>,
+    /// Users, their passwords, commands and scope prefixes (TOML; see docs/OPERATIONS.md).
+    #[arg(long, env = "SPENDB_USERS")]
+    users: Option<PathBuf>,
     /// Allow binding a non-loopback address without a password.
     #[arg(long, env = "SPENDB_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
@@ -178,7 +181,16 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     let rules = rules(&a.rules)?;
-    let has_password = a.requirepass.as_deref().is_some_and(|p| !p.is_empty());
+    let users = match &a.users {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--users {}: {e}", path.display()))?;
+            resp::auth::parse_users(&text)?
+        }
+        None => Vec::new(),
+    };
+    let auth = resp::auth::Auth::new(a.requirepass.clone(), users);
+    let has_password = auth.required();
     if !a.bind.is_loopback() && !has_password && !a.insecure_no_auth {
         return Err(format!(
             "refusing to serve on {} without a password: set --requirepass, or bind 127.0.0.1, \
@@ -237,7 +249,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             started,
             port: addr.port(),
             durability: a.durability,
-            auth: resp::auth::Auth::new(a.requirepass.clone()),
+            auth,
             max_connections: a.max_connections,
             idle_timeout,
             write_timeout,

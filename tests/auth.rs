@@ -152,3 +152,91 @@ fn info_sections() {
     );
     assert_eq!(string(&raw(&mut c, "INFO nosuch").unwrap()), "");
 }
+
+#[test]
+fn users_are_confined_to_their_commands_and_scopes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users.toml");
+    std::fs::write(
+        &users,
+        r#"
+        [users.ops]
+        password = "ops-pass"
+        commands = ["@admin"]
+
+        [users.acme-agent]
+        password = "acme-pass"
+        commands = ["@agent"]
+        scopes = ["org:acme"]
+
+        [users.acme-viewer]
+        password = "view-pass"
+        commands = ["@read"]
+        scopes = ["org:acme/"]
+        "#,
+    )
+    .unwrap();
+    let s = Server::start(&["--users", users.to_str().unwrap()]);
+    let conn = |user: &str, pass: &str| {
+        redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", s.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    // Without credentials nothing runs (there is no default user).
+    assert!(err(&mut s.conn(), "BALANCE org:acme").starts_with("NOAUTH"));
+
+    let mut ops = conn("ops", "ops-pass");
+    raw(&mut ops, "BUDGET.SET org:acme TOKENS 1000 PER DAY").unwrap();
+    raw(&mut ops, "BUDGET.SET org:other TOKENS 1000 PER DAY").unwrap();
+    q(&mut ops, "RESERVE other-hold org:other gpt-4o INPUT 10");
+
+    let mut agent = conn("acme-agent", "acme-pass");
+    assert_eq!(
+        q(&mut agent, "RESERVE a1 org:acme/agent:x gpt-4o INPUT 10").s("status"),
+        "granted"
+    );
+    assert_eq!(
+        q(&mut agent, "COMMIT a1 INPUT 10 OUTPUT 1").s("status"),
+        "committed"
+    );
+    // Another org: neither reserve, nor read, nor touch its holds.
+    assert!(err(&mut agent, "RESERVE a2 org:other gpt-4o INPUT 10")
+        .starts_with("NOPERM scope org:other is outside"));
+    assert!(err(&mut agent, "RESERVE a2 org:acme2 gpt-4o INPUT 10")
+        .starts_with("NOPERM scope org:acme2"));
+    assert!(err(&mut agent, "BALANCE org:other").starts_with("NOPERM"));
+    assert!(err(&mut agent, "SPEND org:other gpt-4o INPUT 1 OUTPUT 1").starts_with("NOPERM"));
+    assert!(err(&mut agent, "HOLD.GET other-hold").starts_with("UNKNOWN hold other-hold"));
+    assert!(err(&mut agent, "COMMIT other-hold INPUT 1 OUTPUT 1")
+        .starts_with("UNKNOWN hold other-hold"));
+    assert!(err(&mut agent, "RELEASE other-hold").starts_with("UNKNOWN hold other-hold"));
+    // And no admin commands.
+    assert!(err(&mut agent, "BUDGET.SET org:acme TOKENS 1 PER DAY")
+        .starts_with("NOPERM this user has no permissions to run the 'budget.set' command"));
+    assert!(err(&mut agent, "PRICE.SET gpt-4o INPUT 0 OUTPUT 0").starts_with("NOPERM"));
+    // The other org's hold is untouched.
+    assert_eq!(q(&mut ops, "HOLD.GET other-hold").s("status"), "open");
+
+    let mut viewer = conn("acme-viewer", "view-pass");
+    assert_eq!(
+        raw(&mut viewer, "BUDGET.LIST").unwrap(),
+        redis::Value::Array(vec![redis::Value::BulkString(b"org:acme".to_vec())])
+    );
+    assert!(err(&mut viewer, "BUDGET.GET org:other").starts_with("NOPERM"));
+    assert!(err(&mut viewer, "RESERVE v1 org:acme gpt-4o INPUT 1")
+        .starts_with("NOPERM this user has no permissions"));
+    // Wrong password, unknown user.
+    assert!(
+        redis::Client::open(format!("redis://acme-agent:ops-pass@127.0.0.1:{}/", s.port))
+            .unwrap()
+            .get_connection()
+            .is_err()
+    );
+    assert!(
+        redis::Client::open(format!("redis://nobody:x@127.0.0.1:{}/", s.port))
+            .unwrap()
+            .get_connection()
+            .is_err()
+    );
+}

@@ -11,6 +11,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::auth::User;
 use super::cmd::{self, Args};
 use super::encode::encode;
 use super::frame::{self, FrameError};
@@ -25,6 +26,8 @@ struct Conn {
     proto: u8,
     name: Option<String>,
     authed: bool,
+    /// Who authenticated; None is the default user (every right).
+    user: Option<Arc<User>>,
     addr: String,
 }
 
@@ -40,6 +43,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
         proto: 2,
         name: None,
         authed: !ctx.auth.required(),
+        user: None,
         addr: stream
             .peer_addr()
             .map(|a| a.to_string())
@@ -66,6 +70,12 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
                         {
                             slots.push(Slot::Now(Value::err("NOAUTH", "Authentication required.")));
+                        } else if cmd::is_engine_command(&name)
+                            && conn.user.as_ref().is_some_and(|u| !u.may_run(&name))
+                        {
+                            let msg =
+                                format!("this user has no permissions to run the '{name}' command");
+                            slots.push(Slot::Now(Value::err("NOPERM", msg)));
                         } else if cmd::is_engine_command(&name) {
                             match cmd::parse(&name, &args[1..]) {
                                 Ok(c) => {
@@ -103,7 +113,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             let mut replies = if cmds.is_empty() {
                 Vec::new()
             } else {
-                ctx.engine.execute(cmds).await
+                ctx.engine
+                    .execute_as(cmds, conn.user.as_ref().and_then(|u| u.access.clone()))
+                    .await
             }
             .into_iter();
             for s in &slots {
@@ -177,6 +189,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
             conn.proto = 2;
             conn.name = None;
             conn.authed = !ctx.auth.required();
+            conn.user = None;
             Value::Status("RESET")
         }
         "dbsize" => Value::Int(ctx.engine.stats.open_holds.load(Ordering::Relaxed) as i64),
@@ -224,8 +237,9 @@ fn auth(conn: &mut Conn, ctx: &ServerCtx, user: Option<&[u8]>, password: &[u8]) 
             "AUTH <password> called without any password configured for the default user",
         );
     }
-    if ctx.auth.check(user, password) {
+    if let Some(grant) = ctx.auth.check(user, password) {
         conn.authed = true;
+        conn.user = grant;
         Value::Ok
     } else {
         Value::err(

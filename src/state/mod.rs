@@ -9,6 +9,7 @@
 //!   both for entries just emitted and for entries replayed from the ledger, so
 //!   a replay rebuilds exactly the state that was live.
 
+pub mod access;
 pub mod command;
 pub mod entry;
 pub mod limit;
@@ -20,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+pub use access::Access;
 pub use command::{Command, ReserveArgs, Value};
 pub use entry::{Entry, EntryKind};
 use limit::{Counter, Dim, Dims, Limit, LimitSpec};
@@ -179,6 +181,51 @@ impl State {
     /// Applies one command at time `now`: returns the reply and appends the
     /// entries it caused (expiries that fell due first, then its own).
     pub fn apply(&mut self, now: u64, cmd: &Command, out: &mut Vec<Entry>) -> Value {
+        self.apply_as(now, cmd, None, out)
+    }
+
+    /// `apply` for a caller limited to some scopes: a command naming a scope
+    /// outside them is refused, a hold outside them is as if it did not
+    /// exist, and BUDGET.LIST shows only what lies inside them.
+    pub fn apply_as(
+        &mut self,
+        now: u64,
+        cmd: &Command,
+        access: Option<&Access>,
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if let Some(a) = access {
+            if let Some(scope) = cmd.scope() {
+                if !a.allows(scope) {
+                    return Value::err(
+                        "NOPERM",
+                        format!("scope {scope} is outside this user's scopes"),
+                    );
+                }
+            }
+            if let Command::Commit { hold, .. }
+            | Command::Release { hold }
+            | Command::HoldGet { hold } = cmd
+            {
+                if self.holds.get(hold).is_some_and(|h| !a.allows(&h.scope)) {
+                    return Value::err("UNKNOWN", format!("hold {hold}"));
+                }
+            }
+            if let Command::BudgetList { .. } = cmd {
+                let Value::Array(all) = self.apply_unchecked(now, cmd, out) else {
+                    unreachable!("BUDGET.LIST is an array")
+                };
+                return Value::Array(
+                    all.into_iter()
+                        .filter(|v| matches!(v, Value::Str(s) if a.allows(s)))
+                        .collect(),
+                );
+            }
+        }
+        self.apply_unchecked(now, cmd, out)
+    }
+
+    fn apply_unchecked(&mut self, now: u64, cmd: &Command, out: &mut Vec<Entry>) -> Value {
         let now = now.max(self.last_ts);
         self.expire_due(now, out);
         match cmd {
