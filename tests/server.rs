@@ -576,3 +576,34 @@ fn echo_is_binary_safe() {
     let v: redis::Value = redis::cmd("PING").arg(&bytes).query(&mut c).unwrap();
     assert_eq!(v, redis::Value::BulkString(bytes));
 }
+
+#[test]
+fn command_docs_are_what_redis_cli_builds_hints_from() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let docs = fields(raw(&mut c, "COMMAND DOCS reserve").unwrap());
+    assert_eq!(docs.len(), 1);
+    let reserve = fields(docs["reserve"].clone());
+    assert_eq!(reserve.s("group"), "spendb");
+    let redis::Value::Array(args) = reserve["arguments"].clone() else {
+        panic!()
+    };
+    let names: Vec<String> = args.iter().map(|a| fields(a.clone()).s("name")).collect();
+    assert_eq!(names, ["hold", "scope", "model", "n", "max", "ms"]);
+    let output = fields(args[4].clone());
+    assert_eq!(output.s("token"), "OUTPUT");
+    // redis-cli asserts that flags are simple strings, and aborts otherwise.
+    assert_eq!(
+        output["flags"],
+        redis::Value::Array(vec![redis::Value::SimpleString("optional".into())])
+    );
+    // All of spendb's commands are documented.
+    let all = fields(raw(&mut c, "COMMAND DOCS").unwrap());
+    assert_eq!(
+        all.len() as i64,
+        match raw(&mut c, "COMMAND COUNT").unwrap() {
+            redis::Value::Int(n) => n,
+            v => panic!("{v:?}"),
+        }
+    );
+}

@@ -339,7 +339,13 @@ fn command(args: &Args) -> Value {
                 .collect(),
         ),
         Some("COUNT") => Value::Int(cmd::COMMANDS.len() as i64),
-        Some("DOCS") => Value::Array(vec![]),
+        Some("DOCS") => {
+            let names: Vec<String> = args[1..]
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            super::docs::command_docs(&names)
+        }
         Some(s) => Value::err("ERR", format!("unknown subcommand '{s}' for COMMAND")),
     }
 }
