@@ -607,3 +607,42 @@ fn command_docs_are_what_redis_cli_builds_hints_from() {
         }
     );
 }
+
+#[test]
+fn redis_crate_pipelines_keep_request_order() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut p = redis::pipe();
+    p.cmd("BUDGET.SET")
+        .arg("org:pp")
+        .arg("REQUESTS")
+        .arg(50)
+        .arg("PER")
+        .arg("DAY");
+    for i in 0..60 {
+        p.cmd("RESERVE")
+            .arg(format!("pp{i}"))
+            .arg("org:pp")
+            .arg("gpt-4o")
+            .arg("INPUT")
+            .arg(1);
+    }
+    p.cmd("BUDGET.GET").arg("org:pp");
+    let replies: Vec<redis::Value> = p.query(&mut c).unwrap();
+    assert_eq!(replies.len(), 62);
+    assert_eq!(replies[0], redis::Value::Okay);
+    for (i, r) in replies[1..61].iter().enumerate() {
+        let f = fields(r.clone());
+        assert_eq!(f.s("hold"), format!("pp{i}"));
+        // Applied in request order: the first 50 fit, the rest are denied.
+        assert_eq!(
+            f.s("status"),
+            if i < 50 { "granted" } else { "denied" },
+            "reply {i}"
+        );
+    }
+    assert_eq!(
+        limit(&fields(replies[61].clone()), "REQUESTS", "PER DAY").i("held"),
+        50
+    );
+}
