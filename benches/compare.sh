@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One-run comparison of spendb with the peer (Redis 7 + the Lua scripts of
+# ../shared/peer/) at matched durability, through the same client:
+#   spendb --durability fsync         vs  redis --appendfsync always
+#   spendb --durability interval:1000 vs  redis --appendfsync everysec
+# redis-benchmark -c 50, with and without -P 16, RESERVE with random hold ids,
+# plus spendb's own PING through the same client (the protocol ceiling).
+# Rounds alternate between the servers; medians and ratios are printed.
+# Everything runs on 127.0.0.1 and stops by itself.
+#
+#   benches/compare.sh [rounds=3] [requests=100000]
+# Needs: redis-server, redis-benchmark (Debian's redis-server, redis-tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+n=${2:-100000}
+peer=${PEER_DIR:-../shared/peer}
+cargo build --release --quiet
+bin=./target/release/spendb
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rps() { grep -oE '[0-9.]+ requests per second' | tail -1 | cut -d' ' -f1; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+run_mode() { # run_mode <spendb durability> <redis appendfsync>
+  local dur=$1 fsync=$2 sp rp
+  sp=$(free_port); rp=$(free_port)
+  "$bin" serve --port "$sp" --data-dir "$work/spendb-$fsync" --durability "$dur" >/dev/null 2>"$work/spendb-$fsync.log" &
+  pids+=($!)
+  mkdir -p "$work/redis-$fsync"
+  redis-server --port "$rp" --bind 127.0.0.1 --dir "$work/redis-$fsync" --appendonly yes --appendfsync "$fsync" \
+    --save '' --daemonize no >/dev/null &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$sp" PING >/dev/null 2>&1 && redis-cli -p "$rp" PING >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$sp" BUDGET.SET org:bench TOKENS 1000000000000 PER MONTH >/dev/null
+  local sha
+  sha=$(redis-cli -p "$rp" SCRIPT LOAD "$(cat "$peer/reserve.lua")")
+  local -A res=()
+  for r in $(seq "$rounds"); do
+    res[ping]+="$(redis-benchmark -p "$sp" -c 50 -n "$n" -q -t ping_mbulk | rps) "
+    res[s1]+="$(redis-benchmark -p "$sp" -c 50 -n "$n" -r 1000000000 -q RESERVE "h$r:__rand_int__" org:bench/agent:x gpt-4o INPUT 100 OUTPUT 100 | tr '\r' '\n' | rps) "
+    res[r1]+="$(redis-benchmark -p "$rp" -c 50 -n "$n" -r 1000000000 -q EVALSHA "$sha" 2 budget:b "hold$r:__rand_int__" 200 1000000000000 600000 | tr '\r' '\n' | rps) "
+    res[s16]+="$(redis-benchmark -p "$sp" -c 50 -P 16 -n $((n * 2)) -r 1000000000 -q RESERVE "p$r:__rand_int__" org:bench/agent:x gpt-4o INPUT 100 OUTPUT 100 | tr '\r' '\n' | rps) "
+    res[r16]+="$(redis-benchmark -p "$rp" -c 50 -P 16 -n $((n * 2)) -r 1000000000 -q EVALSHA "$sha" 2 budget:b "phold$r:__rand_int__" 200 1000000000000 600000 | tr '\r' '\n' | rps) "
+  done
+  local k m
+  declare -A med
+  for k in ping s1 r1 s16 r16; do
+    m=$(tr ' ' '\n' <<<"${res[$k]}" | grep . | median)
+    med[$k]=$m
+    echo "  $k rounds: ${res[$k]}  median: $m"
+  done
+  awk -v s1="${med[s1]}" -v r1="${med[r1]}" -v s16="${med[s16]}" -v r16="${med[r16]}" -v p="${med[ping]}" -v d="$dur" -v f="$fsync" 'BEGIN {
+    printf "spendb %s vs redis appendfsync %s:\n", d, f
+    printf "  RESERVE -c50       spendb %.0f/s  redis+lua %.0f/s  ratio %.2fx\n", s1, r1, s1 / r1
+    printf "  RESERVE -c50 -P16  spendb %.0f/s  redis+lua %.0f/s  ratio %.2fx\n", s16, r16, s16 / r16
+    printf "  spendb RESERVE / spendb PING = %.2f (PING %.0f/s)\n", s1 / p, p
+  }'
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(redis-server --version | cut -d' ' -f1-3)"
+run_mode fsync always
+run_mode interval:1000 everysec
