@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::state::{Access, Command, Config, Entry, State, Value};
-use crate::store::recovery::{self, encode_snapshot, Recovered};
+use crate::store::recovery::{self, encode_snapshot, RecoveryInfo};
 use crate::store::{Storage, StoreError};
 
 /// When an acknowledged write is on stable storage.
@@ -152,10 +152,10 @@ pub fn start(
     mut store: Box<dyn Storage>,
     config: EngineConfig,
     clock: Clock,
-) -> Result<(EngineHandle, std::thread::JoinHandle<()>, Recovered), StoreError> {
+) -> Result<(EngineHandle, std::thread::JoinHandle<()>, RecoveryInfo), StoreError> {
     let recovered = recovery::recover(&mut *store, config.rules.clone())?;
-    let mut state = recovered.state.clone();
-    state.config = config.rules.clone();
+    let info = recovered.info();
+    let state = recovered.state;
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(EngineStats::default());
     stats.last_seq.store(state.next_seq - 1, Ordering::Relaxed);
@@ -169,12 +169,12 @@ pub fn start(
         last_now: 0,
         last_sync: 0,
         dirty: false,
-        since_snapshot: recovered.replayed,
+        since_snapshot: info.replayed,
     };
     let thread = std::thread::Builder::new()
         .name("spendb-engine".into())
         .spawn(move || engine.run())?;
-    Ok((EngineHandle { tx, stats }, thread, recovered))
+    Ok((EngineHandle { tx, stats }, thread, info))
 }
 
 struct Engine {

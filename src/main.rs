@@ -117,12 +117,7 @@ fn rules(a: &RulesArgs) -> Result<Config, String> {
                 .ok_or("--default-price: expected <input usd/M>:<output usd/M>")?;
             let input = parse_usd(i).map_err(|e| format!("--default-price: {e}"))?;
             let output = parse_usd(o).map_err(|e| format!("--default-price: {e}"))?;
-            Some(Price {
-                input,
-                output,
-                cached: input,
-                cache_write: input,
-            })
+            Some(Price::new(input, output, None, None))
         }
     };
     let default_ttl_ms =
@@ -221,7 +216,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("recovery failed: {e}"))?;
     tracing::info!(
         "recovered {} ledger entries in {:?} (snapshot at {:?}, replayed {}{})",
-        rec.state.next_seq - 1,
+        rec.last_seq,
         started.elapsed(),
         rec.snapshot_seq,
         rec.replayed,

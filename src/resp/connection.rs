@@ -66,17 +66,20 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         .collect();
                     if !args.is_empty() {
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                        let engine_cmd = cmd::is_engine_command(&name);
                         if !conn.authed
                             && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
                         {
                             slots.push(Slot::Now(Value::err("NOAUTH", "Authentication required.")));
-                        } else if cmd::is_engine_command(&name)
-                            && conn.user.as_ref().is_some_and(|u| !u.may_run(&name))
-                        {
+                        } else if !engine_cmd {
+                            let (v, quit) = local(&mut conn, &ctx, &name, &args[1..]);
+                            slots.push(Slot::Now(v));
+                            close = quit;
+                        } else if conn.user.as_ref().is_some_and(|u| !u.may_run(&name)) {
                             let msg =
                                 format!("this user has no permissions to run the '{name}' command");
                             slots.push(Slot::Now(Value::err("NOPERM", msg)));
-                        } else if cmd::is_engine_command(&name) {
+                        } else {
                             match cmd::parse(&name, &args[1..]) {
                                 Ok(c) => {
                                     cmds.push(c);
@@ -84,10 +87,6 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                                 }
                                 Err(e) => slots.push(Slot::Now(e)),
                             }
-                        } else {
-                            let (v, quit) = local(&mut conn, &ctx, &name, &args[1..]);
-                            slots.push(Slot::Now(v));
-                            close = quit;
                         }
                     }
                     rbuf.advance(req.len);

@@ -257,13 +257,7 @@ impl State {
                 if model.is_empty() || model.len() > MAX_MODEL_LEN {
                     return syntax(format!("model name must be 1 to {MAX_MODEL_LEN} bytes"));
                 }
-                // Without cache prices, assume no discount: never undercharge.
-                let price = Price {
-                    input: *input,
-                    output: *output,
-                    cached: cached.unwrap_or(*input),
-                    cache_write: cache_write.unwrap_or(*input),
-                };
+                let price = Price::new(*input, *output, *cached, *cache_write);
                 let kind = EntryKind::PriceSet {
                     model: model.to_ascii_lowercase(),
                     price,

@@ -38,6 +38,22 @@ impl Usage {
 }
 
 impl Price {
+    /// A price whose cache read / write rates default to the input rate when
+    /// not known: assume no discount, so a call is never undercharged.
+    pub fn new(
+        input: Nanos,
+        output: Nanos,
+        cached: Option<Nanos>,
+        cache_write: Option<Nanos>,
+    ) -> Price {
+        Price {
+            input,
+            output,
+            cached: cached.unwrap_or(input),
+            cache_write: cache_write.unwrap_or(input),
+        }
+    }
+
     /// What a settled call cost, rounded up to the nano-dollar.
     pub fn cost(&self, u: &Usage) -> Nanos {
         let plain = u.input - u.cached - u.cache_write;
@@ -87,18 +103,12 @@ pub fn parse_price_table(text: &str) -> Result<HashMap<String, Price>, String> {
     let mut out = HashMap::new();
     for (model, row) in file.models {
         let p = |s: &str| parse_usd(s).map_err(|e| format!("price of {model}: {e}"));
-        let input = p(&row.input)?;
-        let price = Price {
-            input,
-            output: p(&row.output)?,
-            cached: row.cached.as_deref().map(p).transpose()?.unwrap_or(input),
-            cache_write: row
-                .cachewrite
-                .as_deref()
-                .map(p)
-                .transpose()?
-                .unwrap_or(input),
-        };
+        let price = Price::new(
+            p(&row.input)?,
+            p(&row.output)?,
+            row.cached.as_deref().map(p).transpose()?,
+            row.cachewrite.as_deref().map(p).transpose()?,
+        );
         out.insert(model.to_ascii_lowercase(), price);
     }
     Ok(out)

@@ -18,6 +18,26 @@ pub struct Recovered {
     pub cut_tail: Option<u64>,
 }
 
+/// What start-up found, without the state itself (for logs).
+#[derive(Clone, Copy, Debug)]
+pub struct RecoveryInfo {
+    pub last_seq: u64,
+    pub snapshot_seq: Option<u64>,
+    pub replayed: u64,
+    pub cut_tail: Option<u64>,
+}
+
+impl Recovered {
+    pub fn info(&self) -> RecoveryInfo {
+        RecoveryInfo {
+            last_seq: self.state.next_seq - 1,
+            snapshot_seq: self.snapshot_seq,
+            replayed: self.replayed,
+            cut_tail: self.cut_tail,
+        }
+    }
+}
+
 /// Frames a state for `Storage::save_snapshot`.
 pub fn encode_snapshot(state: &State) -> Vec<u8> {
     frame::encode(state)
