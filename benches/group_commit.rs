@@ -1,21 +1,18 @@
 //! Group commit: the cost of making one batch of ledger entries durable, for
-//! the two designs issue #2 asked to compare:
+//! the two designs compared:
 //! - `sled+fdatasync`: one sled `apply_batch`, `flush()`, then `fdatasync` of
-//!   sled's data file (what `SledStore::sync` does — the design in use);
-//! - `logfile+fdatasync`: the same CRC-framed records appended to a plain file
-//!   and `fdatasync`ed (the alternative: a log file as the durable record,
-//!   sled only for checkpoints).
+//!   sled's data file (the ledger in sled, the first design);
+//! - `segments+fdatasync`: `LogStore` — the same CRC-framed records written
+//!   into a preallocated segment file and `fdatasync`ed (the design in use).
 //!
 //! Run: `cargo bench --bench group_commit`. Per-batch time; divide by the
 //! batch size for per-entry cost.
-
-use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use spendb::state::limit::Dims;
 use spendb::state::{Entry, EntryKind};
 use spendb::store::frame::encode_entry;
-use spendb::store::{SledStore, Storage};
+use spendb::store::{LogStore, Storage};
 
 fn entry(seq: u64) -> Entry {
     Entry {
@@ -44,7 +41,34 @@ fn group_commit(c: &mut Criterion) {
             &batch,
             |b, &batch| {
                 let dir = tempfile::tempdir().unwrap();
-                let mut store = SledStore::open(dir.path()).unwrap();
+                let db = sled::Config::new()
+                    .path(dir.path())
+                    .flush_every_ms(None)
+                    .mode(sled::Mode::HighThroughput)
+                    .open()
+                    .unwrap();
+                let ledger = db.open_tree("ledger").unwrap();
+                db.flush().unwrap();
+                let data_file = std::fs::File::open(dir.path().join("db")).unwrap();
+                let mut seq: u64 = 0;
+                b.iter(|| {
+                    let mut sled_batch = sled::Batch::default();
+                    for _ in 0..batch {
+                        seq += 1;
+                        sled_batch.insert(&seq.to_be_bytes(), encode_entry(&entry(seq)));
+                    }
+                    ledger.apply_batch(sled_batch).unwrap();
+                    db.flush().unwrap();
+                    data_file.sync_data().unwrap();
+                });
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("segments+fdatasync", batch),
+            &batch,
+            |b, &batch| {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store = LogStore::open(dir.path()).unwrap();
                 let mut seq = 0;
                 b.iter(|| {
                     let entries: Vec<Entry> = (0..batch)
@@ -55,31 +79,6 @@ fn group_commit(c: &mut Criterion) {
                         .collect();
                     store.append(&entries).unwrap();
                     store.sync().unwrap();
-                });
-            },
-        );
-        g.bench_with_input(
-            BenchmarkId::new("logfile+fdatasync", batch),
-            &batch,
-            |b, &batch| {
-                let dir = tempfile::tempdir().unwrap();
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.path().join("ledger.log"))
-                    .unwrap();
-                let mut seq = 0;
-                let mut buf = Vec::new();
-                b.iter(|| {
-                    buf.clear();
-                    for _ in 0..batch {
-                        seq += 1;
-                        let rec = encode_entry(&entry(seq));
-                        buf.extend_from_slice(&(rec.len() as u32).to_le_bytes());
-                        buf.extend_from_slice(&rec);
-                    }
-                    f.write_all(&buf).unwrap();
-                    f.sync_data().unwrap();
                 });
             },
         );

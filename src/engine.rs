@@ -269,6 +269,7 @@ impl Engine {
             );
         }
         self.state.tick(now, &mut entries);
+        let mark = self.store.mark();
         let result = self.commit(now, &entries);
         let s = &self.stats;
         s.commands.fetch_add(commands as u64, Ordering::Relaxed);
@@ -306,8 +307,13 @@ impl Engine {
                         cmds.len()
                     ]);
                 }
-                // The in-memory state ran ahead of the ledger: rebuild it from
-                // what is stored so nothing unacknowledged is ever served.
+                // Drop the batch from the ledger, then rebuild the state (which
+                // ran ahead of it) from what is stored: nothing unacknowledged
+                // is served now or found after a restart.
+                if let Err(e) = self.store.rollback(mark) {
+                    tracing::error!("cannot drop the failed batch from the ledger: {e}; stopping");
+                    std::process::exit(1);
+                }
                 match recovery::recover(&mut *self.store, self.config.rules.clone()) {
                     Ok(r) => self.state = r.state,
                     Err(e) => {

@@ -15,7 +15,7 @@ use spendb::state::limit::parse_duration_ms;
 use spendb::state::money::parse_usd;
 use spendb::state::price::Price;
 use spendb::state::Config;
-use spendb::store::{recovery, SledStore};
+use spendb::store::{recovery, LogStore};
 
 #[derive(Parser)]
 #[command(
@@ -164,7 +164,7 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
     if !dir.join("db").exists() {
         return Err(format!("{} holds no spendb data", dir.display()));
     }
-    let store = SledStore::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    let store = LogStore::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
     let r = recovery::verify(&store, Config::default())
         .map_err(|e| format!("ledger verify FAILED: {e}"))?;
     println!(
@@ -203,7 +203,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("--write-timeout: {e}"))?
             .max(1),
     );
-    let store = SledStore::open(&a.data_dir)
+    let store = LogStore::open(&a.data_dir)
         .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
     let started = Instant::now();
     let config = EngineConfig {

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use spendb::state::Config;
 use spendb::store::recovery::{self, decode_snapshot, encode_snapshot};
-use spendb::store::{SledStore, Storage};
+use spendb::store::{log_store, LogStore, Storage};
 
 /// A stopped server's data dir with a few entries and a snapshot.
 fn populated() -> Server {
@@ -20,14 +20,14 @@ fn populated() -> Server {
     s
 }
 
+/// Flips a bit in the last byte of ledger record `seq`, in its segment file.
 fn flip_record(dir: &std::path::Path, seq: u64) {
-    let db = sled::open(dir).unwrap();
-    let ledger = db.open_tree("ledger").unwrap();
-    let mut v = ledger.get(seq.to_be_bytes()).unwrap().unwrap().to_vec();
-    let last = v.len() - 1;
-    v[last] ^= 0x40;
-    ledger.insert(seq.to_be_bytes(), v).unwrap();
-    db.flush().unwrap();
+    let (path, offset) = log_store::locate(dir, seq).unwrap().expect("record exists");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = offset as usize;
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    bytes[at + 4 + len - 1] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
 }
 
 #[test]
@@ -42,7 +42,7 @@ fn verify_refuses_a_damaged_record() {
         "{out}"
     );
     // Start-up refuses damage in the middle too, naming the record.
-    let store = SledStore::open(&s.dir).unwrap();
+    let store = LogStore::open(&s.dir).unwrap();
     // The snapshot covers the damaged record; drop it to force a full replay.
     let snaps = store.snapshots().unwrap();
     assert!(!snaps.is_empty());
@@ -51,7 +51,7 @@ fn verify_refuses_a_damaged_record() {
     db.drop_tree("snapshots").unwrap();
     db.flush().unwrap();
     drop(db);
-    let mut store = SledStore::open(&s.dir).unwrap();
+    let mut store = LogStore::open(&s.dir).unwrap();
     let e = recovery::recover(&mut store, Config::default()).unwrap_err();
     assert!(e.to_string().contains("ledger record 2"), "{e}");
 }
@@ -59,7 +59,7 @@ fn verify_refuses_a_damaged_record() {
 #[test]
 fn verify_refuses_a_snapshot_that_disagrees_with_the_ledger() {
     let s = populated();
-    let mut store = SledStore::open(&s.dir).unwrap();
+    let mut store = LogStore::open(&s.dir).unwrap();
     let (seq, bytes) = store.snapshots().unwrap().remove(0);
     let mut state = decode_snapshot(seq, &bytes, &Config::default()).unwrap();
     // A well-formed snapshot (valid CRC) whose figures are wrong.
@@ -79,7 +79,7 @@ fn verify_refuses_a_snapshot_that_disagrees_with_the_ledger() {
 #[test]
 fn a_damaged_last_record_is_cut_back_at_start() {
     let s = populated();
-    let store = SledStore::open(&s.dir).unwrap();
+    let store = LogStore::open(&s.dir).unwrap();
     let last = store.last_seq().unwrap();
     drop(store);
     let db = sled::open(&s.dir).unwrap();
@@ -87,7 +87,7 @@ fn a_damaged_last_record_is_cut_back_at_start() {
     db.flush().unwrap();
     drop(db);
     flip_record(&s.dir, last);
-    let mut store = SledStore::open(&s.dir).unwrap();
+    let mut store = LogStore::open(&s.dir).unwrap();
     let r = recovery::recover(&mut store, Config::default()).unwrap();
     assert_eq!(r.cut_tail, Some(last));
     assert_eq!(r.state.next_seq, last);

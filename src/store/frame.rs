@@ -50,6 +50,19 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
     encode(e)
 }
 
+/// Appends `[len u32 LE][crc32 LE][bincode entry]` to `out` (a segment
+/// record; `len` counts the CRC and the entry), without an allocation.
+pub fn encode_entry_into(e: &Entry, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    bincode::serde::encode_into_std_write(e, out, bincode_config())
+        .expect("encoding to a Vec cannot fail");
+    let crc = crc32fast::hash(&out[start + 8..]);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     decode(bytes)
 }

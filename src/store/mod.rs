@@ -2,16 +2,16 @@
 //! engine never depends on sled's quirks (and tests can inject faults).
 //!
 //! - `frame`: CRC-framed, bincode-encoded records;
-//! - `sled_store`: the sled implementation, with a real fsync;
+//! - `log_store`: the ledger in append-only segment files, snapshots in sled;
 //! - `recovery`: start-up (snapshot + replay of the tail) and `ledger verify`.
 
 pub mod frame;
+pub mod log_store;
 pub mod recovery;
-pub mod sled_store;
 
 use crate::state::Entry;
 
-pub use sled_store::SledStore;
+pub use log_store::LogStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,4 +39,17 @@ pub trait Storage: Send {
     fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Removes a ledger tail from `from` on (cutting back a damaged tail).
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError>;
+    /// Where the ledger ends now; taken before a batch is appended.
+    fn mark(&self) -> Mark;
+    /// Drops everything appended after `mark` (a batch whose write or sync
+    /// failed), on disk too, so nothing unacknowledged survives a restart.
+    fn rollback(&mut self, mark: Mark) -> Result<(), StoreError>;
+}
+
+/// A position in the ledger to roll back to; see [`Storage::mark`].
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub len: u64,
+    pub last_seq: u64,
+    pub segments: usize,
 }
