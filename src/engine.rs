@@ -60,7 +60,8 @@ pub fn system_clock() -> Clock {
 pub struct EngineConfig {
     pub durability: Durability,
     pub rules: Config,
-    /// Write a snapshot after this many ledger entries (0: only at shutdown).
+    /// Write a snapshot after this many ledger entries, or twice the state's
+    /// records if that is more (0: only at shutdown).
     pub snapshot_every: u64,
     /// Most commands applied in one group commit.
     pub max_batch: usize,
@@ -286,9 +287,12 @@ impl Engine {
                     let _ = tx.send(r);
                 }
                 self.since_snapshot += entries.len() as u64;
-                if self.config.snapshot_every > 0
-                    && self.since_snapshot >= self.config.snapshot_every
-                {
+                // At least `snapshot_every` entries apart, and at least twice
+                // the records a snapshot writes: a large state is not rewritten
+                // every few entries (amortized O(1) per entry), while replay
+                // at start-up stays bounded by about twice the state's size.
+                let every = self.config.snapshot_every;
+                if every > 0 && self.since_snapshot >= every.max(2 * self.state.records() as u64) {
                     self.snapshot();
                 }
             }

@@ -101,7 +101,8 @@ struct ServeArgs {
     /// Most arguments in one request.
     #[arg(long, env = "SPENDB_MAX_ARGS", default_value_t = 1024 * 1024)]
     max_args: usize,
-    /// Snapshot the state every this many ledger entries (0: only at shutdown).
+    /// Snapshot the state every this many ledger entries, or every twice the
+    /// records the state holds if that is more (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     snapshot_every: u64,
     #[command(flatten)]

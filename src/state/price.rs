@@ -98,9 +98,9 @@ struct PriceRow {
 pub const DEFAULT_PRICES_TOML: &str = include_str!("../../data/prices.toml");
 
 /// Parses a price table file (the format of `data/prices.toml`).
-pub fn parse_price_table(text: &str) -> Result<HashMap<String, Price>, String> {
+pub fn parse_price_table(text: &str) -> Result<super::Map<String, Price>, String> {
     let file: PriceFile = toml::from_str(text).map_err(|e| format!("price table: {e}"))?;
-    let mut out = HashMap::new();
+    let mut out = super::Map::default();
     for (model, row) in file.models {
         let p = |s: &str| parse_usd(s).map_err(|e| format!("price of {model}: {e}"));
         let price = Price::new(
@@ -115,7 +115,7 @@ pub fn parse_price_table(text: &str) -> Result<HashMap<String, Price>, String> {
 }
 
 /// The shipped default table.
-pub fn default_prices() -> HashMap<String, Price> {
+pub fn default_prices() -> super::Map<String, Price> {
     parse_price_table(DEFAULT_PRICES_TOML).expect("data/prices.toml is valid")
 }
 
@@ -166,7 +166,7 @@ fn strip_version_suffix(name: &str) -> Option<&str> {
 
 /// Finds a model's price: exact, then its family, then the configured default.
 pub fn lookup<'a>(
-    table: &'a HashMap<String, Price>,
+    table: &'a super::Map<String, Price>,
     default: Option<&'a Price>,
     model: &str,
 ) -> Option<&'a Price> {

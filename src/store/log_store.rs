@@ -49,6 +49,7 @@ pub struct LogStore {
     db_file: File,
     /// First seq of every segment, ascending; the last is being written.
     segments: Vec<u64>,
+    /// The segment being written.
     file: File,
     /// Bytes of records in the current segment.
     len: u64,
