@@ -259,7 +259,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     let mut st = State::new(config.clone());
     let mut rf = Reference {
-        prices: st.prices.clone(),
+        prices: st.prices.clone().into_iter().collect(),
         ..Default::default()
     };
     let mut now = T0 + 12_345;
