@@ -1,14 +1,27 @@
-//! The engine: the single owner of the state. Front ends send commands over a
-//! channel; the engine takes whatever has queued, applies it in order, writes
-//! all resulting entries as one batch with one sync (group commit), and only
-//! then sends the replies. Hold expiry and housekeeping run here on the clock.
+//! The engine: the single owner of the state and of the store.
 //!
-//! It runs on its own OS thread: the sync is a blocking syscall, and a
-//! dedicated thread keeps it off the async runtime that serves connections.
+//! - A front end calls [`EngineHandle::execute_as`]: under the engine's lock
+//!   its commands are applied to the state in order, their ledger entries are
+//!   queued, and the replies are computed; then the caller waits, off the
+//!   lock, until everything it could have seen is durable.
+//! - The **committer** thread takes every queued entry at once, writes them
+//!   as one batch and syncs once (group commit), then publishes the durable
+//!   position, which releases the waiting replies. While it syncs, new
+//!   commands keep being applied and queue up for the next batch. Hold expiry
+//!   and snapshots run on the committer.
+//!
+//! Why a lock and not a channel to an engine thread (the first design):
+//! measured on the 2-core machine, handing every request to another thread
+//! and back cost ~8 µs of CPU per RESERVE, more than the apply itself; the
+//! lock is held for microseconds and the only thread hand-off left is one
+//! wake-up per group commit (docs/BENCHMARKS.md).
+//!
+//! A failed write or sync: the batch is rolled back on disk, the state is
+//! rebuilt from the store, and every reply not yet released (the batch, and
+//! whatever was applied on top of it) becomes `IOERR`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -63,8 +76,6 @@ pub struct EngineConfig {
     /// Write a snapshot after this many ledger entries, or twice the state's
     /// records if that is more (0: only at shutdown).
     pub snapshot_every: u64,
-    /// Most commands applied in one group commit.
-    pub max_batch: usize,
 }
 
 impl Default for EngineConfig {
@@ -73,7 +84,6 @@ impl Default for EngineConfig {
             durability: Durability::Fsync,
             rules: Config::default(),
             snapshot_every: 100_000,
-            max_batch: 8192,
         }
     }
 }
@@ -81,6 +91,7 @@ impl Default for EngineConfig {
 /// Counters the engine keeps for INFO and metrics.
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// Group commits (ledger batches written).
     pub batches: AtomicU64,
     pub commands: AtomicU64,
     pub entries: AtomicU64,
@@ -90,27 +101,71 @@ pub struct EngineStats {
     pub write_errors: AtomicU64,
 }
 
-/// A connection's commands, its access, and where its replies go.
-type Pending = (
-    Vec<Command>,
-    Option<Arc<Access>>,
-    oneshot::Sender<Vec<Value>>,
-);
-
-enum Msg {
-    Batch {
-        cmds: Vec<Command>,
-        access: Option<Arc<Access>>,
-        reply: oneshot::Sender<Vec<Value>>,
-    },
-    Shutdown(oneshot::Sender<()>),
+struct Core {
+    state: State,
+    clock: Clock,
+    last_now: u64,
+    /// Entries applied but not yet taken by the committer.
+    pending: Vec<Entry>,
+    commands: u64,
+    /// The committer is waiting for entries (so it needs a wake-up).
+    committer_idle: bool,
+    /// Every entry up to this seq is written (and synced, in fsync mode).
+    durable: u64,
+    /// Callers waiting for their replies to be released, in seq order: each
+    /// is sent true once `durable` reaches its seq, false if the write failed.
+    waiters: std::collections::VecDeque<(u64, oneshot::Sender<bool>)>,
+    shutdown: bool,
+    /// Told when the committer has stopped.
+    stopped: Vec<oneshot::Sender<()>>,
 }
 
-/// A cheap, cloneable handle for sending commands to the engine.
+impl Core {
+    fn now(&mut self) -> u64 {
+        // Never let time run backwards, whatever the system clock does.
+        self.last_now = (self.clock)().max(self.last_now);
+        self.last_now
+    }
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    work: Condvar,
+}
+
+impl Shared {
+    /// Sends every waiter whose seq is durable its go-ahead (outside the
+    /// lock: waking a task is a syscall when its worker sleeps).
+    fn release_durable(&self) {
+        let released: Vec<_> = {
+            let mut core = self.lock();
+            let durable = core.durable;
+            let n = core.waiters.partition_point(|(seq, _)| *seq <= durable);
+            core.waiters.drain(..n).collect()
+        };
+        for (_, tx) in released {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves no half-applied command
+        // (apply either emits its entries or not), so poisoning is ignored.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A cheap, cloneable handle for running commands.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
     pub stats: Arc<EngineStats>,
+}
+
+fn shutting_down(n: usize) -> Vec<Value> {
+    vec![Value::err("SHUTDOWN", "the server is shutting down"); n]
 }
 
 impl EngineHandle {
@@ -122,33 +177,61 @@ impl EngineHandle {
 
     /// `execute` for a caller limited to some scopes.
     pub async fn execute_as(&self, cmds: Vec<Command>, access: Option<Arc<Access>>) -> Vec<Value> {
-        let n = cmds.len();
-        let (tx, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Msg::Batch {
-                cmds,
-                access,
-                reply: tx,
-            })
-            .is_err()
-        {
-            return vec![Value::err("SHUTDOWN", "the server is shutting down"); n];
+        let (replies, released) = {
+            let mut guard = self.shared.lock();
+            let core = &mut *guard;
+            if core.shutdown {
+                return shutting_down(cmds.len());
+            }
+            let now = core.now();
+            let before = core.pending.len();
+            let replies: Vec<Value> = cmds
+                .iter()
+                .map(|c| {
+                    core.state
+                        .apply_as(now, c, access.as_deref(), &mut core.pending)
+                })
+                .collect();
+            core.commands += cmds.len() as u64;
+            if core.pending.len() > before && core.committer_idle {
+                core.committer_idle = false;
+                self.shared.work.notify_one();
+            }
+            // Everything this caller could have observed: the whole ledger
+            // so far, including other callers' entries not yet written.
+            let seq = core.state.next_seq - 1;
+            if seq <= core.durable {
+                return replies;
+            }
+            let (tx, rx) = oneshot::channel();
+            core.waiters.push_back((seq, tx));
+            (replies, rx)
+        };
+        match released.await {
+            Ok(true) => replies,
+            Ok(false) => {
+                let msg = "the ledger write failed; this command was not applied";
+                vec![Value::err("IOERR", msg); replies.len()]
+            }
+            Err(_) => shutting_down(replies.len()),
         }
-        rx.await
-            .unwrap_or_else(|_| vec![Value::err("SHUTDOWN", "the server is shutting down"); n])
     }
 
-    /// Finishes what is queued, snapshots, syncs and stops the engine.
+    /// Writes what is queued, snapshots, syncs and stops the committer.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let stopped = {
+            let mut core = self.shared.lock();
+            core.shutdown = true;
+            let (tx, rx) = oneshot::channel();
+            core.stopped.push(tx);
+            self.shared.work.notify_one();
+            rx
+        };
+        let _ = stopped.await;
     }
 }
 
-/// Recovers the state from `store` and starts the engine thread.
+/// Recovers the state from `store` and starts the committer thread.
 pub fn start(
     mut store: Box<dyn Storage>,
     config: EngineConfig,
@@ -157,181 +240,165 @@ pub fn start(
     let recovered = recovery::recover(&mut *store, config.rules.clone())?;
     let info = recovered.info();
     let state = recovered.state;
-    let (tx, rx) = mpsc::channel();
     let stats = Arc::new(EngineStats::default());
-    stats.last_seq.store(state.next_seq - 1, Ordering::Relaxed);
-    let mut engine = Engine {
-        state,
+    let last = state.next_seq - 1;
+    stats.last_seq.store(last, Ordering::Relaxed);
+    stats
+        .open_holds
+        .store(state.open_hold_count() as u64, Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            state,
+            clock,
+            last_now: 0,
+            pending: Vec::new(),
+            commands: 0,
+            committer_idle: false,
+            durable: last,
+            waiters: Default::default(),
+            shutdown: false,
+            stopped: Vec::new(),
+        }),
+        work: Condvar::new(),
+    });
+    let mut committer = Committer {
+        shared: shared.clone(),
         store,
         config,
-        clock,
-        rx,
         stats: stats.clone(),
-        last_now: 0,
         last_sync: 0,
         dirty: false,
         since_snapshot: info.replayed,
+        commands_seen: 0,
     };
     let thread = std::thread::Builder::new()
-        .name("spendb-engine".into())
-        .spawn(move || engine.run())?;
-    Ok((EngineHandle { tx, stats }, thread, info))
+        .name("spendb-commit".into())
+        .spawn(move || committer.run())?;
+    Ok((EngineHandle { shared, stats }, thread, info))
 }
 
-struct Engine {
-    state: State,
+struct Committer {
+    shared: Arc<Shared>,
     store: Box<dyn Storage>,
     config: EngineConfig,
-    clock: Clock,
-    rx: mpsc::Receiver<Msg>,
     stats: Arc<EngineStats>,
-    last_now: u64,
     last_sync: u64,
-    /// Entries appended but not yet synced (interval / none modes).
+    /// Entries written but not yet synced (interval / none modes).
     dirty: bool,
     since_snapshot: u64,
+    commands_seen: u64,
 }
 
-/// Longest the engine sleeps without looking at the clock.
+/// Longest the committer sleeps without looking at the clock.
 const TICK: Duration = Duration::from_millis(50);
 
-impl Engine {
-    fn now(&mut self) -> u64 {
-        // Never let time run backwards, whatever the system clock does.
-        self.last_now = (self.clock)().max(self.last_now);
-        self.last_now
-    }
-
+impl Committer {
     fn run(&mut self) {
-        let mut batch: Vec<Pending> = Vec::new();
         loop {
-            let now = self.now();
-            let wait = self.state.next_expiry().map_or(TICK, |t| {
-                Duration::from_millis(t.saturating_sub(now)).min(TICK)
-            });
-            let mut shutdown = None;
-            match self.rx.recv_timeout(wait) {
-                Ok(Msg::Batch {
-                    cmds,
-                    access,
-                    reply,
-                }) => batch.push((cmds, access, reply)),
-                Ok(Msg::Shutdown(done)) => shutdown = Some(done),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let (entries, now, snapshot, stop) = self.take();
+            let written = if !entries.is_empty() || self.sync_due(now) {
+                self.commit(now, entries)
+            } else {
+                true
+            };
+            // A snapshot is stored only once the ledger it reflects is.
+            if let (Some((seq, framed)), true) = (snapshot, written) {
+                self.save_snapshot(seq, &framed);
             }
-            let mut queued: usize = batch.iter().map(|(c, _, _)| c.len()).sum();
-            while queued < self.config.max_batch && shutdown.is_none() {
-                match self.rx.try_recv() {
-                    Ok(Msg::Batch {
-                        cmds,
-                        access,
-                        reply,
-                    }) => {
-                        queued += cmds.len();
-                        batch.push((cmds, access, reply));
-                    }
-                    Ok(Msg::Shutdown(done)) => shutdown = Some(done),
-                    Err(_) => break,
+            if stop {
+                let mut core = self.shared.lock();
+                // Anyone still waiting (nothing should be) is told SHUTDOWN.
+                core.waiters.clear();
+                for tx in core.stopped.drain(..) {
+                    let _ = tx.send(());
                 }
-            }
-            self.process(&mut batch);
-            if let Some(done) = shutdown {
-                // Whatever was sent before the shutdown is answered first.
-                while let Ok(Msg::Batch {
-                    cmds,
-                    access,
-                    reply,
-                }) = self.rx.try_recv()
-                {
-                    batch.push((cmds, access, reply));
-                    self.process(&mut batch);
-                }
-                self.snapshot();
-                let _ = done.send(());
                 return;
             }
         }
-        self.snapshot();
     }
 
-    /// Applies a batch, commits its entries, then replies.
-    fn process(&mut self, batch: &mut Vec<Pending>) {
-        let now = self.now();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut replies: Vec<Vec<Value>> = Vec::with_capacity(batch.len());
-        let mut commands = 0;
-        for (cmds, access, _) in batch.iter() {
-            commands += cmds.len();
-            replies.push(
-                cmds.iter()
-                    .map(|c| self.state.apply_as(now, c, access.as_deref(), &mut entries))
-                    .collect(),
-            );
-        }
-        self.state.tick(now, &mut entries);
-        let mark = self.store.mark();
-        let result = self.commit(now, &entries);
-        let s = &self.stats;
-        s.commands.fetch_add(commands as u64, Ordering::Relaxed);
-        if !batch.is_empty() {
-            s.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        match result {
-            Ok(()) => {
-                s.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
-                s.last_seq.store(self.state.next_seq - 1, Ordering::Relaxed);
-                s.open_holds
-                    .store(self.state.open_hold_count() as u64, Ordering::Relaxed);
-                for ((_, _, tx), r) in batch.drain(..).zip(replies) {
-                    let _ = tx.send(r);
-                }
+    /// Waits for queued entries (or the clock: expiry, interval syncs), then
+    /// takes them all. Returns them with the time, a snapshot to save after
+    /// they are durable, and whether to stop.
+    #[allow(clippy::type_complexity)]
+    fn take(&mut self) -> (Vec<Entry>, u64, Option<(u64, Vec<u8>)>, bool) {
+        let shared = self.shared.clone();
+        let mut guard = shared.lock();
+        loop {
+            let core = &mut *guard;
+            let now = core.now();
+            core.state.tick(now, &mut core.pending);
+            if !core.pending.is_empty() || core.shutdown || self.sync_due(now) {
+                let entries = std::mem::take(&mut core.pending);
+                let n = core.commands - self.commands_seen;
+                self.commands_seen = core.commands;
+                self.stats.commands.fetch_add(n, Ordering::Relaxed);
+                self.stats
+                    .open_holds
+                    .store(core.state.open_hold_count() as u64, Ordering::Relaxed);
                 self.since_snapshot += entries.len() as u64;
-                // At least `snapshot_every` entries apart, and at least twice
-                // the records a snapshot writes: a large state is not rewritten
-                // every few entries (amortized O(1) per entry), while replay
-                // at start-up stays bounded by about twice the state's size.
+                // A snapshot of the state as of these entries, taken now (the
+                // state and the batch agree) and saved once they are durable.
+                // At least `snapshot_every` entries apart and at least twice
+                // the records it holds: a large state is not rewritten every
+                // few entries (amortized O(1) per entry), and replay at
+                // start-up stays bounded by about twice the state's size.
                 let every = self.config.snapshot_every;
-                if every > 0 && self.since_snapshot >= every.max(2 * self.state.records() as u64) {
-                    self.snapshot();
+                let snapshot = if core.shutdown
+                    || (every > 0
+                        && self.since_snapshot >= every.max(2 * core.state.records() as u64))
+                {
+                    self.since_snapshot = 0;
+                    Some((core.state.next_seq - 1, encode_snapshot(&core.state)))
+                } else {
+                    None
+                };
+                return (entries, now, snapshot, core.shutdown);
+            }
+            core.committer_idle = true;
+            let wait = core.state.next_expiry().map_or(TICK, |t| {
+                Duration::from_millis(t.saturating_sub(now)).min(TICK)
+            });
+            guard = shared
+                .work
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            guard.committer_idle = false;
+        }
+    }
+
+    fn sync_due(&self, now: u64) -> bool {
+        match self.config.durability {
+            Durability::Interval(ms) => self.dirty && now >= self.last_sync + ms,
+            _ => false,
+        }
+    }
+
+    /// Writes one batch, syncs per the durability mode, and releases the
+    /// replies waiting for it. False when the write failed.
+    fn commit(&mut self, now: u64, entries: Vec<Entry>) -> bool {
+        let mark = self.store.mark();
+        match self.write(now, &entries) {
+            Ok(()) => {
+                let s = &self.stats;
+                if let Some(last) = entries.last() {
+                    s.batches.fetch_add(1, Ordering::Relaxed);
+                    s.entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    s.last_seq.store(last.seq, Ordering::Relaxed);
+                    self.shared.lock().durable = last.seq;
+                    self.shared.release_durable();
                 }
+                true
             }
             Err(e) => {
-                s.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "writing {} ledger entries failed: {e}; nothing in this batch is acknowledged",
-                    entries.len()
-                );
-                for ((cmds, _, tx), _) in batch.drain(..).zip(replies) {
-                    let _ = tx.send(vec![
-                        Value::err(
-                            "IOERR",
-                            format!("the ledger write failed: {e}")
-                        );
-                        cmds.len()
-                    ]);
-                }
-                // Drop the batch from the ledger, then rebuild the state (which
-                // ran ahead of it) from what is stored: nothing unacknowledged
-                // is served now or found after a restart.
-                if let Err(e) = self.store.rollback(mark) {
-                    tracing::error!("cannot drop the failed batch from the ledger: {e}; stopping");
-                    std::process::exit(1);
-                }
-                match recovery::recover(&mut *self.store, self.config.rules.clone()) {
-                    Ok(r) => self.state = r.state,
-                    Err(e) => {
-                        tracing::error!(
-                            "cannot rebuild the state after a failed write: {e}; stopping"
-                        );
-                        std::process::exit(1);
-                    }
-                }
+                self.failed(mark, &entries, &e);
+                false
             }
         }
     }
 
-    fn commit(&mut self, now: u64, entries: &[Entry]) -> Result<(), StoreError> {
+    fn write(&mut self, now: u64, entries: &[Entry]) -> Result<(), StoreError> {
         if !entries.is_empty() {
             self.store.append(entries)?;
             self.dirty = true;
@@ -350,13 +417,39 @@ impl Engine {
         Ok(())
     }
 
-    fn snapshot(&mut self) {
-        let seq = self.state.next_seq - 1;
-        let framed = encode_snapshot(&self.state);
-        match self.store.save_snapshot(seq, &framed) {
+    /// A write or sync failed: drop the batch from the ledger, rebuild the
+    /// state from what is stored, and fail every reply not yet released.
+    fn failed(&mut self, mark: crate::store::Mark, entries: &[Entry], e: &StoreError) {
+        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "writing {} ledger entries failed: {e}; they and everything applied after them are answered IOERR",
+            entries.len()
+        );
+        let mut core = self.shared.lock();
+        if let Err(e) = self.store.rollback(mark) {
+            tracing::error!("cannot drop the failed batch from the ledger: {e}; stopping");
+            std::process::exit(1);
+        }
+        match recovery::recover(&mut *self.store, self.config.rules.clone()) {
+            Ok(r) => core.state = r.state,
+            Err(e) => {
+                tracing::error!("cannot rebuild the state after a failed write: {e}; stopping");
+                std::process::exit(1);
+            }
+        }
+        // Everything applied since the last good write is gone: the batch,
+        // and whatever was applied on top of it.
+        core.pending.clear();
+        core.durable = core.state.next_seq - 1;
+        for (_, tx) in core.waiters.drain(..) {
+            let _ = tx.send(false);
+        }
+    }
+
+    fn save_snapshot(&mut self, seq: u64, framed: &[u8]) {
+        match self.store.save_snapshot(seq, framed) {
             Ok(()) => {
                 self.dirty = false;
-                self.since_snapshot = 0;
                 tracing::debug!("snapshot at ledger entry {seq} ({} bytes)", framed.len());
             }
             Err(e) => tracing::error!("snapshot at ledger entry {seq} failed: {e}"),

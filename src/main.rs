@@ -211,8 +211,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         durability: a.durability,
         rules,
         snapshot_every: a.snapshot_every,
-        ..Default::default()
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let (handle, thread, rec) = engine::start(Box::new(store), config, engine::system_clock())
         .map_err(|e| format!("recovery failed: {e}"))?;
     tracing::info!(
@@ -224,10 +227,6 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         rec.cut_tail
             .map_or(String::new(), |s| format!(", cut a damaged tail at {s}")),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((a.bind, a.port))
             .await
