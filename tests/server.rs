@@ -646,3 +646,39 @@ fn redis_crate_pipelines_keep_request_order() {
         50
     );
 }
+
+/// Many connections race for one budget: exactly as many holds are granted
+/// as fit, whatever the interleaving, and the figures add up afterwards.
+#[test]
+fn concurrent_reservations_never_overspend() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    // 100 holds of 100 tokens fit; 16 connections ask for 40 each (640).
+    raw(&mut c, "BUDGET.SET org:race TOKENS 10000 PER DAY").unwrap();
+    let url = s.url();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let client = redis::Client::open(url).unwrap();
+                let mut c = client.get_connection().unwrap();
+                let mut granted = 0;
+                for i in 0..40 {
+                    let r = q(
+                        &mut c,
+                        &format!("RESERVE r{t}-{i} org:race/agent:a{t} gpt-4o INPUT 100"),
+                    );
+                    if r.s("status") == "granted" {
+                        granted += 1;
+                    }
+                }
+                granted
+            })
+        })
+        .collect();
+    let granted: i64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(granted, 100);
+    let b = q(&mut c, "BALANCE org:race");
+    assert_eq!(dim(&b, "held", "tokens"), "10000");
+    assert_eq!(limit(&b, "TOKENS", "PER DAY").s("remaining"), "0");
+}
