@@ -1,4 +1,4 @@
-//! The spendb command line: `spendb serve`, `spendb ledger verify`.
+//! The spendb command line: `spendb serve`, `spendb bench`, `spendb ledger verify`.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -32,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Load a running spendb with RESERVE + COMMIT transactions and report
+    /// throughput and latency percentiles (see docs/BENCHMARKS.md).
+    Bench(Box<BenchArgs>),
     /// Inspect the ledger.
     Ledger {
         #[command(subcommand)]
@@ -47,6 +50,115 @@ enum LedgerCmd {
         #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, short = 'p', default_value_t = 7379)]
+    port: u16,
+    /// Password for AUTH (default user).
+    #[arg(long, env = "SPENDB_BENCH_PASSWORD")]
+    password: Option<String>,
+    /// Connections, each its own task.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    connections: usize,
+    /// Transactions in flight per connection (closed loop only).
+    #[arg(long, short = 'P', default_value_t = 1)]
+    pipeline: usize,
+    /// Open loop: start this many transactions per second over all
+    /// connections, on schedule (latency without coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How long to run, e.g. 10s, 1m.
+    #[arg(long, short = 'd', default_value = "10s")]
+    duration: String,
+    /// Stop after this many transactions (if sooner than --duration).
+    #[arg(long, short = 'n')]
+    transactions: Option<u64>,
+    /// Scope tree as ORGSxTEAMSxAGENTS (teams per org, agents per team).
+    #[arg(long, default_value = "2x4x16")]
+    tree: String,
+    /// Fraction of granted holds released instead of committed.
+    #[arg(long, default_value_t = 0.0)]
+    release_ratio: f64,
+    /// Fraction of RESERVEs sent to a spent budget (denied).
+    #[arg(long, default_value_t = 0.0)]
+    deny_ratio: f64,
+    #[arg(long, default_value = "gpt-4o")]
+    model: String,
+    #[arg(long, default_value_t = 1000)]
+    input_tokens: u64,
+    #[arg(long, default_value_t = 500)]
+    output_tokens: u64,
+    /// Also write the results as JSON to this file ("-": standard output,
+    /// instead of the table).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+fn bench(a: BenchArgs) -> Result<(), String> {
+    let tree: Vec<usize> = a
+        .tree
+        .split('x')
+        .map(|n| n.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            format!(
+                "--tree '{}': expected ORGSxTEAMSxAGENTS, e.g. 2x4x16",
+                a.tree
+            )
+        })?;
+    let [orgs, teams, agents] = tree[..] else {
+        return Err(format!(
+            "--tree '{}': expected ORGSxTEAMSxAGENTS, e.g. 2x4x16",
+            a.tree
+        ));
+    };
+    let duration = Duration::from_millis(parse_duration_ms(&a.duration)?);
+    let cfg = spendb::bench::BenchConfig {
+        host: a.host,
+        port: a.port,
+        password: a.password,
+        connections: a.connections,
+        pipeline: a.pipeline,
+        rate: a.rate,
+        duration,
+        transactions: a.transactions,
+        tree: (orgs, teams, agents),
+        release_ratio: a.release_ratio,
+        deny_ratio: a.deny_ratio,
+        model: a.model,
+        input_tokens: a.input_tokens,
+        output_tokens: a.output_tokens,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = runtime.block_on(spendb::bench::run(cfg))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    match a.json.as_deref() {
+        Some(p) if p == std::path::Path::new("-") => println!("{json}"),
+        Some(p) => {
+            std::fs::write(p, json + "\n").map_err(|e| format!("writing {}: {e}", p.display()))?;
+            print!("{}", spendb::bench::format_report(&report));
+        }
+        None => print!("{}", spendb::bench::format_report(&report)),
+    }
+    if report.errors > 0 {
+        return Err(format!(
+            "{} errors; first: {}",
+            report.errors,
+            report.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -148,6 +260,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(a) => serve(*a),
+        Cmd::Bench(a) => bench(*a),
         Cmd::Ledger {
             cmd: LedgerCmd::Verify { data_dir },
         } => verify(&data_dir),
