@@ -98,8 +98,8 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
     // Nor on disk: a restart and a full verify see `kept` only.
     let mut store = LogStore::open(dir.path()).unwrap();
     let r = recovery::recover(&mut store, Config::default()).unwrap();
-    assert!(r.state.holds.contains_key("kept"));
-    assert!(!r.state.holds.contains_key("lost"));
+    assert!(r.state.holds.contains("kept"));
+    assert!(!r.state.holds.contains("lost"));
     let report = recovery::verify(&store, Config::default()).unwrap();
     assert_eq!(report.open_holds, 1);
 }

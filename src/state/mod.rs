@@ -12,12 +12,14 @@
 pub mod access;
 pub mod command;
 pub mod entry;
+pub mod holds;
 pub mod limit;
 pub mod money;
 pub mod price;
 pub mod scope;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// The state's hash maps: keys are client-chosen (hold ids, scopes), so the
 /// hasher is randomly seeded (no hash flooding), and aHash rather than SipHash
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use access::Access;
 pub use command::{Command, ReserveArgs, Value};
 pub use entry::{Entry, EntryKind};
+pub use holds::{Hold, HoldTable};
 use limit::{Counter, Dim, Dims, Limit, LimitSpec};
 use price::{Price, Usage};
 use scope::chain;
@@ -90,29 +93,6 @@ pub enum HoldStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hold {
-    pub scope: String,
-    pub model: String,
-    pub input: u64,
-    pub output: u64,
-    pub ttl_ms: Option<u64>,
-    pub amounts: Dims,
-    pub created_at: u64,
-    pub expires_at: u64,
-    pub status: HoldStatus,
-}
-
-impl Hold {
-    fn ended_at(&self) -> Option<u64> {
-        match &self.status {
-            HoldStatus::Open => None,
-            HoldStatus::Committed(s) => Some(s.at),
-            HoldStatus::Released { at } | HoldStatus::Expired { at } => Some(*at),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendRecord {
     pub scope: String,
     pub model: String,
@@ -130,9 +110,9 @@ pub struct State {
     /// Timestamp of the last entry applied.
     pub last_ts: u64,
     pub nodes: Map<String, Node>,
-    pub holds: Map<String, Hold>,
-    /// Open holds by expiry time.
-    expiry: BTreeSet<(u64, String)>,
+    /// Every hold known (open, and settled ones within the retention), with
+    /// the open holds' expiry order.
+    pub holds: HoldTable,
     /// Ended holds in the order they ended, for forgetting them later.
     ended: VecDeque<(u64, String)>,
     pub spends: Map<String, SpendRecord>,
@@ -242,7 +222,7 @@ impl State {
             Command::Commit { hold, usage } => self.commit(now, hold, usage, out),
             Command::Release { hold } => self.release(now, hold, out),
             Command::HoldGet { hold } => match self.holds.get(hold) {
-                Some(h) => hold_value(hold, h),
+                Some(h) => hold_value(hold, &h),
                 None => Value::err("UNKNOWN", format!("hold {hold}")),
             },
             Command::Spend {
@@ -293,11 +273,11 @@ impl State {
 
     /// When the next open hold expires, for the engine's timer.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiry.first().map(|(t, _)| *t)
+        self.holds.next_expiry()
     }
 
     pub fn open_hold_count(&self) -> usize {
-        self.expiry.len()
+        self.holds.open_count()
     }
 
     /// Records a snapshot holds (scopes, holds, remembered spend ids,
@@ -317,11 +297,7 @@ impl State {
     }
 
     fn expire_due(&mut self, now: u64, out: &mut Vec<Entry>) {
-        while let Some((t, id)) = self.expiry.first() {
-            if *t > now {
-                break;
-            }
-            let id = id.clone();
+        while let Some(id) = self.holds.due(now) {
             self.emit(now, EntryKind::Expire { id }, out);
         }
     }
@@ -335,7 +311,7 @@ impl State {
             let (_, id) = self.ended.pop_front().unwrap();
             // A hold can be queued twice (expired, then committed late): only
             // forget it once its latest end is old enough.
-            if let Some(end) = self.holds.get(&id).and_then(Hold::ended_at) {
+            if let Some(end) = self.holds.get(&id).and_then(|h| h.ended_at()) {
                 if end <= keep_after {
                     self.holds.remove(&id);
                 }
@@ -477,13 +453,13 @@ impl State {
 
     fn reserve(&mut self, now: u64, a: &ReserveArgs, out: &mut Vec<Entry>) -> Value {
         if let Some(h) = self.holds.get(&a.hold) {
-            let same = h.scope == a.scope
-                && h.model == a.model
+            let same = *h.scope == *a.scope
+                && *h.model == *a.model
                 && h.input == a.input
                 && h.output == a.output
                 && h.ttl_ms == a.ttl_ms;
             return if same {
-                granted_value(&a.hold, h)
+                granted_value(&a.hold, &h)
             } else {
                 Value::err(
                     "EXISTS",
@@ -543,7 +519,7 @@ impl State {
             expires_at: now.saturating_add(ttl),
         };
         self.emit(now, kind, out);
-        granted_value(&a.hold, &self.holds[&a.hold])
+        granted_value(&a.hold, &self.hold(&a.hold))
     }
 
     /// Checks `amounts` against every limit on the scope and its ancestors.
@@ -590,7 +566,7 @@ impl State {
         let late = match &h.status {
             HoldStatus::Committed(s) => {
                 return if s.usage == *usage {
-                    committed_value(id, h, s)
+                    committed_value(id, &h, s)
                 } else {
                     Value::err(
                         "EXISTS",
@@ -620,9 +596,9 @@ impl State {
             },
             out,
         );
-        let h = &self.holds[id];
+        let h = self.hold(id);
         match &h.status {
-            HoldStatus::Committed(s) => committed_value(id, h, s),
+            HoldStatus::Committed(s) => committed_value(id, &h, s),
             _ => unreachable!("commit entry settles the hold"),
         }
     }
@@ -634,9 +610,9 @@ impl State {
         match h.status {
             HoldStatus::Open => {
                 self.emit(now, EntryKind::Release { id: id.to_string() }, out);
-                release_value(id, &self.holds[id])
+                release_value(id, &self.hold(id))
             }
-            HoldStatus::Released { .. } | HoldStatus::Expired { .. } => release_value(id, h),
+            HoldStatus::Released { .. } | HoldStatus::Expired { .. } => release_value(id, &h),
             HoldStatus::Committed(_) => Value::err("STATE", format!("hold {id} was committed")),
         }
     }
@@ -737,10 +713,9 @@ impl State {
                     n.held.add(amounts);
                     n.open_holds += 1;
                 }
-                self.expiry.insert((*expires_at, id.clone()));
                 let hold = Hold {
-                    scope: scope.clone(),
-                    model: model.clone(),
+                    scope: scope.as_str().into(),
+                    model: model.as_str().into(),
                     input: *input,
                     output: *output,
                     ttl_ms: *ttl_ms,
@@ -749,7 +724,7 @@ impl State {
                     expires_at: *expires_at,
                     status: HoldStatus::Open,
                 };
-                self.holds.insert(id.clone(), hold);
+                self.holds.insert(id, hold);
             }
             EntryKind::Commit {
                 id,
@@ -760,23 +735,23 @@ impl State {
                 let (scope, was_open) = self.end_hold(id);
                 debug_assert_eq!(was_open, !late);
                 self.charge(&scope, ts, &Dims::call(usage.input, usage.output, *cost));
-                let h = self.holds.get_mut(id).expect("commit of a known hold");
-                h.status = HoldStatus::Committed(Settlement {
+                let settled = HoldStatus::Committed(Settlement {
                     usage: *usage,
                     cost: *cost,
                     late: *late,
                     at: ts,
                 });
+                self.holds.set_status(id, settled);
                 self.ended.push_back((ts, id.clone()));
             }
             EntryKind::Release { id } | EntryKind::Expire { id } => {
                 let (_, was_open) = self.end_hold(id);
                 debug_assert!(was_open);
-                let h = self.holds.get_mut(id).expect("known hold");
-                h.status = match e.kind {
+                let ended = match e.kind {
                     EntryKind::Release { .. } => HoldStatus::Released { at: ts },
                     _ => HoldStatus::Expired { at: ts },
                 };
+                self.holds.set_status(id, ended);
                 self.ended.push_back((ts, id.clone()));
             }
             EntryKind::Spend {
@@ -816,20 +791,22 @@ impl State {
 
     /// Takes an open hold's amounts off every level it held on. Returns the
     /// hold's scope and whether it was open.
-    fn end_hold(&mut self, id: &str) -> (String, bool) {
-        let h = self.holds.get(id).expect("entry names a known hold");
-        let scope = h.scope.clone();
+    fn end_hold(&mut self, id: &str) -> (Arc<str>, bool) {
+        let h = self.hold(id);
         if h.status != HoldStatus::Open {
-            return (scope, false);
+            return (h.scope, false);
         }
-        let (amounts, expires_at) = (h.amounts, h.expires_at);
-        for s in chain(&scope) {
+        for s in chain(&h.scope) {
             let n = self.node_mut(s);
-            n.held.sub(&amounts);
+            n.held.sub(&h.amounts);
             n.open_holds -= 1;
         }
-        self.expiry.remove(&(expires_at, id.to_string()));
-        (scope, true)
+        (h.scope, true)
+    }
+
+    /// A hold the caller knows exists (an entry or a check just named it).
+    fn hold(&self, id: &str) -> Hold {
+        self.holds.get(id).expect("a known hold")
     }
 
     /// Books settled usage on the scope and every ancestor, and into every
@@ -862,7 +839,7 @@ impl State {
                 .holds
                 .iter()
                 .filter(|(_, h)| h.status == HoldStatus::Open)
-                .map(|(k, h)| (k.clone(), h.clone()))
+                .map(|(k, h)| (k.to_string(), h))
                 .collect(),
             prices: self.prices.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
@@ -872,28 +849,17 @@ impl State {
     /// the open holds at or below it, and the expiry index matches the open
     /// holds. Returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut held: HashMap<&str, (Dims, u64)> = HashMap::new();
-        let mut open = 0;
-        for (id, h) in &self.holds {
+        self.holds.check_expiry_index()?;
+        let mut held: HashMap<String, (Dims, u64)> = HashMap::new();
+        for (_, h) in self.holds.iter() {
             if h.status != HoldStatus::Open {
                 continue;
             }
-            open += 1;
-            if !self.expiry.contains(&(h.expires_at, id.clone())) {
-                return Err(format!("open hold {id} is missing from the expiry index"));
-            }
             for s in chain(&h.scope) {
-                let e = held.entry(s).or_default();
+                let e = held.entry(s.to_string()).or_default();
                 e.0.add(&h.amounts);
                 e.1 += 1;
             }
-        }
-        if open != self.expiry.len() {
-            return Err(format!(
-                "{} open holds but {} in the expiry index",
-                open,
-                self.expiry.len()
-            ));
         }
         for (s, n) in &self.nodes {
             let (want, count) = held.get(s.as_str()).copied().unwrap_or_default();
@@ -1062,8 +1028,8 @@ fn hold_value(id: &str, h: &Hold) -> Value {
     let mut f = vec![
         ("hold", Value::str(id)),
         ("status", Value::str(status)),
-        ("scope", Value::str(h.scope.clone())),
-        ("model", Value::str(h.model.clone())),
+        ("scope", Value::str(&*h.scope)),
+        ("model", Value::str(&*h.model)),
         ("input", Value::Int(h.input as i64)),
         ("output", Value::Int(h.output as i64)),
         ("tokens", Value::Int(h.amounts.get(Dim::Tokens) as i64)),

@@ -1,0 +1,401 @@
+//! The hold table: every hold the state knows (open, and settled ones kept
+//! for idempotent replays), stored compactly, with the open holds' expiry
+//! order.
+//!
+//! Open holds are the state's bulk (a busy server has as many as calls in
+//! flight), so one costs about 110 bytes instead of the ~640 a
+//! `HashMap<String, Hold>` took (docs/BENCHMARKS.md, "Memory"):
+//! - records sit in a slab (`Vec<Rec>`, 80 bytes each: the id inline up to
+//!   24 bytes, scope and model as interned numbers, no per-hold allocation);
+//! - the id → slot index is a `hashbrown::HashTable<u32>` (4 bytes a slot);
+//! - expiry is a min-heap of `(expires_at, slot)` (16 bytes), cleaned lazily:
+//!   an entry whose slot no longer holds an open hold due then is skipped.
+//!
+//! Readers get a [`Hold`], a by-value view (its strings are shared `Arc`s).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::limit::{Dim, Dims};
+use super::{HoldStatus, Map};
+
+/// A hold, as readers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub scope: Arc<str>,
+    pub model: Arc<str>,
+    pub input: u64,
+    pub output: u64,
+    /// The TTL the client asked for (None: the default applied).
+    pub ttl_ms: Option<u64>,
+    pub amounts: Dims,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub status: HoldStatus,
+}
+
+impl Hold {
+    pub fn ended_at(&self) -> Option<u64> {
+        match &self.status {
+            HoldStatus::Open => None,
+            HoldStatus::Committed(s) => Some(s.at),
+            HoldStatus::Released { at } | HoldStatus::Expired { at } => Some(*at),
+        }
+    }
+}
+
+/// No TTL given by the client.
+const NO_TTL: u32 = u32::MAX;
+
+struct Rec {
+    id: CompactString,
+    scope: u32,
+    model: u32,
+    /// Client TTL in ms, or NO_TTL. TTLs are capped far below 49 days.
+    ttl: u32,
+    open: bool,
+    input: u64,
+    output: u64,
+    cost: u64,
+    created_at: u64,
+    expires_at: u64,
+}
+
+/// Strings stored once, numbered.
+#[derive(Default)]
+struct Interner {
+    all: Vec<Arc<str>>,
+    index: Map<Arc<str>, u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.all.len() as u32;
+        let a: Arc<str> = Arc::from(s);
+        self.all.push(a.clone());
+        self.index.insert(a, i);
+        i
+    }
+}
+
+#[derive(Default)]
+pub struct HoldTable {
+    recs: Vec<Rec>,
+    /// Slots of removed records, for reuse.
+    free: Vec<u32>,
+    index: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
+    strings: Interner,
+    /// How settled holds ended (only they have an entry).
+    ended: Map<u32, HoldStatus>,
+    expiry: BinaryHeap<Reverse<(u64, u32)>>,
+    open: usize,
+}
+
+impl Clone for HoldTable {
+    fn clone(&self) -> Self {
+        let mut t = HoldTable::default();
+        for (id, h) in self.iter() {
+            t.insert(id, h);
+        }
+        t
+    }
+}
+
+impl std::fmt::Debug for HoldTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl HoldTable {
+    fn hash(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn slot(&self, id: &str) -> Option<u32> {
+        let recs = &self.recs;
+        self.index
+            .find(self.hash(id), |&s| recs[s as usize].id == id)
+            .copied()
+    }
+
+    fn view(&self, slot: u32) -> Hold {
+        let r = &self.recs[slot as usize];
+        Hold {
+            scope: self.strings.all[r.scope as usize].clone(),
+            model: self.strings.all[r.model as usize].clone(),
+            input: r.input,
+            output: r.output,
+            ttl_ms: (r.ttl != NO_TTL).then_some(r.ttl as u64),
+            amounts: Dims::call(r.input, r.output, r.cost),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            status: if r.open {
+                HoldStatus::Open
+            } else {
+                self.ended.get(&slot).cloned().unwrap_or(HoldStatus::Open)
+            },
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Hold> {
+        self.slot(id).map(|s| self.view(s))
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.slot(id).is_some()
+    }
+
+    /// Holds known (open and settled).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open
+    }
+
+    /// Adds a hold (replacing none: ids are unique).
+    pub fn insert(&mut self, id: &str, h: Hold) {
+        debug_assert!(!self.contains(id), "hold {id} inserted twice");
+        debug_assert_eq!(
+            h.amounts,
+            Dims::call(h.input, h.output, h.amounts.get(Dim::Cost))
+        );
+        let ttl = match h.ttl_ms {
+            Some(t) => u32::try_from(t).unwrap_or(NO_TTL - 1).min(NO_TTL - 1),
+            None => NO_TTL,
+        };
+        let rec = Rec {
+            id: CompactString::from(id),
+            scope: self.strings.intern(&h.scope),
+            model: self.strings.intern(&h.model),
+            ttl,
+            open: h.status == HoldStatus::Open,
+            input: h.input,
+            output: h.output,
+            cost: h.amounts.get(Dim::Cost),
+            created_at: h.created_at,
+            expires_at: h.expires_at,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.recs[s as usize] = rec;
+                s
+            }
+            None => {
+                self.recs.push(rec);
+                (self.recs.len() - 1) as u32
+            }
+        };
+        if h.status == HoldStatus::Open {
+            self.open += 1;
+            self.expiry.push(Reverse((h.expires_at, slot)));
+        } else {
+            self.ended.insert(slot, h.status);
+        }
+        let hash = self.hash(id);
+        let (recs, hasher) = (&self.recs, &self.hasher);
+        self.index.insert_unique(hash, slot, |&s| {
+            hasher.hash_one(recs[s as usize].id.as_str())
+        });
+    }
+
+    /// Settles an open hold (or re-settles an expired one committed late).
+    pub fn set_status(&mut self, id: &str, status: HoldStatus) {
+        let Some(slot) = self.slot(id) else {
+            debug_assert!(false, "status of unknown hold {id}");
+            return;
+        };
+        let r = &mut self.recs[slot as usize];
+        debug_assert!(status != HoldStatus::Open, "holds never reopen");
+        if r.open {
+            r.open = false;
+            self.open -= 1;
+            // Its expiry entry is skipped when it comes up (lazy removal).
+        }
+        self.ended.insert(slot, status);
+        self.compact_expiry();
+    }
+
+    /// Rebuilds the expiry heap once most of it is stale (settled holds), so
+    /// it stays proportional to the open holds: O(1) amortized per hold.
+    fn compact_expiry(&mut self) {
+        if self.expiry.len() <= 2 * self.open + 1024 {
+            return;
+        }
+        let recs = &self.recs;
+        let live: Vec<_> = self
+            .index
+            .iter()
+            .filter(|&&s| recs[s as usize].open)
+            .map(|&s| Reverse((recs[s as usize].expires_at, s)))
+            .collect();
+        self.expiry = BinaryHeap::from(live);
+    }
+
+    /// Forgets a hold.
+    pub fn remove(&mut self, id: &str) {
+        let hash = self.hash(id);
+        let recs = &self.recs;
+        let Ok(entry) = self.index.find_entry(hash, |&s| recs[s as usize].id == id) else {
+            return;
+        };
+        let (slot, _) = entry.remove();
+        let r = &mut self.recs[slot as usize];
+        if r.open {
+            r.open = false;
+            self.open -= 1;
+        }
+        r.id = CompactString::default();
+        self.ended.remove(&slot);
+        self.free.push(slot);
+        self.compact_expiry();
+    }
+
+    /// The open hold that expires first, if any is due by `now`.
+    pub fn due(&mut self, now: u64) -> Option<String> {
+        while let Some(&Reverse((t, slot))) = self.expiry.peek() {
+            let r = &self.recs[slot as usize];
+            if !(r.open && r.expires_at == t) {
+                // Settled, or its slot was reused by a later hold.
+                self.expiry.pop();
+                continue;
+            }
+            return (t <= now).then(|| r.id.to_string());
+        }
+        None
+    }
+
+    /// When the first open hold expires (may be early: entries of settled
+    /// holds are cleaned lazily, so this only ever wakes the engine sooner).
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiry.peek().map(|Reverse((t, _))| *t)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Hold)> + '_ {
+        self.index
+            .iter()
+            .map(|&s| (self.recs[s as usize].id.as_str(), self.view(s)))
+    }
+
+    /// Every open hold has an expiry entry at its own expiry time.
+    pub fn check_expiry_index(&self) -> Result<(), String> {
+        let entries: std::collections::HashSet<(u64, u32)> =
+            self.expiry.iter().map(|Reverse(e)| *e).collect();
+        let mut open = 0;
+        for &s in self.index.iter() {
+            let r = &self.recs[s as usize];
+            if r.open {
+                open += 1;
+                if !entries.contains(&(r.expires_at, s)) {
+                    return Err(format!(
+                        "open hold {} is missing from the expiry index",
+                        r.id
+                    ));
+                }
+            }
+        }
+        if open != self.open {
+            return Err(format!(
+                "{open} open holds but the count says {}",
+                self.open
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for HoldTable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for HoldTable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let all: Vec<(String, Hold)> = Vec::deserialize(d)?;
+        let mut t = HoldTable::default();
+        for (id, h) in all {
+            t.insert(&id, h);
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(scope: &str, expires_at: u64) -> Hold {
+        Hold {
+            scope: scope.into(),
+            model: "gpt-4o".into(),
+            input: 10,
+            output: 5,
+            ttl_ms: None,
+            amounts: Dims::call(10, 5, 7),
+            created_at: 0,
+            expires_at,
+            status: HoldStatus::Open,
+        }
+    }
+
+    #[test]
+    fn reused_slots_and_lazy_expiry_expire_the_right_hold_at_the_right_time() {
+        let mut t = HoldTable::default();
+        t.insert("a", open("org:x", 100));
+        t.set_status("a", HoldStatus::Released { at: 5 });
+        t.remove("a");
+        // "b" takes a's slot; a's stale expiry entry (100) must not expire it.
+        t.insert("b", open("org:y", 300));
+        assert_eq!(t.due(100), None);
+        assert_eq!(t.due(299), None);
+        assert_eq!(t.due(300).as_deref(), Some("b"));
+        assert_eq!(t.get("b").unwrap().scope.as_ref(), "org:y");
+        assert!(t.get("a").is_none());
+        assert_eq!((t.len(), t.open_count()), (1, 1));
+        t.check_expiry_index().unwrap();
+    }
+
+    #[test]
+    fn the_expiry_heap_stays_proportional_to_open_holds() {
+        let mut t = HoldTable::default();
+        for i in 0..10_000u64 {
+            let id = format!("h{i}");
+            t.insert(&id, open("org:x", 1_000_000 + i));
+            t.set_status(&id, HoldStatus::Released { at: i });
+        }
+        assert_eq!(t.open_count(), 0);
+        assert!(t.expiry.len() <= 1024 + 1, "{}", t.expiry.len());
+        t.insert("live", open("org:x", 5));
+        assert_eq!(t.due(5).as_deref(), Some("live"));
+    }
+
+    #[test]
+    fn a_snapshot_round_trip_keeps_every_hold_and_status() {
+        let mut t = HoldTable::default();
+        t.insert("o", open("org:x/team:t", 50));
+        t.insert("c", open("org:x", 60));
+        t.set_status("c", HoldStatus::Expired { at: 60 });
+        let bytes = bincode::serde::encode_to_vec(&t, bincode::config::standard()).unwrap();
+        let (back, _): (HoldTable, _) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back.get("o"), t.get("o"));
+        assert_eq!(back.get("c"), t.get("c"));
+        assert_eq!(back.open_count(), 1);
+        back.check_expiry_index().unwrap();
+    }
+}
