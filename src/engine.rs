@@ -20,7 +20,8 @@
 //! rebuilt from the store, and every reply not yet released (the batch, and
 //! whatever was applied on top of it) becomes `IOERR`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::state::{Access, Command, Config, Entry, State, Value};
 use crate::store::recovery::{self, encode_snapshot, RecoveryInfo};
-use crate::store::{Storage, StoreError};
+use crate::store::{SnapshotSink, Storage, StoreError};
 
 /// When an acknowledged write is on stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +262,7 @@ pub fn start(
         }),
         work: Condvar::new(),
     });
+    let snapshots = Snapshotter::start(store.snapshot_sink()?)?;
     let mut committer = Committer {
         shared: shared.clone(),
         store,
@@ -270,6 +272,8 @@ pub fn start(
         dirty: false,
         since_snapshot: info.replayed,
         commands_seen: 0,
+        snapshot_copy: Duration::ZERO,
+        snapshots,
     };
     let thread = std::thread::Builder::new()
         .name("spendb-commit".into())
@@ -287,6 +291,60 @@ struct Committer {
     dirty: bool,
     since_snapshot: u64,
     commands_seen: u64,
+    /// How long the last snapshot held the engine's lock (copying the state).
+    snapshot_copy: Duration,
+    snapshots: Snapshotter,
+}
+
+/// The thread that encodes and stores snapshots, so that neither the lock
+/// nor the ledger waits for a large one (measured: 1.1M holds, 78 MB, took
+/// 57 ms to copy under the lock, then 350 ms to encode and 480 ms to store).
+struct Snapshotter {
+    tx: Option<mpsc::SyncSender<(State, Duration)>>,
+    /// A snapshot is being written; the next is skipped until it is done.
+    busy: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Snapshotter {
+    fn idle() -> Snapshotter {
+        Snapshotter {
+            tx: None,
+            busy: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        }
+    }
+
+    fn start(mut sink: Box<dyn SnapshotSink>) -> std::io::Result<Snapshotter> {
+        let (tx, rx) = mpsc::sync_channel::<(State, Duration)>(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = busy.clone();
+        let thread = std::thread::Builder::new()
+            .name("spendb-snapshot".into())
+            .spawn(move || {
+                for (state, copied) in rx {
+                    let seq = state.next_seq - 1;
+                    let t = std::time::Instant::now();
+                    let framed = encode_snapshot(&state);
+                    drop(state);
+                    let encoded = t.elapsed();
+                    match sink.save(seq, &framed) {
+                        Ok(()) => tracing::info!(
+                            "snapshot at ledger entry {seq}: {} bytes; state copied in {copied:?} (commands waited), encoded in {encoded:?} and stored in {:?} (nothing waited)",
+                            framed.len(),
+                            t.elapsed() - encoded
+                        ),
+                        Err(e) => tracing::error!("snapshot at ledger entry {seq} failed: {e}"),
+                    }
+                    done.store(false, Ordering::Release);
+                }
+            })?;
+        Ok(Snapshotter {
+            tx: Some(tx),
+            busy,
+            thread: Some(thread),
+        })
+    }
 }
 
 /// Longest the committer sleeps without looking at the clock.
@@ -302,10 +360,17 @@ impl Committer {
                 true
             };
             // A snapshot is stored only once the ledger it reflects is.
-            if let (Some((seq, framed)), true) = (snapshot, written) {
-                self.save_snapshot(seq, &framed);
+            match (snapshot, written) {
+                (Some(state), true) => self.hand_off_snapshot(state),
+                (Some(_), false) => self.snapshots.busy.store(false, Ordering::Release),
+                _ => {}
             }
             if stop {
+                // Waits for the last snapshot to be stored.
+                let Snapshotter { tx, thread, .. } =
+                    std::mem::replace(&mut self.snapshots, Snapshotter::idle());
+                drop(tx);
+                let _ = thread.map(|t| t.join());
                 let mut core = self.shared.lock();
                 // Anyone still waiting (nothing should be) is told SHUTDOWN.
                 core.waiters.clear();
@@ -320,8 +385,7 @@ impl Committer {
     /// Waits for queued entries (or the clock: expiry, interval syncs), then
     /// takes them all. Returns them with the time, a snapshot to save after
     /// they are durable, and whether to stop.
-    #[allow(clippy::type_complexity)]
-    fn take(&mut self) -> (Vec<Entry>, u64, Option<(u64, Vec<u8>)>, bool) {
+    fn take(&mut self) -> (Vec<Entry>, u64, Option<State>, bool) {
         let shared = self.shared.clone();
         let mut guard = shared.lock();
         loop {
@@ -346,10 +410,16 @@ impl Committer {
                 let every = self.config.snapshot_every;
                 let snapshot = if core.shutdown
                     || (every > 0
-                        && self.since_snapshot >= every.max(2 * core.state.records() as u64))
+                        && self.since_snapshot >= every.max(2 * core.state.records() as u64)
+                        && !self.snapshots.busy.swap(true, Ordering::AcqRel))
                 {
                     self.since_snapshot = 0;
-                    Some((core.state.next_seq - 1, encode_snapshot(&core.state)))
+                    // A copy (mostly memcpy) under the lock; it is encoded
+                    // after the lock is released.
+                    let t = std::time::Instant::now();
+                    let copy = core.state.clone();
+                    self.snapshot_copy = t.elapsed();
+                    Some(copy)
                 } else {
                     None
                 };
@@ -372,6 +442,25 @@ impl Committer {
         match self.config.durability {
             Durability::Interval(ms) => self.dirty && now >= self.last_sync + ms,
             _ => false,
+        }
+    }
+
+    /// Makes the ledger durable up to the snapshot (interval and none modes
+    /// may not have synced it yet), then gives it to the snapshot thread.
+    fn hand_off_snapshot(&mut self, state: State) {
+        if self.dirty {
+            if let Err(e) = self.store.sync() {
+                tracing::error!("snapshot skipped: syncing the ledger failed: {e}");
+                self.snapshots.busy.store(false, Ordering::Release);
+                return;
+            }
+            self.dirty = false;
+        }
+        match &self.snapshots.tx {
+            Some(tx) => {
+                let _ = tx.send((state, self.snapshot_copy));
+            }
+            None => self.snapshots.busy.store(false, Ordering::Release),
         }
     }
 
@@ -443,16 +532,6 @@ impl Committer {
         core.durable = core.state.next_seq - 1;
         for (_, tx) in core.waiters.drain(..) {
             let _ = tx.send(false);
-        }
-    }
-
-    fn save_snapshot(&mut self, seq: u64, framed: &[u8]) {
-        match self.store.save_snapshot(seq, framed) {
-            Ok(()) => {
-                self.dirty = false;
-                tracing::debug!("snapshot at ledger entry {seq} ({} bytes)", framed.len());
-            }
-            Err(e) => tracing::error!("snapshot at ledger entry {seq} failed: {e}"),
         }
     }
 }

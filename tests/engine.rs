@@ -11,7 +11,7 @@ use spendb::engine::{self, EngineConfig, EngineHandle};
 use spendb::resp::cmd;
 use spendb::state::{Config, Entry, Value};
 use spendb::store::recovery;
-use spendb::store::{LogStore, Mark, Storage, StoreError};
+use spendb::store::{LogStore, Mark, SnapshotSink, Storage, StoreError};
 
 struct FailingSync {
     inner: LogStore,
@@ -36,6 +36,9 @@ impl Storage for FailingSync {
     }
     fn save_snapshot(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError> {
         self.inner.save_snapshot(seq, framed)
+    }
+    fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
+        self.inner.snapshot_sink()
     }
     fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.inner.snapshots()

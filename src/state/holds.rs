@@ -40,7 +40,11 @@ pub struct Hold {
 
 impl Hold {
     pub fn ended_at(&self) -> Option<u64> {
-        match &self.status {
+        Hold::ended_at_of(&self.status)
+    }
+
+    fn ended_at_of(status: &HoldStatus) -> Option<u64> {
+        match status {
             HoldStatus::Open => None,
             HoldStatus::Committed(s) => Some(s.at),
             HoldStatus::Released { at } | HoldStatus::Expired { at } => Some(*at),
@@ -51,13 +55,17 @@ impl Hold {
 /// No TTL given by the client.
 const NO_TTL: u32 = u32::MAX;
 
+#[derive(Clone)]
 struct Rec {
     id: CompactString,
     scope: u32,
     model: u32,
     /// Client TTL in ms, or NO_TTL. TTLs are capped far below 49 days.
     ttl: u32,
-    open: bool,
+    /// Bit 31: the hold is open. Bits 0–30: the slot's generation, bumped
+    /// each time it is reused, so queued references to an earlier occupant
+    /// are recognised. (Packed: it keeps a record at 80 bytes.)
+    gen_open: u32,
     input: u64,
     output: u64,
     cost: u64,
@@ -65,8 +73,22 @@ struct Rec {
     expires_at: u64,
 }
 
+const OPEN: u32 = 1 << 31;
+
+impl Rec {
+    fn is_open(&self) -> bool {
+        self.gen_open & OPEN != 0
+    }
+    fn close(&mut self) {
+        self.gen_open &= !OPEN;
+    }
+    fn gen(&self) -> u32 {
+        self.gen_open & !OPEN
+    }
+}
+
 /// Strings stored once, numbered.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Interner {
     all: Vec<Arc<str>>,
     index: Map<Arc<str>, u32>,
@@ -85,7 +107,10 @@ impl Interner {
     }
 }
 
-#[derive(Default)]
+/// `Clone` copies the slab and index as they are (mostly memcpy): the
+/// engine clones the state under its lock for a snapshot and encodes the copy
+/// after releasing it.
+#[derive(Clone, Default)]
 pub struct HoldTable {
     recs: Vec<Rec>,
     /// Slots of removed records, for reuse.
@@ -97,16 +122,9 @@ pub struct HoldTable {
     ended: Map<u32, HoldStatus>,
     expiry: BinaryHeap<Reverse<(u64, u32)>>,
     open: usize,
-}
-
-impl Clone for HoldTable {
-    fn clone(&self) -> Self {
-        let mut t = HoldTable::default();
-        for (id, h) in self.iter() {
-            t.insert(id, h);
-        }
-        t
-    }
+    /// Settled holds in the order they ended, (ended at, slot, generation),
+    /// for forgetting them after the retention.
+    ended_order: std::collections::VecDeque<(u64, u32, u32)>,
 }
 
 impl std::fmt::Debug for HoldTable {
@@ -138,7 +156,7 @@ impl HoldTable {
             amounts: Dims::call(r.input, r.output, r.cost),
             created_at: r.created_at,
             expires_at: r.expires_at,
-            status: if r.open {
+            status: if r.is_open() {
                 HoldStatus::Open
             } else {
                 self.ended.get(&slot).cloned().unwrap_or(HoldStatus::Open)
@@ -183,7 +201,11 @@ impl HoldTable {
             scope: self.strings.intern(&h.scope),
             model: self.strings.intern(&h.model),
             ttl,
-            open: h.status == HoldStatus::Open,
+            gen_open: if h.status == HoldStatus::Open {
+                OPEN
+            } else {
+                0
+            },
             input: h.input,
             output: h.output,
             cost: h.amounts.get(Dim::Cost),
@@ -192,7 +214,11 @@ impl HoldTable {
         };
         let slot = match self.free.pop() {
             Some(s) => {
-                self.recs[s as usize] = rec;
+                let gen = (self.recs[s as usize].gen() + 1) & !OPEN;
+                self.recs[s as usize] = Rec {
+                    gen_open: (rec.gen_open & OPEN) | gen,
+                    ..rec
+                };
                 s
             }
             None => {
@@ -203,8 +229,10 @@ impl HoldTable {
         if h.status == HoldStatus::Open {
             self.open += 1;
             self.expiry.push(Reverse((h.expires_at, slot)));
-        } else {
+        } else if let Some(at) = h.ended_at() {
+            let gen = self.recs[slot as usize].gen();
             self.ended.insert(slot, h.status);
+            self.ended_order.push_back((at, slot, gen));
         }
         let hash = self.hash(id);
         let (recs, hasher) = (&self.recs, &self.hasher);
@@ -221,13 +249,38 @@ impl HoldTable {
         };
         let r = &mut self.recs[slot as usize];
         debug_assert!(status != HoldStatus::Open, "holds never reopen");
-        if r.open {
-            r.open = false;
+        if r.is_open() {
+            r.close();
             self.open -= 1;
             // Its expiry entry is skipped when it comes up (lazy removal).
         }
+        let gen = r.gen();
         self.ended.insert(slot, status);
+        if let Some(at) = Hold::ended_at_of(&status) {
+            self.ended_order.push_back((at, slot, gen));
+        }
         self.compact_expiry();
+    }
+
+    /// Forgets settled holds that ended at or before `keep_after`.
+    pub fn forget_ended(&mut self, keep_after: u64) {
+        while let Some(&(t, slot, gen)) = self.ended_order.front() {
+            if t > keep_after {
+                break;
+            }
+            self.ended_order.pop_front();
+            let r = &self.recs[slot as usize];
+            if r.gen() != gen || r.is_open() || r.id.is_empty() {
+                continue; // the slot moved on to another hold
+            }
+            // A hold can be queued twice (expired, then committed late): only
+            // forget it once its latest end is old enough.
+            let latest = self.ended.get(&slot).and_then(Hold::ended_at_of);
+            if latest.is_some_and(|end| end <= keep_after) {
+                let id = r.id.to_string();
+                self.remove(&id);
+            }
+        }
     }
 
     /// Rebuilds the expiry heap once most of it is stale (settled holds), so
@@ -240,7 +293,7 @@ impl HoldTable {
         let live: Vec<_> = self
             .index
             .iter()
-            .filter(|&&s| recs[s as usize].open)
+            .filter(|&&s| recs[s as usize].is_open())
             .map(|&s| Reverse((recs[s as usize].expires_at, s)))
             .collect();
         self.expiry = BinaryHeap::from(live);
@@ -255,8 +308,8 @@ impl HoldTable {
         };
         let (slot, _) = entry.remove();
         let r = &mut self.recs[slot as usize];
-        if r.open {
-            r.open = false;
+        if r.is_open() {
+            r.close();
             self.open -= 1;
         }
         r.id = CompactString::default();
@@ -269,7 +322,7 @@ impl HoldTable {
     pub fn due(&mut self, now: u64) -> Option<String> {
         while let Some(&Reverse((t, slot))) = self.expiry.peek() {
             let r = &self.recs[slot as usize];
-            if !(r.open && r.expires_at == t) {
+            if !(r.is_open() && r.expires_at == t) {
                 // Settled, or its slot was reused by a later hold.
                 self.expiry.pop();
                 continue;
@@ -298,7 +351,7 @@ impl HoldTable {
         let mut open = 0;
         for &s in self.index.iter() {
             let r = &self.recs[s as usize];
-            if r.open {
+            if r.is_open() {
                 open += 1;
                 if !entries.contains(&(r.expires_at, s)) {
                     return Err(format!(
@@ -326,7 +379,10 @@ impl Serialize for HoldTable {
 
 impl<'de> Deserialize<'de> for HoldTable {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let all: Vec<(String, Hold)> = Vec::deserialize(d)?;
+        let mut all: Vec<(String, Hold)> = Vec::deserialize(d)?;
+        // Settled holds in the order they ended, so they are forgotten in
+        // that order (open holds have no end and sort first).
+        all.sort_by_key(|(_, h)| h.ended_at());
         let mut t = HoldTable::default();
         for (id, h) in all {
             t.insert(&id, h);
@@ -397,5 +453,13 @@ mod tests {
         assert_eq!(back.get("c"), t.get("c"));
         assert_eq!(back.open_count(), 1);
         back.check_expiry_index().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_record_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<super::Rec>(), 80);
     }
 }

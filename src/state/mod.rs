@@ -76,7 +76,7 @@ pub struct Node {
     pub open_holds: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settlement {
     pub usage: Usage,
     pub cost: u64,
@@ -84,7 +84,7 @@ pub struct Settlement {
     pub at: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldStatus {
     Open,
     Committed(Settlement),
@@ -113,8 +113,6 @@ pub struct State {
     /// Every hold known (open, and settled ones within the retention), with
     /// the open holds' expiry order.
     pub holds: HoldTable,
-    /// Ended holds in the order they ended, for forgetting them later.
-    ended: VecDeque<(u64, String)>,
     pub spends: Map<String, SpendRecord>,
     spends_seen: VecDeque<(u64, String)>,
     pub prices: Map<String, Price>,
@@ -304,19 +302,7 @@ impl State {
 
     fn forget_old(&mut self, now: u64) {
         let keep_after = now.saturating_sub(self.config.id_retention_ms);
-        while let Some((t, _)) = self.ended.front() {
-            if *t > keep_after {
-                break;
-            }
-            let (_, id) = self.ended.pop_front().unwrap();
-            // A hold can be queued twice (expired, then committed late): only
-            // forget it once its latest end is old enough.
-            if let Some(end) = self.holds.get(&id).and_then(|h| h.ended_at()) {
-                if end <= keep_after {
-                    self.holds.remove(&id);
-                }
-            }
-        }
+        self.holds.forget_ended(keep_after);
         while let Some((t, _)) = self.spends_seen.front() {
             if *t > keep_after {
                 break;
@@ -742,7 +728,6 @@ impl State {
                     at: ts,
                 });
                 self.holds.set_status(id, settled);
-                self.ended.push_back((ts, id.clone()));
             }
             EntryKind::Release { id } | EntryKind::Expire { id } => {
                 let (_, was_open) = self.end_hold(id);
@@ -752,7 +737,6 @@ impl State {
                     _ => HoldStatus::Expired { at: ts },
                 };
                 self.holds.set_status(id, ended);
-                self.ended.push_back((ts, id.clone()));
             }
             EntryKind::Spend {
                 id,

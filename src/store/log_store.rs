@@ -26,7 +26,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::frame::{decode_entry, encode_entry_into};
-use super::{Mark, Storage, StoreError};
+use super::{Mark, SnapshotSink, Storage, StoreError};
 use crate::state::Entry;
 
 /// Snapshots kept besides the newest (an older one to fall back on).
@@ -375,14 +375,15 @@ impl Storage for LogStore {
         // The ledger up to `seq` must be durable before a snapshot of it is:
         // a snapshot ahead of the ledger would leave a gap after a crash.
         self.sync()?;
-        self.snapshots.insert(seq.to_be_bytes(), framed)?;
-        let keys: Vec<_> = self.snapshots.iter().keys().collect::<Result<_, _>>()?;
-        for k in keys.iter().rev().skip(SNAPSHOTS_KEPT) {
-            self.snapshots.remove(k)?;
-        }
-        self.db.flush()?;
-        self.db_file.sync_data()?;
-        Ok(())
+        self.snapshot_sink()?.save(seq, framed)
+    }
+
+    fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
+        Ok(Box::new(SledSnapshots {
+            db: self.db.clone(),
+            snapshots: self.snapshots.clone(),
+            db_file: self.db_file.try_clone()?,
+        }))
     }
 
     fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -448,5 +449,26 @@ impl Storage for LogStore {
             last_seq: self.last_seq,
             segments: self.segments.len(),
         }
+    }
+}
+
+/// Writes snapshots into sled from any thread (sled is thread-safe), so a
+/// large one does not hold up the ledger.
+struct SledSnapshots {
+    db: sled::Db,
+    snapshots: sled::Tree,
+    db_file: File,
+}
+
+impl SnapshotSink for SledSnapshots {
+    fn save(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError> {
+        self.snapshots.insert(seq.to_be_bytes(), framed)?;
+        let keys: Vec<_> = self.snapshots.iter().keys().collect::<Result<_, _>>()?;
+        for k in keys.iter().rev().skip(SNAPSHOTS_KEPT) {
+            self.snapshots.remove(k)?;
+        }
+        self.db.flush()?;
+        self.db_file.sync_data()?;
+        Ok(())
     }
 }

@@ -35,6 +35,9 @@ pub trait Storage: Send {
     fn last_seq(&self) -> Result<u64, StoreError>;
     /// Stores a framed snapshot of the state as of ledger position `seq`.
     fn save_snapshot(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError>;
+    /// A writer of snapshots for another thread. The caller makes sure the
+    /// ledger is durable up to a snapshot's seq before saving it there.
+    fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError>;
     /// Snapshots, newest first, as (seq, framed bytes).
     fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// Removes a ledger tail from `from` on (cutting back a damaged tail).
@@ -44,6 +47,11 @@ pub trait Storage: Send {
     /// Drops everything appended after `mark` (a batch whose write or sync
     /// failed), on disk too, so nothing unacknowledged survives a restart.
     fn rollback(&mut self, mark: Mark) -> Result<(), StoreError>;
+}
+
+/// Stores snapshots; see [`Storage::snapshot_sink`].
+pub trait SnapshotSink: Send {
+    fn save(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError>;
 }
 
 /// A position in the ledger to roll back to; see [`Storage::mark`].
