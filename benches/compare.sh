@@ -5,7 +5,8 @@
 #   spendb --durability interval:1000 vs  redis --appendfsync everysec
 # redis-benchmark -c 50, with and without -P 16, RESERVE with random hold ids,
 # plus spendb's own PING through the same client (the protocol ceiling).
-# Rounds alternate between the servers; medians and ratios are printed.
+# Rounds alternate between the servers; medians of throughput and of p99
+# latency are printed, with the ratios.
 # Everything runs on 127.0.0.1 and stops by itself.
 #
 #   benches/compare.sh [rounds=3] [requests=100000]
@@ -27,7 +28,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rps() { grep -oE '[0-9.]+ requests per second' | tail -1 | cut -d' ' -f1; }
+# "rps p99_ms" of one redis-benchmark run (its --csv line).
+rb() { redis-benchmark --csv "$@" 2>/dev/null | tail -1 | tr -d '"' | awk -F, '{print $2, $7}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 run_mode() { # run_mode <spendb durability> <redis appendfsync>
@@ -43,25 +45,32 @@ run_mode() { # run_mode <spendb durability> <redis appendfsync>
   redis-cli -p "$sp" BUDGET.SET org:bench TOKENS 1000000000000 PER MONTH >/dev/null
   local sha
   sha=$(redis-cli -p "$rp" SCRIPT LOAD "$(cat "$peer/reserve.lua")")
-  local -A res=()
+  local -A rps=() p99=()
+  local k out
   for r in $(seq "$rounds"); do
-    res[ping]+="$(redis-benchmark -p "$sp" -c 50 -n "$n" -q -t ping_mbulk | rps) "
-    res[s1]+="$(redis-benchmark -p "$sp" -c 50 -n "$n" -r 1000000000 -q RESERVE "h$r:__rand_int__" org:bench/agent:x gpt-4o INPUT 100 OUTPUT 100 | tr '\r' '\n' | rps) "
-    res[r1]+="$(redis-benchmark -p "$rp" -c 50 -n "$n" -r 1000000000 -q EVALSHA "$sha" 2 budget:b "hold$r:__rand_int__" 200 1000000000000 600000 | tr '\r' '\n' | rps) "
-    res[s16]+="$(redis-benchmark -p "$sp" -c 50 -P 16 -n $((n * 2)) -r 1000000000 -q RESERVE "p$r:__rand_int__" org:bench/agent:x gpt-4o INPUT 100 OUTPUT 100 | tr '\r' '\n' | rps) "
-    res[r16]+="$(redis-benchmark -p "$rp" -c 50 -P 16 -n $((n * 2)) -r 1000000000 -q EVALSHA "$sha" 2 budget:b "phold$r:__rand_int__" 200 1000000000000 600000 | tr '\r' '\n' | rps) "
+    for k in ping s1 r1 s16 r16; do
+      case $k in
+        ping) out=$(rb -p "$sp" -c 50 -n "$n" -t ping_mbulk) ;;
+        s1) out=$(rb -p "$sp" -c 50 -n "$n" -r 1000000000 RESERVE "h$r:__rand_int__" org:bench/agent:x gpt-4o INPUT 100 OUTPUT 100) ;;
+        r1) out=$(rb -p "$rp" -c 50 -n "$n" -r 1000000000 EVALSHA "$sha" 2 budget:b "hold$r:__rand_int__" 200 1000000000000 600000) ;;
+        s16) out=$(rb -p "$sp" -c 50 -P 16 -n $((n * 2)) -r 1000000000 RESERVE "p$r:__rand_int__" org:bench/agent:x gpt-4o INPUT 100 OUTPUT 100) ;;
+        r16) out=$(rb -p "$rp" -c 50 -P 16 -n $((n * 2)) -r 1000000000 EVALSHA "$sha" 2 budget:b "phold$r:__rand_int__" 200 1000000000000 600000) ;;
+      esac
+      rps[$k]+="${out% *} "
+      p99[$k]+="${out#* } "
+    done
   done
-  local k m
-  declare -A med
+  declare -A m q
   for k in ping s1 r1 s16 r16; do
-    m=$(tr ' ' '\n' <<<"${res[$k]}" | grep . | median)
-    med[$k]=$m
-    echo "  $k rounds: ${res[$k]}  median: $m"
+    m[$k]=$(tr ' ' '\n' <<<"${rps[$k]}" | grep . | median)
+    q[$k]=$(tr ' ' '\n' <<<"${p99[$k]}" | grep . | median)
+    echo "  $k rounds (req/s): ${rps[$k]} median ${m[$k]}; p99 ms: ${p99[$k]} median ${q[$k]}"
   done
-  awk -v s1="${med[s1]}" -v r1="${med[r1]}" -v s16="${med[s16]}" -v r16="${med[r16]}" -v p="${med[ping]}" -v d="$dur" -v f="$fsync" 'BEGIN {
+  awk -v s1="${m[s1]}" -v r1="${m[r1]}" -v s16="${m[s16]}" -v r16="${m[r16]}" -v p="${m[ping]}" \
+      -v qs1="${q[s1]}" -v qr1="${q[r1]}" -v qs16="${q[s16]}" -v qr16="${q[r16]}" -v d="$dur" -v f="$fsync" 'BEGIN {
     printf "spendb %s vs redis appendfsync %s:\n", d, f
-    printf "  RESERVE -c50       spendb %.0f/s  redis+lua %.0f/s  ratio %.2fx\n", s1, r1, s1 / r1
-    printf "  RESERVE -c50 -P16  spendb %.0f/s  redis+lua %.0f/s  ratio %.2fx\n", s16, r16, s16 / r16
+    printf "  RESERVE -c50       spendb %.0f/s (p99 %.3f ms)  redis+lua %.0f/s (p99 %.3f ms)  ratio %.2fx\n", s1, qs1, r1, qr1, s1 / r1
+    printf "  RESERVE -c50 -P16  spendb %.0f/s (p99 %.3f ms)  redis+lua %.0f/s (p99 %.3f ms)  ratio %.2fx\n", s16, qs16, r16, qr16, s16 / r16
     printf "  spendb RESERVE / spendb PING = %.2f (PING %.0f/s)\n", s1 / p, p
   }'
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
