@@ -125,10 +125,13 @@ fn options<'a>(
         return Err(syntax(cmd));
     }
     for pair in args.chunks(2) {
-        let key = std::str::from_utf8(&pair[0])
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        let Some(i) = allowed.iter().position(|a| *a == key) else {
+        // Compared without allocating: this runs for every option of every
+        // request.
+        let Some(i) = allowed
+            .iter()
+            .position(|a| a.as_bytes().eq_ignore_ascii_case(&pair[0]))
+        else {
+            let key = String::from_utf8_lossy(&pair[0]).to_ascii_uppercase();
             return Err(Value::err(
                 "ERR",
                 format!(
@@ -138,7 +141,10 @@ fn options<'a>(
             ));
         };
         if out[i].is_some() {
-            return Err(Value::err("ERR", format!("syntax: {key} given twice")));
+            return Err(Value::err(
+                "ERR",
+                format!("syntax: {} given twice", allowed[i]),
+            ));
         }
         out[i] = Some(&pair[1][..]);
     }

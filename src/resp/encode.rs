@@ -2,7 +2,7 @@
 //! RESP3 maps, or flat field/value arrays in RESP2; money is a decimal USD
 //! string in both.
 
-use crate::state::money::format_signed_usd;
+use crate::state::money::write_signed_usd;
 use crate::state::Value;
 
 pub fn encode(v: &Value, proto: u8, out: &mut Vec<u8>) {
@@ -16,12 +16,25 @@ pub fn encode(v: &Value, proto: u8, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(if proto >= 3 { b"_\r\n" } else { b"$-1\r\n" }),
         Value::Int(n) => {
             out.push(b':');
-            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         Value::Str(s) => bulk(s.as_bytes(), out),
         Value::Bulk(b) => bulk(b, out),
-        Value::Money(n) => bulk(format_signed_usd(*n).as_bytes(), out),
+        Value::Money(n) => {
+            // Written in place, then its bulk header put in front (a shift of
+            // a few bytes instead of a String per amount).
+            let start = out.len();
+            write_signed_usd(*n, out);
+            let mut head = [0u8; 24];
+            let mut digits = itoa::Buffer::new();
+            let len = digits.format(out.len() - start).as_bytes();
+            head[0] = b'$';
+            head[1..1 + len.len()].copy_from_slice(len);
+            head[1 + len.len()..3 + len.len()].copy_from_slice(b"\r\n");
+            out.splice(start..start, head[..3 + len.len()].iter().copied());
+            out.extend_from_slice(b"\r\n");
+        }
         Value::Array(items) => {
             header(b'*', items.len(), out);
             for i in items {
@@ -61,7 +74,7 @@ pub fn bulk(b: &[u8], out: &mut Vec<u8>) {
 
 fn header(kind: u8, n: usize, out: &mut Vec<u8>) {
     out.push(kind);
-    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 

@@ -170,6 +170,11 @@ pub fn lookup<'a>(
     default: Option<&'a Price>,
     model: &str,
 ) -> Option<&'a Price> {
+    // A table key is already a normalized name (its own first candidate),
+    // so the exact hit, the common case, skips building the candidates.
+    if let Some(p) = table.get(model) {
+        return Some(p);
+    }
     family_candidates(model)
         .iter()
         .find_map(|c| table.get(c))
