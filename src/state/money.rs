@@ -65,7 +65,7 @@ pub fn write_signed_usd(n: i128, out: &mut Vec<u8>) {
     }
     out.push(b'.');
     let mut digits = 9;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         digits -= 1;
     }
