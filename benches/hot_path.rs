@@ -1,6 +1,7 @@
 //! The per-request CPU of the hot path, piece by piece: the state machine's
 //! apply rate per command, the RESP frame parser and command parser, the
-//! ledger record encoding, and reply encoding.
+//! ledger record encoding, reply encoding, and token counting (MB/s per
+//! encoding, on tests/data/tokens/long.txt: prose, code, CJK and emoji).
 //!
 //! Run: `cargo bench --bench hot_path` (figures in docs/BENCHMARKS.md).
 
@@ -193,5 +194,20 @@ fn ledger(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, apply, protocol, ledger);
+fn token_counting(c: &mut Criterion) {
+    use spendb::tokens::{count, Encoding};
+    let mut g = c.benchmark_group("count");
+    let text =
+        std::fs::read_to_string("tests/data/tokens/long.txt").expect("the committed long text");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    for enc in [Encoding::O200kBase, Encoding::Cl100kBase] {
+        count(enc, "warm the encoder up");
+        g.bench_function(enc.name(), |b| {
+            b.iter(|| black_box(count(enc, black_box(&text))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, apply, protocol, ledger, token_counting);
 criterion_main!(benches);

@@ -5,3 +5,4 @@ pub mod engine;
 pub mod resp;
 pub mod state;
 pub mod store;
+pub mod tokens;

@@ -31,9 +31,13 @@ const AGENT: &[&str] = &[
     "balance",
     "price.get",
     "price.list",
+    "count",
+    "truncate",
 ];
 /// Reads only.
 const READ: &[&str] = &[
+    "count",
+    "truncate",
     "budget.get",
     "budget.list",
     "balance",

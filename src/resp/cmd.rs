@@ -44,7 +44,7 @@ pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
         "reserve",
         -6,
         "write",
-        "Hold an amount against every budget covering a scope",
+        "Hold an amount against every budget covering a scope (TEXT <prompt> in place of INPUT <n> counts the prompt's tokens)",
         "<hold> <scope> <model> INPUT <n> [OUTPUT <max>] [TTL <ms>]",
     ),
     (
@@ -55,6 +55,20 @@ pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
         "<hold> INPUT <n> OUTPUT <n> [CACHED <n>] [CACHEWRITE <n>]",
     ),
     ("release", 2, "write", "Drop a hold", "<hold>"),
+    (
+        "count",
+        3,
+        "readonly",
+        "Tokens in a text for a model's encoding (tiktoken)",
+        "<model> <text>",
+    ),
+    (
+        "truncate",
+        4,
+        "readonly",
+        "A text cut to at most max-tokens whole tokens, on a character boundary",
+        "<model> <text> <max-tokens>",
+    ),
     ("hold.get", 2, "readonly", "A hold and its state", "<hold>"),
     (
         "spend",
@@ -87,7 +101,7 @@ pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
     ("price.list", 1, "readonly", "The price table", ""),
 ];
 
-fn syntax(cmd: &str) -> Value {
+pub fn syntax(cmd: &str) -> Value {
     let usage = COMMANDS.iter().find(|c| c.0 == cmd).map_or("", |c| c.4);
     Value::err(
         "ERR",
@@ -236,10 +250,8 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
             _ => return Err(syntax(name)),
         },
         "reserve" => {
-            let o = options(name, &args[3..], &["INPUT", "OUTPUT", "TTL", "TEXT"])?;
-            if o[3].is_some() {
-                return Err(Value::err("ERR", "RESERVE … TEXT needs token counting, which this build does not have yet: count with your tokenizer and send INPUT <n>"));
-            }
+            // TEXT <prompt> was replaced by INPUT <count> before (count.rs).
+            let o = options(name, &args[3..], &["INPUT", "OUTPUT", "TTL"])?;
             let Some(input) = o[0] else {
                 return Err(syntax(name));
             };

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::auth::User;
 use super::cmd::{self, Args};
+use super::count;
 use super::encode::encode;
 use super::frame::{self, FrameError};
 use super::ServerCtx;
@@ -79,8 +80,21 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             let msg =
                                 format!("this user has no permissions to run the '{name}' command");
                             slots.push(Slot::Now(Value::err("NOPERM", msg)));
+                        } else if name == "count" {
+                            slots.push(Slot::Now(count::count(&args[1..]).await));
+                        } else if name == "truncate" {
+                            slots.push(Slot::Now(count::truncate(&args[1..]).await));
                         } else {
-                            match cmd::parse(&name, &args[1..]) {
+                            let counted = match name.as_str() {
+                                "reserve" => count::reserve_text(&args[1..]).await,
+                                _ => None,
+                            };
+                            let parsed = match &counted {
+                                None => cmd::parse(&name, &args[1..]),
+                                Some(Ok(with_input)) => cmd::parse(&name, with_input),
+                                Some(Err(e)) => Err(e.clone()),
+                            };
+                            match parsed {
                                 Ok(c) => {
                                     cmds.push(c);
                                     slots.push(Slot::Engine);

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cmd;
 pub mod connection;
+pub mod count;
 pub mod docs;
 pub mod encode;
 pub mod frame;
