@@ -173,6 +173,9 @@ struct RulesArgs {
     /// Hold TTL when RESERVE gives none.
     #[arg(long, env = "SPENDB_DEFAULT_TTL", default_value = "10m")]
     default_ttl: String,
+    /// An agent run (STEP) that has not stepped for this long is forgotten.
+    #[arg(long, env = "SPENDB_RUN_TIMEOUT", default_value = "1h")]
+    run_timeout: String,
 }
 
 #[derive(Args)]
@@ -244,6 +247,11 @@ fn rules(a: &RulesArgs) -> Result<Config, String> {
         id_retention_ms: parse_duration_ms(&a.id_retention)
             .map_err(|e| format!("--id-retention: {e}"))?,
         default_ttl_ms,
+        run_timeout_ms: match parse_duration_ms(&a.run_timeout) {
+            Ok(0) => return Err("--run-timeout must be more than 0".into()),
+            Ok(ms) => ms,
+            Err(e) => return Err(format!("--run-timeout: {e}")),
+        },
         ..base
     })
 }

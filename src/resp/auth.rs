@@ -33,6 +33,8 @@ const AGENT: &[&str] = &[
     "price.list",
     "count",
     "truncate",
+    "step",
+    "run.end",
 ];
 /// Reads only.
 const READ: &[&str] = &[

@@ -56,6 +56,14 @@ pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
     ),
     ("release", 2, "write", "Drop a hold", "<hold>"),
     (
+        "step",
+        -3,
+        "write",
+        "One step of an agent run: denied past MAX steps or when a signature repeats REPEATS times within WINDOW steps",
+        "<run> <signature> [SCOPE <scope>] [MAX <n>] [REPEATS <n>] [WINDOW <n>]",
+    ),
+    ("run.end", 2, "write", "End an agent run (forget its steps)", "<run>"),
+    (
         "count",
         3,
         "readonly",
@@ -277,6 +285,21 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
         }
         "release" => Command::Release {
             hold: arg(0, "hold id")?,
+        },
+        "step" => {
+            let o = options(name, &args[2..], &["SCOPE", "MAX", "REPEATS", "WINDOW"])?;
+            let n = |i: usize, what: &str| o[i].map(|v| uint(v, what)).transpose();
+            Command::Step {
+                run: arg(0, "run id")?,
+                signature: args[1].to_vec(),
+                scope: o[0].map(|v| text(v, "scope")).transpose()?,
+                max: n(1, "MAX")?,
+                repeats: n(2, "REPEATS")?,
+                window: n(3, "WINDOW")?,
+            }
+        }
+        "run.end" => Command::RunEnd {
+            run: arg(0, "run id")?,
         },
         "hold.get" => Command::HoldGet {
             hold: arg(0, "hold id")?,

@@ -64,6 +64,18 @@ pub enum Command {
         model: String,
     },
     PriceList,
+    /// One step of an agent run (the loop guard); None: the defaults.
+    Step {
+        run: String,
+        signature: Vec<u8>,
+        scope: Option<String>,
+        max: Option<u64>,
+        repeats: Option<u64>,
+        window: Option<u64>,
+    },
+    RunEnd {
+        run: String,
+    },
 }
 
 impl Command {
@@ -76,6 +88,9 @@ impl Command {
             | Command::Spend { scope, .. }
             | Command::Balance { scope } => Some(scope),
             Command::Reserve(a) => Some(&a.scope),
+            Command::Step {
+                scope: Some(scope), ..
+            } => Some(scope),
             _ => None,
         }
     }

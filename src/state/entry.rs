@@ -61,6 +61,21 @@ pub enum EntryKind {
         model: String,
         price: Price,
     },
+    /// An allowed step of an agent run; `sig` is the signature's digest.
+    Step {
+        run: String,
+        scope: Option<String>,
+        sig: u64,
+    },
+    /// A step the loop guard refused (counted per scope).
+    StepDenied {
+        run: String,
+        scope: Option<String>,
+    },
+    /// A run ended (RUN.END) or was forgotten after the run timeout.
+    RunEnd {
+        run: String,
+    },
 }
 
 impl EntryKind {
@@ -74,6 +89,9 @@ impl EntryKind {
             EntryKind::Expire { .. } => "expire",
             EntryKind::Spend { .. } => "spend",
             EntryKind::PriceSet { .. } => "price_set",
+            EntryKind::Step { .. } => "step",
+            EntryKind::StepDenied { .. } => "step_denied",
+            EntryKind::RunEnd { .. } => "run_end",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod holds;
 pub mod limit;
 pub mod money;
 pub mod price;
+pub mod runs;
 pub mod scope;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -51,6 +52,8 @@ pub struct Config {
     pub id_retention_ms: u64,
     /// Price used for models the table does not know; None → NOPRICE.
     pub default_price: Option<Price>,
+    /// A run that has not stepped for this long is forgotten.
+    pub run_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             max_ttl_ms: 24 * 3_600_000,
             id_retention_ms: 10 * 60_000,
             default_price: None,
+            run_timeout_ms: 3_600_000,
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct Node {
     /// All-time settled usage at or below this scope.
     pub spent: Dims,
     pub open_holds: u64,
+    /// Steps the loop guard denied in runs at or below this scope.
+    #[serde(default)]
+    pub loop_denials: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +123,8 @@ pub struct State {
     pub spends: Map<String, SpendRecord>,
     spends_seen: VecDeque<(u64, String)>,
     pub prices: Map<String, Price>,
+    /// Agent runs under the loop guard.
+    pub runs: runs::Runs,
 }
 
 /// Why a RESERVE was denied: the most binding limit.
@@ -194,6 +203,12 @@ impl State {
                     return Value::err("UNKNOWN", format!("hold {hold}"));
                 }
             }
+            if let Command::RunEnd { run } | Command::Step { run, .. } = cmd {
+                let scope = self.runs.get(run).and_then(|r| r.scope.as_deref());
+                if scope.is_some_and(|s| !a.allows(s)) {
+                    return Value::err("UNKNOWN", format!("run {run}"));
+                }
+            }
             if let Command::BudgetList { .. } = cmd {
                 let Value::Array(all) = self.apply_unchecked(now, cmd, out) else {
                     unreachable!("BUDGET.LIST is an array")
@@ -230,6 +245,33 @@ impl State {
                 id,
             } => self.spend(now, scope, model, usage, id, out),
             Command::Balance { scope } => self.balance(now, scope),
+            Command::Step {
+                run,
+                signature,
+                scope,
+                max,
+                repeats,
+                window,
+            } => self.step(
+                now,
+                run,
+                signature,
+                scope.as_deref(),
+                (*max, *repeats, *window),
+                out,
+            ),
+            Command::RunEnd { run } => match self.runs.get(run) {
+                Some(r) => {
+                    let steps = r.steps;
+                    self.emit(now, EntryKind::RunEnd { run: run.clone() }, out);
+                    Value::Map(vec![
+                        ("status", Value::str("ended")),
+                        ("run", Value::str(run.as_str())),
+                        ("steps", Value::Int(steps as i64)),
+                    ])
+                }
+                None => Value::err("UNKNOWN", format!("run {run}")),
+            },
             Command::PriceSet {
                 model,
                 input,
@@ -267,6 +309,10 @@ impl State {
         let now = now.max(self.last_ts);
         self.expire_due(now, out);
         self.forget_old(now);
+        let cutoff = now.saturating_sub(self.config.run_timeout_ms);
+        for run in self.runs.idle_before(cutoff) {
+            self.emit(now, EntryKind::RunEnd { run }, out);
+        }
     }
 
     /// When the next open hold expires, for the engine's timer.
@@ -281,7 +327,11 @@ impl State {
     /// Records a snapshot holds (scopes, holds, remembered spend ids,
     /// prices): what writing one costs, in proportion.
     pub fn records(&self) -> usize {
-        self.nodes.len() + self.holds.len() + self.spends.len() + self.prices.len()
+        self.nodes.len()
+            + self.holds.len()
+            + self.spends.len()
+            + self.prices.len()
+            + self.runs.len()
     }
 
     fn emit(&mut self, now: u64, kind: EntryKind, out: &mut Vec<Entry>) {
@@ -417,8 +467,82 @@ impl State {
             ("spent", dims_value(&n.spent)),
             ("held", dims_value(&n.held)),
             ("open_holds", Value::Int(n.open_holds as i64)),
+            ("loop_denials", Value::Int(n.loop_denials as i64)),
             ("limits", Value::Array(limits)),
         ])
+    }
+
+    fn step(
+        &mut self,
+        now: u64,
+        run: &str,
+        signature: &[u8],
+        scope: Option<&str>,
+        (max, repeats, window): (Option<u64>, Option<u64>, Option<u64>),
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if run.is_empty() || run.len() > MAX_HOLD_ID_LEN {
+            return syntax(format!("run id must be 1 to {MAX_HOLD_ID_LEN} bytes"));
+        }
+        if let Some(s) = scope {
+            if let Err(e) = scope::validate_scope(s) {
+                return syntax(e);
+            }
+        }
+        let max = max.unwrap_or(runs::DEFAULT_MAX_STEPS);
+        let repeats = repeats.unwrap_or(runs::DEFAULT_REPEATS);
+        let window = window.unwrap_or(runs::DEFAULT_WINDOW);
+        if max == 0 || repeats < 2 || window < repeats || window > runs::MAX_WINDOW {
+            return syntax(format!(
+                "MAX must be at least 1, REPEATS at least 2, and WINDOW from REPEATS to {}",
+                runs::MAX_WINDOW
+            ));
+        }
+        let sig = runs::signature_digest(signature);
+        let (steps, seen) = match self.runs.get(run) {
+            Some(r) => (r.steps, r.repeats(sig, window)),
+            None => (0, 1),
+        };
+        let reason = if steps >= max {
+            Some("max_steps")
+        } else if seen >= repeats {
+            Some("repeated")
+        } else {
+            None
+        };
+        let scope_owned = scope.map(str::to_string);
+        let mut fields = vec![("run", Value::str(run))];
+        match reason {
+            Some(reason) => {
+                self.emit(
+                    now,
+                    EntryKind::StepDenied {
+                        run: run.to_string(),
+                        scope: scope_owned,
+                    },
+                    out,
+                );
+                fields.insert(0, ("status", Value::str("denied")));
+                fields.push(("reason", Value::str(reason)));
+                fields.push(("steps", Value::Int(steps as i64)));
+            }
+            None => {
+                self.emit(
+                    now,
+                    EntryKind::Step {
+                        run: run.to_string(),
+                        scope: scope_owned,
+                        sig,
+                    },
+                    out,
+                );
+                fields.insert(0, ("status", Value::str("ok")));
+                fields.push(("steps", Value::Int(steps as i64 + 1)));
+                fields.push(("remaining", Value::Int((max - steps - 1) as i64)));
+            }
+        }
+        fields.push(("repeats", Value::Int(seen as i64)));
+        Value::Map(fields)
     }
 
     fn price_of(&self, model: &str) -> Option<Price> {
@@ -761,6 +885,20 @@ impl State {
             EntryKind::PriceSet { model, price } => {
                 self.prices.insert(model.clone(), *price);
             }
+            EntryKind::Step { run, scope, sig } => {
+                self.runs.step(run, scope.as_deref(), *sig, ts);
+            }
+            EntryKind::StepDenied { run, scope } => {
+                self.runs.denied(run, scope.as_deref(), ts);
+                if let Some(scope) = scope {
+                    for s in chain(scope) {
+                        self.node_mut(s).loop_denials += 1;
+                    }
+                }
+            }
+            EntryKind::RunEnd { run } => {
+                self.runs.end(run);
+            }
         }
         self.next_seq = e.seq + 1;
         self.last_ts = self.last_ts.max(ts);
@@ -826,6 +964,12 @@ impl State {
                 .map(|(k, h)| (k.to_string(), h))
                 .collect(),
             prices: self.prices.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            runs: self
+                .runs
+                .runs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -865,6 +1009,7 @@ pub struct Digest {
     pub nodes: BTreeMap<String, Node>,
     pub open_holds: BTreeMap<String, Hold>,
     pub prices: BTreeMap<String, Price>,
+    pub runs: BTreeMap<String, runs::Run>,
 }
 
 impl Digest {
@@ -904,6 +1049,14 @@ impl Digest {
         }
         if self.prices != other.prices {
             return Some("price tables differ".into());
+        }
+        if self.runs != other.runs {
+            let k = self
+                .runs
+                .keys()
+                .chain(other.runs.keys())
+                .find(|k| self.runs.get(*k) != other.runs.get(*k));
+            return Some(format!("run {}: differs", k.map_or("?", |k| k.as_str())));
         }
         None
     }
