@@ -15,6 +15,7 @@ use spendb::state::limit::parse_duration_ms;
 use spendb::state::money::parse_usd;
 use spendb::state::price::Price;
 use spendb::state::Config;
+use spendb::store::cache::{Cache, CacheLimits};
 use spendb::store::{recovery, LogStore};
 
 #[derive(Parser)]
@@ -216,6 +217,13 @@ struct ServeArgs {
     /// Most arguments in one request.
     #[arg(long, env = "SPENDB_MAX_ARGS", default_value_t = 1024 * 1024)]
     max_args: usize,
+    /// Bytes (keys + values) each cache namespace may hold before its least
+    /// recently used entries are evicted.
+    #[arg(long, env = "SPENDB_CACHE_MAX_BYTES", default_value_t = 64 << 20)]
+    cache_max_bytes: u64,
+    /// Largest value CACHE.SET accepts, in bytes.
+    #[arg(long, env = "SPENDB_CACHE_MAX_VALUE", default_value_t = 1 << 20)]
+    cache_max_value: usize,
     /// Snapshot the state every this many ledger entries, or every twice the
     /// records the state holds if that is more (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
@@ -327,6 +335,22 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     );
     let store = LogStore::open(&a.data_dir)
         .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let cache = Arc::new(
+        Cache::open(
+            store.sled(),
+            CacheLimits {
+                max_bytes: a.cache_max_bytes,
+                max_value: a.cache_max_value,
+            },
+            now_ms(),
+        )
+        .map_err(|e| format!("opening the cache: {e}"))?,
+    );
     let started = Instant::now();
     let config = EngineConfig {
         durability: a.durability,
@@ -353,8 +377,28 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("binding {}:{}: {e}", a.bind, a.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Expired cache entries are reclaimed every second, and the cache
+        // is written out (sled's flush) at the same time.
+        let sweeper = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let cache = cache.clone();
+                    let swept = tokio::task::spawn_blocking(move || {
+                        cache.sweep(now_ms()).and_then(|n| cache.flush().map(|_| n))
+                    })
+                    .await;
+                    if let Ok(Err(e)) = swept {
+                        tracing::warn!("cache sweep failed: {e}");
+                    }
+                }
+            })
+        };
         let ctx = Arc::new(ServerCtx {
             engine: handle.clone(),
+            cache: cache.clone(),
             limits: FrameLimits {
                 max_bulk: a.max_bulk,
                 max_args: a.max_args,
@@ -382,6 +426,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
         }
         handle.shutdown().await;
+        sweeper.abort();
+        if let Err(e) = cache.flush() {
+            tracing::warn!("writing the cache out at shutdown failed: {e}");
+        }
         Ok::<(), String>(())
     })?;
     let _ = thread.join();

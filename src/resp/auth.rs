@@ -38,6 +38,7 @@ const AGENT: &[&str] = &[
 ];
 /// Reads only.
 const READ: &[&str] = &[
+    "cache.stats",
     "count",
     "truncate",
     "budget.get",

@@ -64,6 +64,28 @@ pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
     ),
     ("run.end", 2, "write", "End an agent run (forget its steps)", "<run>"),
     (
+        "cache.set",
+        -4,
+        "write",
+        "Store a response under a key (any bytes, stored as its SHA-256)",
+        "<ns> <key> <value> [TTL <ms>] [COST <usd>]",
+    ),
+    (
+        "cache.get",
+        -3,
+        "write",
+        "A cached response or nil; with SCOPE a hit books its COST as savings",
+        "<ns> <key> [SCOPE <scope>]",
+    ),
+    ("cache.del", 3, "write", "Delete a cached response", "<ns> <key>"),
+    (
+        "cache.stats",
+        -1,
+        "readonly",
+        "Hits, misses, hit rate, entries, bytes, evictions, saved",
+        "[<ns>]",
+    ),
+    (
         "count",
         3,
         "readonly",

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::auth::User;
+use super::cache_cmd;
 use super::cmd::{self, Args};
 use super::count;
 use super::encode::encode;
@@ -35,6 +36,9 @@ struct Conn {
 enum Slot {
     Now(Value),
     Engine,
+    /// This value once the engine's reply to its command is not an error
+    /// (a cache hit whose savings are booked).
+    AfterEngine(Value),
 }
 
 pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
@@ -80,6 +84,14 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             let msg =
                                 format!("this user has no permissions to run the '{name}' command");
                             slots.push(Slot::Now(Value::err("NOPERM", msg)));
+                        } else if name.starts_with("cache.") {
+                            match cache_cmd::run(&ctx.cache, &name, &args[1..]) {
+                                cache_cmd::Outcome::Reply(v) => slots.push(Slot::Now(v)),
+                                cache_cmd::Outcome::HitSaved(v, c) => {
+                                    cmds.push(c);
+                                    slots.push(Slot::AfterEngine(v));
+                                }
+                            }
                         } else if name == "count" {
                             slots.push(Slot::Now(count::count(&args[1..]).await));
                         } else if name == "truncate" {
@@ -139,6 +151,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         conn.proto,
                         &mut wbuf,
                     ),
+                    Slot::AfterEngine(v) => {
+                        let booked = replies.next().expect("one reply per command");
+                        let v = if booked.is_error() { &booked } else { v };
+                        encode(v, conn.proto, &mut wbuf)
+                    }
                 }
             }
             match tokio::time::timeout(ctx.write_timeout, stream.write_all(&wbuf)).await {

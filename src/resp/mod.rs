@@ -4,6 +4,7 @@
 //! rules.
 
 pub mod auth;
+pub mod cache_cmd;
 pub mod cmd;
 pub mod connection;
 pub mod count;
@@ -23,6 +24,7 @@ use frame::FrameLimits;
 /// What every connection shares.
 pub struct ServerCtx {
     pub engine: EngineHandle,
+    pub cache: Arc<crate::store::cache::Cache>,
     pub limits: FrameLimits,
     pub next_client_id: AtomicU64,
     pub connections: AtomicU64,

@@ -76,6 +76,11 @@ pub enum Command {
     RunEnd {
         run: String,
     },
+    /// A cache hit that saved `cost` nano-USD for `scope` (CACHE.GET … SCOPE).
+    CacheSaved {
+        scope: String,
+        cost: u64,
+    },
 }
 
 impl Command {
@@ -86,7 +91,8 @@ impl Command {
             | Command::BudgetGet { scope }
             | Command::BudgetDel { scope }
             | Command::Spend { scope, .. }
-            | Command::Balance { scope } => Some(scope),
+            | Command::Balance { scope }
+            | Command::CacheSaved { scope, .. } => Some(scope),
             Command::Reserve(a) => Some(&a.scope),
             Command::Step {
                 scope: Some(scope), ..

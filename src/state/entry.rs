@@ -76,6 +76,11 @@ pub enum EntryKind {
     RunEnd {
         run: String,
     },
+    /// Money a cache hit saved for a scope (and its ancestors).
+    Saved {
+        scope: String,
+        cost: u64,
+    },
 }
 
 impl EntryKind {
@@ -92,6 +97,7 @@ impl EntryKind {
             EntryKind::Step { .. } => "step",
             EntryKind::StepDenied { .. } => "step_denied",
             EntryKind::RunEnd { .. } => "run_end",
+            EntryKind::Saved { .. } => "saved",
         }
     }
 }

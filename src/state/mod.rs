@@ -81,6 +81,9 @@ pub struct Node {
     /// Steps the loop guard denied in runs at or below this scope.
     #[serde(default)]
     pub loop_denials: u64,
+    /// Nano-USD cache hits saved at or below this scope.
+    #[serde(default)]
+    pub saved: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +263,20 @@ impl State {
                 (*max, *repeats, *window),
                 out,
             ),
+            Command::CacheSaved { scope, cost } => {
+                if let Err(e) = scope::validate_scope(scope) {
+                    return syntax(e);
+                }
+                self.emit(
+                    now,
+                    EntryKind::Saved {
+                        scope: scope.clone(),
+                        cost: *cost,
+                    },
+                    out,
+                );
+                Value::Ok
+            }
             Command::RunEnd { run } => match self.runs.get(run) {
                 Some(r) => {
                     let steps = r.steps;
@@ -468,6 +485,7 @@ impl State {
             ("held", dims_value(&n.held)),
             ("open_holds", Value::Int(n.open_holds as i64)),
             ("loop_denials", Value::Int(n.loop_denials as i64)),
+            ("saved", Value::Money(n.saved as i128)),
             ("limits", Value::Array(limits)),
         ])
     }
@@ -898,6 +916,12 @@ impl State {
             }
             EntryKind::RunEnd { run } => {
                 self.runs.end(run);
+            }
+            EntryKind::Saved { scope, cost } => {
+                for s in chain(scope) {
+                    let n = self.node_mut(s);
+                    n.saved = n.saved.saturating_add(*cost);
+                }
             }
         }
         self.next_seq = e.seq + 1;

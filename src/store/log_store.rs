@@ -258,6 +258,11 @@ impl LogStore {
         &self.dir
     }
 
+    /// The sled database beside the ledger (for the response cache).
+    pub fn sled(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     /// The segment files, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         self.segments

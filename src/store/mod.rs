@@ -5,6 +5,7 @@
 //! - `log_store`: the ledger in append-only segment files, snapshots in sled;
 //! - `recovery`: start-up (snapshot + replay of the tail) and `ledger verify`.
 
+pub mod cache;
 pub mod frame;
 pub mod log_store;
 pub mod recovery;
