@@ -177,6 +177,17 @@ struct RulesArgs {
     /// An agent run (STEP) that has not stepped for this long is forgotten.
     #[arg(long, env = "SPENDB_RUN_TIMEOUT", default_value = "1h")]
     run_timeout: String,
+    /// Loop guard default: steps allowed per run when STEP gives no MAX.
+    #[arg(long, env = "SPENDB_LOOP_MAX_STEPS", default_value_t = 100)]
+    loop_max_steps: u64,
+    /// Loop guard default: a signature seen this many times within the
+    /// window is denied (STEP … REPEATS).
+    #[arg(long, env = "SPENDB_LOOP_REPEATS", default_value_t = 3)]
+    loop_repeats: u64,
+    /// Loop guard default: how many recent steps the repeat rule looks at
+    /// (STEP … WINDOW; at most 100).
+    #[arg(long, env = "SPENDB_LOOP_WINDOW", default_value_t = 5)]
+    loop_window: u64,
 }
 
 #[derive(Args)]
@@ -260,7 +271,21 @@ fn rules(a: &RulesArgs) -> Result<Config, String> {
             Ok(ms) => ms,
             Err(e) => return Err(format!("--run-timeout: {e}")),
         },
+        loop_max_steps: match a.loop_max_steps {
+            0 => return Err("--loop-max-steps must be at least 1".into()),
+            n => n,
+        },
+        loop_repeats: a.loop_repeats,
+        loop_window: a.loop_window,
         ..base
+    })
+    .and_then(|c: Config| {
+        if c.loop_repeats < 2 || c.loop_window < c.loop_repeats || c.loop_window > 100 {
+            return Err(
+                "--loop-repeats must be at least 2 and --loop-window from it to 100".into(),
+            );
+        }
+        Ok(c)
     })
 }
 

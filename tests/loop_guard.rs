@@ -102,3 +102,38 @@ fn runs_that_stop_stepping_are_forgotten_after_the_timeout() {
     assert!(err(&mut c, "RUN.END idle").starts_with("UNKNOWN"));
     assert_eq!(step(&mut c, "busy two").i("steps"), 1);
 }
+
+#[test]
+fn server_defaults_come_from_flags() {
+    let s = Server::start(&[
+        "--loop-max-steps",
+        "2",
+        "--loop-repeats",
+        "2",
+        "--loop-window",
+        "3",
+    ]);
+    let mut c = s.conn();
+    assert_eq!(step(&mut c, "d1 a").s("status"), "ok");
+    // Two of "a" within three steps: the second is denied by the defaults.
+    assert_eq!(step(&mut c, "d1 a").s("reason"), "repeated");
+    assert_eq!(step(&mut c, "d1 b").s("status"), "ok");
+    assert_eq!(step(&mut c, "d1 c").s("reason"), "max_steps");
+    // A call's own settings win.
+    assert_eq!(
+        step(&mut c, "d2 a MAX 10 REPEATS 3 WINDOW 5").s("status"),
+        "ok"
+    );
+    assert_eq!(
+        step(&mut c, "d2 a MAX 10 REPEATS 3 WINDOW 5").s("status"),
+        "ok"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = std::process::Command::new(bin())
+        .args(["serve", "--port", "0", "--loop-repeats", "1", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--loop-repeats"));
+}

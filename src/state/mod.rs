@@ -54,6 +54,10 @@ pub struct Config {
     pub default_price: Option<Price>,
     /// A run that has not stepped for this long is forgotten.
     pub run_timeout_ms: u64,
+    /// The loop guard's defaults when STEP gives no MAX / REPEATS / WINDOW.
+    pub loop_max_steps: u64,
+    pub loop_repeats: u64,
+    pub loop_window: u64,
 }
 
 impl Default for Config {
@@ -64,6 +68,9 @@ impl Default for Config {
             id_retention_ms: 10 * 60_000,
             default_price: None,
             run_timeout_ms: 3_600_000,
+            loop_max_steps: runs::DEFAULT_MAX_STEPS,
+            loop_repeats: runs::DEFAULT_REPEATS,
+            loop_window: runs::DEFAULT_WINDOW,
         }
     }
 }
@@ -507,9 +514,9 @@ impl State {
                 return syntax(e);
             }
         }
-        let max = max.unwrap_or(runs::DEFAULT_MAX_STEPS);
-        let repeats = repeats.unwrap_or(runs::DEFAULT_REPEATS);
-        let window = window.unwrap_or(runs::DEFAULT_WINDOW);
+        let max = max.unwrap_or(self.config.loop_max_steps);
+        let repeats = repeats.unwrap_or(self.config.loop_repeats);
+        let window = window.unwrap_or(self.config.loop_window);
         if max == 0 || repeats < 2 || window < repeats || window > runs::MAX_WINDOW {
             return syntax(format!(
                 "MAX must be at least 1, REPEATS at least 2, and WINDOW from REPEATS to {}",
