@@ -3,8 +3,10 @@
 //!
 //! Each connection runs transactions: RESERVE a hold, then COMMIT it (or,
 //! for `--release-ratio` of them, RELEASE it); `--deny-ratio` of RESERVEs
-//! go to a scope whose budget is spent, so they are denied. Hold ids are
-//! unique per run; scopes are spread over an org × team × agent tree.
+//! go to a scope whose budget is spent, so they are denied. Before the
+//! RESERVE, `--count-ratio` of transactions COUNT a ~1 KB prompt and
+//! `--cache-ratio` look one up with CACHE.GET (prefilled: hits). Hold ids
+//! are unique per run; scopes are spread over an org × team × agent tree.
 //!
 //! - Closed loop (default): every connection sends `--pipeline` RESERVEs at
 //!   once, then the COMMITs / RELEASEs for them, as fast as replies come.
@@ -42,6 +44,11 @@ pub struct BenchConfig {
     pub tree: (usize, usize, usize),
     pub release_ratio: f64,
     pub deny_ratio: f64,
+    /// Fraction of transactions that COUNT their prompt first.
+    pub count_ratio: f64,
+    /// Fraction of transactions that look the prompt up in the cache first
+    /// (CACHE.GET of one of `CACHE_KEYS` prefilled entries: hits).
+    pub cache_ratio: f64,
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -95,6 +102,8 @@ struct Hists {
     reserve: Histogram<u64>,
     commit: Histogram<u64>,
     release: Histogram<u64>,
+    count: Histogram<u64>,
+    cache_get: Histogram<u64>,
     first_error: Option<String>,
 }
 
@@ -104,6 +113,8 @@ impl Hists {
             reserve: histogram(),
             commit: histogram(),
             release: histogram(),
+            count: histogram(),
+            cache_get: histogram(),
             first_error: None,
         }
     }
@@ -113,6 +124,16 @@ fn record(h: &mut Histogram<u64>, since: Instant) {
     let us = since.elapsed().as_micros().max(1) as u64;
     h.saturating_record(us);
 }
+
+/// Entries prefilled in the `bench` cache namespace for `--cache-ratio`.
+const CACHE_KEYS: u64 = 1000;
+/// The prompt COUNTed for `--count-ratio` (about 1 KB of mixed text).
+const PROMPT: &str =
+    "You are a careful assistant. Summarise the following ticket for the on-call engineer, \
+    list the services involved, and propose the first three diagnostic steps. Ticket #4812: \
+    checkout latency p99 rose from 180 ms to 2.4 s at 09:14 UTC after deploy 7f3a2c; errors \
+    in payments-gateway (HTTP 502, 3.1 %), retries in cart-service; 中文日志：连接超时。 🙂 \
+    Keep it under 120 words and do not speculate beyond the evidence given above. ";
 
 /// The org of the scope whose budget is spent, for denials.
 const DENY_SCOPE: &str = "org:bench-deny/agent:x";
@@ -180,6 +201,19 @@ async fn setup(cfg: &BenchConfig) -> Result<(), String> {
         "DAY".into(),
     ]);
     let _: () = c.query_async(&mut con).await.map_err(|e| e.to_string())?;
+    if cfg.cache_ratio > 0.0 {
+        let mut p = redis::pipe();
+        for k in 0..CACHE_KEYS {
+            p.cmd("CACHE.SET")
+                .arg("bench")
+                .arg(format!("{PROMPT}{k}"))
+                .arg("a cached answer of a few dozen bytes, as a model would give")
+                .arg("COST")
+                .arg("0.001")
+                .ignore();
+        }
+        let _: () = p.query_async(&mut con).await.map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -269,6 +303,42 @@ impl Worker {
             let n = self.claim(n);
             if n == 0 {
                 break;
+            }
+            // What an agent does before reserving: count the prompt, look
+            // it up in the cache (one round trip for both, when asked for).
+            let mut pre = redis::pipe();
+            let (mut counts, mut gets) = (0, 0);
+            for _ in 0..n {
+                if rng.gen_bool(self.cfg.count_ratio) {
+                    pre.cmd("COUNT").arg(&self.cfg.model).arg(PROMPT);
+                    counts += 1;
+                }
+                if rng.gen_bool(self.cfg.cache_ratio) {
+                    let k = rng.gen_range(0..CACHE_KEYS);
+                    pre.cmd("CACHE.GET")
+                        .arg("bench")
+                        .arg(format!("{PROMPT}{k}"));
+                    gets += 1;
+                }
+            }
+            if counts + gets > 0 {
+                let sent = Instant::now();
+                match pre.query_async::<Vec<redis::Value>>(&mut con).await {
+                    Ok(r) => {
+                        for v in &r {
+                            if matches!(v, redis::Value::ServerError(_) | redis::Value::Nil) {
+                                self.error(&mut h, format!("COUNT / CACHE.GET: {v:?}"));
+                            }
+                        }
+                        for _ in 0..counts {
+                            record(&mut h.count, sent);
+                        }
+                        for _ in 0..gets {
+                            record(&mut h.cache_get, sent);
+                        }
+                    }
+                    Err(e) => self.error(&mut h, e),
+                }
             }
             let mut reserve = redis::pipe();
             let mut ids = Vec::with_capacity(n as usize);
@@ -374,7 +444,13 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
     if cfg.connections == 0 || cfg.pipeline == 0 {
         return Err("--connections and --pipeline must be at least 1".into());
     }
-    if !(0.0..=1.0).contains(&cfg.release_ratio) || !(0.0..=1.0).contains(&cfg.deny_ratio) {
+    let ratios = [
+        cfg.release_ratio,
+        cfg.deny_ratio,
+        cfg.count_ratio,
+        cfg.cache_ratio,
+    ];
+    if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
         return Err("ratios must be between 0 and 1".into());
     }
     if cfg.tree.0 == 0 || cfg.tree.1 == 0 || cfg.tree.2 == 0 {
@@ -435,19 +511,31 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         all.reserve.add(&h.reserve).map_err(|e| e.to_string())?;
         all.commit.add(&h.commit).map_err(|e| e.to_string())?;
         all.release.add(&h.release).map_err(|e| e.to_string())?;
+        all.count.add(&h.count).map_err(|e| e.to_string())?;
+        all.cache_get.add(&h.cache_get).map_err(|e| e.to_string())?;
         all.first_error = all.first_error.or(h.first_error);
     }
     let secs = start.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let sent = all.reserve.len() + all.commit.len() + all.release.len();
+    let sent = all.reserve.len()
+        + all.commit.len()
+        + all.release.len()
+        + all.count.len()
+        + all.cache_get.len();
     let mut commands = vec![("reserve".to_string(), stats(&all.reserve, secs))];
     if !all.commit.is_empty() {
         commands.push(("commit".into(), stats(&all.commit, secs)));
     }
     if !all.release.is_empty() {
         commands.push(("release".into(), stats(&all.release, secs)));
+    }
+    if !all.count.is_empty() {
+        commands.push(("count".into(), stats(&all.count, secs)));
+    }
+    if !all.cache_get.is_empty() {
+        commands.push(("cache.get".into(), stats(&all.cache_get, secs)));
     }
     Ok(BenchReport {
         target: format!("{}:{}", cfg.host, cfg.port),

@@ -87,6 +87,12 @@ struct BenchArgs {
     /// Fraction of RESERVEs sent to a spent budget (denied).
     #[arg(long, default_value_t = 0.0)]
     deny_ratio: f64,
+    /// Fraction of transactions that COUNT a ~1 KB prompt first.
+    #[arg(long, default_value_t = 0.0)]
+    count_ratio: f64,
+    /// Fraction of transactions that CACHE.GET a prompt first (hits).
+    #[arg(long, default_value_t = 0.0)]
+    cache_ratio: f64,
     #[arg(long, default_value = "gpt-4o")]
     model: String,
     #[arg(long, default_value_t = 1000)]
@@ -133,6 +139,8 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         tree: (orgs, teams, agents),
         release_ratio: a.release_ratio,
         deny_ratio: a.deny_ratio,
+        count_ratio: a.count_ratio,
+        cache_ratio: a.cache_ratio,
         model: a.model,
         input_tokens: a.input_tokens,
         output_tokens: a.output_tokens,

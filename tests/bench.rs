@@ -55,6 +55,10 @@ fn closed_loop_with_pipelining_releases_and_denials() {
             "0.1",
             "--tree",
             "2x2x3",
+            "--count-ratio",
+            "0.5",
+            "--cache-ratio",
+            "0.3",
         ],
     );
     assert_eq!(r["mode"], "closed");
@@ -68,6 +72,12 @@ fn closed_loop_with_pipelining_releases_and_denials() {
     let releases = command(&r, "release").unwrap()["count"].as_u64().unwrap();
     assert_eq!(commits + releases, granted);
     assert!(releases > 0);
+    // Prompts counted and looked up in the cache before reserving (every
+    // lookup a hit: errors would count a miss).
+    let counts = command(&r, "count").unwrap()["count"].as_u64().unwrap();
+    let gets = command(&r, "cache.get").unwrap()["count"].as_u64().unwrap();
+    assert!((1200..=1800).contains(&counts), "{counts}");
+    assert!((600..=1200).contains(&gets), "{gets}");
     let reserve = command(&r, "reserve").unwrap();
     let p = |k: &str| reserve[k].as_u64().unwrap();
     assert!(p("p50_us") <= p("p99_us") && p("p99_us") <= p("max_us"));
