@@ -13,7 +13,16 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 fn cache(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_spendb"))
-        .args(["serve", "--port", "0", "--durability", "none", "--data-dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--durability",
+            "none",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -23,7 +32,11 @@ fn cache(c: &mut Criterion) {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().rsplit('=').next().unwrap().to_string();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("resp="))
+        .expect("spendb ready resp=…")
+        .to_string();
     let client = redis::Client::open(format!("redis://{addr}")).unwrap();
     let mut con = client.get_connection().unwrap();
 

@@ -35,7 +35,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 run_mode() { # run_mode <spendb durability> <redis appendfsync>
   local dur=$1 fsync=$2 sp rp
   sp=$(free_port); rp=$(free_port)
-  "$bin" serve --port "$sp" --data-dir "$work/spendb-$fsync" --durability "$dur" >/dev/null 2>"$work/spendb-$fsync.log" &
+  "$bin" serve --port "$sp" --admin-port 0 --data-dir "$work/spendb-$fsync" --durability "$dur" >/dev/null 2>"$work/spendb-$fsync.log" &
   pids+=($!)
   mkdir -p "$work/redis-$fsync"
   redis-server --port "$rp" --bind 127.0.0.1 --dir "$work/redis-$fsync" --appendonly yes --appendfsync "$fsync" \

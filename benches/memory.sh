@@ -25,7 +25,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 sp=$(free_port); rp=$(free_port)
 # Durability does not change memory; fsync would only make loading slower.
-"$bin" serve --port "$sp" --data-dir "$work/spendb" --durability interval:1000 --default-ttl 1h >/dev/null 2>&1 &
+"$bin" serve --port "$sp" --admin-port 0 --data-dir "$work/spendb" --durability interval:1000 --default-ttl 1h >/dev/null 2>&1 &
 spid=$!; pids+=($spid)
 redis-server --port "$rp" --bind 127.0.0.1 --dir "$work" --save '' --appendonly no --daemonize no >/dev/null &
 rpid=$!; pids+=($rpid)

@@ -25,7 +25,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 rb() { redis-benchmark --csv "$@" 2>/dev/null | tail -1 | tr -d '"' | awk -F, '{print $2","$7}'; }
 
 sp=$(free_port); rp=$(free_port)
-"$bin" serve --port "$sp" --data-dir "$work/spendb" --durability fsync >/dev/null 2>&1 &
+"$bin" serve --port "$sp" --admin-port 0 --data-dir "$work/spendb" --durability fsync >/dev/null 2>&1 &
 pids+=($!)
 redis-server --port "$rp" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync always --save '' --daemonize no >/dev/null &
 pids+=($!)

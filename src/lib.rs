@@ -1,5 +1,6 @@
 //! spendb: a spend database server for LLM agents. See docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod bench;
 pub mod engine;
 pub mod resp;

@@ -221,6 +221,13 @@ struct ServeArgs {
     /// Allow binding a non-loopback address without a password.
     #[arg(long, env = "SPENDB_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
+    /// Port of the HTTP admin API (same --bind address); 0 picks a free one.
+    #[arg(long, env = "SPENDB_ADMIN_PORT", default_value_t = 7380)]
+    admin_port: u16,
+    /// Bearer token the admin API requires on everything but /healthz and
+    /// /readyz (required when --bind is not a loopback address).
+    #[arg(long, env = "SPENDB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Most client connections at once; more are refused with an error.
     #[arg(long, env = "SPENDB_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: u64,
@@ -356,6 +363,13 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             a.bind
         ));
     }
+    if !a.bind.is_loopback() && a.admin_token.is_none() && !a.insecure_no_auth {
+        return Err(format!(
+            "refusing to serve the admin API on {} without a token: set --admin-token, or bind \
+             127.0.0.1, or pass --insecure-no-auth if the network is trusted",
+            a.bind
+        ));
+    }
     let idle_timeout =
         match parse_duration_ms(&a.idle_timeout).map_err(|e| format!("--idle-timeout: {e}"))? {
             0 => None,
@@ -451,13 +465,25 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             "serving the Redis protocol on {addr} (durability {:?})",
             a.durability
         );
-        // Tests and scripts read this line to learn the port.
-        println!("spendb ready resp={addr}");
+        let admin_listener = tokio::net::TcpListener::bind((a.bind, a.admin_port))
+            .await
+            .map_err(|e| format!("binding the admin API on {}:{}: {e}", a.bind, a.admin_port))?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        let admin_ctx = Arc::new(spendb::admin::AdminCtx {
+            engine: handle.clone(),
+            cache: cache.clone(),
+            token: a.admin_token.clone(),
+        });
+        let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
+        tracing::info!("serving the admin API on http://{admin_addr}");
+        // Tests and scripts read this line to learn the ports.
+        println!("spendb ready resp={addr} admin={admin_addr}");
         let _ = std::io::stdout().flush();
         tokio::select! {
             _ = resp::run(listener, ctx) => {}
             _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
         }
+        admin.abort();
         handle.shutdown().await;
         sweeper.abort();
         if let Err(e) = cache.flush() {

@@ -90,7 +90,16 @@ fn requirepass_gates_every_command_until_auth() {
 fn non_loopback_bind_needs_a_password_or_an_explicit_opt_out() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
-        .args(["serve", "--port", "0", "--bind", "0.0.0.0", "--data-dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--bind",
+            "0.0.0.0",
+            "--data-dir",
+        ])
         .arg(tmp.path().join("d"))
         .output()
         .unwrap();

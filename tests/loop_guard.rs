@@ -130,7 +130,16 @@ fn server_defaults_come_from_flags() {
     );
     let dir = tempfile::tempdir().unwrap();
     let bad = std::process::Command::new(bin())
-        .args(["serve", "--port", "0", "--loop-repeats", "1", "--data-dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--loop-repeats",
+            "1",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -42,6 +42,11 @@ pub enum Command {
     HoldGet {
         hold: String,
     },
+    /// Open holds at or below a scope, oldest first (admin API).
+    HoldList {
+        prefix: Option<String>,
+        limit: usize,
+    },
     Spend {
         scope: String,
         model: String,
@@ -96,6 +101,10 @@ impl Command {
             Command::Reserve(a) => Some(&a.scope),
             Command::Step {
                 scope: Some(scope), ..
+            }
+            | Command::HoldList {
+                prefix: Some(scope),
+                ..
             } => Some(scope),
             _ => None,
         }

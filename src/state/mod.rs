@@ -244,6 +244,25 @@ impl State {
             Command::Reserve(a) => self.reserve(now, a, out),
             Command::Commit { hold, usage } => self.commit(now, hold, usage, out),
             Command::Release { hold } => self.release(now, hold, out),
+            Command::HoldList { prefix, limit } => {
+                let mut open: Vec<(&str, Hold)> = self
+                    .holds
+                    .iter()
+                    .filter(|(_, h)| {
+                        h.status == HoldStatus::Open
+                            && prefix
+                                .as_deref()
+                                .is_none_or(|p| scope::is_within(&h.scope, p))
+                    })
+                    .collect();
+                open.sort_by(|a, b| (a.1.created_at, a.0).cmp(&(b.1.created_at, b.0)));
+                Value::Array(
+                    open.into_iter()
+                        .take(*limit)
+                        .map(|(id, h)| hold_value(id, &h))
+                        .collect(),
+                )
+            }
             Command::HoldGet { hold } => match self.holds.get(hold) {
                 Some(h) => hold_value(hold, &h),
                 None => Value::err("UNKNOWN", format!("hold {hold}")),

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// The HTTP admin API's port.
+    pub admin_port: u16,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub extra: Vec<String>,
@@ -30,10 +32,11 @@ impl Server {
     }
 
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
-        let (child, port) = spawn(dir, extra);
+        let (child, port, admin_port) = spawn_ports(dir, extra, &[]);
         Server {
             child,
             port,
+            admin_port,
             dir: dir.to_path_buf(),
             _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -66,7 +69,7 @@ impl Server {
     /// Restarts on the same data dir (after stop or crash).
     pub fn restart(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        (self.child, self.port) = spawn(&self.dir, &extra);
+        (self.child, self.port, self.admin_port) = spawn_ports(&self.dir, &extra, &[]);
     }
 }
 
@@ -77,9 +80,15 @@ pub fn spawn(dir: &Path, extra: &[&str]) -> (Child, u16) {
 
 /// As `spawn`, with extra environment variables.
 pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, u16) {
+    let (child, port, _) = spawn_ports(dir, extra, env);
+    (child, port)
+}
+
+/// Starts the binary; returns it with its Redis and admin ports.
+pub fn spawn_ports(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, u16, u16) {
     let mut child = Command::new(bin())
         .envs(env.iter().copied())
-        .args(["serve", "--port", "0", "--data-dir"])
+        .args(["serve", "--port", "0", "--admin-port", "0", "--data-dir"])
         .arg(dir)
         .args(extra)
         .env("SPENDB_LOG", "warn")
@@ -91,11 +100,24 @@ pub fn spawn_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, u1
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("spendb ready resp=")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (child, addr.rsplit(':').next().unwrap().parse().unwrap())
+    let (resp, admin) = ready_ports(&line);
+    (child, resp, admin)
+}
+
+/// The ports in "spendb ready resp=ADDR admin=ADDR".
+pub fn ready_ports(line: &str) -> (u16, u16) {
+    let port = |key: &str| -> u16 {
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        line.starts_with("spendb ready "),
+        "unexpected first line {line:?}"
+    );
+    (port("resp="), port("admin="))
 }
 
 impl Drop for Server {

@@ -1,0 +1,128 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4):
+//! the engine's counters and the response cache's statistics. Every metric
+//! has a fixed label set (no per-scope or per-model labels yet), so the
+//! series count is bounded by the number of cache namespaces... which is
+//! not labelled either: cache figures are summed over namespaces.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::Ctx;
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let s = &ctx.engine.stats;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "spendb_commands_total",
+        "counter",
+        "Commands applied by the engine.",
+        l(&s.commands),
+    );
+    metric(
+        &mut out,
+        "spendb_group_commits_total",
+        "counter",
+        "Ledger batches written (group commits).",
+        l(&s.batches),
+    );
+    metric(
+        &mut out,
+        "spendb_ledger_entries_total",
+        "counter",
+        "Ledger entries written since start.",
+        l(&s.entries),
+    );
+    metric(
+        &mut out,
+        "spendb_ledger_syncs_total",
+        "counter",
+        "fdatasync calls on the ledger.",
+        l(&s.syncs),
+    );
+    metric(
+        &mut out,
+        "spendb_ledger_write_errors_total",
+        "counter",
+        "Failed ledger writes or syncs.",
+        l(&s.write_errors),
+    );
+    metric(
+        &mut out,
+        "spendb_ledger_last_seq",
+        "gauge",
+        "Sequence number of the last durable ledger entry.",
+        l(&s.last_seq),
+    );
+    metric(
+        &mut out,
+        "spendb_open_holds",
+        "gauge",
+        "Holds open now.",
+        l(&s.open_holds),
+    );
+    let c = ctx.cache.stats(None);
+    metric(
+        &mut out,
+        "spendb_cache_hits_total",
+        "counter",
+        "Cache hits since start, all namespaces.",
+        c.hits,
+    );
+    metric(
+        &mut out,
+        "spendb_cache_misses_total",
+        "counter",
+        "Cache misses since start, all namespaces.",
+        c.misses,
+    );
+    metric(
+        &mut out,
+        "spendb_cache_evictions_total",
+        "counter",
+        "Entries evicted by the namespaces' bounds.",
+        c.evictions,
+    );
+    metric(
+        &mut out,
+        "spendb_cache_entries",
+        "gauge",
+        "Entries in the cache.",
+        c.entries,
+    );
+    metric(
+        &mut out,
+        "spendb_cache_bytes",
+        "gauge",
+        "Bytes (keys and values) in the cache.",
+        c.bytes,
+    );
+    metric(
+        &mut out,
+        "spendb_cache_saved_usd_total",
+        "counter",
+        "USD of the COST of every cache hit since start.",
+        crate::state::money::format_signed_usd(c.saved as i128),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

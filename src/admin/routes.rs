@@ -1,0 +1,292 @@
+//! The `/v1` routes: each parses its path, query and body, builds the engine
+//! command the Redis side would, and returns the reply as JSON.
+
+use std::borrow::Cow;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{body, json_of, run, ApiError, Ctx};
+use crate::resp::cmd;
+use crate::state::Command;
+
+type Reply = Result<Json<serde_json::Value>, ApiError>;
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// A query string, or a JSON 400 naming what is wrong with it.
+fn query<T>(q: QueryResult<T>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BADQUERY", e.body_text()))
+}
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/v1/budgets", get(list_budgets))
+        .route(
+            "/v1/budgets/{*scope}",
+            get(get_budget).put(put_budget).delete(delete_budget),
+        )
+        .route("/v1/balances/{*scope}", get(get_balance))
+        .route("/v1/holds", get(list_holds))
+        .route("/v1/holds/{id}", get(get_hold))
+        .route("/v1/prices", get(list_prices))
+        .route("/v1/prices/{model}", axum::routing::put(put_price))
+        .route("/v1/cache/stats", get(cache_stats))
+}
+
+/// Parses through the Redis side's command parser, so both front ends
+/// accept exactly the same values.
+fn parse(name: &str, words: &[String]) -> Result<Command, ApiError> {
+    let args: Vec<Cow<[u8]>> = words.iter().map(|w| Cow::Borrowed(w.as_bytes())).collect();
+    cmd::parse(name, &args).map_err(|v| match v {
+        crate::state::Value::Error { code, msg } => {
+            ApiError::new(super::status_of(code), code, msg)
+        }
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR",
+            format!("{other:?}"),
+        ),
+    })
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive", body = Object)))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the admin port opens only after recovery finished, so a
+/// response means the ledger is loaded and commands are served.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = Object)))]
+pub async fn readyz(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
+    let last = ctx
+        .engine
+        .stats
+        .last_seq
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(serde_json::json!({"status": "ready", "ledger_last_seq": last}))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixQuery {
+    /// Only scopes at or below this one.
+    prefix: Option<String>,
+}
+
+/// Scopes that have limits, sorted.
+#[utoipa::path(get, path = "/v1/budgets", params(PrefixQuery), security(("bearer" = [])),
+    responses((status = 200, description = "scopes", body = Object), (status = 401, description = "no token", body = Object)))]
+pub async fn list_budgets(State(ctx): State<Ctx>, q: QueryResult<PrefixQuery>) -> Reply {
+    let q = query(q)?;
+    let Json(v) = run(&ctx, Command::BudgetList { prefix: q.prefix }).await?;
+    Ok(Json(serde_json::json!({"scopes": v})))
+}
+
+/// A scope's limits with used, held, remaining and resets_at.
+#[utoipa::path(get, path = "/v1/budgets/{scope}", params(("scope" = String, Path, description = "e.g. org:acme/team:search")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the budget", body = Object), (status = 404, description = "no limits on the scope", body = Object)))]
+pub async fn get_budget(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Reply {
+    run(&ctx, Command::BudgetGet { scope }).await
+}
+
+/// One limit: `amount` in the dimension's unit (USD for COST), and exactly
+/// one of `per` (MINUTE HOUR DAY WEEK MONTH TOTAL) or `rolling` (e.g. "1m").
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitBody {
+    /// TOKENS, INPUT, OUTPUT, REQUESTS or COST.
+    dim: String,
+    /// A decimal string or number, e.g. "1000000" or "12.50".
+    #[schema(value_type = String)]
+    amount: serde_json::Value,
+    per: Option<String>,
+    rolling: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    limits: Vec<LimitBody>,
+}
+
+fn amount_text(v: &serde_json::Value) -> Result<String, ApiError> {
+    match v {
+        serde_json::Value::String(s) => Ok(s.clone()),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "amount must be a decimal string or a number",
+        )),
+    }
+}
+
+/// Sets a scope's limits, replacing all of them (BUDGET.SET).
+#[utoipa::path(put, path = "/v1/budgets/{scope}", params(("scope" = String, Path, description = "e.g. org:acme")),
+    request_body = BudgetBody, security(("bearer" = [])),
+    responses((status = 200, description = "set", body = Object), (status = 400, description = "malformed JSON", body = Object),
+        (status = 422, description = "invalid limits", body = Object)))]
+pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: Bytes) -> Reply {
+    let b: BudgetBody = body(&raw)?;
+    let mut words = vec![scope];
+    for l in &b.limits {
+        words.push(l.dim.clone());
+        words.push(amount_text(&l.amount)?);
+        match (&l.per, &l.rolling) {
+            (Some(p), None) => words.extend(["PER".into(), p.clone()]),
+            (None, Some(r)) => words.extend(["ROLLING".into(), r.clone()]),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "ERR",
+                    "each limit needs exactly one of per or rolling",
+                ))
+            }
+        }
+    }
+    if b.limits.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "limits must not be empty (DELETE removes a budget)",
+        ));
+    }
+    run(&ctx, parse("budget.set", &words)?).await
+}
+
+/// Removes a scope's limits (BUDGET.DEL): `{"deleted": true|false}`.
+#[utoipa::path(delete, path = "/v1/budgets/{scope}", params(("scope" = String, Path, description = "e.g. org:acme")),
+    security(("bearer" = [])), responses((status = 200, description = "deleted or not", body = Object)))]
+pub async fn delete_budget(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Reply {
+    let Json(v) = run(&ctx, Command::BudgetDel { scope }).await?;
+    Ok(Json(
+        serde_json::json!({"deleted": v == serde_json::json!(1)}),
+    ))
+}
+
+/// Spent, held, open holds, savings and every limit on the scope and its
+/// ancestors (BALANCE).
+#[utoipa::path(get, path = "/v1/balances/{scope}", params(("scope" = String, Path, description = "e.g. org:acme/agent:a")),
+    security(("bearer" = [])), responses((status = 200, description = "the balance", body = Object), (status = 422, description = "bad scope", body = Object)))]
+pub async fn get_balance(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Reply {
+    run(&ctx, Command::Balance { scope }).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HoldsQuery {
+    /// Only holds at or below this scope.
+    scope: Option<String>,
+    /// At most this many (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// Open holds, oldest first.
+#[utoipa::path(get, path = "/v1/holds", params(HoldsQuery), security(("bearer" = [])),
+    responses((status = 200, description = "open holds", body = Object), (status = 400, description = "bad query", body = Object)))]
+pub async fn list_holds(State(ctx): State<Ctx>, q: QueryResult<HoldsQuery>) -> Reply {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "limit must be from 1 to 10000",
+        ));
+    }
+    let Json(v) = run(
+        &ctx,
+        Command::HoldList {
+            prefix: q.scope,
+            limit,
+        },
+    )
+    .await?;
+    Ok(Json(serde_json::json!({"holds": v})))
+}
+
+/// One hold and its state (HOLD.GET).
+#[utoipa::path(get, path = "/v1/holds/{id}", params(("id" = String, Path, description = "the hold id")),
+    security(("bearer" = [])), responses((status = 200, description = "the hold", body = Object), (status = 404, description = "unknown hold", body = Object)))]
+pub async fn get_hold(State(ctx): State<Ctx>, Path(id): Path<String>) -> Reply {
+    run(&ctx, Command::HoldGet { hold: id }).await
+}
+
+/// The price table.
+#[utoipa::path(get, path = "/v1/prices", security(("bearer" = [])), responses((status = 200, description = "prices", body = Object)))]
+pub async fn list_prices(State(ctx): State<Ctx>) -> Reply {
+    let Json(v) = run(&ctx, Command::PriceList).await?;
+    Ok(Json(serde_json::json!({"prices": v})))
+}
+
+/// USD per million tokens, as decimal strings or numbers.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBody {
+    #[schema(value_type = String)]
+    input: serde_json::Value,
+    #[schema(value_type = String)]
+    output: serde_json::Value,
+    #[schema(value_type = Option<String>)]
+    cached: Option<serde_json::Value>,
+    #[schema(value_type = Option<String>)]
+    cache_write: Option<serde_json::Value>,
+}
+
+/// Sets a model's price (PRICE.SET).
+#[utoipa::path(put, path = "/v1/prices/{model}", params(("model" = String, Path, description = "e.g. gpt-4o")),
+    request_body = PriceBody, security(("bearer" = [])),
+    responses((status = 200, description = "set", body = Object), (status = 400, description = "malformed JSON", body = Object),
+        (status = 422, description = "invalid price", body = Object)))]
+pub async fn put_price(State(ctx): State<Ctx>, Path(model): Path<String>, raw: Bytes) -> Reply {
+    let p: PriceBody = body(&raw)?;
+    let mut words = vec![
+        model,
+        "INPUT".into(),
+        amount_text(&p.input)?,
+        "OUTPUT".into(),
+        amount_text(&p.output)?,
+    ];
+    if let Some(c) = &p.cached {
+        words.extend(["CACHED".into(), amount_text(c)?]);
+    }
+    if let Some(c) = &p.cache_write {
+        words.extend(["CACHEWRITE".into(), amount_text(c)?]);
+    }
+    run(&ctx, parse("price.set", &words)?).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NsQuery {
+    /// One namespace (default: all summed).
+    ns: Option<String>,
+}
+
+/// Response cache statistics (CACHE.STATS).
+#[utoipa::path(get, path = "/v1/cache/stats", params(NsQuery), security(("bearer" = [])),
+    responses((status = 200, description = "statistics", body = Object)))]
+pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Reply {
+    let q = query(q)?;
+    let mut args: Vec<Cow<[u8]>> = Vec::new();
+    if let Some(ns) = &q.ns {
+        args.push(Cow::Borrowed(ns.as_bytes()));
+    }
+    match crate::resp::cache_cmd::run(&ctx.cache, "cache.stats", &args) {
+        crate::resp::cache_cmd::Outcome::Reply(v) => match &v {
+            crate::state::Value::Error { code, msg } => {
+                Err(ApiError::new(super::status_of(code), code, msg.clone()))
+            }
+            _ => Ok(Json(json_of(&v))),
+        },
+        crate::resp::cache_cmd::Outcome::HitSaved(..) => unreachable!("STATS books nothing"),
+    }
+}

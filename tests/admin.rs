@@ -1,0 +1,281 @@
+//! The HTTP admin API over real HTTP against the running binary: every
+//! route, the bearer token, and the error statuses (JSON bodies, never a
+//! 500 for bad input).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+struct Http {
+    base: String,
+    token: Option<String>,
+}
+
+impl Http {
+    fn new(s: &Server, token: Option<&str>) -> Http {
+        Http {
+            base: format!("http://127.0.0.1:{}", s.admin_port),
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// (status, JSON body or the text as a JSON string).
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let res = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None)
+    }
+}
+
+#[test]
+fn budgets_balances_holds_prices_and_cache_stats() {
+    let s = Server::start(&[]);
+    let h = Http::new(&s, None);
+    assert_eq!(h.get("/healthz"), (200, json!({"status": "ok"})));
+    let (st, ready) = h.get("/readyz");
+    assert_eq!((st, ready["status"].as_str()), (200, Some("ready")));
+
+    let budget = r#"{"limits": [{"dim": "TOKENS", "amount": "10000", "per": "DAY"},
+                                {"dim": "COST", "amount": 5, "per": "MONTH"},
+                                {"dim": "REQUESTS", "amount": "60", "rolling": "1m"}]}"#;
+    let (st, v) = h.call("PUT", "/v1/budgets/org:acme", Some(budget));
+    assert_eq!((st, v), (200, json!({"ok": true})));
+    h.call(
+        "PUT",
+        "/v1/budgets/org:acme/team:search",
+        Some(r#"{"limits": [{"dim": "TOKENS", "amount": "5000", "per": "HOUR"}]}"#),
+    );
+    let (st, v) = h.get("/v1/budgets");
+    assert_eq!(st, 200);
+    assert_eq!(v["scopes"], json!(["org:acme", "org:acme/team:search"]));
+    assert_eq!(
+        h.get("/v1/budgets?prefix=org:acme/team:search").1["scopes"],
+        json!(["org:acme/team:search"])
+    );
+    let (st, v) = h.get("/v1/budgets/org:acme");
+    assert_eq!(st, 200);
+    assert_eq!(v["limits"].as_array().unwrap().len(), 3);
+    assert_eq!(v["limits"][0]["remaining"], json!(10000));
+
+    // Activity through the Redis port shows up here.
+    let mut c = s.conn();
+    q(
+        &mut c,
+        "RESERVE h1 org:acme/team:search/agent:a gpt-4o INPUT 1000 OUTPUT 500",
+    );
+    q(&mut c, "RESERVE h2 org:acme/agent:b gpt-4o INPUT 100");
+    let (st, v) = h.get("/v1/balances/org:acme/team:search");
+    assert_eq!(st, 200);
+    assert_eq!(v["held"]["tokens"], json!(1500));
+    assert_eq!(v["open_holds"], json!(1));
+    let (st, v) = h.get("/v1/holds?scope=org:acme");
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["hold"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h1", "h2"], "oldest first");
+    assert_eq!(
+        h.get("/v1/holds?scope=org:acme/agent:b&limit=5").1["holds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        h.get("/v1/holds?limit=1").1["holds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (st, v) = h.get("/v1/holds/h1");
+    assert_eq!(
+        (st, v["status"].as_str(), v["cost"].as_str()),
+        (200, Some("open"), Some("0.0075"))
+    );
+
+    let (st, v) = h.call(
+        "PUT",
+        "/v1/prices/my-model",
+        Some(r#"{"input": "1.5", "output": 3}"#),
+    );
+    assert_eq!((st, v), (200, json!({"ok": true})));
+    let (_, v) = h.get("/v1/prices");
+    assert!(v["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["model"] == "my-model"));
+
+    raw(&mut c, "CACHE.SET ns k v COST 0.5").unwrap();
+    raw(&mut c, "CACHE.GET ns k").unwrap();
+    let (st, v) = h.get("/v1/cache/stats?ns=ns");
+    assert_eq!(
+        (st, v["hits"].clone(), v["saved"].clone()),
+        (200, json!(1), json!("0.5"))
+    );
+
+    let (st, v) = h.call("DELETE", "/v1/budgets/org:acme/team:search", None);
+    assert_eq!((st, v), (200, json!({"deleted": true})));
+    assert_eq!(
+        h.call("DELETE", "/v1/budgets/org:acme/team:search", None).1,
+        json!({"deleted": false})
+    );
+}
+
+#[test]
+fn errors_are_json_with_the_right_status() {
+    let s = Server::start(&[]);
+    let h = Http::new(&s, None);
+    let code = |r: &(u16, Value)| (r.0, r.1["error"]["code"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        code(&h.get("/v1/budgets/org:none")),
+        (404, "UNKNOWN".into())
+    );
+    assert_eq!(code(&h.get("/v1/holds/nope")), (404, "UNKNOWN".into()));
+    assert_eq!(code(&h.get("/v1/no/such/route")), (404, "NOTFOUND".into()));
+    assert_eq!(
+        code(&h.call("PUT", "/v1/budgets/org:x", Some("{not json"))),
+        (400, "BADJSON".into())
+    );
+    assert_eq!(
+        code(&h.call(
+            "PUT",
+            "/v1/budgets/org:x",
+            Some(r#"{"limits": [], "extra": 1}"#)
+        )),
+        (422, "ERR".into()),
+        "unknown field"
+    );
+    assert_eq!(
+        code(&h.call("PUT", "/v1/budgets/org:x", Some(r#"{"limits": "x"}"#))),
+        (422, "ERR".into())
+    );
+    assert_eq!(
+        code(&h.call("PUT", "/v1/budgets/org:x", Some(r#"{"limits": []}"#))),
+        (422, "ERR".into())
+    );
+    for bad in [
+        r#"{"limits": [{"dim": "TOKENS", "amount": "-5", "per": "DAY"}]}"#,
+        r#"{"limits": [{"dim": "FLOPS", "amount": "5", "per": "DAY"}]}"#,
+        r#"{"limits": [{"dim": "TOKENS", "amount": "5", "per": "FORTNIGHT"}]}"#,
+        r#"{"limits": [{"dim": "TOKENS", "amount": "5", "per": "DAY", "rolling": "1m"}]}"#,
+        r#"{"limits": [{"dim": "TOKENS", "amount": "99999999999999999999999999", "per": "DAY"}]}"#,
+        r#"{"limits": [{"dim": "TOKENS", "amount": true, "per": "DAY"}]}"#,
+    ] {
+        assert_eq!(
+            code(&h.call("PUT", "/v1/budgets/org:x", Some(bad))).0,
+            422,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        code(&h.call(
+            "PUT",
+            "/v1/budgets/bad scope",
+            Some(r#"{"limits": [{"dim": "TOKENS", "amount": 1, "per": "DAY"}]}"#)
+        ))
+        .0,
+        422
+    );
+    assert_eq!(code(&h.get("/v1/holds?limit=0")).0, 422);
+    assert_eq!(
+        code(&h.get("/v1/holds?limit=abc")),
+        (400, "BADQUERY".into())
+    );
+    assert_eq!(code(&h.get("/v1/holds?bogus=1")), (400, "BADQUERY".into()));
+    assert_eq!(
+        code(&h.call(
+            "PUT",
+            "/v1/prices/m",
+            Some(r#"{"input": "x", "output": 1}"#)
+        ))
+        .0,
+        422
+    );
+}
+
+#[test]
+fn a_token_protects_everything_but_health() {
+    let s = Server::start(&["--admin-token", "s3cret"]);
+    let anon = Http::new(&s, None);
+    let wrong = Http::new(&s, Some("nope"));
+    let ok = Http::new(&s, Some("s3cret"));
+    assert_eq!(anon.get("/healthz").0, 200);
+    assert_eq!(anon.get("/readyz").0, 200);
+    for path in ["/v1/budgets", "/metrics", "/v1/openapi.json", "/v1/prices"] {
+        let (st, v) = anon.get(path);
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (401, Some("NOAUTH")),
+            "{path}"
+        );
+        assert_eq!(wrong.get(path).0, 401, "{path}");
+        assert_eq!(ok.get(path).0, 200, "{path}");
+    }
+}
+
+#[test]
+fn metrics_and_the_openapi_document() {
+    let s = Server::start(&[]);
+    let h = Http::new(&s, None);
+    let mut c = s.conn();
+    raw(&mut c, "BUDGET.SET org:m TOKENS 100 PER DAY").unwrap();
+    q(&mut c, "RESERVE m1 org:m gpt-4o INPUT 10");
+    let (st, text) = h.get("/metrics");
+    assert_eq!(st, 200);
+    let text = text.as_str().unwrap().to_string();
+    // Prometheus text format: HELP and TYPE before every sample, sample
+    // lines "name value" with a numeric value.
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split_whitespace();
+            typed.insert(w.next().unwrap().to_string());
+            assert!(matches!(w.next(), Some("counter" | "gauge")), "{line}");
+        } else if !line.starts_with('#') {
+            let (name, value) = line.split_once(' ').unwrap();
+            assert!(typed.contains(name), "{name} has no TYPE");
+            value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+        }
+    }
+    assert!(text.contains("\nspendb_open_holds 1\n"), "{text}");
+    let (st, doc) = h.get("/v1/openapi.json");
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/budgets/{scope}",
+        "/v1/holds",
+        "/v1/prices/{model}",
+        "/metrics",
+        "/healthz",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the document"
+        );
+    }
+    assert!(doc["components"]["schemas"].get("BudgetBody").is_some());
+}
