@@ -190,6 +190,27 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // Every protected operation can answer 401 (no or wrong token).
+        let unauthorized = utoipa::openapi::ResponseBuilder::new()
+            .description("no bearer token, or a wrong one (JSON error NOAUTH)")
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.responses
+                        .responses
+                        .insert("401".into(), unauthorized.clone().into());
+                }
+            }
+        }
     }
 }
 

@@ -74,6 +74,7 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixQuery {
     /// Only scopes at or below this one.
@@ -82,7 +83,7 @@ pub struct PrefixQuery {
 
 /// Scopes that have limits, sorted.
 #[utoipa::path(get, path = "/v1/budgets", params(PrefixQuery), security(("bearer" = [])),
-    responses((status = 200, description = "scopes", body = Object), (status = 401, description = "no token", body = Object)))]
+    responses((status = 200, description = "scopes", body = Object), (status = 400, description = "bad query string", body = Object)))]
 pub async fn list_budgets(State(ctx): State<Ctx>, q: QueryResult<PrefixQuery>) -> Reply {
     let q = query(q)?;
     let Json(v) = run(&ctx, Command::BudgetList { prefix: q.prefix }).await?;
@@ -181,20 +182,32 @@ pub async fn get_balance(State(ctx): State<Ctx>, Path(scope): Path<String>) -> R
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HoldsQuery {
     /// Only holds at or below this scope.
     scope: Option<String>,
     /// At most this many (default 100, at most 10000).
-    limit: Option<usize>,
+    #[param(value_type = Option<u32>, nullable = false, minimum = 1, maximum = 10000)]
+    limit: Option<String>,
 }
 
 /// Open holds, oldest first.
 #[utoipa::path(get, path = "/v1/holds", params(HoldsQuery), security(("bearer" = [])),
-    responses((status = 200, description = "open holds", body = Object), (status = 400, description = "bad query", body = Object)))]
+    responses((status = 200, description = "open holds", body = Object), (status = 400, description = "bad query", body = Object),
+        (status = 422, description = "limit out of range", body = Object)))]
 pub async fn list_holds(State(ctx): State<Ctx>, q: QueryResult<HoldsQuery>) -> Reply {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => l.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BADQUERY",
+                format!("limit '{l}' is not a whole number"),
+            )
+        })?,
+    };
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -265,6 +278,7 @@ pub async fn put_price(State(ctx): State<Ctx>, Path(model): Path<String>, raw: B
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NsQuery {
     /// One namespace (default: all summed).
@@ -273,7 +287,8 @@ pub struct NsQuery {
 
 /// Response cache statistics (CACHE.STATS).
 #[utoipa::path(get, path = "/v1/cache/stats", params(NsQuery), security(("bearer" = [])),
-    responses((status = 200, description = "statistics", body = Object)))]
+    responses((status = 200, description = "statistics", body = Object), (status = 400, description = "bad query string", body = Object),
+        (status = 422, description = "bad namespace", body = Object)))]
 pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Reply {
     let q = query(q)?;
     let mut args: Vec<Cow<[u8]>> = Vec::new();
