@@ -473,6 +473,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             engine: handle.clone(),
             cache: cache.clone(),
             token: a.admin_token.clone(),
+            data_dir: a.data_dir.clone(),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
         tracing::info!("serving the admin API on http://{admin_addr}");

@@ -279,3 +279,55 @@ fn metrics_and_the_openapi_document() {
     }
     assert!(doc["components"]["schemas"].get("BudgetBody").is_some());
 }
+
+#[test]
+fn the_ledger_in_pages_with_filters() {
+    let s = Server::start(&[]);
+    let h = Http::new(&s, None);
+    let mut c = s.conn();
+    raw(&mut c, "BUDGET.SET org:a TOKENS 100000 PER DAY").unwrap(); // 1
+    q(&mut c, "RESERVE l1 org:a/agent:x gpt-4o INPUT 10"); // 2
+    q(&mut c, "RESERVE l2 org:b gpt-4o INPUT 10"); // 3
+    q(&mut c, "COMMIT l1 INPUT 10 OUTPUT 1"); // 4
+    q(&mut c, "RELEASE l2"); // 5
+
+    // Paging: two at a time, no gaps, then the end.
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let (st, v) = h.get(&format!("/v1/ledger?after={after}&limit=2"));
+        assert_eq!(st, 200);
+        for e in v["entries"].as_array().unwrap() {
+            seqs.push(e["seq"].as_u64().unwrap());
+        }
+        match v["next_after"].as_u64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let (_, v) = h.get("/v1/ledger?kind=hold");
+    let holds = v["entries"].as_array().unwrap();
+    assert_eq!(holds.len(), 2);
+    assert_eq!(holds[0]["id"], "l1");
+    assert_eq!(holds[0]["kind"], "hold");
+    assert_eq!(holds[0]["scope"], "org:a/agent:x");
+    let (_, v) = h.get("/v1/ledger?scope=org:a");
+    let kinds: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["budget_set", "hold"]);
+    let ts = holds[1]["ts"].as_u64().unwrap();
+    let (_, v) = h.get(&format!("/v1/ledger?from={ts}&to={}", ts + 1));
+    assert!(v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["ts"].as_u64() == Some(ts)));
+    assert_eq!(h.get("/v1/ledger?limit=0").0, 422);
+    assert_eq!(h.get("/v1/ledger?after=x").0, 400);
+    assert_eq!(h.get("/v1/ledger?after=99").1["entries"], json!([]));
+}

@@ -36,6 +36,8 @@ pub struct AdminCtx {
     /// Bearer token required on everything but the health checks (None: no
     /// check; only allowed on a loopback address, like the Redis port).
     pub token: Option<String>,
+    /// The data dir (the ledger pages are read from its segments).
+    pub data_dir: std::path::PathBuf,
 }
 
 pub type Ctx = Arc<AdminCtx>;
@@ -169,6 +171,7 @@ async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Resp
         routes::delete_budget,
         routes::get_balance,
         routes::list_holds,
+        routes::ledger,
         routes::get_hold,
         routes::list_prices,
         routes::put_price,

@@ -33,6 +33,7 @@ pub fn routes() -> Router<Ctx> {
         )
         .route("/v1/balances/{*scope}", get(get_balance))
         .route("/v1/holds", get(list_holds))
+        .route("/v1/ledger", get(ledger))
         .route("/v1/holds/{id}", get(get_hold))
         .route("/v1/prices", get(list_prices))
         .route("/v1/prices/{model}", axum::routing::put(put_price))
@@ -304,4 +305,117 @@ pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Rep
         },
         crate::resp::cache_cmd::Outcome::HitSaved(..) => unreachable!("STATS books nothing"),
     }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    /// Entries after this seq (the previous page's `next_after`; default 0).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    after: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[param(value_type = Option<u32>, nullable = false, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Only entries whose scope is at or below this one (entries that carry
+    /// a scope: budget_set, budget_del, hold, spend, step, step_denied, saved).
+    scope: Option<String>,
+    /// Only entries of this kind (hold, commit, release, expire, spend,
+    /// budget_set, budget_del, price_set, step, step_denied, run_end, saved).
+    kind: Option<String>,
+    /// Only entries at or after this time (ms since the Unix epoch).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    from: Option<String>,
+    /// Only entries before this time (ms since the Unix epoch).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    to: Option<String>,
+}
+
+fn number(v: &Option<String>, what: &str) -> Result<Option<u64>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            // Whole numbers up to i64::MAX (what the OpenAPI document says).
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .map(|n| n as u64)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "BADQUERY",
+                        format!("{what} '{s}' is not a whole number from 0 to 2^63-1"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+fn entry_scope(k: &crate::state::EntryKind) -> Option<&str> {
+    use crate::state::EntryKind as K;
+    match k {
+        K::BudgetSet { scope, .. }
+        | K::BudgetDel { scope }
+        | K::Hold { scope, .. }
+        | K::Spend { scope, .. }
+        | K::Saved { scope, .. } => Some(scope),
+        K::Step { scope, .. } | K::StepDenied { scope, .. } => scope.as_deref(),
+        _ => None,
+    }
+}
+
+/// A page of the ledger, oldest first: `{"entries": [...], "next_after":
+/// <seq to pass as after for the next page, or null at the end>}`. Each
+/// entry is `seq`, `ts`, `kind` and its fields (amounts in nano-USD).
+#[utoipa::path(get, path = "/v1/ledger", params(LedgerQuery), security(("bearer" = [])),
+    responses((status = 200, description = "a page of entries", body = Object), (status = 400, description = "bad query", body = Object),
+        (status = 422, description = "limit out of range", body = Object)))]
+pub async fn ledger(State(ctx): State<Ctx>, q: QueryResult<LedgerQuery>) -> Reply {
+    let q = query(q)?;
+    let after = number(&q.after, "after")?.unwrap_or(0);
+    let limit = number(&q.limit, "limit")?.unwrap_or(100) as usize;
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "limit must be from 1 to 1000",
+        ));
+    }
+    let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
+    let dir = ctx.data_dir.clone();
+    let (scope, kind) = (q.scope, q.kind);
+    let page = tokio::task::spawn_blocking(move || {
+        crate::store::log_store::read_page(&dir, after, limit, |e| {
+            from.is_none_or(|f| e.ts >= f)
+                && to.is_none_or(|t| e.ts < t)
+                && kind.as_deref().is_none_or(|k| e.kind.name() == k)
+                && scope.as_deref().is_none_or(|p| {
+                    entry_scope(&e.kind).is_some_and(|s| crate::state::scope::is_within(s, p))
+                })
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))?;
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|e| e.seq))
+        .flatten();
+    let entries: Vec<serde_json::Value> = page
+        .iter()
+        .map(|e| {
+            let mut fields = match serde_json::to_value(&e.kind) {
+                Ok(serde_json::Value::Object(mut m)) => match m.values_mut().next() {
+                    Some(serde_json::Value::Object(inner)) => std::mem::take(inner),
+                    _ => serde_json::Map::new(),
+                },
+                _ => serde_json::Map::new(),
+            };
+            fields.insert("seq".into(), e.seq.into());
+            fields.insert("ts".into(), e.ts.into());
+            fields.insert("kind".into(), e.kind.name().into());
+            serde_json::Value::Object(fields)
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({"entries": entries, "next_after": next_after}),
+    ))
 }

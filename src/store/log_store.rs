@@ -190,6 +190,38 @@ fn record_len(bytes: &[u8], at: usize) -> u64 {
     4 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as u64
 }
 
+/// Entries after `after` (a seq), in order, that `keep` accepts, at most
+/// `limit` of them, read from a data dir's segments while a server may be
+/// writing (a torn or damaged record ends the read). For the admin API's
+/// ledger pages; each call reads the segments it needs from disk.
+pub fn read_page(
+    dir: &Path,
+    after: u64,
+    limit: usize,
+    mut keep: impl FnMut(&Entry) -> bool,
+) -> std::io::Result<Vec<Entry>> {
+    let seg_dir = dir.join("ledger");
+    let segments = list_segments(&seg_dir)?;
+    let start = segments.iter().rposition(|&f| f <= after + 1).unwrap_or(0);
+    let mut out = Vec::new();
+    for &first in &segments[start..] {
+        let bytes = std::fs::read(seg_dir.join(seg_name(first)))?;
+        let (entries, damage) = scan(&bytes, first);
+        for (_, e) in entries {
+            if e.seq > after && keep(&e) {
+                out.push(e);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if damage.is_some() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
