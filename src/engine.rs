@@ -100,6 +100,8 @@ pub struct EngineStats {
     pub last_seq: AtomicU64,
     pub open_holds: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Outcomes, latencies and group commit figures for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 struct Core {
@@ -468,8 +470,14 @@ impl Committer {
     /// replies waiting for it. False when the write failed.
     fn commit(&mut self, now: u64, entries: Vec<Entry>) -> bool {
         let mark = self.store.mark();
+        let started = std::time::Instant::now();
         match self.write(now, &entries) {
             Ok(()) => {
+                if !entries.is_empty() {
+                    let m = &self.stats.metrics;
+                    m.write_us.observe(started.elapsed().as_micros() as u64);
+                    m.group_entries.observe(entries.len() as u64);
+                }
                 let s = &self.stats;
                 if let Some(last) = entries.last() {
                     s.batches.fetch_add(1, Ordering::Relaxed);

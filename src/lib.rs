@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod engine;
+pub mod metrics;
 pub mod resp;
 pub mod state;
 pub mod store;

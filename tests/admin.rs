@@ -244,6 +244,10 @@ fn metrics_and_the_openapi_document() {
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET org:m TOKENS 100 PER DAY").unwrap();
     q(&mut c, "RESERVE m1 org:m gpt-4o INPUT 10");
+    assert_eq!(
+        q(&mut c, "RESERVE m2 org:m gpt-4o INPUT 1000").s("status"),
+        "denied"
+    );
     let (st, text) = h.get("/metrics");
     assert_eq!(st, 200);
     let text = text.as_str().unwrap().to_string();
@@ -254,14 +258,39 @@ fn metrics_and_the_openapi_document() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut w = rest.split_whitespace();
             typed.insert(w.next().unwrap().to_string());
-            assert!(matches!(w.next(), Some("counter" | "gauge")), "{line}");
+            assert!(
+                matches!(w.next(), Some("counter" | "gauge" | "histogram")),
+                "{line}"
+            );
         } else if !line.starts_with('#') {
-            let (name, value) = line.split_once(' ').unwrap();
-            assert!(typed.contains(name), "{name} has no TYPE");
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                .unwrap_or(name);
+            assert!(typed.contains(family), "{name} has no TYPE");
             value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
         }
     }
     assert!(text.contains("\nspendb_open_holds 1\n"), "{text}");
+    // Outcomes and latencies counted from the Redis port's traffic.
+    assert!(
+        text.contains("spendb_reserves_total{outcome=\"granted\",dim=\"\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spendb_request_duration_seconds_count{command=\"reserve\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spendb_group_commit_entries_count "),
+        "{text}"
+    );
+    assert!(
+        text.contains("spendb_reserves_total{outcome=\"denied\",dim=\"TOKENS\"} 1\n"),
+        "{text}"
+    );
     let (st, doc) = h.get("/v1/openapi.json");
     assert_eq!(st, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

@@ -1,8 +1,9 @@
 //! `/metrics` in the Prometheus text exposition format (version 0.0.4):
-//! the engine's counters and the response cache's statistics. Every metric
-//! has a fixed label set (no per-scope or per-model labels yet), so the
-//! series count is bounded by the number of cache namespaces... which is
-//! not labelled either: cache figures are summed over namespaces.
+//! the engine's counters, the response cache's statistics (summed over
+//! namespaces), and `crate::metrics` (outcomes by dimension, latency per
+//! command, group commit sizes and write times). Every label set is fixed
+//! in advance: no per-scope, per-model or per-namespace labels, so the
+//! number of series does not grow with the data.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -118,6 +119,7 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         "USD of the COST of every cache hit since start.",
         crate::state::money::format_signed_usd(c.saved as i128),
     );
+    ctx.engine.stats.metrics.write(&mut out);
     (
         [(
             header::CONTENT_TYPE,

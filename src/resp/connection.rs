@@ -18,6 +18,7 @@ use super::count;
 use super::encode::encode;
 use super::frame::{self, FrameError};
 use super::ServerCtx;
+use crate::metrics::Counted;
 use crate::state::Value;
 
 /// Most requests taken from the buffer before replying.
@@ -59,6 +60,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
     loop {
         let mut slots = Vec::new();
         let mut cmds = Vec::new();
+        // What each engine command is, for the metrics (the commands
+        // themselves go to the engine).
+        let mut kinds: Vec<(Counted, usize)> = Vec::new();
         let mut close = false;
         while slots.len() < MAX_PIPELINE {
             match frame::parse(&rbuf, &ctx.limits) {
@@ -88,6 +92,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             match cache_cmd::run(&ctx.cache, &name, &args[1..]) {
                                 cache_cmd::Outcome::Reply(v) => slots.push(Slot::Now(v)),
                                 cache_cmd::Outcome::HitSaved(v, c) => {
+                                    kinds.push((Counted::Other, command_index(&name)));
                                     cmds.push(c);
                                     slots.push(Slot::AfterEngine(v));
                                 }
@@ -108,6 +113,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             };
                             match parsed {
                                 Ok(c) => {
+                                    kinds.push((Counted::of(&c), command_index(&name)));
                                     cmds.push(c);
                                     slots.push(Slot::Engine);
                                 }
@@ -138,9 +144,18 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             let mut replies = if cmds.is_empty() {
                 Vec::new()
             } else {
-                ctx.engine
+                let started = std::time::Instant::now();
+                let r = ctx
+                    .engine
                     .execute_as(cmds, conn.user.as_ref().and_then(|u| u.access.clone()))
-                    .await
+                    .await;
+                let us = started.elapsed().as_micros() as u64;
+                let m = &ctx.engine.stats.metrics;
+                for ((kind, i), reply) in kinds.iter().zip(&r) {
+                    m.count(*kind, reply);
+                    m.observe_latency(*i, us);
+                }
+                r
             }
             .into_iter();
             for s in &slots {
@@ -181,6 +196,14 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             Ok(_) => {}
         }
     }
+}
+
+/// Position of a command in the table (engine commands only reach here).
+fn command_index(name: &str) -> usize {
+    cmd::COMMANDS
+        .iter()
+        .position(|c| c.0 == name)
+        .expect("an engine command of the table")
 }
 
 fn word(b: &[u8]) -> String {
