@@ -360,3 +360,29 @@ fn the_ledger_in_pages_with_filters() {
     assert_eq!(h.get("/v1/ledger?after=x").0, 400);
     assert_eq!(h.get("/v1/ledger?after=99").1["entries"], json!([]));
 }
+
+#[test]
+fn the_dashboard_page_is_served_from_the_binary() {
+    let s = Server::start(&["--admin-token", "t"]);
+    // The page holds no data (its script reads /v1 with the token), so it
+    // is served without one.
+    let resp = ureq::get(&format!("http://127.0.0.1:{}/", s.admin_port))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.content_type().starts_with("text/html"));
+    let page = resp.into_string().unwrap();
+    for needle in [
+        "/v1/budgets",
+        "/v1/balances/",
+        "/v1/holds",
+        "/v1/cache/stats",
+        "Bearer ",
+    ] {
+        assert!(page.contains(needle), "{needle}");
+    }
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no outside resources"
+    );
+}

@@ -221,6 +221,12 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// The dashboard: one page embedded in the binary (no CDN, no build step);
+/// its script reads the `/v1` API (asking for the token if one is set).
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOTFOUND", "no such route")
 }
@@ -232,6 +238,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .merge(protected)
