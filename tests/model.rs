@@ -66,6 +66,14 @@ enum Op {
     },
     PriceSet(usize, u64, u64),
     Advance(u64),
+    /// STEP run sig [SCOPE scope] [MAX max]
+    Step {
+        run: usize,
+        sig: usize,
+        scope: Option<usize>,
+        max: Option<u64>,
+    },
+    RunEnd(usize),
 }
 
 fn usage() -> impl Strategy<Value = Usage> {
@@ -96,6 +104,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(scope, model, usage, id)| Op::Spend { scope, model, usage, id }),
         1 => (0..3usize, 0u64..20_000_000_000, 0u64..80_000_000_000).prop_map(|(m, i, o)| Op::PriceSet(m, i, o)),
         5 => prop_oneof![0u64..50, 0u64..3_000, Just(60_000u64), Just(3_600_000u64), Just(86_400_000u64)].prop_map(Op::Advance),
+        4 => (0usize..3, 0usize..4, prop::option::of(0..SCOPES.len()), prop::option::of(1u64..6))
+            .prop_map(|(run, sig, scope, max)| Op::Step { run, sig, scope, max }),
+        1 => (0usize..3).prop_map(Op::RunEnd),
     ]
 }
 
@@ -130,6 +141,10 @@ struct Reference {
     holds: HashMap<String, RHold>,
     spends: HashMap<String, (String, String, Usage, u64)>,
     prices: HashMap<String, Price>,
+    /// run → (scope of its first step, steps, signatures of allowed steps,
+    /// last activity)
+    runs: BTreeMap<String, (Option<String>, u64, Vec<usize>, u64)>,
+    loop_denials: HashMap<String, u64>,
 }
 
 fn within(scope: &str, prefix: &str) -> bool {
@@ -335,10 +350,29 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Advance(ms) => {
                 now += ms;
                 rf.expire(now);
+                // Runs idle since before now - timeout are forgotten by tick.
+                let cutoff = now.saturating_sub(config.run_timeout_ms);
+                rf.runs.retain(|_, r| r.3 >= cutoff);
                 st.tick(now, &mut ledger);
                 check_balances(&st, &rf, now)?;
                 continue;
             }
+            Op::Step {
+                run,
+                sig,
+                scope,
+                max,
+            } => Command::Step {
+                run: format!("run{run}"),
+                signature: format!("tool-{sig}").into_bytes(),
+                scope: scope.map(|s| SCOPES[s].to_string()),
+                max: *max,
+                repeats: None,
+                window: None,
+            },
+            Op::RunEnd(run) => Command::RunEnd {
+                run: format!("run{run}"),
+            },
         };
         let reply = st.apply(now, &cmd, &mut ledger);
         let got = status(&reply);
@@ -606,6 +640,60 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 rf.prices.insert(model.clone(), price);
             }
+            Command::Step {
+                run,
+                signature,
+                scope,
+                max,
+                ..
+            } => {
+                let sig = signature[5] as usize; // "tool-N"
+                let max = max.unwrap_or(100);
+                let (steps, seen) = match rf.runs.get(run) {
+                    Some(r) => (
+                        r.1,
+                        1 + r.2.iter().rev().take(4).filter(|&&x| x == sig).count() as u64,
+                    ),
+                    None => (0, 1),
+                };
+                let reason = if steps >= max {
+                    Some("max_steps")
+                } else if seen >= 3 {
+                    Some("repeated")
+                } else {
+                    None
+                };
+                let r = rf
+                    .runs
+                    .entry(run.clone())
+                    .or_insert((scope.clone(), 0, Vec::new(), now));
+                if r.0.is_none() {
+                    r.0 = scope.clone();
+                }
+                r.3 = now;
+                match reason {
+                    Some(why) => {
+                        prop_assert_eq!(got, "denied");
+                        prop_assert_eq!(reply.field("reason"), Some(&Value::str(why)));
+                        if let Some(s) = scope {
+                            for a in ancestors(s) {
+                                *rf.loop_denials.entry(a).or_default() += 1;
+                            }
+                        }
+                    }
+                    None => {
+                        prop_assert_eq!(got, "ok");
+                        r.1 += 1;
+                        r.2.push(sig);
+                        prop_assert_eq!(reply.field("steps"), Some(&Value::Int(r.1 as i64)));
+                    }
+                }
+                prop_assert_eq!(reply.field("repeats"), Some(&Value::Int(seen as i64)));
+            }
+            Command::RunEnd { run } => match rf.runs.remove(run) {
+                Some(r) => prop_assert_eq!(reply.field("steps"), Some(&Value::Int(r.1 as i64))),
+                None => prop_assert_eq!(got, "error:UNKNOWN"),
+            },
             _ => unreachable!(),
         }
         check_balances(&st, &rf, now)?;
@@ -629,6 +717,12 @@ fn check_balances(st: &State, rf: &Reference, now: u64) -> Result<(), TestCaseEr
         let node = st.nodes.get(*s).cloned().unwrap_or_default();
         prop_assert_eq!(node.held.0, rf.held(s), "held at {}", s);
         prop_assert_eq!(node.spent.0, rf.spent(s), "spent at {}", s);
+        prop_assert_eq!(
+            node.loop_denials,
+            rf.loop_denials.get(*s).copied().unwrap_or(0),
+            "loop denials at {}",
+            s
+        );
         let want: Vec<_> = rf.budgets.get(*s).cloned().unwrap_or_default();
         prop_assert_eq!(node.limits.len(), want.len(), "limits at {}", s);
         for (l, (spec, since)) in node.limits.iter().zip(&want) {
