@@ -386,3 +386,53 @@ fn the_dashboard_page_is_served_from_the_binary() {
         "no outside resources"
     );
 }
+
+#[test]
+fn spend_reports_by_scope_model_and_time() {
+    let s = Server::start(&[]);
+    let h = Http::new(&s, None);
+    let mut c = s.conn();
+    // gpt-4o: $2.50/M in, $10/M out.
+    q(
+        &mut c,
+        "RESERVE r1 org:a/team:x/agent:1 gpt-4o INPUT 1000 OUTPUT 1000",
+    );
+    q(&mut c, "COMMIT r1 INPUT 1000 OUTPUT 500"); // 0.0025 + 0.005 = 0.0075
+    q(&mut c, "RESERVE r2 org:b/agent:2 gpt-4o-mini INPUT 1000");
+    q(&mut c, "COMMIT r2 INPUT 1000 OUTPUT 0"); // gpt-4o-mini: $0.15/M → 0.00015
+    q(&mut c, "SPEND org:a/team:y gpt-4o INPUT 2000 OUTPUT 0"); // 0.005
+    q(&mut c, "RESERVE r3 org:a gpt-4o INPUT 50"); // open: not spend
+    raw(&mut c, "CACHE.SET llm k v COST 0.25").unwrap();
+    raw(&mut c, "CACHE.GET llm k SCOPE org:b/agent:2").unwrap();
+
+    let (st, v) = h.get("/v1/reports/spend");
+    assert_eq!(st, 200);
+    assert_eq!(
+        v["groups"],
+        json!([
+            {"key": "org:a", "cost": "0.0125", "tokens": 3500, "requests": 2, "saved": "0"},
+            {"key": "org:b", "cost": "0.00015", "tokens": 1000, "requests": 1, "saved": "0.25"},
+        ])
+    );
+    assert_eq!(v["total"]["cost"], "0.01265");
+    let (_, v) = h.get("/v1/reports/spend?group=scope&level=2&scope=org:a");
+    let keys: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["org:a/team:x", "org:a/team:y"]);
+    let (_, v) = h.get("/v1/reports/spend?group=model&top=1");
+    assert_eq!(
+        v["groups"],
+        json!([{"key": "gpt-4o", "cost": "0.0125", "tokens": 3500, "requests": 2, "saved": "0"}])
+    );
+    let (_, v) = h.get("/v1/reports/spend?group=day");
+    assert_eq!(v["groups"].as_array().unwrap().len(), 1);
+    assert!(v["groups"][0]["key"].as_str().unwrap().starts_with("20"));
+    let (_, v) = h.get("/v1/reports/spend?from=0&to=1");
+    assert_eq!(v["groups"], json!([]));
+    assert_eq!(h.get("/v1/reports/spend?group=planet").0, 422);
+    assert_eq!(h.get("/v1/reports/spend?top=x").0, 400);
+}

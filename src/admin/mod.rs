@@ -172,6 +172,7 @@ async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Resp
         routes::get_balance,
         routes::list_holds,
         routes::ledger,
+        routes::spend_report,
         routes::get_hold,
         routes::list_prices,
         routes::put_price,

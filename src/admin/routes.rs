@@ -34,6 +34,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/v1/balances/{*scope}", get(get_balance))
         .route("/v1/holds", get(list_holds))
         .route("/v1/ledger", get(ledger))
+        .route("/v1/reports/spend", get(spend_report))
         .route("/v1/holds/{id}", get(get_hold))
         .route("/v1/prices", get(list_prices))
         .route("/v1/prices/{model}", axum::routing::put(put_price))
@@ -417,5 +418,172 @@ pub async fn ledger(State(ctx): State<Ctx>, q: QueryResult<LedgerQuery>) -> Repl
         .collect();
     Ok(Json(
         serde_json::json!({"entries": entries, "next_after": next_after}),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// `scope` (default), `model`, `day` or `hour` (UTC).
+    group: Option<String>,
+    /// With group=scope: how many segments of the scope to keep (default 1:
+    /// the top-level scope, e.g. org:acme).
+    #[param(value_type = Option<u32>, nullable = false, minimum = 1, maximum = 8)]
+    level: Option<String>,
+    /// Only spend at or below this scope.
+    scope: Option<String>,
+    /// Spend at or after this time (ms since the Unix epoch).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    from: Option<String>,
+    /// Spend before this time (ms since the Unix epoch).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    to: Option<String>,
+    /// Only the N largest groups by cost (default all).
+    #[param(value_type = Option<u32>, nullable = false, minimum = 1, maximum = 10000)]
+    top: Option<String>,
+}
+
+#[derive(Default)]
+struct Group {
+    cost: u64,
+    tokens: u64,
+    requests: u64,
+    saved: u64,
+}
+
+/// Spend over a time range, grouped by scope level, model, UTC day or hour,
+/// largest first: `{"groups": [{"key", "cost", "tokens", "requests",
+/// "saved"}], "total": {…}}` (USD as decimal strings). Built from the
+/// ledger (commits, spends, cache savings), reading it whole on the blocking
+/// pool: its cost grows with the ledger.
+#[utoipa::path(get, path = "/v1/reports/spend", params(ReportQuery), security(("bearer" = [])),
+    responses((status = 200, description = "spend by group", body = Object), (status = 400, description = "bad query", body = Object),
+        (status = 422, description = "bad group or range", body = Object)))]
+pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -> Reply {
+    use crate::state::EntryKind as K;
+    let q = query(q)?;
+    let group = q.group.clone().unwrap_or_else(|| "scope".into());
+    if !matches!(group.as_str(), "scope" | "model" | "day" | "hour") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "group must be scope, model, day or hour",
+        ));
+    }
+    let level = number(&q.level, "level")?.unwrap_or(1) as usize;
+    let top = number(&q.top, "top")?.map(|n| n as usize);
+    if level == 0 || level > 8 || top.is_some_and(|t| t == 0 || t > 10_000) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "level must be from 1 to 8 and top from 1 to 10000",
+        ));
+    }
+    let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
+    let dir = ctx.data_dir.clone();
+    let prefix = q.scope.clone();
+    let groups = tokio::task::spawn_blocking(move || {
+        // A commit names its hold; the hold's entry, earlier in the ledger,
+        // names the scope and model.
+        let mut holds: std::collections::HashMap<String, (String, String)> = Default::default();
+        let mut groups: std::collections::HashMap<String, Group> = Default::default();
+        let mut after = 0;
+        loop {
+            let page = crate::store::log_store::read_page(&dir, after, 65_536, |_| true)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in &page {
+                let (scope, model, cost, tokens, requests, saved) = match &e.kind {
+                    K::Hold {
+                        id, scope, model, ..
+                    } => {
+                        holds.insert(id.clone(), (scope.clone(), model.clone()));
+                        continue;
+                    }
+                    K::Commit {
+                        id, usage, cost, ..
+                    } => match holds.get(id) {
+                        Some((s, m)) => (
+                            s.clone(),
+                            m.clone(),
+                            *cost,
+                            usage.input + usage.output,
+                            1,
+                            0,
+                        ),
+                        None => continue,
+                    },
+                    K::Spend {
+                        scope,
+                        model,
+                        usage,
+                        cost,
+                        ..
+                    } => (
+                        scope.clone(),
+                        model.clone(),
+                        *cost,
+                        usage.input + usage.output,
+                        1,
+                        0,
+                    ),
+                    K::Saved { scope, cost } => (scope.clone(), String::new(), 0, 0, 0, *cost),
+                    _ => continue,
+                };
+                if from.is_some_and(|f| e.ts < f) || to.is_some_and(|t| e.ts >= t) {
+                    continue;
+                }
+                if prefix
+                    .as_deref()
+                    .is_some_and(|p| !crate::state::scope::is_within(&scope, p))
+                {
+                    continue;
+                }
+                let key = match group.as_str() {
+                    "scope" => scope.split('/').take(level).collect::<Vec<_>>().join("/"),
+                    "model" if saved > 0 => continue,
+                    "model" => model,
+                    "day" => chrono::DateTime::from_timestamp_millis(e.ts as i64)
+                        .map_or(String::new(), |t| t.format("%Y-%m-%d").to_string()),
+                    _ => chrono::DateTime::from_timestamp_millis(e.ts as i64)
+                        .map_or(String::new(), |t| t.format("%Y-%m-%dT%H:00Z").to_string()),
+                };
+                let g = groups.entry(key).or_default();
+                g.cost = g.cost.saturating_add(cost);
+                g.tokens = g.tokens.saturating_add(tokens);
+                g.requests += requests;
+                g.saved = g.saved.saturating_add(saved);
+            }
+        }
+        Ok::<_, std::io::Error>(groups)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))?;
+    let usd = |n: u64| crate::state::money::format_usd(n);
+    let mut rows: Vec<(String, Group)> = groups.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
+    let mut total = Group::default();
+    for (_, g) in &rows {
+        total.cost += g.cost;
+        total.tokens += g.tokens;
+        total.requests += g.requests;
+        total.saved += g.saved;
+    }
+    let json = |key: Option<&str>, g: &Group| {
+        let mut o = serde_json::json!({"cost": usd(g.cost), "tokens": g.tokens, "requests": g.requests, "saved": usd(g.saved)});
+        if let Some(k) = key {
+            o["key"] = k.into();
+        }
+        o
+    };
+    let shown: Vec<serde_json::Value> = rows
+        .iter()
+        .take(top.unwrap_or(usize::MAX))
+        .map(|(k, g)| json(Some(k), g))
+        .collect();
+    Ok(Json(
+        serde_json::json!({"groups": shown, "total": json(None, &total)}),
     ))
 }
