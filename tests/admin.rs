@@ -436,3 +436,30 @@ fn spend_reports_by_scope_model_and_time() {
     assert_eq!(h.get("/v1/reports/spend?group=planet").0, 422);
     assert_eq!(h.get("/v1/reports/spend?top=x").0, 400);
 }
+
+#[test]
+fn a_burn_rate_forecast_per_budget() {
+    let s = Server::start(&[]);
+    let h = Http::new(&s, None);
+    let mut c = s.conn();
+    raw(
+        &mut c,
+        "BUDGET.SET org:f TOKENS 1000000 PER MONTH REQUESTS 10 ROLLING 1m",
+    )
+    .unwrap();
+    q(&mut c, "SPEND org:f gpt-4o INPUT 500 OUTPUT 0");
+    let (st, v) = h.get("/v1/reports/forecast/org:f");
+    assert_eq!(st, 200);
+    let limits = v["limits"].as_array().unwrap();
+    let month = &limits[0];
+    assert_eq!(
+        (month["dim"].as_str(), month["used"].as_i64()),
+        (Some("TOKENS"), Some(500))
+    );
+    // At least what is used; the period end is in the future.
+    assert!(month["projected"].as_i64().unwrap() >= 500);
+    assert!(month["period_end"].as_i64().unwrap() > 0);
+    // A rolling window has no period end: no projection.
+    assert_eq!(limits[1]["projected"], Value::Null);
+    assert_eq!(h.get("/v1/reports/forecast/org:none").0, 404);
+}

@@ -173,6 +173,7 @@ async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Resp
         routes::list_holds,
         routes::ledger,
         routes::spend_report,
+        routes::forecast,
         routes::get_hold,
         routes::list_prices,
         routes::put_price,

@@ -35,6 +35,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/v1/holds", get(list_holds))
         .route("/v1/ledger", get(ledger))
         .route("/v1/reports/spend", get(spend_report))
+        .route("/v1/reports/forecast/{*scope}", get(forecast))
         .route("/v1/holds/{id}", get(get_hold))
         .route("/v1/prices", get(list_prices))
         .route("/v1/prices/{model}", axum::routing::put(put_price))
@@ -586,4 +587,15 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
     Ok(Json(
         serde_json::json!({"groups": shown, "total": json(None, &total)}),
     ))
+}
+
+/// Burn-rate forecast of a scope's calendar limits: for each, the usage
+/// projected at the period's end at this period's rate so far, and when the
+/// limit runs out at that rate (`exhausted_at`, null if not this period).
+#[utoipa::path(get, path = "/v1/reports/forecast/{scope}", params(("scope" = String, Path, description = "a scope with limits")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "the forecast", body = Object), (status = 404, description = "no limits on the scope", body = Object),
+        (status = 422, description = "bad scope", body = Object)))]
+pub async fn forecast(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Reply {
+    run(&ctx, Command::Forecast { scope }).await
 }

@@ -42,6 +42,10 @@ pub enum Command {
     HoldGet {
         hold: String,
     },
+    /// Burn-rate forecast of a scope's calendar limits (admin API).
+    Forecast {
+        scope: String,
+    },
     /// Open holds at or below a scope, oldest first (admin API).
     HoldList {
         prefix: Option<String>,
@@ -97,6 +101,7 @@ impl Command {
             | Command::BudgetDel { scope }
             | Command::Spend { scope, .. }
             | Command::Balance { scope }
+            | Command::Forecast { scope }
             | Command::CacheSaved { scope, .. } => Some(scope),
             Command::Reserve(a) => Some(&a.scope),
             Command::Step {

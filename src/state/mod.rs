@@ -244,6 +244,7 @@ impl State {
             Command::Reserve(a) => self.reserve(now, a, out),
             Command::Commit { hold, usage } => self.commit(now, hold, usage, out),
             Command::Release { hold } => self.release(now, hold, out),
+            Command::Forecast { scope } => self.forecast(now, scope),
             Command::HoldList { prefix, limit } => {
                 let mut open: Vec<(&str, Hold)> = self
                     .holds
@@ -587,6 +588,66 @@ impl State {
         }
         fields.push(("repeats", Value::Int(seen as i64)));
         Value::Map(fields)
+    }
+
+    /// For each calendar limit on the scope: the rate so far this period
+    /// (used / elapsed), the usage projected at the period's end at that
+    /// rate, and when the limit runs out at that rate (None if it does not
+    /// within the period). Rolling and TOTAL limits have no period end and
+    /// are listed without a projection.
+    fn forecast(&self, now: u64, scope: &str) -> Value {
+        if let Err(e) = scope::validate_scope(scope) {
+            return syntax(e);
+        }
+        let Some(node) = self.nodes.get(scope).filter(|n| !n.limits.is_empty()) else {
+            return Value::err("UNKNOWN", format!("budget {scope}"));
+        };
+        let items = node
+            .limits
+            .iter()
+            .map(|l| {
+                let dim = l.spec.dim;
+                let (used, held) = (l.used(now) as u128, node.held.get(dim) as u128);
+                let mut f = vec![
+                    ("dim", Value::str(dim.name())),
+                    ("window", Value::Str(l.spec.window.describe())),
+                    ("limit", amount_value(dim, l.spec.amount as i128)),
+                    ("used", amount_value(dim, used as i128)),
+                    ("held", amount_value(dim, held as i128)),
+                ];
+                let limit::Window::Calendar(p) = l.spec.window else {
+                    f.extend([("projected", Value::Null), ("exhausted_at", Value::Null)]);
+                    return Value::Map(f);
+                };
+                let (start, end) = (limit::period_start(p, now), limit::period_end(p, now));
+                let elapsed = now.saturating_sub(start).max(1) as u128;
+                let left = end.saturating_sub(now) as u128;
+                // Integer arithmetic: rate = used / elapsed per ms.
+                let projected = used + used * left / elapsed;
+                let room = (l.spec.amount as u128).saturating_sub(used + held);
+                let exhausted_at = if used == 0 {
+                    None
+                } else if room == 0 {
+                    Some(now)
+                } else {
+                    let at = now as u128 + room * elapsed / used;
+                    (at < end as u128).then_some(at as u64)
+                };
+                f.extend([
+                    ("period_end", Value::Int(end as i64)),
+                    ("projected", amount_value(dim, projected as i128)),
+                    (
+                        "exhausted_at",
+                        exhausted_at.map_or(Value::Null, |t| Value::Int(t as i64)),
+                    ),
+                ]);
+                Value::Map(f)
+            })
+            .collect();
+        Value::Map(vec![
+            ("scope", Value::str(scope)),
+            ("limits", Value::Array(items)),
+        ])
     }
 
     fn price_of(&self, model: &str) -> Option<Price> {
@@ -1246,4 +1307,66 @@ fn price_value(model: &str, matched: &str, p: &Price) -> Value {
     ];
     f.extend(p.describe().into_iter().map(|(k, v)| (k, Value::Str(v))));
     Value::Map(f)
+}
+
+#[cfg(test)]
+mod forecast_tests {
+    use super::*;
+    use crate::state::limit::{LimitSpec, Period, Window};
+
+    #[test]
+    fn the_period_rate_projects_the_end_and_the_exhaustion_time() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let day = limit::period_start(Period::Day, 1_795_305_600_123);
+        let hour = 3_600_000;
+        let set = Command::BudgetSet {
+            scope: "org:f".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Calendar(Period::Day),
+                amount: 1000,
+            }],
+        };
+        st.apply(day, &set, &mut out);
+        let spend = Command::Spend {
+            scope: "org:f".into(),
+            model: "gpt-4o".into(),
+            usage: price::Usage {
+                input: 300,
+                output: 0,
+                cached: 0,
+                cache_write: 0,
+            },
+            id: None,
+        };
+        st.apply(day + hour, &spend, &mut out);
+        let now = day + 6 * hour;
+        let v = st.apply(
+            now,
+            &Command::Forecast {
+                scope: "org:f".into(),
+            },
+            &mut out,
+        );
+        let Value::Array(limits) = v.field("limits").unwrap().clone() else {
+            panic!("{v:?}")
+        };
+        let l = &limits[0];
+        // 300 tokens in 6 h: 1200 by the end of the day; the other 700 go
+        // in 14 h at that rate.
+        assert_eq!(l.field("projected"), Some(&Value::Int(1200)));
+        assert_eq!(
+            l.field("exhausted_at"),
+            Some(&Value::Int((now + 14 * hour) as i64))
+        );
+        assert_eq!(
+            l.field("period_end"),
+            Some(&Value::Int((day + 24 * hour) as i64))
+        );
+        let none = Command::Forecast {
+            scope: "org:none".into(),
+        };
+        assert!(st.apply(now, &none, &mut out).is_error());
+    }
 }
