@@ -10,18 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/bench/sweep.csv}
 conns=${2:-"1 4 16 50 100 200"}
-peer=${PEER_DIR:-../shared/peer}
-cargo build --release --quiet
-bin=./target/release/spendb
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/lib.sh
 rb() { redis-benchmark --csv "$@" 2>/dev/null | tail -1 | tr -d '"' | awk -F, '{print $2","$7}'; }
 
 sp=$(free_port); rp=$(free_port)

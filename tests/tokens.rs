@@ -96,37 +96,23 @@ fn reserve_text_holds_the_counted_prompt() {
     raw(&mut c, "BUDGET.SET org:t TOKENS 1000000 PER DAY").unwrap();
     let prompt = data("code.txt");
     let want = reference()["o200k_base"]["code.txt"].as_u64().unwrap() as i64;
-    let r = fields(cmd(
-        &mut c,
-        &[
-            b"RESERVE",
-            b"t1",
-            b"org:t/agent:a",
-            b"gpt-4o",
-            b"TEXT",
-            prompt.as_bytes(),
-            b"OUTPUT",
-            b"100",
-        ],
-    ));
+    let reserve: [&[u8]; 8] = [
+        b"RESERVE",
+        b"t1",
+        b"org:t/agent:a",
+        b"gpt-4o",
+        b"TEXT",
+        prompt.as_bytes(),
+        b"OUTPUT",
+        b"100",
+    ];
+    let r = fields(cmd(&mut c, &reserve));
     assert_eq!(r.s("status"), "granted");
     assert_eq!(r.i("tokens"), want + 100);
     let h = q(&mut c, "HOLD.GET t1");
     assert_eq!(h.i("input"), want);
     // A repeat with the same text is the same request (idempotent).
-    let again = fields(cmd(
-        &mut c,
-        &[
-            b"RESERVE",
-            b"t1",
-            b"org:t/agent:a",
-            b"gpt-4o",
-            b"TEXT",
-            prompt.as_bytes(),
-            b"OUTPUT",
-            b"100",
-        ],
-    ));
+    let again = fields(cmd(&mut c, &reserve));
     assert_eq!(again.s("status"), "granted");
     let both = err(&mut c, "RESERVE t2 org:t gpt-4o INPUT 5 TEXT hello");
     assert!(

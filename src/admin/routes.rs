@@ -156,13 +156,6 @@ pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: 
             }
         }
     }
-    if b.limits.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ERR",
-            "limits must not be empty (DELETE removes a budget)",
-        ));
-    }
     run(&ctx, parse("budget.set", &words)?).await
 }
 
@@ -201,23 +194,7 @@ pub struct HoldsQuery {
         (status = 422, description = "limit out of range", body = Object)))]
 pub async fn list_holds(State(ctx): State<Ctx>, q: QueryResult<HoldsQuery>) -> Reply {
     let q = query(q)?;
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => l.parse::<usize>().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "BADQUERY",
-                format!("limit '{l}' is not a whole number"),
-            )
-        })?,
-    };
-    if limit == 0 || limit > 10_000 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ERR",
-            "limit must be from 1 to 10000",
-        ));
-    }
+    let limit = page_limit(&q.limit, 10_000)?;
     let Json(v) = run(
         &ctx,
         Command::HoldList {
@@ -352,6 +329,19 @@ fn number(v: &Option<String>, what: &str) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
+/// A `limit` query parameter: 100 by default, from 1 to `max`.
+fn page_limit(v: &Option<String>, max: usize) -> Result<usize, ApiError> {
+    let limit = number(v, "limit")?.unwrap_or(100) as usize;
+    if limit == 0 || limit > max {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            format!("limit must be from 1 to {max}"),
+        ));
+    }
+    Ok(limit)
+}
+
 fn entry_scope(k: &crate::state::EntryKind) -> Option<&str> {
     use crate::state::EntryKind as K;
     match k {
@@ -374,14 +364,7 @@ fn entry_scope(k: &crate::state::EntryKind) -> Option<&str> {
 pub async fn ledger(State(ctx): State<Ctx>, q: QueryResult<LedgerQuery>) -> Reply {
     let q = query(q)?;
     let after = number(&q.after, "after")?.unwrap_or(0);
-    let limit = number(&q.limit, "limit")?.unwrap_or(100) as usize;
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ERR",
-            "limit must be from 1 to 1000",
-        ));
-    }
+    let limit = page_limit(&q.limit, 1000)?;
     let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
     let dir = ctx.data_dir.clone();
     let (scope, kind) = (q.scope, q.kind);

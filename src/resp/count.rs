@@ -34,13 +34,19 @@ fn described(enc: Encoding, estimate: bool, mut fields: Vec<(&'static str, Value
     Value::Map(fields)
 }
 
-/// `COUNT <model> <text>` → tokens, encoding, estimate.
-pub async fn count(args: &Args<'_>) -> Value {
-    if args.len() != 2 {
-        return cmd::syntax("count");
+/// The `<model> <text>` both commands start with: the model's encoding,
+/// whether counts with it are estimates, and the text.
+fn model_and_text(name: &str, args: &Args, n: usize) -> Result<(Encoding, bool, String), Value> {
+    if args.len() != n {
+        return Err(cmd::syntax(name));
     }
     let (enc, estimate) = tokens::encoding_for(&String::from_utf8_lossy(&args[0]));
-    let text = match text_arg(&args[1]) {
+    Ok((enc, estimate, text_arg(&args[1])?))
+}
+
+/// `COUNT <model> <text>` → tokens, encoding, estimate.
+pub async fn count(args: &Args<'_>) -> Value {
+    let (enc, estimate, text) = match model_and_text("count", args, 2) {
         Ok(t) => t,
         Err(e) => return e,
     };
@@ -53,11 +59,7 @@ pub async fn count(args: &Args<'_>) -> Value {
 /// `TRUNCATE <model> <text> <max-tokens>` → text, tokens, truncated,
 /// encoding, estimate.
 pub async fn truncate(args: &Args<'_>) -> Value {
-    if args.len() != 3 {
-        return cmd::syntax("truncate");
-    }
-    let (enc, estimate) = tokens::encoding_for(&String::from_utf8_lossy(&args[0]));
-    let text = match text_arg(&args[1]) {
+    let (enc, estimate, text) = match model_and_text("truncate", args, 3) {
         Ok(t) => t,
         Err(e) => return e,
     };

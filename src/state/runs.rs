@@ -74,8 +74,9 @@ impl Runs {
         self.runs.is_empty()
     }
 
-    /// Records an allowed step.
-    pub fn step(&mut self, id: &str, scope: Option<&str>, sig: u64, ts: u64) {
+    /// The run, created if new, marked active at `ts` (its place in the
+    /// idle index moves); it keeps the scope of its first step.
+    fn touch(&mut self, id: &str, scope: Option<&str>, ts: u64) -> &mut Run {
         self.rebuild_idle_if_needed();
         let run = self.runs.entry(id.to_string()).or_default();
         if run.steps > 0 || run.denials > 0 {
@@ -84,28 +85,24 @@ impl Runs {
         if run.scope.is_none() {
             run.scope = scope.map(str::to_string);
         }
+        run.last_at = ts;
+        self.idle.insert((ts, id.to_string()));
+        run
+    }
+
+    /// Records an allowed step.
+    pub fn step(&mut self, id: &str, scope: Option<&str>, sig: u64, ts: u64) {
+        let run = self.touch(id, scope, ts);
         run.steps += 1;
         run.recent.push_back(sig);
         if run.recent.len() > MAX_WINDOW as usize {
             run.recent.pop_front();
         }
-        run.last_at = ts;
-        self.idle.insert((ts, id.to_string()));
     }
 
     /// Records a denied step (the run counts as active).
     pub fn denied(&mut self, id: &str, scope: Option<&str>, ts: u64) {
-        self.rebuild_idle_if_needed();
-        let run = self.runs.entry(id.to_string()).or_default();
-        if run.steps > 0 || run.denials > 0 {
-            self.idle.remove(&(run.last_at, id.to_string()));
-        }
-        if run.scope.is_none() {
-            run.scope = scope.map(str::to_string);
-        }
-        run.denials += 1;
-        run.last_at = ts;
-        self.idle.insert((ts, id.to_string()));
+        self.touch(id, scope, ts).denials += 1;
     }
 
     pub fn end(&mut self, id: &str) -> Option<Run> {
