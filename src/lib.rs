@@ -8,3 +8,4 @@ pub mod resp;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod webhook;

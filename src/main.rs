@@ -254,8 +254,42 @@ struct ServeArgs {
     /// records the state holds if that is more (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     snapshot_every: u64,
+    /// Where alerts are POSTed as JSON (a scope's rules may name their own).
+    #[arg(long, env = "SPENDB_ALERT_WEBHOOK")]
+    alert_webhook: Option<String>,
+    /// First retry of a failed webhook POST after this long; each further
+    /// retry waits twice as long, up to --webhook-max-backoff.
+    #[arg(long, env = "SPENDB_WEBHOOK_BACKOFF", default_value = "500ms")]
+    webhook_backoff: String,
+    #[arg(long, env = "SPENDB_WEBHOOK_MAX_BACKOFF", default_value = "60s")]
+    webhook_max_backoff: String,
+    /// Timeout of one webhook POST.
+    #[arg(long, env = "SPENDB_WEBHOOK_TIMEOUT", default_value = "5s")]
+    webhook_timeout: String,
     #[command(flatten)]
     rules: RulesArgs,
+}
+
+fn webhook_config(a: &ServeArgs) -> Result<spendb::webhook::WebhookConfig, String> {
+    let ms = |s: &str, flag: &str| match parse_duration_ms(s) {
+        Ok(0) => Err(format!("{flag} must be more than 0")),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(e) => Err(format!("{flag}: {e}")),
+    };
+    if let Some(u) = &a.alert_webhook {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!(
+                "--alert-webhook '{u}': expected an http:// or https:// URL"
+            ));
+        }
+    }
+    Ok(spendb::webhook::WebhookConfig {
+        default_url: a.alert_webhook.clone(),
+        timeout: ms(&a.webhook_timeout, "--webhook-timeout")?,
+        base_backoff: ms(&a.webhook_backoff, "--webhook-backoff")?,
+        max_backoff: ms(&a.webhook_max_backoff, "--webhook-max-backoff")?,
+        ..Default::default()
+    })
 }
 
 fn rules(a: &RulesArgs) -> Result<Config, String> {
@@ -346,6 +380,7 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     let rules = rules(&a.rules)?;
+    let webhooks = webhook_config(&a)?;
     let users = match &a.users {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -354,7 +389,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         }
         None => Vec::new(),
     };
-    let auth = resp::auth::Auth::new(a.requirepass.clone(), users);
+    let auth = Arc::new(resp::auth::Auth::new(a.requirepass.clone(), users));
     let has_password = auth.required();
     if !a.bind.is_loopback() && !has_password && !a.insecure_no_auth {
         return Err(format!(
@@ -363,13 +398,8 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             a.bind
         ));
     }
-    if !a.bind.is_loopback() && a.admin_token.is_none() && !a.insecure_no_auth {
-        return Err(format!(
-            "refusing to serve the admin API on {} without a token: set --admin-token, or bind \
-             127.0.0.1, or pass --insecure-no-auth if the network is trusted",
-            a.bind
-        ));
-    }
+    // Off loopback there is always a password by now, and the admin API
+    // then takes the same credentials (HTTP Basic) or --admin-token.
     let idle_timeout =
         match parse_duration_ms(&a.idle_timeout).map_err(|e| format!("--idle-timeout: {e}"))? {
             0 => None,
@@ -443,6 +473,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
                 }
             })
         };
+        let auth_for_admin = auth.clone();
         let ctx = Arc::new(ServerCtx {
             engine: handle.clone(),
             cache: cache.clone(),
@@ -473,9 +504,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             engine: handle.clone(),
             cache: cache.clone(),
             token: a.admin_token.clone(),
+            auth: auth_for_admin,
             data_dir: a.data_dir.clone(),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
+        let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);
         tracing::info!("serving the admin API on http://{admin_addr}");
         // Tests and scripts read this line to learn the ports.
         println!("spendb ready resp={addr} admin={admin_addr}");
@@ -485,6 +518,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
         }
         admin.abort();
+        webhooks.abort();
         handle.shutdown().await;
         sweeper.abort();
         if let Err(e) = cache.flush() {

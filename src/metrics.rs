@@ -107,6 +107,9 @@ pub struct Metrics {
     pub releases: AtomicU64,
     pub steps_denied: AtomicU64,
     pub errors: AtomicU64,
+    /// Alert webhook POSTs that succeeded, and attempts that failed.
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failed: AtomicU64,
     /// Request latency per command of the table, in µs (from the end of
     /// parsing to the reply being ready, including the durability wait).
     latency: Vec<(&'static str, Histogram)>,
@@ -132,6 +135,8 @@ impl Default for Metrics {
             releases: AtomicU64::new(0),
             steps_denied: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            webhook_delivered: AtomicU64::new(0),
+            webhook_failed: AtomicU64::new(0),
             latency: crate::resp::cmd::COMMANDS
                 .iter()
                 .map(|c| (c.0, Histogram::new(&LATENCY_BUCKETS_US)))
@@ -198,6 +203,22 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
         };
+        head(
+            out,
+            "spendb_webhook_posts_total",
+            "counter",
+            "Alert webhook POSTs: delivered (2xx), or failed and to be retried.",
+        );
+        let _ = writeln!(
+            out,
+            "spendb_webhook_posts_total{{result=\"delivered\"}} {}",
+            l(&self.webhook_delivered)
+        );
+        let _ = writeln!(
+            out,
+            "spendb_webhook_posts_total{{result=\"failed\"}} {}",
+            l(&self.webhook_failed)
+        );
         head(
             out,
             "spendb_reserves_total",

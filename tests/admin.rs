@@ -7,45 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-struct Http {
-    base: String,
-    token: Option<String>,
-}
-
-impl Http {
-    fn new(s: &Server, token: Option<&str>) -> Http {
-        Http {
-            base: format!("http://127.0.0.1:{}", s.admin_port),
-            token: token.map(str::to_string),
-        }
-    }
-
-    /// (status, JSON body or the text as a JSON string).
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let mut req = ureq::request(method, &format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let text = resp.into_string().unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, v)
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        self.call("GET", path, None)
-    }
-}
-
 #[test]
 fn budgets_balances_holds_prices_and_cache_stats() {
     let s = Server::start(&[]);
@@ -218,6 +179,65 @@ fn errors_are_json_with_the_right_status() {
 }
 
 #[test]
+fn users_of_the_redis_side_sign_in_with_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        r#"
+[users.ops]
+password = "ops-pw"
+commands = ["@admin"]
+[users.viewer]
+password = "view-pw"
+commands = ["@read"]
+[users.acme-agent]
+password = "agent-pw"
+commands = ["@agent"]
+scopes = ["org:acme"]
+"#,
+    )
+    .unwrap();
+    let s = Server::start(&["--users", users.to_str().unwrap()]);
+    let budget = Some(r#"{"limits": [{"dim": "TOKENS", "amount": 10, "per": "DAY"}]}"#);
+    let anon = Http::new(&s, None);
+    let (st, v) = anon.get("/v1/budgets");
+    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("NOAUTH")));
+    assert_eq!(Http::basic(&s, "ops", "wrong").get("/v1/budgets").0, 401);
+    assert_eq!(
+        Http::basic(&s, "nobody", "ops-pw").get("/v1/budgets").0,
+        401
+    );
+
+    let ops = Http::basic(&s, "ops", "ops-pw");
+    assert_eq!(ops.call("PUT", "/v1/budgets/org:acme", budget).0, 200);
+    assert_eq!(ops.get("/v1/budgets").0, 200);
+    let rules = Some(r#"{"thresholds": [50]}"#);
+    assert_eq!(ops.call("PUT", "/v1/alerts/rules/org:acme", rules).0, 200);
+
+    // @read: every GET, no writes.
+    let viewer = Http::basic(&s, "viewer", "view-pw");
+    for path in ["/v1/budgets", "/v1/alerts", "/metrics", "/v1/reports/spend"] {
+        assert_eq!(viewer.get(path).0, 200, "{path}");
+    }
+    let (st, v) = viewer.call("PUT", "/v1/budgets/org:acme", budget);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (403, Some("NOPERM")),
+        "{v}"
+    );
+    assert_eq!(
+        viewer.call("DELETE", "/v1/alerts/rules/org:acme", None).0,
+        403
+    );
+
+    // Users limited to scopes keep to the Redis port.
+    let agent = Http::basic(&s, "acme-agent", "agent-pw");
+    assert_eq!(agent.get("/v1/balances/org:acme").0, 403);
+    assert_eq!(anon.get("/healthz").0, 200);
+}
+
+#[test]
 fn a_token_protects_everything_but_health() {
     let s = Server::start(&["--admin-token", "s3cret"]);
     let anon = Http::new(&s, None);
@@ -248,6 +268,10 @@ fn metrics_and_the_openapi_document() {
         q(&mut c, "RESERVE m2 org:m gpt-4o INPUT 1000").s("status"),
         "denied"
     );
+    // Settled spend by top-level scope and model (1M gpt-4o input = $2.50).
+    q(&mut c, "SPEND org:m/agent:a gpt-4o INPUT 1000000 OUTPUT 0");
+    q(&mut c, "SPEND org:m gpt-4o-mini INPUT 10 OUTPUT 5");
+    q(&mut c, "SPEND org:n\"x gpt-4o INPUT 1 OUTPUT 0");
     let (st, text) = h.get("/metrics");
     assert_eq!(st, 200);
     let text = text.as_str().unwrap().to_string();
@@ -274,6 +298,14 @@ fn metrics_and_the_openapi_document() {
         }
     }
     assert!(text.contains("\nspendb_open_holds 1\n"), "{text}");
+    for line in [
+        "spendb_spend_requests_total{scope=\"org:m\",model=\"gpt-4o\"} 1\n",
+        "spendb_spend_tokens_total{scope=\"org:m\",model=\"gpt-4o\"} 1000000\n",
+        "spendb_spend_usd_total{scope=\"org:m\",model=\"gpt-4o\"} 2.5\n",
+        "spendb_spend_tokens_total{scope=\"org:m\",model=\"gpt-4o-mini\"} 15\n",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     // Outcomes and latencies counted from the Redis port's traffic.
     assert!(
         text.contains("spendb_reserves_total{outcome=\"granted\",dim=\"\"} 1\n"),

@@ -13,6 +13,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::Ctx;
+use crate::state::{Command, Value};
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -120,6 +121,7 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         crate::state::money::format_signed_usd(c.saved as i128),
     );
     ctx.engine.stats.metrics.write(&mut out);
+    spend_series(&ctx, &mut out).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -127,4 +129,63 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Settled spend by top-level scope and model: bounded by the state
+/// (`MAX_SERIES_SCOPES` × `MAX_SERIES_MODELS`, the rest under `_other`).
+async fn spend_series(ctx: &Ctx, out: &mut String) {
+    let Value::Array(rows) = ctx
+        .engine
+        .execute(vec![Command::SpendSeries])
+        .await
+        .remove(0)
+    else {
+        return;
+    };
+    let metrics = [
+        (
+            "spendb_spend_requests_total",
+            "requests",
+            "Settled calls (commits and spends) by top-level scope and model.",
+        ),
+        (
+            "spendb_spend_tokens_total",
+            "tokens",
+            "Settled tokens (input + output) by top-level scope and model.",
+        ),
+        (
+            "spendb_spend_usd_total",
+            "cost",
+            "Settled USD by top-level scope and model.",
+        ),
+    ];
+    for (name, field, help) in metrics {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for r in &rows {
+            let (Some(Value::Str(scope)), Some(Value::Str(model))) =
+                (r.field("scope"), r.field("model"))
+            else {
+                continue;
+            };
+            let v = match r.field(field) {
+                Some(Value::Int(n)) => n.to_string(),
+                Some(Value::Money(n)) => crate::state::money::format_signed_usd(*n),
+                _ => continue,
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{scope=\"{}\",model=\"{}\"}} {v}",
+                label(scope),
+                label(model)
+            );
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! (`status_of`). Request bodies are parsed here so that malformed JSON is a
 //! 400 and unknown fields or wrong types a 422, never a 500.
 
+mod alerts;
 mod metrics;
 mod routes;
 
@@ -36,6 +37,9 @@ pub struct AdminCtx {
     /// Bearer token required on everything but the health checks (None: no
     /// check; only allowed on a loopback address, like the Redis port).
     pub token: Option<String>,
+    /// The Redis side's users (`--requirepass`, `--users`): they may use the
+    /// API with HTTP Basic auth, within their rights (see `require_token`).
+    pub auth: Arc<crate::resp::auth::Auth>,
     /// The data dir (the ledger pages are read from its segments).
     pub data_dir: std::path::PathBuf,
 }
@@ -128,30 +132,88 @@ pub fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// Who may call the protected routes:
+/// - `Authorization: Bearer <--admin-token>`: everything;
+/// - `Authorization: Basic <user:password>` of a user of the Redis side
+///   (`default` with `--requirepass`, or one from `--users`): GETs need a
+///   read right (`budget.get`, in @read and @admin); a PUT or DELETE of a
+///   budget or price needs that command (`budget.set`, `budget.del`,
+///   `price.set`), anything else @admin. Users limited to some scopes are
+///   refused: the reports and the ledger are not filtered per user, so the
+///   Redis port is theirs;
+/// - with neither a token nor users configured (loopback only), no check.
 async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let Some(want) = &ctx.token else {
+    if ctx.token.is_none() && !ctx.auth.required() {
         return next.run(req).await;
-    };
-    let given = req
+    }
+    let header_value = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
-        next.run(req).await
-    } else {
-        let mut r = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "NOAUTH",
-            "a bearer token is required (Authorization: Bearer <--admin-token>)",
+    if let (Some(want), Some(given)) = (&ctx.token, header_value.strip_prefix("Bearer ")) {
+        if bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
+            return next.run(req).await;
+        }
+    }
+    if let Some(grant) = header_value
+        .strip_prefix("Basic ")
+        .and_then(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|raw| {
+            let colon = raw.iter().position(|&c| c == b':')?;
+            ctx.auth.check(Some(&raw[..colon]), &raw[colon + 1..])
+        })
+    {
+        let needed = needed_right(req.method(), req.uri().path());
+        let allowed = match &grant {
+            None => true,
+            Some(u) => u.access.is_none() && u.may_run(needed),
+        };
+        if allowed {
+            return next.run(req).await;
+        }
+        let who = grant.as_ref().map_or("default", |u| u.name.as_str());
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "NOPERM",
+            format!(
+                "user {who} may not {} {} (needs '{needed}' and no scope restriction)",
+                req.method(),
+                req.uri().path()
+            ),
         )
         .into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Bearer".parse().expect("valid header"),
-        );
-        r
+    }
+    let mut r = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "NOAUTH",
+        "credentials are required: Authorization: Bearer <--admin-token>, or Basic <user:password>",
+    )
+    .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer, Basic realm=\"spendb\""
+            .parse()
+            .expect("valid header"),
+    );
+    r
+}
+
+/// The command a user must be allowed to run for a request (see
+/// `require_token`); `admin` is only granted by @admin (`*`).
+fn needed_right(method: &axum::http::Method, path: &str) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET | Method::HEAD => "budget.get",
+        Method::PUT if path.starts_with("/v1/budgets/") => "budget.set",
+        Method::DELETE if path.starts_with("/v1/budgets/") => "budget.del",
+        Method::PUT if path.starts_with("/v1/prices/") => "price.set",
+        _ => "admin",
     }
 }
 
@@ -178,9 +240,13 @@ async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Resp
         routes::list_prices,
         routes::put_price,
         routes::cache_stats,
+        alerts::list_alerts,
+        alerts::list_rules,
+        alerts::put_rules,
+        alerts::delete_rules,
         metrics::metrics,
     ),
-    components(schemas(routes::BudgetBody, routes::LimitBody, routes::PriceBody)),
+    components(schemas(routes::BudgetBody, routes::LimitBody, routes::PriceBody, alerts::RulesBody, alerts::SpikeBody, alerts::RunawayBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -236,6 +302,7 @@ async fn not_found() -> ApiError {
 /// The admin router.
 pub fn router(ctx: Ctx) -> Router {
     let protected = routes::routes()
+        .merge(alerts::routes())
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(ctx.clone(), require_token));

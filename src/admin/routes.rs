@@ -15,11 +15,11 @@ use super::{body, json_of, run, ApiError, Ctx};
 use crate::resp::cmd;
 use crate::state::Command;
 
-type Reply = Result<Json<serde_json::Value>, ApiError>;
-type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+pub(super) type Reply = Result<Json<serde_json::Value>, ApiError>;
+pub(super) type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 /// A query string, or a JSON 400 naming what is wrong with it.
-fn query<T>(q: QueryResult<T>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: QueryResult<T>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BADQUERY", e.body_text()))
 }
@@ -310,7 +310,7 @@ pub struct LedgerQuery {
     to: Option<String>,
 }
 
-fn number(v: &Option<String>, what: &str) -> Result<Option<u64>, ApiError> {
+pub(super) fn number(v: &Option<String>, what: &str) -> Result<Option<u64>, ApiError> {
     v.as_deref()
         .map(|s| {
             // Whole numbers up to i64::MAX (what the OpenAPI document says).
@@ -330,7 +330,7 @@ fn number(v: &Option<String>, what: &str) -> Result<Option<u64>, ApiError> {
 }
 
 /// A `limit` query parameter: 100 by default, from 1 to `max`.
-fn page_limit(v: &Option<String>, max: usize) -> Result<usize, ApiError> {
+pub(super) fn page_limit(v: &Option<String>, max: usize) -> Result<usize, ApiError> {
     let limit = number(v, "limit")?.unwrap_or(100) as usize;
     if limit == 0 || limit > max {
         return Err(ApiError::new(
@@ -349,7 +349,9 @@ fn entry_scope(k: &crate::state::EntryKind) -> Option<&str> {
         | K::BudgetDel { scope }
         | K::Hold { scope, .. }
         | K::Spend { scope, .. }
-        | K::Saved { scope, .. } => Some(scope),
+        | K::Saved { scope, .. }
+        | K::AlertRules { scope, .. } => Some(scope),
+        K::Alert(ev) => Some(&ev.scope),
         K::Step { scope, .. } | K::StepDenied { scope, .. } => scope.as_deref(),
         _ => None,
     }

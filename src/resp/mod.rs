@@ -31,7 +31,7 @@ pub struct ServerCtx {
     pub started: Instant,
     pub port: u16,
     pub durability: Durability,
-    pub auth: auth::Auth,
+    pub auth: Arc<auth::Auth>,
     /// Connections beyond this are told so and closed.
     pub max_connections: u64,
     /// Close a connection that sends nothing for this long (None: never).

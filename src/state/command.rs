@@ -1,6 +1,7 @@
 //! Commands the state machine understands and the replies it gives, in a
 //! structured form both front ends (RESP, HTTP) translate to their own bytes.
 
+use super::alerts::AlertRules;
 use super::limit::LimitSpec;
 use super::price::Usage;
 
@@ -90,6 +91,29 @@ pub enum Command {
         scope: String,
         cost: u64,
     },
+    /// Sets (Some) or removes (None) a scope's alert rules (admin API).
+    AlertRulesSet {
+        scope: String,
+        rules: Option<AlertRules>,
+    },
+    /// Every scope's alert rules at or below a prefix (admin API).
+    AlertRulesList {
+        prefix: Option<String>,
+    },
+    /// Fired alerts with an id above `after`, oldest first (admin API and
+    /// the webhook dispatcher).
+    AlertList {
+        after: u64,
+        limit: usize,
+        undelivered: bool,
+        prefix: Option<String>,
+    },
+    /// Settled usage by top-level scope and model (for `/metrics`).
+    SpendSeries,
+    /// The webhook dispatcher delivered alert `id`.
+    AlertDelivered {
+        id: u64,
+    },
 }
 
 impl Command {
@@ -102,7 +126,8 @@ impl Command {
             | Command::Spend { scope, .. }
             | Command::Balance { scope }
             | Command::Forecast { scope }
-            | Command::CacheSaved { scope, .. } => Some(scope),
+            | Command::CacheSaved { scope, .. }
+            | Command::AlertRulesSet { scope, .. } => Some(scope),
             Command::Reserve(a) => Some(&a.scope),
             Command::Step {
                 scope: Some(scope), ..

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::alerts::{AlertEvent, AlertRules};
 use super::limit::{Dims, LimitSpec};
 use super::price::{Price, Usage};
 
@@ -81,6 +82,17 @@ pub enum EntryKind {
         scope: String,
         cost: u64,
     },
+    /// A scope's alert rules set (Some) or removed (None).
+    AlertRules {
+        scope: String,
+        rules: Option<AlertRules>,
+    },
+    /// An alert rule fired; the entry's seq is the alert's id.
+    Alert(AlertEvent),
+    /// The alert with this id was delivered to its webhook.
+    AlertDelivered {
+        id: u64,
+    },
 }
 
 impl EntryKind {
@@ -98,6 +110,9 @@ impl EntryKind {
             EntryKind::StepDenied { .. } => "step_denied",
             EntryKind::RunEnd { .. } => "run_end",
             EntryKind::Saved { .. } => "saved",
+            EntryKind::AlertRules { .. } => "alert_rules",
+            EntryKind::Alert(_) => "alert",
+            EntryKind::AlertDelivered { .. } => "alert_delivered",
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   a replay rebuilds exactly the state that was live.
 
 pub mod access;
+pub mod alerts;
 pub mod command;
 pub mod entry;
 pub mod holds;
@@ -135,6 +136,57 @@ pub struct State {
     pub prices: Map<String, Price>,
     /// Agent runs under the loop guard.
     pub runs: runs::Runs,
+    /// Alert rules per scope, and the alerts fired.
+    pub alerts: alerts::Alerts,
+    /// Settled usage by top-level scope and model, for `/metrics`.
+    pub series: SpendSeries,
+}
+
+/// Settled usage per top-level scope and model, with a bounded number of
+/// each (the rest are counted under `_other`), so `/metrics` has at most
+/// (MAX_SERIES_SCOPES + 1) × (MAX_SERIES_MODELS + 1) series per metric.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SpendSeries {
+    pub by_scope: BTreeMap<String, BTreeMap<String, SeriesTotals>>,
+}
+
+pub const MAX_SERIES_SCOPES: usize = 50;
+pub const MAX_SERIES_MODELS: usize = 20;
+pub const OTHER_SERIES: &str = "_other";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesTotals {
+    pub requests: u64,
+    pub tokens: u64,
+    /// nano-USD
+    pub cost: u64,
+}
+
+impl SpendSeries {
+    fn add(&mut self, scope: &str, model: &str, tokens: u64, cost: u64) {
+        let top = scope.split('/').next().unwrap_or(scope);
+        let top = if self.by_scope.contains_key(top) || self.by_scope.len() < MAX_SERIES_SCOPES {
+            top
+        } else {
+            OTHER_SERIES
+        };
+        let models = match self.by_scope.get_mut(top) {
+            Some(m) => m,
+            None => self.by_scope.entry(top.to_string()).or_default(),
+        };
+        let model = if models.contains_key(model) || models.len() < MAX_SERIES_MODELS {
+            model
+        } else {
+            OTHER_SERIES
+        };
+        let t = match models.get_mut(model) {
+            Some(t) => t,
+            None => models.entry(model.to_string()).or_default(),
+        };
+        t.requests += 1;
+        t.tokens = t.tokens.saturating_add(tokens);
+        t.cost = t.cost.saturating_add(cost);
+    }
 }
 
 /// Why a RESERVE was denied: the most binding limit.
@@ -335,6 +387,60 @@ impl State {
                 Value::Ok
             }
             Command::PriceGet { model } => self.price_get(model),
+            Command::SpendSeries => Value::Array(
+                self.series
+                    .by_scope
+                    .iter()
+                    .flat_map(|(scope, models)| {
+                        models.iter().map(move |(model, t)| {
+                            Value::Map(vec![
+                                ("scope", Value::str(scope.as_str())),
+                                ("model", Value::str(model.as_str())),
+                                ("requests", Value::Int(t.requests as i64)),
+                                ("tokens", Value::Int(t.tokens as i64)),
+                                ("cost", Value::Money(t.cost as i128)),
+                            ])
+                        })
+                    })
+                    .collect(),
+            ),
+            Command::AlertRulesSet { scope, rules } => self.alert_rules_set(now, scope, rules, out),
+            Command::AlertRulesList { prefix } => Value::Array(
+                self.alerts
+                    .scopes
+                    .iter()
+                    .filter(|(s, _)| prefix.as_deref().is_none_or(|p| scope::is_within(s, p)))
+                    .map(|(s, a)| alert_rules_value(s, &a.rules))
+                    .collect(),
+            ),
+            Command::AlertList {
+                after,
+                limit,
+                undelivered,
+                prefix,
+            } => Value::Array(
+                self.alerts
+                    .log
+                    .iter()
+                    .filter(|r| {
+                        r.id > *after
+                            && (!undelivered || r.delivered_at.is_none())
+                            && prefix
+                                .as_deref()
+                                .is_none_or(|p| scope::is_within(&r.event.scope, p))
+                    })
+                    .take(*limit)
+                    .map(alert_value)
+                    .collect(),
+            ),
+            Command::AlertDelivered { id } => match self.alerts.record(*id) {
+                None => Value::err("UNKNOWN", format!("alert {id}")),
+                Some(r) if r.delivered_at.is_some() => Value::Ok,
+                Some(_) => {
+                    self.emit(now, EntryKind::AlertDelivered { id: *id }, out);
+                    Value::Ok
+                }
+            },
             Command::PriceList => {
                 let sorted: BTreeMap<_, _> = self.prices.iter().collect();
                 Value::Array(
@@ -376,6 +482,7 @@ impl State {
             + self.spends.len()
             + self.prices.len()
             + self.runs.len()
+            + self.alerts.len()
     }
 
     fn emit(&mut self, now: u64, kind: EntryKind, out: &mut Vec<Entry>) {
@@ -567,6 +674,9 @@ impl State {
                     },
                     out,
                 );
+                if let Some(s) = scope {
+                    self.check_alerts(now, s, out);
+                }
                 fields.insert(0, ("status", Value::str("denied")));
                 fields.push(("reason", Value::str(reason)));
                 fields.push(("steps", Value::Int(steps as i64)));
@@ -812,6 +922,7 @@ impl State {
             out,
         );
         let h = self.hold(id);
+        self.check_alerts(now, &h.scope, out);
         match &h.status {
             HoldStatus::Committed(s) => committed_value(id, &h, s),
             _ => unreachable!("commit entry settles the hold"),
@@ -874,6 +985,7 @@ impl State {
             cost,
         };
         self.emit(now, kind, out);
+        self.check_alerts(now, scope, out);
         spend_value(id.as_deref(), *usage, cost)
     }
 
@@ -947,9 +1059,19 @@ impl State {
                 cost,
                 late,
             } => {
+                let h = self.hold(id);
+                let (held, model) = (h.amounts, h.model);
                 let (scope, was_open) = self.end_hold(id);
                 debug_assert_eq!(was_open, !late);
-                self.charge(&scope, ts, &Dims::call(usage.input, usage.output, *cost));
+                let actual = Dims::call(usage.input, usage.output, *cost);
+                self.charge(&scope, ts, &actual);
+                self.series
+                    .add(&scope, &model, usage.input + usage.output, *cost);
+                if !self.alerts.is_empty() {
+                    let overrun = actual.get(Dim::Cost) > held.get(Dim::Cost)
+                        || actual.get(Dim::Tokens) > held.get(Dim::Tokens);
+                    self.alert_inputs(&scope, ts, &actual, overrun);
+                }
                 let settled = HoldStatus::Committed(Settlement {
                     usage: *usage,
                     cost: *cost,
@@ -974,7 +1096,13 @@ impl State {
                 usage,
                 cost,
             } => {
-                self.charge(scope, ts, &Dims::call(usage.input, usage.output, *cost));
+                let actual = Dims::call(usage.input, usage.output, *cost);
+                self.charge(scope, ts, &actual);
+                self.series
+                    .add(scope, model, usage.input + usage.output, *cost);
+                if !self.alerts.is_empty() {
+                    self.alert_inputs(scope, ts, &actual, false);
+                }
                 if let Some(id) = id {
                     let r = SpendRecord {
                         scope: scope.clone(),
@@ -999,6 +1127,9 @@ impl State {
                     for s in chain(scope) {
                         self.node_mut(s).loop_denials += 1;
                     }
+                    if !self.alerts.is_empty() {
+                        self.alert_inputs(scope, ts, &Dims::default(), true);
+                    }
                 }
             }
             EntryKind::RunEnd { run } => {
@@ -1010,9 +1141,89 @@ impl State {
                     n.saved = n.saved.saturating_add(*cost);
                 }
             }
+            EntryKind::AlertRules { scope, rules } => match rules {
+                Some(rules) => {
+                    let mut fresh = alerts::ScopeAlerts::new(rules.clone(), ts);
+                    if let Some(old) = self.alerts.scopes.remove(scope) {
+                        // What fired this period stays fired when rules change.
+                        fresh.fired = old.fired;
+                    }
+                    self.alerts.scopes.insert(scope.clone(), fresh);
+                }
+                None => {
+                    self.alerts.scopes.remove(scope);
+                }
+            },
+            EntryKind::Alert(ev) => self.alerts.fired(e.seq, ts, ev),
+            EntryKind::AlertDelivered { id } => self.alerts.delivered(*id, ts),
         }
         self.next_seq = e.seq + 1;
         self.last_ts = self.last_ts.max(ts);
+    }
+
+    /// Feeds the spike and runaway rules of the scope and its ancestors.
+    fn alert_inputs(&mut self, scope: &str, ts: u64, usage: &Dims, event: bool) {
+        for s in chain(scope) {
+            if let Some(a) = self.alerts.scopes.get_mut(s) {
+                a.record_usage(ts, usage);
+                if event {
+                    a.record_event(ts);
+                }
+            }
+        }
+    }
+
+    /// Checks the alert rules of `scope` and its ancestors after a change
+    /// there, and records what fires.
+    fn check_alerts(&mut self, now: u64, scope: &str, out: &mut Vec<Entry>) {
+        if self.alerts.is_empty() {
+            return;
+        }
+        let mut fired = Vec::new();
+        for s in chain(scope) {
+            let Some(a) = self.alerts.scopes.get(s) else {
+                continue;
+            };
+            if let Some(n) = self.nodes.get(s) {
+                a.check_limits(s, &n.limits, now, &mut fired);
+            }
+            a.check_spike(s, now, &mut fired);
+            a.check_runaway(s, now, &mut fired);
+        }
+        for ev in fired {
+            self.emit(now, EntryKind::Alert(ev), out);
+        }
+    }
+
+    fn alert_rules_set(
+        &mut self,
+        now: u64,
+        scope: &str,
+        rules: &Option<alerts::AlertRules>,
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if let Err(e) = scope::validate_scope(scope) {
+            return syntax(e);
+        }
+        let rules = match rules.clone().map(alerts::AlertRules::validate).transpose() {
+            Ok(r) => r,
+            Err(e) => return syntax(e),
+        };
+        if rules.is_none() && !self.alerts.scopes.contains_key(scope) {
+            return Value::err("UNKNOWN", format!("alert rules on {scope}"));
+        }
+        let value = rules.as_ref().map(|r| alert_rules_value(scope, r));
+        self.emit(
+            now,
+            EntryKind::AlertRules {
+                scope: scope.to_string(),
+                rules,
+            },
+            out,
+        );
+        // Usage already past a threshold fires now, not at the next commit.
+        self.check_alerts(now, scope, out);
+        value.unwrap_or(Value::Ok)
     }
 
     fn node_mut(&mut self, scope: &str) -> &mut Node {
@@ -1081,6 +1292,7 @@ impl State {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            alerts: self.alerts.clone(),
         }
     }
 
@@ -1121,6 +1333,7 @@ pub struct Digest {
     pub open_holds: BTreeMap<String, Hold>,
     pub prices: BTreeMap<String, Price>,
     pub runs: BTreeMap<String, runs::Run>,
+    pub alerts: alerts::Alerts,
 }
 
 impl Digest {
@@ -1168,6 +1381,9 @@ impl Digest {
                 .chain(other.runs.keys())
                 .find(|k| self.runs.get(*k) != other.runs.get(*k));
             return Some(format!("run {}: differs", k.map_or("?", |k| k.as_str())));
+        }
+        if self.alerts != other.alerts {
+            return Some("alert rules or fired alerts differ".into());
         }
         None
     }
@@ -1238,6 +1454,59 @@ fn committed_value(id: &str, h: &Hold, s: &Settlement) -> Value {
             Value::Int(tokens.saturating_sub(held_tokens) as i64),
         ),
         ("late", Value::Int(s.late as i64)),
+    ])
+}
+
+fn alert_rules_value(scope: &str, r: &alerts::AlertRules) -> Value {
+    let spike = r.spike.map_or(Value::Null, |s| {
+        Value::Map(vec![
+            ("dim", Value::str(s.dim.name())),
+            ("factor", Value::Int(s.factor as i64)),
+            ("window", Value::Str(limit::format_duration_ms(s.window_ms))),
+            ("min", amount_value(s.dim, s.min as i128)),
+        ])
+    });
+    let runaway = r.runaway.map_or(Value::Null, |x| {
+        Value::Map(vec![
+            ("events", Value::Int(x.events as i64)),
+            ("window", Value::Str(limit::format_duration_ms(x.window_ms))),
+        ])
+    });
+    Value::Map(vec![
+        ("scope", Value::str(scope)),
+        (
+            "thresholds",
+            Value::Array(r.thresholds.iter().map(|&t| Value::Int(t as i64)).collect()),
+        ),
+        ("forecast", Value::Int(r.forecast as i64)),
+        ("spike", spike),
+        ("runaway", runaway),
+        ("webhook", r.webhook.clone().map_or(Value::Null, Value::Str)),
+    ])
+}
+
+fn alert_value(r: &alerts::AlertRecord) -> Value {
+    let e = &r.event;
+    let amount = |v: u64| match e.dim {
+        Some(d) => amount_value(d, v as i128),
+        None => Value::Int(v as i64),
+    };
+    Value::Map(vec![
+        ("id", Value::Int(r.id as i64)),
+        ("at", Value::Int(r.at as i64)),
+        ("scope", Value::str(e.scope.as_str())),
+        ("rule", Value::str(e.rule.as_str())),
+        ("key", Value::str(e.key.as_str())),
+        ("dim", e.dim.map_or(Value::Null, |d| Value::str(d.name()))),
+        ("period", Value::Int(e.period as i64)),
+        ("observed", amount(e.observed)),
+        ("bound", amount(e.bound)),
+        ("message", Value::str(e.message.as_str())),
+        ("webhook", e.webhook.clone().map_or(Value::Null, Value::Str)),
+        (
+            "delivered_at",
+            r.delivered_at.map_or(Value::Null, |t| Value::Int(t as i64)),
+        ),
     ])
 }
 
@@ -1368,5 +1637,28 @@ mod forecast_tests {
             scope: "org:none".into(),
         };
         assert!(st.apply(now, &none, &mut out).is_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_series_are_bounded() {
+        let mut s = SpendSeries::default();
+        for i in 0..MAX_SERIES_SCOPES + 10 {
+            s.add(&format!("org:{i}/team:t"), "m", 10, 1);
+        }
+        for i in 0..MAX_SERIES_MODELS + 5 {
+            s.add("org:0", &format!("model-{i}"), 1, 1);
+        }
+        assert_eq!(s.by_scope.len(), MAX_SERIES_SCOPES + 1);
+        let other = &s.by_scope[OTHER_SERIES]["m"];
+        assert_eq!((other.requests, other.tokens), (10, 100));
+        let org0 = &s.by_scope["org:0"];
+        assert_eq!(org0.len(), MAX_SERIES_MODELS + 1);
+        // "m" was first, then 19 more fit; 6 overflowed.
+        assert_eq!(org0[OTHER_SERIES].requests, 6);
     }
 }

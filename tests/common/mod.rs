@@ -231,3 +231,54 @@ pub fn limit(reply: &Reply, dim: &str, window: &str) -> Reply {
 pub fn dim(reply: &Reply, map: &str, dim: &str) -> String {
     fields(reply.get(map).unwrap().clone()).s(dim)
 }
+
+/// A JSON client of the admin API (ureq), with an optional bearer token.
+pub struct Http {
+    base: String,
+    /// The Authorization header's value.
+    authorization: Option<String>,
+}
+
+impl Http {
+    pub fn new(s: &Server, token: Option<&str>) -> Http {
+        Http {
+            base: format!("http://127.0.0.1:{}", s.admin_port),
+            authorization: token.map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// A client with HTTP Basic credentials.
+    pub fn basic(s: &Server, user: &str, password: &str) -> Http {
+        use base64::Engine as _;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Http {
+            base: format!("http://127.0.0.1:{}", s.admin_port),
+            authorization: Some(format!("Basic {pair}")),
+        }
+    }
+
+    /// (status, JSON body or the text as a JSON string).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(a) = &self.authorization {
+            req = req.set("Authorization", a);
+        }
+        let res = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string().unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call("GET", path, None)
+    }
+}

@@ -1,0 +1,168 @@
+//! Delivers fired alerts as JSON POSTs to their webhook, off the engine.
+//!
+//! A task polls the engine for undelivered alerts (ALERT list, which waits
+//! like any read until what it saw is durable, so nothing is sent for an
+//! alert a crash could still take back). Each is POSTed on a blocking thread
+//! (ureq); a 2xx marks it delivered with an `AlertDelivered` ledger entry, so
+//! it is never sent again, not even after a restart. A failure is retried
+//! with exponential backoff (base × 2^(attempt-1), capped), for as long as
+//! the alert is kept; the alerts for one URL go out in the order they fired,
+//! so later ones wait while an earlier one is retried. The only duplicate possible is a crash between the
+//! receiver's 2xx and that entry being durable; the payload's `id` lets a
+//! receiver drop it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::engine::EngineHandle;
+use crate::state::{Command, Value};
+
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Where alerts of scopes without their own webhook go (None: kept
+    /// undelivered, listed at /v1/alerts).
+    pub default_url: Option<String>,
+    pub timeout: Duration,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often the engine is asked for undelivered alerts.
+    pub poll: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            default_url: None,
+            timeout: Duration::from_secs(5),
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+struct Retry {
+    attempts: u32,
+    next: Instant,
+}
+
+/// The backoff before attempt `attempts + 1`.
+pub fn backoff(cfg: &WebhookConfig, attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(20);
+    cfg.base_backoff.saturating_mul(factor).min(cfg.max_backoff)
+}
+
+/// Runs the dispatcher until the task is aborted.
+pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
+    let agent = ureq::AgentBuilder::new().timeout(cfg.timeout).build();
+    let mut retries: HashMap<u64, Retry> = HashMap::new();
+    let mut warned_no_url = false;
+    loop {
+        tokio::time::sleep(cfg.poll).await;
+        let list = Command::AlertList {
+            after: 0,
+            limit: 1000,
+            undelivered: true,
+            prefix: None,
+        };
+        let Value::Array(alerts) = engine.execute(vec![list]).await.remove(0) else {
+            continue; // shutting down, or the ledger is failing: try later
+        };
+        retries.retain(|id, _| alerts.iter().any(|a| alert_id(a) == Some(*id)));
+        let mut blocked = HashSet::new();
+        for alert in alerts {
+            let Some(id) = alert_id(&alert) else { continue };
+            let url = match (alert.field("webhook"), &cfg.default_url) {
+                (Some(Value::Str(u)), _) => u.clone(),
+                (_, Some(u)) => u.clone(),
+                _ => {
+                    if !warned_no_url {
+                        tracing::warn!("alert {id} has no webhook (set --alert-webhook or a scope's webhook); it stays listed at /v1/alerts");
+                        warned_no_url = true;
+                    }
+                    continue;
+                }
+            };
+            // One URL's alerts go out in order: a later one waits while an
+            // earlier one is being retried.
+            if blocked.contains(&url) {
+                continue;
+            }
+            if retries.get(&id).is_some_and(|r| r.next > Instant::now()) {
+                blocked.insert(url);
+                continue;
+            }
+            let mut payload = crate::admin::json_of(&alert);
+            payload["source"] = "spendb".into();
+            let post = {
+                let agent = agent.clone();
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || {
+                    agent
+                        .post(&url)
+                        .set("X-Spendb-Alert-Id", &id.to_string())
+                        .send_json(payload)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            };
+            let metrics = &engine.stats.metrics;
+            match post.await.unwrap_or_else(|e| Err(e.to_string())) {
+                Ok(()) => {
+                    metrics.webhook_delivered.fetch_add(1, Ordering::Relaxed);
+                    retries.remove(&id);
+                    let r = engine
+                        .execute(vec![Command::AlertDelivered { id }])
+                        .await
+                        .remove(0);
+                    if r.is_error() {
+                        tracing::warn!("alert {id} was delivered but not recorded as such: {r:?}");
+                    }
+                }
+                Err(e) => {
+                    metrics.webhook_failed.fetch_add(1, Ordering::Relaxed);
+                    let r = retries.entry(id).or_insert(Retry {
+                        attempts: 0,
+                        next: Instant::now(),
+                    });
+                    r.attempts += 1;
+                    let wait = backoff(&cfg, r.attempts);
+                    r.next = Instant::now() + wait;
+                    blocked.insert(url.clone());
+                    tracing::warn!(
+                        "alert {id}: POST {url} failed (attempt {}): {e}; retrying in {wait:?}",
+                        r.attempts
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn alert_id(v: &Value) -> Option<u64> {
+    match v.field("id") {
+        Some(Value::Int(n)) => Some(*n as u64),
+        _ => None,
+    }
+}
+
+/// Starts the dispatcher on the current runtime.
+pub fn spawn(engine: EngineHandle, cfg: WebhookConfig) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(engine, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let cfg = WebhookConfig::default();
+        let ms: Vec<u128> = (1..=9).map(|a| backoff(&cfg, a).as_millis()).collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+    }
+}
