@@ -100,6 +100,8 @@ pub struct EngineStats {
     pub last_seq: AtomicU64,
     pub open_holds: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Writes are being refused after a failed write (see `Core::degraded`).
+    pub degraded: AtomicBool,
     /// Outcomes, latencies and group commit figures for `/metrics`.
     pub metrics: crate::metrics::Metrics,
 }
@@ -119,6 +121,10 @@ struct Core {
     /// is sent true once `durable` reaches its seq, false if the write failed.
     waiters: std::collections::VecDeque<(u64, oneshot::Sender<bool>)>,
     shutdown: bool,
+    /// Set when a ledger write failed, until a probe write succeeds: writes
+    /// are refused at once and reads answered from the state as of the last
+    /// durable entry (its time frozen, so they cause no expiry entries).
+    degraded: Option<String>,
     /// Told when the committer has stopped.
     stopped: Vec<oneshot::Sender<()>>,
 }
@@ -185,6 +191,29 @@ impl EngineHandle {
             let core = &mut *guard;
             if core.shutdown {
                 return shutting_down(cmds.len());
+            }
+            if let Some(reason) = &core.degraded {
+                let msg = format!(
+                    "the ledger cannot be written ({reason}); writes are refused until the disk \
+                     takes them again (checked every second), reads are answered"
+                );
+                let frozen = core.state.last_ts;
+                let mut none = Vec::new();
+                let replies = cmds
+                    .iter()
+                    .map(|c| {
+                        if c.is_read() {
+                            core.state.apply_as(frozen, c, access.as_deref(), &mut none)
+                        } else {
+                            Value::err("IOERR", msg.clone())
+                        }
+                    })
+                    .collect();
+                debug_assert!(
+                    none.is_empty(),
+                    "a read at the last entry's time writes nothing"
+                );
+                return replies;
             }
             let now = core.now();
             let before = core.pending.len();
@@ -260,6 +289,7 @@ pub fn start(
             durable: last,
             waiters: Default::default(),
             shutdown: false,
+            degraded: None,
             stopped: Vec::new(),
         }),
         work: Condvar::new(),
@@ -351,10 +381,15 @@ impl Snapshotter {
 
 /// Longest the committer sleeps without looking at the clock.
 const TICK: Duration = Duration::from_millis(50);
+/// How often a probe write checks whether a failing disk takes writes again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl Committer {
     fn run(&mut self) {
         loop {
+            if self.wait_for_disk() {
+                continue;
+            }
             let (entries, now, snapshot, stop) = self.take();
             let written = if !entries.is_empty() || self.sync_due(now) {
                 self.commit(now, entries)
@@ -380,6 +415,35 @@ impl Committer {
                     let _ = tx.send(());
                 }
                 return;
+            }
+        }
+    }
+
+    /// While writes are refused: probes the disk every `PROBE_EVERY` and
+    /// lifts the refusal when a probe succeeds. True while still refusing
+    /// (and not shutting down).
+    fn wait_for_disk(&mut self) -> bool {
+        {
+            let core = self.shared.lock();
+            if core.degraded.is_none() || core.shutdown {
+                return false;
+            }
+            let _ = self.shared.work.wait_timeout(core, PROBE_EVERY);
+        }
+        match self.store.probe() {
+            Ok(()) => {
+                // Taken outside the macro: tracing skips its arguments when
+                // the level is off.
+                let reason = self.shared.lock().degraded.take().unwrap_or_default();
+                tracing::warn!(
+                    "the disk takes writes again: accepting writes (they were refused after: {reason})"
+                );
+                self.stats.degraded.store(false, Ordering::Relaxed);
+                false
+            }
+            Err(e) => {
+                tracing::debug!("probe write failed: {e}; writes stay refused");
+                true
             }
         }
     }
@@ -537,6 +601,10 @@ impl Committer {
         // Everything applied since the last good write is gone: the batch,
         // and whatever was applied on top of it.
         core.pending.clear();
+        // Until the disk takes writes again, refuse them up front rather
+        // than apply, fail and rebuild the state for every batch.
+        core.degraded = Some(e.to_string());
+        self.stats.degraded.store(true, Ordering::Relaxed);
         core.durable = core.state.next_seq - 1;
         for (_, tx) in core.waiters.drain(..) {
             let _ = tx.send(false);

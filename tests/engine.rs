@@ -1,7 +1,9 @@
 //! The engine against a failing disk: a sync that fails answers IOERR to its
-//! batch, leaves nothing of it in the state or on disk, and the engine goes
-//! on. The store is the real `LogStore` on a real directory, wrapped to fail
-//! one sync on request (a real disk cannot be made to fail here).
+//! batch and leaves nothing of it in the state or on disk; while the disk
+//! keeps failing, writes are refused at once and reads answered; when it
+//! takes writes again the engine resumes by itself. The store is the real
+//! `LogStore` on a real directory, wrapped to fail syncs and probe writes
+//! while asked to (a real disk cannot be made to fail here).
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +17,8 @@ use spendb::store::{LogStore, Mark, SnapshotSink, Storage, StoreError};
 
 struct FailingSync {
     inner: LogStore,
-    fail_next_sync: Arc<AtomicBool>,
+    /// While set, every sync and probe fails (a full or failing disk).
+    failing: Arc<AtomicBool>,
 }
 
 impl Storage for FailingSync {
@@ -23,7 +26,7 @@ impl Storage for FailingSync {
         self.inner.append(entries)
     }
     fn sync(&mut self) -> Result<(), StoreError> {
-        if self.fail_next_sync.swap(false, Ordering::SeqCst) {
+        if self.failing.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected: fdatasync failed (EIO)").into());
         }
         self.inner.sync()
@@ -52,6 +55,12 @@ impl Storage for FailingSync {
     fn rollback(&mut self, mark: Mark) -> Result<(), StoreError> {
         self.inner.rollback(mark)
     }
+    fn probe(&mut self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: no space left on device").into());
+        }
+        self.inner.probe()
+    }
 }
 
 async fn run(engine: &EngineHandle, line: &str) -> Value {
@@ -68,13 +77,26 @@ fn is_err(v: &Value, code: &str) -> bool {
     matches!(v, Value::Error { code: c, .. } if *c == code)
 }
 
+/// Runs a write until it is not refused with IOERR (writes resume within
+/// about a second of the disk recovering; gives up after 10 s).
+async fn until_written(engine: &EngineHandle, line: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let v = run(engine, line).await;
+        if !is_err(&v, "IOERR") || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
     let dir = tempfile::tempdir().unwrap();
     let fail = Arc::new(AtomicBool::new(false));
     let store = FailingSync {
         inner: LogStore::open(dir.path()).unwrap(),
-        fail_next_sync: fail.clone(),
+        failing: fail.clone(),
     };
     let (engine, thread, _) = engine::start(
         Box::new(store),
@@ -88,11 +110,12 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
     fail.store(true, Ordering::SeqCst);
     let lost = run(&engine, "RESERVE lost org:f gpt-4o INPUT 600").await;
     assert!(is_err(&lost, "IOERR"), "{lost:?}");
+    fail.store(false, Ordering::SeqCst);
     // Nothing of it in the state: the hold is unknown and its 600 tokens
-    // are not held, so a second 600 fits.
+    // are not held, so a second 600 fits (once writes resume).
     let gone = run(&engine, "HOLD.GET lost").await;
     assert!(is_err(&gone, "UNKNOWN"), "{gone:?}");
-    let kept = run(&engine, "RESERVE kept org:f gpt-4o INPUT 600").await;
+    let kept = until_written(&engine, "RESERVE kept org:f gpt-4o INPUT 600").await;
     assert!(matches!(kept, Value::Map(_)), "{kept:?}");
     assert_eq!(engine.stats.write_errors.load(Ordering::Relaxed), 1);
     engine.shutdown().await;
@@ -105,4 +128,62 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
     assert!(!r.state.holds.contains("lost"));
     let report = recovery::verify(&store, Config::default()).unwrap();
     assert_eq!(report.open_holds, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let store = FailingSync {
+        inner: LogStore::open(dir.path()).unwrap(),
+        failing: fail.clone(),
+    };
+    let (engine, thread, _) = engine::start(
+        Box::new(store),
+        EngineConfig::default(),
+        engine::system_clock(),
+    )
+    .unwrap();
+    run(&engine, "BUDGET.SET org:d TOKENS 1000 PER DAY").await;
+    let before = run(&engine, "RESERVE before org:d gpt-4o INPUT 100").await;
+    assert!(matches!(before, Value::Map(_)), "{before:?}");
+
+    fail.store(true, Ordering::SeqCst);
+    let first = run(&engine, "RESERVE a org:d gpt-4o INPUT 100").await;
+    assert!(is_err(&first, "IOERR"), "{first:?}");
+    assert!(engine.stats.degraded.load(Ordering::Relaxed));
+    // Past the probe interval the disk still fails: writes are refused up
+    // front (no second failed write), with a message that says so.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for line in [
+        "RESERVE b org:d gpt-4o INPUT 100",
+        "COMMIT before INPUT 10 OUTPUT 0",
+        "BUDGET.SET org:d TOKENS 5 PER DAY",
+    ] {
+        match run(&engine, line).await {
+            Value::Error { code: "IOERR", msg } => assert!(msg.contains("refused"), "{msg}"),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+    assert_eq!(engine.stats.write_errors.load(Ordering::Relaxed), 1);
+    // Reads are answered from the last durable state.
+    let held = run(&engine, "HOLD.GET before").await;
+    assert_eq!(held.field("status"), Some(&Value::str("open")), "{held:?}");
+    let bal = run(&engine, "BALANCE org:d").await;
+    assert!(matches!(bal, Value::Map(_)), "{bal:?}");
+    assert!(matches!(
+        run(&engine, "BUDGET.GET org:d").await,
+        Value::Map(_)
+    ));
+
+    // The disk recovers: writes resume without a restart.
+    fail.store(false, Ordering::SeqCst);
+    let c = until_written(&engine, "COMMIT before INPUT 10 OUTPUT 0").await;
+    assert_eq!(c.field("status"), Some(&Value::str("committed")), "{c:?}");
+    assert!(!engine.stats.degraded.load(Ordering::Relaxed));
+    engine.shutdown().await;
+    thread.join().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let report = recovery::verify(&store, Config::default()).unwrap();
+    assert_eq!(report.open_holds, 0);
 }

@@ -65,6 +65,13 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     );
     metric(
         &mut out,
+        "spendb_writes_refused",
+        "gauge",
+        "1 while writes are refused after a failed ledger write (until a probe write succeeds).",
+        s.degraded.load(Ordering::Relaxed) as u8,
+    );
+    metric(
+        &mut out,
         "spendb_ledger_last_seq",
         "gauge",
         "Sequence number of the last durable ledger entry.",

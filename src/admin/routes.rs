@@ -65,7 +65,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Readiness: the admin port opens only after recovery finished, so a
-/// response means the ledger is loaded and commands are served.
+/// response means the ledger is loaded and commands are served;
+/// `writable` is false while writes are refused after a failed ledger write.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = Object)))]
 pub async fn readyz(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
     let last = ctx
@@ -73,7 +74,12 @@ pub async fn readyz(State(ctx): State<Ctx>) -> Json<serde_json::Value> {
         .stats
         .last_seq
         .load(std::sync::atomic::Ordering::Relaxed);
-    Json(serde_json::json!({"status": "ready", "ledger_last_seq": last}))
+    let writable = !ctx
+        .engine
+        .stats
+        .degraded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Json(serde_json::json!({"status": "ready", "ledger_last_seq": last, "writable": writable}))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -444,6 +444,10 @@ fn info(ctx: &ServerCtx, conn: &Conn, args: &Args) -> String {
                 ("ledger_last_seq", l(&s.last_seq).to_string()),
                 ("ledger_syncs", l(&s.syncs).to_string()),
                 ("ledger_write_errors", l(&s.write_errors).to_string()),
+                (
+                    "writes_refused",
+                    (s.degraded.load(Ordering::Relaxed) as u8).to_string(),
+                ),
             ],
         ),
         (

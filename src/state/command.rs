@@ -117,6 +117,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// Commands that never write the ledger (apart from hold expiries any
+    /// command may cause): they are still answered while writes fail.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Command::BudgetGet { .. }
+                | Command::BudgetList { .. }
+                | Command::HoldGet { .. }
+                | Command::Forecast { .. }
+                | Command::HoldList { .. }
+                | Command::Balance { .. }
+                | Command::PriceGet { .. }
+                | Command::PriceList
+                | Command::AlertRulesList { .. }
+                | Command::AlertList { .. }
+                | Command::SpendSeries
+        )
+    }
+
     /// The scopes a command touches (for access checks in front ends).
     pub fn scope(&self) -> Option<&str> {
         match self {

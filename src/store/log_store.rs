@@ -461,6 +461,19 @@ impl Storage for LogStore {
         Ok(())
     }
 
+    fn probe(&mut self) -> Result<(), StoreError> {
+        // As much as a group commit may need, in a new file: a full disk
+        // refuses the allocation, a failing one the write or the sync.
+        let path = self.dir.join("probe.tmp");
+        let result = (|| {
+            let f = File::create(&path)?;
+            f.write_all_at(&self.zeros, 0)?;
+            f.sync_data()
+        })();
+        let _ = std::fs::remove_file(&path);
+        Ok(result?)
+    }
+
     fn rollback(&mut self, mark: Mark) -> Result<(), StoreError> {
         while self.segments.len() > mark.segments {
             let first = self.segments.pop().unwrap();

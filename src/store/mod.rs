@@ -48,6 +48,9 @@ pub trait Storage: Send {
     /// Drops everything appended after `mark` (a batch whose write or sync
     /// failed), on disk too, so nothing unacknowledged survives a restart.
     fn rollback(&mut self, mark: Mark) -> Result<(), StoreError>;
+    /// Checks that the disk takes writes again after a failure (writes and
+    /// syncs a scratch file beside the ledger, then removes it).
+    fn probe(&mut self) -> Result<(), StoreError>;
 }
 
 /// Stores snapshots; see [`Storage::snapshot_sink`].
