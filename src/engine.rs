@@ -166,6 +166,13 @@ impl Shared {
     }
 }
 
+/// Replies of submitted commands: final, or to be released once the ledger
+/// holds what they saw (true) or its write failed (false: IOERR).
+pub enum Submitted {
+    Done(Vec<Value>),
+    Waiting(Vec<Value>, oneshot::Receiver<bool>),
+}
+
 /// A cheap, cloneable handle for running commands.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -186,11 +193,38 @@ impl EngineHandle {
 
     /// `execute` for a caller limited to some scopes.
     pub async fn execute_as(&self, cmds: Vec<Command>, access: Option<Arc<Access>>) -> Vec<Value> {
-        let (replies, released) = {
+        match self.submit(&cmds, access) {
+            Submitted::Done(replies) => replies,
+            Submitted::Waiting(replies, released) => match released.await {
+                Ok(true) => replies,
+                Ok(false) => {
+                    let msg = "the ledger write failed; this command was not applied";
+                    vec![Value::err("IOERR", msg); replies.len()]
+                }
+                Err(_) => shutting_down(replies.len()),
+            },
+        }
+    }
+
+    /// Runs `f` on the state under the engine's lock (tests, simulation).
+    pub fn inspect<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.shared.lock().state)
+    }
+
+    /// Whether entries are applied but not yet taken by the committer.
+    pub fn has_pending(&self) -> bool {
+        !self.shared.lock().pending.is_empty()
+    }
+
+    /// Applies commands and returns their replies, and whether they must
+    /// wait for the ledger (the first half of `execute_as`; the simulation
+    /// drives it directly).
+    pub fn submit(&self, cmds: &[Command], access: Option<Arc<Access>>) -> Submitted {
+        {
             let mut guard = self.shared.lock();
             let core = &mut *guard;
             if core.shutdown {
-                return shutting_down(cmds.len());
+                return Submitted::Done(shutting_down(cmds.len()));
             }
             if let Some(reason) = &core.degraded {
                 let msg = format!(
@@ -213,7 +247,7 @@ impl EngineHandle {
                     none.is_empty(),
                     "a read at the last entry's time writes nothing"
                 );
-                return replies;
+                return Submitted::Done(replies);
             }
             let now = core.now();
             let before = core.pending.len();
@@ -233,19 +267,11 @@ impl EngineHandle {
             // so far, including other callers' entries not yet written.
             let seq = core.state.next_seq - 1;
             if seq <= core.durable {
-                return replies;
+                return Submitted::Done(replies);
             }
             let (tx, rx) = oneshot::channel();
             core.waiters.push_back((seq, tx));
-            (replies, rx)
-        };
-        match released.await {
-            Ok(true) => replies,
-            Ok(false) => {
-                let msg = "the ledger write failed; this command was not applied";
-                vec![Value::err("IOERR", msg); replies.len()]
-            }
-            Err(_) => shutting_down(replies.len()),
+            Submitted::Waiting(replies, rx)
         }
     }
 
@@ -265,10 +291,62 @@ impl EngineHandle {
 
 /// Recovers the state from `store` and starts the committer thread.
 pub fn start(
-    mut store: Box<dyn Storage>,
+    store: Box<dyn Storage>,
     config: EngineConfig,
     clock: Clock,
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>, RecoveryInfo), StoreError> {
+    let sink = store.snapshot_sink()?;
+    let (handle, mut committer, info) = build(store, config, clock)?;
+    committer.snapshots = Snapshotter::start(sink)?;
+    let thread = std::thread::Builder::new()
+        .name("spendb-commit".into())
+        .spawn(move || committer.run())?;
+    Ok((handle, thread, info))
+}
+
+/// The engine without threads, for deterministic simulation: the caller
+/// submits commands (`EngineHandle::submit`) and runs the committer's rounds
+/// itself (`ManualCommitter::step`); snapshots are stored inline. Time is the
+/// `clock` given, and nothing else is read from the outside world.
+pub fn start_manual(
+    store: Box<dyn Storage>,
+    config: EngineConfig,
+    clock: Clock,
+) -> Result<(EngineHandle, ManualCommitter, RecoveryInfo), StoreError> {
+    let sink = store.snapshot_sink()?;
+    let (handle, mut committer, info) = build(store, config, clock)?;
+    committer.snapshots.inline = Some(sink);
+    Ok((handle, ManualCommitter { committer }, info))
+}
+
+/// The committer of `start_manual`, run by hand.
+pub struct ManualCommitter {
+    committer: Committer,
+}
+
+impl ManualCommitter {
+    /// One round: while writes are refused, a probe of the disk; otherwise
+    /// expire due holds, write (and sync, per the durability mode) whatever
+    /// is queued as one group, release its replies, and snapshot if due.
+    pub fn step(&mut self) {
+        let c = &mut self.committer;
+        if c.shared.lock().degraded.is_some() {
+            c.probe_disk();
+            return;
+        }
+        let shared = c.shared.clone();
+        let taken = c.try_take(&mut shared.lock());
+        if let Some((entries, now, snapshot, _)) = taken {
+            c.round(entries, now, snapshot);
+        }
+    }
+}
+
+fn build(
+    mut store: Box<dyn Storage>,
+    config: EngineConfig,
+    clock: Clock,
+) -> Result<(EngineHandle, Committer, RecoveryInfo), StoreError> {
     let recovered = recovery::recover(&mut *store, config.rules.clone())?;
     let info = recovered.info();
     let state = recovered.state;
@@ -294,8 +372,7 @@ pub fn start(
         }),
         work: Condvar::new(),
     });
-    let snapshots = Snapshotter::start(store.snapshot_sink()?)?;
-    let mut committer = Committer {
+    let committer = Committer {
         shared: shared.clone(),
         store,
         config,
@@ -305,12 +382,9 @@ pub fn start(
         since_snapshot: info.replayed,
         commands_seen: 0,
         snapshot_copy: Duration::ZERO,
-        snapshots,
+        snapshots: Snapshotter::idle(),
     };
-    let thread = std::thread::Builder::new()
-        .name("spendb-commit".into())
-        .spawn(move || committer.run())?;
-    Ok((EngineHandle { shared, stats }, thread, info))
+    Ok((EngineHandle { shared, stats }, committer, info))
 }
 
 struct Committer {
@@ -336,6 +410,8 @@ struct Snapshotter {
     /// A snapshot is being written; the next is skipped until it is done.
     busy: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Manual mode: snapshots are stored by the committer itself.
+    inline: Option<Box<dyn SnapshotSink>>,
 }
 
 impl Snapshotter {
@@ -344,6 +420,7 @@ impl Snapshotter {
             tx: None,
             busy: Arc::new(AtomicBool::new(false)),
             thread: None,
+            inline: None,
         }
     }
 
@@ -375,6 +452,7 @@ impl Snapshotter {
             tx: Some(tx),
             busy,
             thread: Some(thread),
+            inline: None,
         })
     }
 }
@@ -391,17 +469,7 @@ impl Committer {
                 continue;
             }
             let (entries, now, snapshot, stop) = self.take();
-            let written = if !entries.is_empty() || self.sync_due(now) {
-                self.commit(now, entries)
-            } else {
-                true
-            };
-            // A snapshot is stored only once the ledger it reflects is.
-            match (snapshot, written) {
-                (Some(state), true) => self.hand_off_snapshot(state),
-                (Some(_), false) => self.snapshots.busy.store(false, Ordering::Release),
-                _ => {}
-            }
+            self.round(entries, now, snapshot);
             if stop {
                 // Waits for the last snapshot to be stored.
                 let Snapshotter { tx, thread, .. } =
@@ -419,9 +487,24 @@ impl Committer {
         }
     }
 
-    /// While writes are refused: probes the disk every `PROBE_EVERY` and
-    /// lifts the refusal when a probe succeeds. True while still refusing
-    /// (and not shutting down).
+    /// Writes one group (if any, or an interval sync is due), then hands
+    /// the snapshot taken with it on, once the group is durable.
+    fn round(&mut self, entries: Vec<Entry>, now: u64, snapshot: Option<State>) {
+        let written = if !entries.is_empty() || self.sync_due(now) {
+            self.commit(now, entries)
+        } else {
+            true
+        };
+        // A snapshot is stored only once the ledger it reflects is.
+        match (snapshot, written) {
+            (Some(state), true) => self.hand_off_snapshot(state),
+            (Some(_), false) => self.snapshots.busy.store(false, Ordering::Release),
+            _ => {}
+        }
+    }
+
+    /// While writes are refused: waits `PROBE_EVERY` (or a wake-up), then
+    /// probes the disk. True while still refusing (and not shutting down).
     fn wait_for_disk(&mut self) -> bool {
         {
             let core = self.shared.lock();
@@ -430,6 +513,12 @@ impl Committer {
             }
             let _ = self.shared.work.wait_timeout(core, PROBE_EVERY);
         }
+        self.probe_disk()
+    }
+
+    /// Lifts the refusal of writes if a probe write succeeds. True while
+    /// still refusing.
+    fn probe_disk(&mut self) -> bool {
         match self.store.probe() {
             Ok(()) => {
                 // Taken outside the macro: tracing skips its arguments when
@@ -455,42 +544,11 @@ impl Committer {
         let shared = self.shared.clone();
         let mut guard = shared.lock();
         loop {
+            if let Some(taken) = self.try_take(&mut guard) {
+                return taken;
+            }
             let core = &mut *guard;
             let now = core.now();
-            core.state.tick(now, &mut core.pending);
-            if !core.pending.is_empty() || core.shutdown || self.sync_due(now) {
-                let entries = std::mem::take(&mut core.pending);
-                let n = core.commands - self.commands_seen;
-                self.commands_seen = core.commands;
-                self.stats.commands.fetch_add(n, Ordering::Relaxed);
-                self.stats
-                    .open_holds
-                    .store(core.state.open_hold_count() as u64, Ordering::Relaxed);
-                self.since_snapshot += entries.len() as u64;
-                // A snapshot of the state as of these entries, taken now (the
-                // state and the batch agree) and saved once they are durable.
-                // At least `snapshot_every` entries apart and at least twice
-                // the records it holds: a large state is not rewritten every
-                // few entries (amortized O(1) per entry), and replay at
-                // start-up stays bounded by about twice the state's size.
-                let every = self.config.snapshot_every;
-                let snapshot = if core.shutdown
-                    || (every > 0
-                        && self.since_snapshot >= every.max(2 * core.state.records() as u64)
-                        && !self.snapshots.busy.swap(true, Ordering::AcqRel))
-                {
-                    self.since_snapshot = 0;
-                    // A copy (mostly memcpy) under the lock; it is encoded
-                    // after the lock is released.
-                    let t = std::time::Instant::now();
-                    let copy = core.state.clone();
-                    self.snapshot_copy = t.elapsed();
-                    Some(copy)
-                } else {
-                    None
-                };
-                return (entries, now, snapshot, core.shutdown);
-            }
             core.committer_idle = true;
             let wait = core.state.next_expiry().map_or(TICK, |t| {
                 Duration::from_millis(t.saturating_sub(now)).min(TICK)
@@ -502,6 +560,47 @@ impl Committer {
                 .0;
             guard.committer_idle = false;
         }
+    }
+
+    /// Expires due holds, then takes the queued entries if there are any (or
+    /// a sync is due, or shutdown), with a snapshot if one is due.
+    fn try_take(&mut self, core: &mut Core) -> Option<(Vec<Entry>, u64, Option<State>, bool)> {
+        let now = core.now();
+        core.state.tick(now, &mut core.pending);
+        if core.pending.is_empty() && !core.shutdown && !self.sync_due(now) {
+            return None;
+        }
+        let entries = std::mem::take(&mut core.pending);
+        let n = core.commands - self.commands_seen;
+        self.commands_seen = core.commands;
+        self.stats.commands.fetch_add(n, Ordering::Relaxed);
+        self.stats
+            .open_holds
+            .store(core.state.open_hold_count() as u64, Ordering::Relaxed);
+        self.since_snapshot += entries.len() as u64;
+        // A snapshot of the state as of these entries, taken now (the state
+        // and the batch agree) and saved once they are durable. At least
+        // `snapshot_every` entries apart and at least twice the records it
+        // holds: a large state is not rewritten every few entries (amortized
+        // O(1) per entry), and replay at start-up stays bounded by about
+        // twice the state's size.
+        let every = self.config.snapshot_every;
+        let snapshot = if core.shutdown
+            || (every > 0
+                && self.since_snapshot >= every.max(2 * core.state.records() as u64)
+                && !self.snapshots.busy.swap(true, Ordering::AcqRel))
+        {
+            self.since_snapshot = 0;
+            // A copy (mostly memcpy) under the lock; it is encoded after the
+            // lock is released.
+            let t = std::time::Instant::now();
+            let copy = core.state.clone();
+            self.snapshot_copy = t.elapsed();
+            Some(copy)
+        } else {
+            None
+        };
+        Some((entries, now, snapshot, core.shutdown))
     }
 
     fn sync_due(&self, now: u64) -> bool {
@@ -521,6 +620,14 @@ impl Committer {
                 return;
             }
             self.dirty = false;
+        }
+        if let Some(sink) = &mut self.snapshots.inline {
+            let seq = state.next_seq - 1;
+            if let Err(e) = sink.save(seq, &encode_snapshot(&state)) {
+                tracing::error!("snapshot at ledger entry {seq} failed: {e}");
+            }
+            self.snapshots.busy.store(false, Ordering::Release);
+            return;
         }
         match &self.snapshots.tx {
             Some(tx) => {

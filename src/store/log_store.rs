@@ -64,13 +64,13 @@ pub struct LogStore {
 }
 
 #[derive(Clone, Debug)]
-struct Damage {
+pub struct Damage {
     /// The seq the damaged record should have held.
-    seq: u64,
-    offset: u64,
+    pub seq: u64,
+    pub offset: u64,
     /// Nothing readable follows it.
-    tail: bool,
-    what: String,
+    pub tail: bool,
+    pub what: String,
 }
 
 fn seg_name(first: u64) -> String {
@@ -122,7 +122,7 @@ fn readable_after(bytes: &[u8], pos: usize, data_end: usize) -> bool {
 }
 
 /// Reads a whole segment: its entries with offsets, and damage if any.
-fn scan(bytes: &[u8], mut expect: u64) -> (Vec<(u64, Entry)>, Option<Damage>) {
+pub fn scan(bytes: &[u8], mut expect: u64) -> (Vec<(u64, Entry)>, Option<Damage>) {
     let data_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut out = Vec::new();
     let mut pos = 0usize;
