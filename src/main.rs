@@ -51,6 +51,16 @@ enum LedgerCmd {
         #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
         data_dir: PathBuf,
     },
+    /// Print ledger entries as JSON lines (archived ones too), oldest first:
+    /// seq, ts, kind and its fields (amounts in nano-USD). Works while the
+    /// server runs (it reads the segment files).
+    Export {
+        #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
+        data_dir: PathBuf,
+        /// Only entries with a seq above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
 }
 
 #[derive(Args)]
@@ -250,10 +260,17 @@ struct ServeArgs {
     /// Largest value CACHE.SET accepts, in bytes.
     #[arg(long, env = "SPENDB_CACHE_MAX_VALUE", default_value_t = 1 << 20)]
     cache_max_value: usize,
-    /// Snapshot the state every this many ledger entries, or every twice the
-    /// records the state holds if that is more (0: only at shutdown).
+    /// Snapshot the state every this many ledger entries, or every as many as
+    /// the records the state holds if that is more (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     snapshot_every: u64,
+    /// Keep this many newest ledger entries live; older 64 MiB segments that
+    /// every snapshot covers move to <data-dir>/archive/ (unset: keep all).
+    #[arg(long, env = "SPENDB_LEDGER_RETAIN")]
+    ledger_retain: Option<u64>,
+    /// Size at which a ledger segment is closed (tests of archiving).
+    #[arg(long, hide = true, default_value_t = spendb::store::log_store::SEGMENT_MAX)]
+    segment_bytes: u64,
     /// Where alerts are POSTed as JSON (a scope's rules may name their own).
     #[arg(long, env = "SPENDB_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
@@ -354,6 +371,9 @@ fn main() -> ExitCode {
         Cmd::Ledger {
             cmd: LedgerCmd::Verify { data_dir },
         } => verify(&data_dir),
+        Cmd::Ledger {
+            cmd: LedgerCmd::Export { data_dir, after },
+        } => export(&data_dir, after),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -371,11 +391,38 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
     let store = LogStore::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
     let r = recovery::verify(&store, Config::default())
         .map_err(|e| format!("ledger verify FAILED: {e}"))?;
+    let from = match r.from_snapshot {
+        Some(seq) => format!(
+            " (older entries are archived elsewhere: replayed from the snapshot at entry {seq})"
+        ),
+        None => String::new(),
+    };
     println!(
-        "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds",
+        "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds{from}",
         r.entries, r.snapshots_compared, r.scopes, r.open_holds
     );
     Ok(())
+}
+
+fn export(dir: &std::path::Path, mut after: u64) -> Result<(), String> {
+    use std::io::Write as _;
+    if !dir.join("ledger").exists() {
+        return Err(format!("{} holds no spendb ledger", dir.display()));
+    }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let page = spendb::store::log_store::read_page(dir, after, 65_536, |_| true)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            let line = spendb::admin::entry_json(e).to_string();
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // the reader went away (e.g. `| head`)
+            }
+        }
+    }
+    out.flush().map_err(|e| e.to_string())
 }
 
 fn serve(a: ServeArgs) -> Result<(), String> {
@@ -410,7 +457,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("--write-timeout: {e}"))?
             .max(1),
     );
-    let store = LogStore::open(&a.data_dir)
+    let store = LogStore::open_with(&a.data_dir, a.segment_bytes)
         .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
     let now_ms = || {
         std::time::SystemTime::now()
@@ -433,6 +480,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         durability: a.durability,
         rules,
         snapshot_every: a.snapshot_every,
+        retain_entries: a.ledger_retain,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

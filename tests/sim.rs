@@ -274,6 +274,7 @@ fn config() -> EngineConfig {
             ..Config::default()
         },
         snapshot_every: 40,
+        retain_entries: None,
     }
 }
 

@@ -392,22 +392,7 @@ pub async fn ledger(State(ctx): State<Ctx>, q: QueryResult<LedgerQuery>) -> Repl
     let next_after = (page.len() == limit)
         .then(|| page.last().map(|e| e.seq))
         .flatten();
-    let entries: Vec<serde_json::Value> = page
-        .iter()
-        .map(|e| {
-            let mut fields = match serde_json::to_value(&e.kind) {
-                Ok(serde_json::Value::Object(mut m)) => match m.values_mut().next() {
-                    Some(serde_json::Value::Object(inner)) => std::mem::take(inner),
-                    _ => serde_json::Map::new(),
-                },
-                _ => serde_json::Map::new(),
-            };
-            fields.insert("seq".into(), e.seq.into());
-            fields.insert("ts".into(), e.ts.into());
-            fields.insert("kind".into(), e.kind.name().into());
-            serde_json::Value::Object(fields)
-        })
-        .collect();
+    let entries: Vec<serde_json::Value> = page.iter().map(super::entry_json).collect();
     Ok(Json(
         serde_json::json!({"entries": entries, "next_after": next_after}),
     ))

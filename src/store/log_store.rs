@@ -6,6 +6,10 @@
 //!   entry). A group commit is one `write` of the whole batch and one
 //!   `fdatasync`; a batch never spans two segments. A segment is closed at
 //!   `SEGMENT_MAX` bytes and a new one named after its first entry begins.
+//! - `archive/<first seq>.seg` — closed segments moved out of `ledger/` by
+//!   `--ledger-retain` once every stored snapshot covers them: the same
+//!   CRC-framed records, no longer needed to start, kept for audit (`ledger
+//!   verify`, `ledger export`, reports) until an operator moves them away.
 //! - sled (`db`, `conf`, …) — tree `snapshots`, keyed by big-endian seq.
 //!
 //! Why not the ledger in sled, as DESIGN.md first said: measured on the 2-core
@@ -170,15 +174,31 @@ fn list_segments(seg_dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(segments)
 }
 
+/// Every segment of a data dir, archived ones first: (first seq, path),
+/// ascending.
+pub fn all_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for sub in ["archive", "ledger"] {
+        let d = dir.join(sub);
+        if !d.exists() {
+            continue;
+        }
+        for first in list_segments(&d)? {
+            out.push((first, d.join(seg_name(first))));
+        }
+    }
+    out.sort_by_key(|(first, _)| *first);
+    Ok(out)
+}
+
 /// Where ledger record `seq` of a data dir is stored: its segment file and
 /// byte offset (for tools and tests; works while the server runs).
 pub fn locate(dir: &Path, seq: u64) -> std::io::Result<Option<(PathBuf, u64)>> {
-    let seg_dir = dir.join("ledger");
-    let segments = list_segments(&seg_dir)?;
-    let Some(first) = segments.iter().rev().find(|&&f| f <= seq) else {
+    let segments = all_segments(dir)?;
+    let Some((first, path)) = segments.iter().rev().find(|(f, _)| *f <= seq) else {
         return Ok(None);
     };
-    let path = seg_dir.join(seg_name(*first));
+    let path = path.clone();
     let (entries, _) = scan(&std::fs::read(&path)?, *first);
     Ok(entries
         .iter()
@@ -200,13 +220,15 @@ pub fn read_page(
     limit: usize,
     mut keep: impl FnMut(&Entry) -> bool,
 ) -> std::io::Result<Vec<Entry>> {
-    let seg_dir = dir.join("ledger");
-    let segments = list_segments(&seg_dir)?;
-    let start = segments.iter().rposition(|&f| f <= after + 1).unwrap_or(0);
+    let segments = all_segments(dir)?;
+    let start = segments
+        .iter()
+        .rposition(|(f, _)| *f <= after + 1)
+        .unwrap_or(0);
     let mut out = Vec::new();
-    for &first in &segments[start..] {
-        let bytes = std::fs::read(seg_dir.join(seg_name(first)))?;
-        let (entries, damage) = scan(&bytes, first);
+    for (first, path) in &segments[start..] {
+        let bytes = std::fs::read(path)?;
+        let (entries, damage) = scan(&bytes, *first);
         for (_, e) in entries {
             if e.seq > after && keep(&e) {
                 out.push(e);
@@ -362,13 +384,26 @@ impl Storage for LogStore {
     }
 
     fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
-        let start = self.segments.iter().rposition(|&f| f <= from).unwrap_or(0);
-        let segs = self.segments[start..].to_vec();
-        let dir = self.seg_dir.clone();
+        // Archived segments too, when they are still there (verify reads
+        // from 1; recovery never needs them: they end before every snapshot).
+        let mut segs: Vec<(u64, PathBuf)> = match list_segments(&self.dir.join("archive")) {
+            Ok(firsts) => firsts
+                .into_iter()
+                .filter(|f| self.segments.first().is_none_or(|live| f < live))
+                .map(|f| (f, self.dir.join("archive").join(seg_name(f))))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        segs.extend(
+            self.segments
+                .iter()
+                .map(|&f| (f, self.seg_dir.join(seg_name(f)))),
+        );
+        let start = segs.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
+        let segs = segs.split_off(start);
         Box::new(
             segs.into_iter()
-                .map(move |first| {
-                    let path = dir.join(seg_name(first));
+                .map(move |(first, path)| {
                     let bytes = std::fs::read(&path).map_err(StoreError::from)?;
                     let (entries, damage) = scan(&bytes, first);
                     let mut out: Vec<Result<Entry, StoreError>> = entries
@@ -459,6 +494,44 @@ impl Storage for LogStore {
         self.synced_len = cut;
         self.last_seq = from.saturating_sub(1).min(self.last_seq);
         Ok(())
+    }
+
+    fn archive(&mut self, upto: u64) -> Result<u64, StoreError> {
+        // Only what every stored snapshot already covers: recovery can fall
+        // back to the oldest one and still find the ledger after it.
+        let Some(oldest) = self.snapshots.first()? else {
+            return Ok(0);
+        };
+        let oldest =
+            u64::from_be_bytes(
+                oldest
+                    .0
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        seq: 0,
+                        what: "a snapshot key is not 8 bytes".into(),
+                    })?,
+            );
+        let limit = oldest.min(upto);
+        let archive = self.dir.join("archive");
+        let mut moved = 0;
+        // Closed segments only (never the one being written).
+        while self.segments.len() > 1 && self.segments[1] - 1 <= limit {
+            if moved == 0 {
+                std::fs::create_dir_all(&archive)?;
+            }
+            let first = self.segments[0];
+            let name = seg_name(first);
+            std::fs::rename(self.seg_dir.join(&name), archive.join(&name))?;
+            moved += self.segments[1] - first;
+            self.segments.remove(0);
+        }
+        if moved > 0 {
+            sync_dir(&archive)?;
+            sync_dir(&self.seg_dir)?;
+        }
+        Ok(moved)
     }
 
     fn probe(&mut self) -> Result<(), StoreError> {

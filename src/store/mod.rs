@@ -48,6 +48,13 @@ pub trait Storage: Send {
     /// Drops everything appended after `mark` (a batch whose write or sync
     /// failed), on disk too, so nothing unacknowledged survives a restart.
     fn rollback(&mut self, mark: Mark) -> Result<(), StoreError>;
+    /// Moves closed ledger segments whose entries all have seq ≤ `upto` and
+    /// ≤ every stored snapshot out of the live ledger (to the archive);
+    /// returns how many entries moved. Balances never change: start-up
+    /// begins at a snapshot after them.
+    fn archive(&mut self, _upto: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     /// Checks that the disk takes writes again after a failure (writes and
     /// syncs a scratch file beside the ledger, then removes it).
     fn probe(&mut self) -> Result<(), StoreError>;

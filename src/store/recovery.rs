@@ -111,6 +111,9 @@ pub fn recover(store: &mut dyn Storage, config: Config) -> Result<Recovered, Sto
 
 #[derive(Debug)]
 pub struct VerifyReport {
+    /// Set when the ledger's older entries are archived away: the replay
+    /// began at this snapshot.
+    pub from_snapshot: Option<u64>,
     pub entries: u64,
     pub snapshots_compared: usize,
     pub open_holds: usize,
@@ -128,8 +131,35 @@ pub fn verify(store: &dyn Storage, config: Config) -> Result<VerifyReport, Strin
         snaps.push((seq, s));
     }
     snaps.sort_by_key(|(seq, _)| *seq);
-    let mut pending = snaps.into_iter().peekable();
+    // Entries archived and then moved away: start from the oldest snapshot
+    // at or after the first entry still here (said in the report).
+    let first = store
+        .read_from(1)
+        .next()
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .map_or(1, |e| e.seq);
     let mut state = State::new(config);
+    let mut from_snapshot = None;
+    if first > 1 {
+        let i = snaps
+            .iter()
+            .position(|(seq, _)| *seq >= first - 1)
+            .ok_or_else(|| {
+                format!(
+                    "the ledger starts at entry {first} (older entries were archived and are not in \
+                     archive/) and no snapshot is at or after entry {}: put the archived segments back",
+                    first - 1
+                )
+            })?;
+        let (seq, snap) = snaps.remove(i);
+        snap.check_invariants()
+            .map_err(|e| format!("snapshot at entry {seq}: {e}"))?;
+        state = snap;
+        from_snapshot = Some(seq);
+        snaps.retain(|(s, _)| *s > seq);
+    }
+    let mut pending = snaps.into_iter().peekable();
     let mut compared = 0;
     let mut compare =
         |state: &State, pending: &mut std::iter::Peekable<std::vec::IntoIter<(u64, State)>>| {
@@ -145,7 +175,7 @@ pub fn verify(store: &dyn Storage, config: Config) -> Result<VerifyReport, Strin
             Ok::<(), String>(())
         };
     compare(&state, &mut pending)?;
-    for item in store.read_from(1) {
+    for item in store.read_from(state.next_seq) {
         let e = item.map_err(|e| e.to_string())?;
         if e.seq != state.next_seq {
             return Err(format!(
@@ -166,6 +196,7 @@ pub fn verify(store: &dyn Storage, config: Config) -> Result<VerifyReport, Strin
         .check_invariants()
         .map_err(|e| format!("at the end of the ledger: {e}"))?;
     Ok(VerifyReport {
+        from_snapshot,
         entries: state.next_seq - 1,
         snapshots_compared: compared,
         open_holds: state.digest().open_holds.len(),
