@@ -49,6 +49,14 @@ pub struct BenchConfig {
     /// Fraction of transactions that look the prompt up in the cache first
     /// (CACHE.GET of one of `CACHE_KEYS` prefilled entries: hits).
     pub cache_ratio: f64,
+    /// Fraction of granted holds neither committed nor released: left to
+    /// expire (use with `ttl_ms`).
+    pub abandon_ratio: f64,
+    /// TTL given with each RESERVE (None: the server's default).
+    pub ttl_ms: Option<u64>,
+    /// Fraction of transactions that CACHE.SET a new key (10 s TTL): the
+    /// cache churns, entries expiring as fast as they come.
+    pub cache_set_ratio: f64,
     pub model: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -77,6 +85,8 @@ pub struct BenchReport {
     pub seconds: f64,
     pub transactions: u64,
     pub granted: u64,
+    /// Granted holds left to expire (`abandon_ratio`).
+    pub abandoned: u64,
     pub denied: u64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -94,6 +104,7 @@ fn histogram() -> Histogram<u64> {
 struct Counters {
     transactions: AtomicU64,
     granted: AtomicU64,
+    abandoned: AtomicU64,
     denied: AtomicU64,
     errors: AtomicU64,
 }
@@ -104,6 +115,7 @@ struct Hists {
     release: Histogram<u64>,
     count: Histogram<u64>,
     cache_get: Histogram<u64>,
+    cache_set: Histogram<u64>,
     first_error: Option<String>,
 }
 
@@ -115,6 +127,7 @@ impl Hists {
             release: histogram(),
             count: histogram(),
             cache_get: histogram(),
+            cache_set: histogram(),
             first_error: None,
         }
     }
@@ -275,6 +288,7 @@ impl Worker {
         };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.id as u64 * 7919 + 1);
         let mut seq = 0u64;
+        let mut churn = 0u64;
         let interval = self
             .cfg
             .rate
@@ -307,7 +321,7 @@ impl Worker {
             // What an agent does before reserving: count the prompt, look
             // it up in the cache (one round trip for both, when asked for).
             let mut pre = redis::pipe();
-            let (mut counts, mut gets) = (0, 0);
+            let (mut counts, mut gets, mut sets) = (0, 0, 0);
             for _ in 0..n {
                 if rng.gen_bool(self.cfg.count_ratio) {
                     pre.cmd("COUNT").arg(&self.cfg.model).arg(PROMPT);
@@ -320,14 +334,24 @@ impl Worker {
                         .arg(format!("{PROMPT}{k}"));
                     gets += 1;
                 }
+                if rng.gen_bool(self.cfg.cache_set_ratio) {
+                    churn += 1;
+                    pre.cmd("CACHE.SET")
+                        .arg("bench-churn")
+                        .arg(format!("{}-{}-{churn}", self.run, self.id))
+                        .arg(PROMPT)
+                        .arg("TTL")
+                        .arg(10_000);
+                    sets += 1;
+                }
             }
-            if counts + gets > 0 {
+            if counts + gets + sets > 0 {
                 let sent = Instant::now();
                 match pre.query_async::<Vec<redis::Value>>(&mut con).await {
                     Ok(r) => {
                         for v in &r {
                             if matches!(v, redis::Value::ServerError(_) | redis::Value::Nil) {
-                                self.error(&mut h, format!("COUNT / CACHE.GET: {v:?}"));
+                                self.error(&mut h, format!("COUNT / CACHE.GET / CACHE.SET: {v:?}"));
                             }
                         }
                         for _ in 0..counts {
@@ -335,6 +359,9 @@ impl Worker {
                         }
                         for _ in 0..gets {
                             record(&mut h.cache_get, sent);
+                        }
+                        for _ in 0..sets {
+                            record(&mut h.cache_set, sent);
                         }
                     }
                     Err(e) => self.error(&mut h, e),
@@ -360,6 +387,9 @@ impl Worker {
                     .arg(self.cfg.input_tokens)
                     .arg("OUTPUT")
                     .arg(self.cfg.output_tokens);
+                if let Some(ttl) = self.cfg.ttl_ms {
+                    reserve.arg("TTL").arg(ttl);
+                }
                 ids.push(id);
             }
             let replies: Vec<redis::Value> = match reserve.query_async(&mut con).await {
@@ -379,7 +409,9 @@ impl Worker {
                 match status_of(reply).as_deref() {
                     Some("granted") => {
                         self.counters.granted.fetch_add(1, Ordering::Relaxed);
-                        if rng.gen_bool(self.cfg.release_ratio) {
+                        if rng.gen_bool(self.cfg.abandon_ratio) {
+                            self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                        } else if rng.gen_bool(self.cfg.release_ratio) {
                             settle.cmd("RELEASE").arg(id);
                             releases += 1;
                         } else {
@@ -449,6 +481,8 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         cfg.deny_ratio,
         cfg.count_ratio,
         cfg.cache_ratio,
+        cfg.abandon_ratio,
+        cfg.cache_set_ratio,
     ];
     if ratios.iter().any(|r| !(0.0..=1.0).contains(r)) {
         return Err("ratios must be between 0 and 1".into());
@@ -513,6 +547,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         all.release.add(&h.release).map_err(|e| e.to_string())?;
         all.count.add(&h.count).map_err(|e| e.to_string())?;
         all.cache_get.add(&h.cache_get).map_err(|e| e.to_string())?;
+        all.cache_set.add(&h.cache_set).map_err(|e| e.to_string())?;
         all.first_error = all.first_error.or(h.first_error);
     }
     let secs = start.elapsed().as_secs_f64();
@@ -523,7 +558,8 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         + all.commit.len()
         + all.release.len()
         + all.count.len()
-        + all.cache_get.len();
+        + all.cache_get.len()
+        + all.cache_set.len();
     let mut commands = vec![("reserve".to_string(), stats(&all.reserve, secs))];
     if !all.commit.is_empty() {
         commands.push(("commit".into(), stats(&all.commit, secs)));
@@ -537,6 +573,9 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
     if !all.cache_get.is_empty() {
         commands.push(("cache.get".into(), stats(&all.cache_get, secs)));
     }
+    if !all.cache_set.is_empty() {
+        commands.push(("cache.set".into(), stats(&all.cache_set, secs)));
+    }
     Ok(BenchReport {
         target: format!("{}:{}", cfg.host, cfg.port),
         connections: cfg.connections,
@@ -546,6 +585,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         seconds: secs,
         transactions: all.reserve.len(),
         granted: counters.granted.load(Ordering::Relaxed),
+        abandoned: counters.abandoned.load(Ordering::Relaxed),
         denied: counters.denied.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
         first_error: all.first_error,
@@ -571,10 +611,11 @@ pub fn format_report(r: &BenchReport) -> String {
         r.seconds
     );
     out += &format!(
-        "transactions {} ({:.0}/s): granted {}, denied {}, errors {}; {:.0} commands/s\n",
+        "transactions {} ({:.0}/s): granted {} ({} left to expire), denied {}, errors {}; {:.0} commands/s\n",
         r.transactions,
         r.transactions as f64 / r.seconds,
         r.granted,
+        r.abandoned,
         r.denied,
         r.errors,
         r.commands_per_second

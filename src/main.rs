@@ -103,6 +103,15 @@ struct BenchArgs {
     /// Fraction of transactions that CACHE.GET a prompt first (hits).
     #[arg(long, default_value_t = 0.0)]
     cache_ratio: f64,
+    /// Fraction of granted holds left to expire (neither committed nor released).
+    #[arg(long, default_value_t = 0.0)]
+    abandon_ratio: f64,
+    /// TTL of each RESERVE, in ms (default: the server's).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Fraction of transactions that CACHE.SET a new key with a 10 s TTL (cache churn).
+    #[arg(long, default_value_t = 0.0)]
+    cache_set_ratio: f64,
     #[arg(long, default_value = "gpt-4o")]
     model: String,
     #[arg(long, default_value_t = 1000)]
@@ -151,6 +160,9 @@ fn bench(a: BenchArgs) -> Result<(), String> {
         deny_ratio: a.deny_ratio,
         count_ratio: a.count_ratio,
         cache_ratio: a.cache_ratio,
+        abandon_ratio: a.abandon_ratio,
+        ttl_ms: a.ttl,
+        cache_set_ratio: a.cache_set_ratio,
         model: a.model,
         input_tokens: a.input_tokens,
         output_tokens: a.output_tokens,

@@ -180,10 +180,7 @@ fn errors_are_json_with_the_right_status() {
 
 #[test]
 fn users_of_the_redis_side_sign_in_with_basic_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users.toml");
-    std::fs::write(
-        &users,
+    let s = Server::with_users(
         r#"
 [users.ops]
 password = "ops-pw"
@@ -196,9 +193,8 @@ password = "agent-pw"
 commands = ["@agent"]
 scopes = ["org:acme"]
 "#,
-    )
-    .unwrap();
-    let s = Server::start(&["--users", users.to_str().unwrap()]);
+        &[],
+    );
     let budget = Some(r#"{"limits": [{"dim": "TOKENS", "amount": 10, "per": "DAY"}]}"#);
     let anon = Http::new(&s, None);
     let (st, v) = anon.get("/v1/budgets");

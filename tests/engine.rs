@@ -90,8 +90,14 @@ async fn until_written(engine: &EngineHandle, line: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
+/// The engine on a real LogStore in a temp dir that fails while the flag
+/// is set.
+fn start_failing() -> (
+    tempfile::TempDir,
+    Arc<AtomicBool>,
+    EngineHandle,
+    std::thread::JoinHandle<()>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let fail = Arc::new(AtomicBool::new(false));
     let store = FailingSync {
@@ -104,6 +110,12 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
         engine::system_clock(),
     )
     .unwrap();
+    (dir, fail, engine, thread)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
+    let (dir, fail, engine, thread) = start_failing();
     let ok = run(&engine, "BUDGET.SET org:f TOKENS 1000 PER DAY").await;
     assert!(matches!(ok, Value::Ok), "{ok:?}");
 
@@ -132,18 +144,7 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let fail = Arc::new(AtomicBool::new(false));
-    let store = FailingSync {
-        inner: LogStore::open(dir.path()).unwrap(),
-        failing: fail.clone(),
-    };
-    let (engine, thread, _) = engine::start(
-        Box::new(store),
-        EngineConfig::default(),
-        engine::system_clock(),
-    )
-    .unwrap();
+    let (dir, fail, engine, thread) = start_failing();
     run(&engine, "BUDGET.SET org:d TOKENS 1000 PER DAY").await;
     let before = run(&engine, "RESERVE before org:d gpt-4o INPUT 100").await;
     assert!(matches!(before, Value::Map(_)), "{before:?}");

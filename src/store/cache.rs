@@ -1,5 +1,5 @@
 //! The exact-response cache (CACHE.SET / GET / DEL / STATS), persisted in
-//! sled's `cache` tree beside the snapshots.
+//! sled's `cache` tree.
 //!
 //! - Keys are content-addressed: `<namespace> 0x00 <SHA-256 of the key>`, so a
 //!   whole prompt can be the key and every stored key is 32 bytes.

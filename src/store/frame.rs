@@ -46,6 +46,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     Ok(v)
 }
 
+/// Decodes the first value of a frame's payload, ignoring what follows and
+/// without checking the CRC (to read a version number before the rest).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let payload = bytes.get(4..).ok_or("record shorter than its CRC")?;
+    bincode::serde::decode_from_slice(payload, bincode_config())
+        .map(|(v, _)| v)
+        .map_err(|e| format!("undecodable record: {e}"))
+}
+
 pub fn encode_entry(e: &Entry) -> Vec<u8> {
     encode(e)
 }

@@ -1,4 +1,4 @@
-//! The ledger as append-only segment files; snapshots in sled.
+//! The ledger as append-only segment files; snapshots as files beside it.
 //!
 //! Layout of a data dir:
 //! - `ledger/<first seq, 20 digits>.seg` — segments of ledger records, each
@@ -10,7 +10,12 @@
 //!   `--ledger-retain` once every stored snapshot covers them: the same
 //!   CRC-framed records, no longer needed to start, kept for audit (`ledger
 //!   verify`, `ledger export`, reports) until an operator moves them away.
-//! - sled (`db`, `conf`, …) — tree `snapshots`, keyed by big-endian seq.
+//! - `snapshots/<seq, 20 digits>.snap` — framed snapshots (the newest
+//!   two), each written to a `.tmp` file, synced and renamed into place, so
+//!   a crash leaves whole snapshots only. They lived in a sled tree at first;
+//!   sled reads every value of a tree to list its keys, so start-up read
+//!   every stored snapshot (365 MB of an older one to load 13 KB).
+//! - sled (`db`, `conf`, …) — the response cache only.
 //!
 //! Why not the ledger in sled, as DESIGN.md first said: measured on the 2-core
 //! machine (docs/BENCHMARKS.md, `cargo bench --bench group_commit`), a sled
@@ -47,10 +52,7 @@ pub struct LogStore {
     dir: PathBuf,
     seg_dir: PathBuf,
     db: sled::Db,
-    snapshots: sled::Tree,
-    /// sled's data file, opened by us for fdatasync (sled's own flush uses
-    /// `sync_file_range`, which is not power-loss safe: sled #1351, #1452).
-    db_file: File,
+    snap_dir: PathBuf,
     /// First seq of every segment, ascending; the last is being written.
     segments: Vec<u64>,
     /// The segment being written.
@@ -261,10 +263,25 @@ impl LogStore {
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let snapshots = db.open_tree("snapshots")?;
+        // Snapshots of the first layout, in sled: unusable by this build
+        // (start-up replays the ledger once instead).
+        let legacy = db.open_tree("snapshots")?;
+        if !legacy.is_empty() {
+            tracing::warn!(
+                "dropping {} snapshot(s) stored in sled by an older build",
+                legacy.len()
+            );
+            legacy.clear()?;
+        }
+        let snap_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snap_dir)?;
+        for name in list_names(&snap_dir, ".tmp")? {
+            let _ = std::fs::remove_file(snap_dir.join(name));
+        }
         db.flush()?;
-        let db_file = File::open(dir.join("db"))?;
-        db_file.sync_all()?;
+        // sled's own flush uses `sync_file_range`, which is not power-loss
+        // safe (sled #1351, #1452): its data file is synced here too.
+        File::open(dir.join("db"))?.sync_all()?;
         let seg_dir = dir.join("ledger");
         std::fs::create_dir_all(&seg_dir)?;
         sync_dir(dir)?;
@@ -294,8 +311,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             seg_dir,
             db,
-            snapshots,
-            db_file,
+            snap_dir,
             segments,
             file,
             len,
@@ -451,21 +467,29 @@ impl Storage for LogStore {
     }
 
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
-        Ok(Box::new(SledSnapshots {
-            db: self.db.clone(),
-            snapshots: self.snapshots.clone(),
-            db_file: self.db_file.try_clone()?,
+        Ok(Box::new(FileSnapshots {
+            dir: self.snap_dir.clone(),
         }))
     }
 
     fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.snapshots.iter().rev() {
-            let (k, v) = kv?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
-            out.push((seq, v.to_vec()));
+        for seq in self.snapshot_seqs()? {
+            out.push((seq, std::fs::read(self.snap_dir.join(snap_name(seq)))?));
         }
         Ok(out)
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(snapshot_seqs(&self.snap_dir)?)
+    }
+
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(self.snap_dir.join(snap_name(seq))) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError> {
@@ -499,20 +523,9 @@ impl Storage for LogStore {
     fn archive(&mut self, upto: u64) -> Result<u64, StoreError> {
         // Only what every stored snapshot already covers: recovery can fall
         // back to the oldest one and still find the ledger after it.
-        let Some(oldest) = self.snapshots.first()? else {
+        let Some(&oldest) = self.snapshot_seqs()?.last() else {
             return Ok(0);
         };
-        let oldest =
-            u64::from_be_bytes(
-                oldest
-                    .0
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        seq: 0,
-                        what: "a snapshot key is not 8 bytes".into(),
-                    })?,
-            );
         let limit = oldest.min(upto);
         let archive = self.dir.join("archive");
         let mut moved = 0;
@@ -575,23 +588,46 @@ impl Storage for LogStore {
     }
 }
 
-/// Writes snapshots into sled from any thread (sled is thread-safe), so a
-/// large one does not hold up the ledger.
-struct SledSnapshots {
-    db: sled::Db,
-    snapshots: sled::Tree,
-    db_file: File,
+fn snap_name(seq: u64) -> String {
+    format!("{seq:020}.snap")
 }
 
-impl SnapshotSink for SledSnapshots {
+/// File names in `dir` ending with `suffix`.
+fn list_names(dir: &Path, suffix: &str) -> std::io::Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(suffix))
+        .collect())
+}
+
+/// Seqs of the snapshots in `dir`, newest first.
+fn snapshot_seqs(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = list_names(dir, ".snap")?
+        .iter()
+        .filter_map(|n| n.strip_suffix(".snap")?.parse().ok())
+        .collect();
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(seqs)
+}
+
+/// Writes snapshot files from any thread, so a large one does not hold up
+/// the ledger: `.tmp`, fdatasync, rename, fsync of the directory; then the
+/// older ones beyond the newest `SNAPSHOTS_KEPT` go.
+struct FileSnapshots {
+    dir: PathBuf,
+}
+
+impl SnapshotSink for FileSnapshots {
     fn save(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError> {
-        self.snapshots.insert(seq.to_be_bytes(), framed)?;
-        let keys: Vec<_> = self.snapshots.iter().keys().collect::<Result<_, _>>()?;
-        for k in keys.iter().rev().skip(SNAPSHOTS_KEPT) {
-            self.snapshots.remove(k)?;
+        let tmp = self.dir.join(format!("{seq:020}.tmp"));
+        let f = File::create(&tmp)?;
+        f.write_all_at(framed, 0)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, self.dir.join(snap_name(seq)))?;
+        sync_dir(&self.dir)?;
+        for old in snapshot_seqs(&self.dir)?.into_iter().skip(SNAPSHOTS_KEPT) {
+            std::fs::remove_file(self.dir.join(snap_name(old)))?;
         }
-        self.db.flush()?;
-        self.db_file.sync_data()?;
         Ok(())
     }
 }

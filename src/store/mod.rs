@@ -41,6 +41,19 @@ pub trait Storage: Send {
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError>;
     /// Snapshots, newest first, as (seq, framed bytes).
     fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// The seqs of the stored snapshots, newest first (without reading
+    /// them: start-up reads only the one it uses).
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.snapshots()?.into_iter().map(|(seq, _)| seq).collect())
+    }
+    /// One stored snapshot's framed bytes.
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .snapshots()?
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, b)| b))
+    }
     /// Removes a ledger tail from `from` on (cutting back a damaged tail).
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError>;
     /// Where the ledger ends now; taken before a batch is appended.

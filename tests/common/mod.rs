@@ -31,6 +31,18 @@ impl Server {
         s
     }
 
+    /// A server with a `--users` file of this TOML.
+    pub fn with_users(toml: &str, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let users = tmp.path().join("users.toml");
+        std::fs::write(&users, toml).unwrap();
+        let mut args = vec!["--users", users.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut s = Server::start_in(&tmp.path().join("data"), &args);
+        s._tmp = Some(tmp);
+        s
+    }
+
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
         let (child, port, admin_port) = spawn_ports(dir, extra, &[]);
         Server {
