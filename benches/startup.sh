@@ -15,11 +15,14 @@ rounds=${3:-3}
 source benches/lib.sh
 port=$(free_port)
 data="$work/data"
-serve() { "$bin" serve --port "$port" --admin-port 0 --data-dir "$data" --id-retention "$retention" "$@"; }
+serve() { exec "$bin" serve --port "$port" --admin-port 0 --data-dir "$data" --id-retention "$retention" "$@"; }
 serve --durability none >"$work/gen.out" 2>"$work/gen.err" &
 gen=$!
 pids+=("$gen")
-until grep -q ready "$work/gen.out" 2>/dev/null; do sleep 0.05; done
+until grep -q ready "$work/gen.out" 2>/dev/null; do
+  kill -0 "$gen" 2>/dev/null || { cat "$work/gen.err" >&2; exit 1; }
+  sleep 0.05
+done
 "$bin" bench -p "$port" -q -c 16 -P 32 -n $((entries / 2)) -d 3600s | sed -n 2p
 start_once() { # appends the seconds to ready to $times; leaves the server running as $srv
   local t0 t1
@@ -28,7 +31,10 @@ start_once() { # appends the seconds to ready to $times; leaves the server runni
   serve >"$work/s.out" 2>"$work/s.err" &
   srv=$!
   pids+=("$srv")
-  until grep -q ready "$work/s.out" 2>/dev/null; do sleep 0.01; done
+  until grep -q ready "$work/s.out" 2>/dev/null; do
+    kill -0 "$srv" 2>/dev/null || { cat "$work/s.err" >&2; exit 1; }
+    sleep 0.01
+  done
   t1=$(date +%s.%N)
   times+=("$(echo "$t1 - $t0" | bc)")
 }

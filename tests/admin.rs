@@ -484,8 +484,11 @@ fn a_burn_rate_forecast_per_budget() {
         (month["dim"].as_str(), month["used"].as_i64()),
         (Some("TOKENS"), Some(500))
     );
-    // At least what is used; the period end is in the future.
+    // At least what is used; the period end is in the future; the rate is
+    // measured over the usage just recorded.
     assert!(month["projected"].as_i64().unwrap() >= 500);
+    assert_eq!(month["recent"].as_i64(), Some(500));
+    assert!(month["rate_window_ms"].as_i64().unwrap() >= 1);
     assert!(month["period_end"].as_i64().unwrap() > 0);
     // A rolling window has no period end: no projection.
     assert_eq!(limits[1]["projected"], Value::Null);

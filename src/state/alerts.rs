@@ -30,9 +30,6 @@ pub const MAX_SPIKE_WINDOW_MS: u64 = 30 * MINUTE_MS;
 pub const MAX_RUNAWAY_EVENTS: u32 = 10_000;
 pub const MAX_RUNAWAY_WINDOW_MS: u64 = 24 * 3_600_000;
 pub const MAX_WEBHOOK_LEN: usize = 2048;
-/// A forecast is not trusted before this share (1/20) of the period passed.
-pub const FORECAST_MIN_ELAPSED_DIV: u64 = 20;
-
 /// The rules on one scope.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertRules {
@@ -233,9 +230,9 @@ impl ScopeAlerts {
     pub fn check_limits(&self, scope: &str, limits: &[Limit], now: u64, out: &mut Vec<AlertEvent>) {
         for l in limits {
             let (dim, amount) = (l.spec.dim, l.spec.amount);
-            let (period, end) = match l.spec.window {
-                Window::Calendar(p) => (limit::period_start(p, now), limit::period_end(p, now)),
-                Window::Total => (0, u64::MAX),
+            let period = match l.spec.window {
+                Window::Calendar(p) => limit::period_start(p, now),
+                Window::Total => 0,
                 Window::Rolling(_) => continue,
             };
             let used = l.used(now);
@@ -274,20 +271,18 @@ impl ScopeAlerts {
                     });
                 }
             }
-            if self.rules.forecast && end != u64::MAX && used < amount {
-                let elapsed = now.saturating_sub(period);
-                if elapsed.saturating_mul(FORECAST_MIN_ELAPSED_DIV) < end - period || elapsed == 0 {
+            if self.rules.forecast && used < amount {
+                // A forecast from less than a whole rate window is noise.
+                let Some(burn) = l.burn(now, 0).filter(|b| b.full_window) else {
                     continue;
-                }
-                let left = end.saturating_sub(now) as u128;
-                let projected = used as u128 + used as u128 * left / elapsed as u128;
-                if projected <= amount as u128 {
+                };
+                let projected = burn.projected;
+                if projected <= amount {
                     continue;
                 }
                 let desc = desc();
                 let key = format!("forecast:{desc}");
                 if self.not_yet(&key, period) {
-                    let projected = projected.min(u64::MAX as u128) as u64;
                     out.push(AlertEvent {
                         scope: scope.to_string(),
                         rule: "forecast".into(),
@@ -490,27 +485,35 @@ mod tests {
     }
 
     #[test]
-    fn forecast_waits_for_a_twentieth_of_the_period() {
+    fn forecast_needs_a_whole_rate_window_and_follows_the_recent_pace() {
         let rules = AlertRules {
             forecast: true,
             ..Default::default()
         };
         let s = ScopeAlerts::new(rules, 0);
         let start = 10 * DAY;
+        let hour = 3_600_000;
+        let window = Window::Calendar(Period::Day);
+        let mut l = day_limit(1000, 0, start);
         let mut out = Vec::new();
-        // 1 h in: 100 of 1000 projects 2400, but 1 h < 1/20 of a day.
-        s.check_limits(
-            "t",
-            &[day_limit(1000, 100, start + 3_600_000)],
-            start + 3_600_000,
-            &mut out,
-        );
+        // 1 h in: 100 of 1000 would project 2400, but the limit was watched
+        // for less than its 2 h rate window.
+        l.counter.charge(window, start + hour / 2, 100);
+        s.check_limits("t", std::slice::from_ref(&l), start + hour, &mut out);
         assert!(out.is_empty());
-        // 6 h in: 300 projects 1200 > 1000.
-        let now = start + 6 * 3_600_000;
-        s.check_limits("t", &[day_limit(1000, 300, now)], now, &mut out);
+        // 4 h in: the early 100 left the window; the 400 of the last 2 h
+        // (7,080,000 ms covered at a bucket boundary) project
+        // 500 + 400 × 20 h / 7,080,000 ms = 500 + 4067.
+        l.counter.charge(window, start + 3 * hour, 400);
+        let now = start + 4 * hour;
+        s.check_limits("t", std::slice::from_ref(&l), now, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].observed, 1200);
+        assert_eq!(out[0].observed, 4567);
+        // A quiet stretch projects nothing more: no alert at the same usage.
+        let mut later = Vec::new();
+        let quiet = start + 7 * hour;
+        s.check_limits("t", std::slice::from_ref(&l), quiet, &mut later);
+        assert!(later.is_empty(), "{later:?}");
     }
 
     #[test]

@@ -232,6 +232,36 @@ pub fn period_end(p: Period, now: u64) -> u64 {
     }
 }
 
+/// The stretch of recent usage a calendar limit's burn rate is measured
+/// over: about a twelfth of the period, so a forecast follows a change of
+/// pace within the period instead of averaging it away.
+pub fn recent_window_ms(p: Period) -> u64 {
+    match p {
+        Period::Minute => 10_000,
+        Period::Hour => 5 * 60_000,
+        Period::Day => 2 * 3_600_000,
+        Period::Week => 12 * 3_600_000,
+        Period::Month => 2 * 86_400_000,
+    }
+}
+
+/// A calendar limit's burn: the recent rate and where it leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Burn {
+    /// Usage in the rate window, and the window's length in ms (shorter
+    /// than [`recent_window_ms`] while the limit is younger than that).
+    pub recent: u64,
+    pub rate_window_ms: u64,
+    /// Whether a whole rate window was watched (a shorter one is noisy).
+    pub full_window: bool,
+    pub period_end: u64,
+    /// Usage at the period's end if the recent rate holds.
+    pub projected: u64,
+    /// When used + held reach the limit at that rate, if before the
+    /// period's end (`now` if they already have).
+    pub exhausted_at: Option<u64>,
+}
+
 /// One limit as configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitSpec {
@@ -244,10 +274,14 @@ pub struct LimitSpec {
 /// Usage counted inside a limit's window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Counter {
-    /// Usage since `start`, the beginning of the current period (lazily reset).
+    /// Usage since `start`, the beginning of the current period (lazily
+    /// reset), and the recent usage the burn rate is measured over (it
+    /// spans period boundaries) since the counter was made at `since`.
     Period {
         start: u64,
         used: u64,
+        recent: Ring,
+        since: u64,
     },
     Total {
         used: u64,
@@ -328,6 +362,14 @@ impl Ring {
         None
     }
 
+    /// How many ms of the past `sum(now)` covers: the live buckets, from
+    /// the oldest one's start to `now` (between `(len - 1) × width` and
+    /// `len × width`).
+    pub fn covered(&self, now: u64) -> u64 {
+        let oldest_live = (now / self.width + 1).saturating_sub(self.len());
+        now - oldest_live * self.width
+    }
+
     /// When the oldest usage still in the window leaves it.
     pub fn next_change(&self, now: u64) -> Option<u64> {
         self.live(now)
@@ -342,6 +384,8 @@ impl Counter {
             Window::Calendar(p) => Counter::Period {
                 start: period_start(p, now),
                 used: 0,
+                recent: Ring::new(recent_window_ms(p)),
+                since: now,
             },
             Window::Total => Counter::Total { used: 0 },
             Window::Rolling(ms) => Counter::Rolling(Ring::new(ms)),
@@ -351,7 +395,7 @@ impl Counter {
     /// Usage inside the window at `now`.
     pub fn used(&self, window: Window, now: u64) -> u64 {
         match (self, window) {
-            (Counter::Period { start, used }, Window::Calendar(p)) => {
+            (Counter::Period { start, used, .. }, Window::Calendar(p)) => {
                 if period_start(p, now) == *start {
                     *used
                 } else {
@@ -366,13 +410,22 @@ impl Counter {
 
     pub fn charge(&mut self, window: Window, now: u64, amount: u64) {
         match (self, window) {
-            (Counter::Period { start, used }, Window::Calendar(p)) => {
+            (
+                Counter::Period {
+                    start,
+                    used,
+                    recent,
+                    ..
+                },
+                Window::Calendar(p),
+            ) => {
                 let s = period_start(p, now);
                 if s != *start {
                     *start = s;
                     *used = 0;
                 }
                 *used = used.saturating_add(amount);
+                recent.add(now, amount);
             }
             (Counter::Total { used }, _) => *used = used.saturating_add(amount),
             (Counter::Rolling(r), _) => r.add(now, amount),
@@ -401,6 +454,42 @@ pub struct Limit {
 impl Limit {
     pub fn used(&self, now: u64) -> u64 {
         self.counter.used(self.spec.window, now)
+    }
+
+    /// The burn-rate forecast of a calendar limit (None for rolling and
+    /// TOTAL limits, which have no period end), with `held` still held.
+    /// Integer arithmetic throughout: rate = recent / rate_window_ms.
+    pub fn burn(&self, now: u64, held: u64) -> Option<Burn> {
+        let (Counter::Period { recent, since, .. }, Window::Calendar(p)) =
+            (&self.counter, self.spec.window)
+        else {
+            return None;
+        };
+        let full = recent_window_ms(p);
+        let window = recent.covered(now).min(now.saturating_sub(*since)).max(1);
+        let recent = recent.sum(now);
+        let used = self.used(now) as u128;
+        let end = period_end(p, now);
+        let left = (end - now) as u128;
+        let (r, w) = (recent as u128, window as u128);
+        let projected = (used + r * left / w).min(u64::MAX as u128) as u64;
+        let room = (self.spec.amount as u128).saturating_sub(used + held as u128);
+        let exhausted_at = if room == 0 {
+            Some(now)
+        } else if r == 0 {
+            None
+        } else {
+            let at = now as u128 + (room * w).div_ceil(r);
+            (at < end as u128).then_some(at as u64)
+        };
+        Some(Burn {
+            recent,
+            rate_window_ms: window,
+            full_window: now.saturating_sub(*since) >= full,
+            period_end: end,
+            projected,
+            exhausted_at,
+        })
     }
 
     /// How long until a request of `amount`, with `held` still held, would

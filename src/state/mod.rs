@@ -700,11 +700,12 @@ impl State {
         Value::Map(fields)
     }
 
-    /// For each calendar limit on the scope: the rate so far this period
-    /// (used / elapsed), the usage projected at the period's end at that
-    /// rate, and when the limit runs out at that rate (None if it does not
-    /// within the period). Rolling and TOTAL limits have no period end and
-    /// are listed without a projection.
+    /// For each calendar limit on the scope: the recent burn rate (usage
+    /// over the last [`limit::recent_window_ms`] of the period's kind), the
+    /// usage projected at the period's end at that rate, and when the limit
+    /// runs out at that rate (None if it does not within the period).
+    /// Rolling and TOTAL limits have no period end and are listed without a
+    /// projection.
     fn forecast(&self, now: u64, scope: &str) -> Value {
         if let Err(e) = scope::validate_scope(scope) {
             return syntax(e);
@@ -725,30 +726,18 @@ impl State {
                     ("used", amount_value(dim, used as i128)),
                     ("held", amount_value(dim, held as i128)),
                 ];
-                let limit::Window::Calendar(p) = l.spec.window else {
+                let Some(b) = l.burn(now, held as u64) else {
                     f.extend([("projected", Value::Null), ("exhausted_at", Value::Null)]);
                     return Value::Map(f);
                 };
-                let (start, end) = (limit::period_start(p, now), limit::period_end(p, now));
-                let elapsed = now.saturating_sub(start).max(1) as u128;
-                let left = end.saturating_sub(now) as u128;
-                // Integer arithmetic: rate = used / elapsed per ms.
-                let projected = used + used * left / elapsed;
-                let room = (l.spec.amount as u128).saturating_sub(used + held);
-                let exhausted_at = if used == 0 {
-                    None
-                } else if room == 0 {
-                    Some(now)
-                } else {
-                    let at = now as u128 + room * elapsed / used;
-                    (at < end as u128).then_some(at as u64)
-                };
                 f.extend([
-                    ("period_end", Value::Int(end as i64)),
-                    ("projected", amount_value(dim, projected as i128)),
+                    ("period_end", Value::Int(b.period_end as i64)),
+                    ("recent", amount_value(dim, b.recent as i128)),
+                    ("rate_window_ms", Value::Int(b.rate_window_ms as i64)),
+                    ("projected", amount_value(dim, b.projected as i128)),
                     (
                         "exhausted_at",
-                        exhausted_at.map_or(Value::Null, |t| Value::Int(t as i64)),
+                        b.exhausted_at.map_or(Value::Null, |t| Value::Int(t as i64)),
                     ),
                 ]);
                 Value::Map(f)
@@ -1584,7 +1573,7 @@ mod forecast_tests {
     use crate::state::limit::{LimitSpec, Period, Window};
 
     #[test]
-    fn the_period_rate_projects_the_end_and_the_exhaustion_time() {
+    fn the_recent_rate_projects_the_end_and_the_exhaustion_time() {
         let mut st = State::new(Config::default());
         let mut out = Vec::new();
         let day = limit::period_start(Period::Day, 1_795_305_600_123);
@@ -1594,45 +1583,57 @@ mod forecast_tests {
             limits: vec![LimitSpec {
                 dim: Dim::Tokens,
                 window: Window::Calendar(Period::Day),
-                amount: 1000,
+                amount: 5000,
             }],
         };
         st.apply(day, &set, &mut out);
-        let spend = Command::Spend {
+        let spend = |input| Command::Spend {
             scope: "org:f".into(),
             model: "gpt-4o".into(),
             usage: price::Usage {
-                input: 300,
+                input,
                 output: 0,
                 cached: 0,
                 cache_write: 0,
             },
             id: None,
         };
-        st.apply(day + hour, &spend, &mut out);
+        // 300 early in the day, then 590 within the last two hours: the
+        // rate follows the recent pace, not the day's average.
+        st.apply(day + hour, &spend(300), &mut out);
+        st.apply(day + 5 * hour, &spend(590), &mut out);
         let now = day + 6 * hour;
-        let v = st.apply(
-            now,
-            &Command::Forecast {
+        let forecast = |st: &mut State, now| {
+            let cmd = Command::Forecast {
                 scope: "org:f".into(),
-            },
-            &mut out,
-        );
-        let Value::Array(limits) = v.field("limits").unwrap().clone() else {
-            panic!("{v:?}")
+            };
+            let v = st.apply(now, &cmd, &mut Vec::new());
+            let Value::Array(limits) = v.field("limits").unwrap().clone() else {
+                panic!("{v:?}")
+            };
+            limits[0].clone()
         };
-        let l = &limits[0];
-        // 300 tokens in 6 h: 1200 by the end of the day; the other 700 go
-        // in 14 h at that rate.
-        assert_eq!(l.field("projected"), Some(&Value::Int(1200)));
+        let l = forecast(&mut st, now);
+        // The 2 h window is 60 buckets of 2 min; at a bucket boundary the
+        // live ones cover 59 × 2 min = 7,080,000 ms. 590 in that is one token
+        // per 12 s: 5400 more in the 18 h left, 6290 in all.
+        assert_eq!(l.field("recent"), Some(&Value::Int(590)));
+        assert_eq!(l.field("rate_window_ms"), Some(&Value::Int(7_080_000)));
+        assert_eq!(l.field("projected"), Some(&Value::Int(6290)));
+        // The 4110 left last 4110 × 12 s.
         assert_eq!(
             l.field("exhausted_at"),
-            Some(&Value::Int((now + 14 * hour) as i64))
+            Some(&Value::Int((now + 4110 * 12_000) as i64))
         );
         assert_eq!(
             l.field("period_end"),
             Some(&Value::Int((day + 24 * hour) as i64))
         );
+        // Two quiet hours later the recent rate is nil: no more spend
+        // projected, and the limit does not run out.
+        let l = forecast(&mut st, now + 2 * hour);
+        assert_eq!(l.field("projected"), Some(&Value::Int(890)));
+        assert_eq!(l.field("exhausted_at"), Some(&Value::Null));
         let none = Command::Forecast {
             scope: "org:none".into(),
         };

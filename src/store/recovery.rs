@@ -41,8 +41,9 @@ impl Recovered {
 /// The snapshot layout's version, written first: a snapshot of another
 /// layout is refused by number (and recovery falls back to an older one or
 /// to the whole ledger), never misread. 2: hold table as a string table and
-/// records (the first layout had no number).
-pub const SNAPSHOT_FORMAT: u32 = 0x5350_4432;
+/// records (the first layout had no number). 3: calendar limits keep their
+/// recent usage (the forecast's rate).
+pub const SNAPSHOT_FORMAT: u32 = 0x5350_4433;
 
 /// Frames a state for `Storage::save_snapshot`.
 pub fn encode_snapshot(state: &State) -> Vec<u8> {
