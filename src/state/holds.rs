@@ -107,6 +107,33 @@ impl Interner {
     }
 }
 
+/// Hashes a slot number so that hashbrown puts slot n in bucket n modulo
+/// its capacity (the low bits) while its tags (the top 7 bits) stay spread.
+/// Slots are small dense numbers, so none collide below the capacity, and a
+/// snapshot's records, loaded into slots 0, 1, 2, …, fill the table in
+/// memory order: hashed at random, those inserts missed the cache every
+/// time and were 36 % of loading 5M settled holds (perf, docs/BENCHMARKS.md).
+#[derive(Clone, Copy, Default)]
+struct SlotHasher(u64);
+
+impl std::hash::Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u32(&mut self, n: u32) {
+        let n = n as u64;
+        self.0 = n | (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & (0x7F << 57));
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u32 keys are hashed here; anything else still hashes.
+        for &b in bytes {
+            self.write_u32((self.0 as u32).rotate_left(8) ^ b as u32);
+        }
+    }
+}
+
+type SlotMap<V> = hashbrown::HashMap<u32, V, std::hash::BuildHasherDefault<SlotHasher>>;
+
 /// `Clone` copies the slab and index as they are (mostly memcpy): the
 /// engine clones the state under its lock for a snapshot and encodes the copy
 /// after releasing it.
@@ -119,7 +146,7 @@ pub struct HoldTable {
     hasher: ahash::RandomState,
     strings: Interner,
     /// How settled holds ended (only they have an entry).
-    ended: Map<u32, HoldStatus>,
+    ended: SlotMap<HoldStatus>,
     expiry: BinaryHeap<Reverse<(u64, u32)>>,
     open: usize,
     /// Settled holds in the order they ended, (ended at, slot, generation),
@@ -173,6 +200,18 @@ impl HoldTable {
     }
 
     /// Holds known (open and settled).
+    /// Room for `additional` more holds without growing (recovery sizes
+    /// the table for the ledger tail it is about to replay).
+    pub fn reserve(&mut self, additional: usize) {
+        self.recs.reserve(additional);
+        let (recs, hasher) = (&self.recs, &self.hasher);
+        self.index.reserve(additional, |&s| {
+            hasher.hash_one(recs[s as usize].id.as_str())
+        });
+        self.ended.reserve(additional);
+        self.ended_order.reserve(additional);
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -523,22 +562,66 @@ impl<'de> serde::de::Visitor<'de> for RecsInto<'_> {
         if let Some(n) = seq.size_hint() {
             // Sized once: growing the tables as records arrive (rehashing
             // millions of entries) was a third of the loading time.
-            let t = &mut *self.0;
-            t.recs.reserve(n);
-            let (recs, hasher) = (&t.recs, &t.hasher);
-            t.index
-                .reserve(n, |&s| hasher.hash_one(recs[s as usize].id.as_str()));
-            t.ended.reserve(n);
-            t.ended_order.reserve(n);
+            self.0.reserve(n);
         }
-        while let Some(rec) = seq.next_element::<RecForm>()? {
-            if rec.1 >= strings || rec.2 >= strings {
-                return Err(serde::de::Error::custom("a hold names an unknown string"));
+        let big = seq.size_hint().is_some_and(|n| n >= PIPELINE_MIN);
+        if !big {
+            while let Some(rec) = seq.next_element::<RecForm>()? {
+                check_rec(&rec, strings)?;
+                self.0.insert_rec(rec);
             }
-            self.0.insert_rec(rec);
+            return Ok(());
         }
-        Ok(())
+        // Millions of records: decode here while another thread inserts
+        // (each insert into the id index misses the cache; overlapped with
+        // decoding the next ones, loading takes the longer of the two
+        // instead of their sum). One consumer in order: the same table.
+        let table = self.0;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RecForm>>(4);
+            let inserter = scope.spawn(move || {
+                for chunk in rx {
+                    for rec in chunk {
+                        table.insert_rec(rec);
+                    }
+                }
+            });
+            let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+            let decoded = (|| {
+                while let Some(rec) = seq.next_element::<RecForm>()? {
+                    check_rec(&rec, strings)?;
+                    chunk.push(rec);
+                    if chunk.len() == PIPELINE_CHUNK {
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(PIPELINE_CHUNK));
+                        if tx.send(full).is_err() {
+                            break; // the inserter panicked: join() reports it
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            drop(tx);
+            if let Err(panic) = inserter.join() {
+                std::panic::resume_unwind(panic);
+            }
+            decoded
+        })
     }
+}
+
+/// Record lists at least this long load on two threads (decode | insert).
+const PIPELINE_MIN: usize = 100_000;
+const PIPELINE_CHUNK: usize = 16_384;
+
+fn check_rec<E: serde::de::Error>(rec: &RecForm, strings: u32) -> Result<(), E> {
+    if rec.1 >= strings || rec.2 >= strings {
+        return Err(E::custom("a hold names an unknown string"));
+    }
+    Ok(())
 }
 
 struct TableVisitor;
@@ -636,6 +719,48 @@ mod tests {
         assert_eq!(back.get("c"), t.get("c"));
         assert_eq!(back.open_count(), 1);
         back.check_expiry_index().unwrap();
+    }
+
+    #[test]
+    fn a_table_past_the_pipeline_size_loads_the_same_on_two_threads() {
+        // Above PIPELINE_MIN records the decode and the inserts run on two
+        // threads: the result must be the same table, in the same order.
+        let mut t = HoldTable::default();
+        let n = PIPELINE_MIN as u64 + 3 * PIPELINE_CHUNK as u64 / 2;
+        for i in 0..n {
+            let id = format!("h{i}");
+            t.insert(
+                &id,
+                open(["org:a", "org:b/team:c"][i as usize % 2], 1000 + i),
+            );
+            match i % 3 {
+                0 => t.set_status(&id, HoldStatus::Released { at: i }),
+                1 => t.set_status(&id, HoldStatus::Expired { at: i }),
+                _ => {}
+            }
+        }
+        let bytes = bincode::serde::encode_to_vec(&t, bincode::config::standard()).unwrap();
+        let (back, _): (HoldTable, _) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!((back.len(), back.open_count()), (t.len(), t.open_count()));
+        for (id, h) in t.iter() {
+            assert_eq!(back.get(id).as_ref(), Some(&h), "{id}");
+        }
+        back.check_expiry_index().unwrap();
+        // Settled holds keep the order they ended in (retention forgets
+        // the oldest first): forgetting up to the same time leaves the same.
+        let (mut a, mut b) = (t.clone(), back);
+        a.forget_ended(n / 2);
+        b.forget_ended(n / 2);
+        assert_eq!((a.len(), a.open_count()), (b.len(), b.open_count()));
+        assert!(a.iter().all(|(id, h)| b.get(id).as_ref() == Some(&h)));
+        // A damaged record list is refused, not half-loaded silently.
+        let cut = &bytes[..bytes.len() - 7];
+        assert!(bincode::serde::decode_from_slice::<HoldTable, _>(
+            cut,
+            bincode::config::standard()
+        )
+        .is_err());
     }
 }
 
