@@ -5,8 +5,10 @@
 //! Open holds are the state's bulk (a busy server has as many as calls in
 //! flight), so one costs about 110 bytes instead of the ~640 a
 //! `HashMap<String, Hold>` took (docs/BENCHMARKS.md, "Memory"):
-//! - records sit in a slab (`Vec<Rec>`, 80 bytes each: the id inline up to
-//!   24 bytes, scope and model as interned numbers, no per-hold allocation);
+//! - records sit in a slab (`CowSlab<Rec>`, 80 bytes each: the id inline up
+//!   to 24 bytes, scope and model as interned numbers, no per-hold
+//!   allocation), in copy-on-write chunks so a snapshot's copy is cheap;
+//! - how settled holds ended is in a map by slot (`CowSlotMap`, likewise);
 //! - the id → slot index is a `hashbrown::HashTable<u32>` (4 bytes a slot);
 //! - expiry is a min-heap of `(expires_at, slot)` (16 bytes), cleaned lazily:
 //!   an entry whose slot no longer holds an open hold due then is skipped.
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::cow::{CowQueue, CowSlab, CowSlotMap};
 use super::limit::{Dim, Dims};
 use super::{HoldStatus, Map};
 
@@ -107,51 +110,26 @@ impl Interner {
     }
 }
 
-/// Hashes a slot number so that hashbrown puts slot n in bucket n modulo
-/// its capacity (the low bits) while its tags (the top 7 bits) stay spread.
-/// Slots are small dense numbers, so none collide below the capacity, and a
-/// snapshot's records, loaded into slots 0, 1, 2, …, fill the table in
-/// memory order: hashed at random, those inserts missed the cache every
-/// time and were 36 % of loading 5M settled holds (perf, docs/BENCHMARKS.md).
-#[derive(Clone, Copy, Default)]
-struct SlotHasher(u64);
-
-impl std::hash::Hasher for SlotHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write_u32(&mut self, n: u32) {
-        let n = n as u64;
-        self.0 = n | (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & (0x7F << 57));
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u32 keys are hashed here; anything else still hashes.
-        for &b in bytes {
-            self.write_u32((self.0 as u32).rotate_left(8) ^ b as u32);
-        }
-    }
-}
-
-type SlotMap<V> = hashbrown::HashMap<u32, V, std::hash::BuildHasherDefault<SlotHasher>>;
-
-/// `Clone` copies the slab and index as they are (mostly memcpy): the
-/// engine clones the state under its lock for a snapshot and encodes the copy
-/// after releasing it.
+/// `Clone` is cheap where the table is big: the records and the settled
+/// statuses are copy-on-write chunks (`cow.rs`), shared with the clone until
+/// written, and so is the end order; the id index and the expiry heap are
+/// copied (memcpy). The engine clones the state under its lock for a snapshot and
+/// encodes the clone after releasing it.
 #[derive(Clone, Default)]
 pub struct HoldTable {
-    recs: Vec<Rec>,
+    recs: CowSlab<Rec>,
     /// Slots of removed records, for reuse.
     free: Vec<u32>,
     index: hashbrown::HashTable<u32>,
     hasher: ahash::RandomState,
     strings: Interner,
     /// How settled holds ended (only they have an entry).
-    ended: SlotMap<HoldStatus>,
+    ended: CowSlotMap<HoldStatus>,
     expiry: BinaryHeap<Reverse<(u64, u32)>>,
     open: usize,
     /// Settled holds in the order they ended, (ended at, slot, generation),
     /// for forgetting them after the retention.
-    ended_order: std::collections::VecDeque<(u64, u32, u32)>,
+    ended_order: CowQueue<(u64, u32, u32)>,
 }
 
 impl std::fmt::Debug for HoldTable {
@@ -208,7 +186,6 @@ impl HoldTable {
         self.index.reserve(additional, |&s| {
             hasher.hash_one(recs[s as usize].id.as_str())
         });
-        self.ended.reserve(additional);
         self.ended_order.reserve(additional);
     }
 
@@ -442,7 +419,11 @@ impl Serialize for Recs<'_> {
             let status = if r.is_open() {
                 HoldStatus::Open
             } else {
-                self.table.ended[&slot]
+                self.table
+                    .ended
+                    .get(&slot)
+                    .copied()
+                    .unwrap_or(HoldStatus::Open)
             };
             seq.serialize_element(&(
                 &r.id,

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod alerts;
 pub mod command;
+pub mod cow;
 pub mod entry;
 pub mod holds;
 pub mod limit;
