@@ -16,13 +16,16 @@ source benches/lib.sh
 port=$(free_port)
 data="$work/data"
 serve() { exec "$bin" serve --port "$port" --admin-port 0 --data-dir "$data" --id-retention "$retention" "$@"; }
+wait_ready() { # <pid> <stdout file> <stderr file>: until it prints "ready", or fail if it exits
+  until grep -q ready "$2" 2>/dev/null; do
+    kill -0 "$1" 2>/dev/null || { cat "$3" >&2; exit 1; }
+    sleep 0.01
+  done
+}
 serve --durability none >"$work/gen.out" 2>"$work/gen.err" &
 gen=$!
 pids+=("$gen")
-until grep -q ready "$work/gen.out" 2>/dev/null; do
-  kill -0 "$gen" 2>/dev/null || { cat "$work/gen.err" >&2; exit 1; }
-  sleep 0.05
-done
+wait_ready "$gen" "$work/gen.out" "$work/gen.err"
 "$bin" bench -p "$port" -q -c 16 -P 32 -n $((entries / 2)) -d 3600s | sed -n 2p
 start_once() { # appends the seconds to ready to $times; leaves the server running as $srv
   local t0 t1
@@ -31,10 +34,7 @@ start_once() { # appends the seconds to ready to $times; leaves the server runni
   serve >"$work/s.out" 2>"$work/s.err" &
   srv=$!
   pids+=("$srv")
-  until grep -q ready "$work/s.out" 2>/dev/null; do
-    kill -0 "$srv" 2>/dev/null || { cat "$work/s.err" >&2; exit 1; }
-    sleep 0.01
-  done
+  wait_ready "$srv" "$work/s.out" "$work/s.err"
   t1=$(date +%s.%N)
   times+=("$(echo "$t1 - $t0" | bc)")
 }
