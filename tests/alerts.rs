@@ -94,6 +94,7 @@ fn thresholds_fire_once_and_webhooks_retry_without_duplicates() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["thresholds"], json!([50, 80, 100]));
     assert_eq!(v["webhook"], Value::Null);
+    assert_eq!(v["forecast"], json!(false));
 
     // 400, 600 (50 %), 900 (80 %), 950, 1050 (100 %), 1100: three crossings.
     for tokens in [400, 200, 300, 50, 100, 50] {
@@ -201,8 +202,17 @@ fn runaway_rules_errors_and_undelivered_alerts() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["spike"]["min"], "0.01");
     assert_eq!(v["runaway"]["window"], "1m");
+    assert_eq!(v["forecast"], json!(false));
     let (_, v) = h.get("/v1/alerts/rules?prefix=org:o");
     assert_eq!(v["rules"].as_array().unwrap().len(), 1);
+    // Flags read back as JSON booleans, as they were written.
+    let (st, v) = h.call(
+        "PUT",
+        "/v1/alerts/rules/org:fc",
+        Some(r#"{"forecast": true}"#),
+    );
+    assert_eq!((st, &v["forecast"]), (200, &json!(true)), "{v}");
+    assert_eq!(h.call("DELETE", "/v1/alerts/rules/org:fc", None).0, 200);
 
     // Repeating the same step is denied after 3 repeats: 2 denials → runaway.
     let mut denied = 0;

@@ -93,6 +93,7 @@ pub fn json_of(v: &Value) -> serde_json::Value {
         Value::Status(s) => J::String((*s).into()),
         Value::Null => J::Null,
         Value::Int(n) => J::from(*n),
+        Value::Bool(b) => J::Bool(*b),
         Value::Str(s) => J::String(s.clone()),
         Value::Bulk(b) => J::String(String::from_utf8_lossy(b).into_owned()),
         Value::Money(n) => J::String(format_signed_usd(*n)),

@@ -19,6 +19,12 @@ pub fn encode(v: &Value, proto: u8, out: &mut Vec<u8>) {
             out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        Value::Bool(b) => out.extend_from_slice(match (proto >= 3, b) {
+            (true, true) => b"#t\r\n",
+            (true, false) => b"#f\r\n",
+            (false, true) => b":1\r\n",
+            (false, false) => b":0\r\n",
+        }),
         Value::Str(s) => bulk(s.as_bytes(), out),
         Value::Bulk(b) => bulk(b, out),
         Value::Money(n) => {
@@ -97,6 +103,10 @@ mod tests {
         let mut o3 = Vec::new();
         encode(&v, 3, &mut o3);
         assert!(o3.starts_with(b"%2\r\n"));
+        let (mut b2, mut b3) = (Vec::new(), Vec::new());
+        encode(&Value::Bool(true), 2, &mut b2);
+        encode(&Value::Bool(false), 3, &mut b3);
+        assert_eq!((&b2[..], &b3[..]), (&b":1\r\n"[..], &b"#f\r\n"[..]));
         let mut e = Vec::new();
         encode(&Value::err("ERR", "bad\r\nthing"), 2, &mut e);
         assert_eq!(e, b"-ERR bad  thing\r\n");

@@ -169,6 +169,8 @@ pub enum Value {
     Status(&'static str),
     Null,
     Int(i64),
+    /// RESP3 `#t`/`#f`; `:1`/`:0` in RESP2; JSON true/false.
+    Bool(bool),
     Str(String),
     /// Arbitrary bytes (ECHO of binary data).
     Bulk(Vec<u8>),

@@ -1468,7 +1468,7 @@ fn alert_rules_value(scope: &str, r: &alerts::AlertRules) -> Value {
             "thresholds",
             Value::Array(r.thresholds.iter().map(|&t| Value::Int(t as i64)).collect()),
         ),
-        ("forecast", Value::Int(r.forecast as i64)),
+        ("forecast", Value::Bool(r.forecast)),
         ("spike", spike),
         ("runaway", runaway),
         ("webhook", r.webhook.clone().map_or(Value::Null, Value::Str)),
