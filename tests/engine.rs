@@ -43,8 +43,11 @@ impl Storage for FailingSync {
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
         self.inner.snapshot_sink()
     }
-    fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.snapshots()
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.snapshot_seqs()
+    }
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.read_snapshot(seq)
     }
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError> {
         self.inner.truncate_from(from)

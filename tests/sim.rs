@@ -156,13 +156,11 @@ impl Storage for SimStore {
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
         Ok(Box::new(self.clone()))
     }
-    fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let d = self.disk();
-        Ok(d.snapshots
-            .iter()
-            .rev()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect())
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.disk().snapshots.keys().rev().copied().collect())
+    }
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.disk().snapshots.get(&seq).cloned())
     }
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError> {
         let mut d = self.disk();

@@ -178,9 +178,9 @@ impl HoldTable {
     }
 
     /// Holds known (open and settled).
-    /// Room for `additional` more holds without growing (recovery sizes
-    /// the table for the ledger tail it is about to replay).
-    pub fn reserve(&mut self, additional: usize) {
+    /// Room for `additional` more holds without growing (a snapshot's
+    /// record list sizes the table once).
+    fn reserve(&mut self, additional: usize) {
         self.recs.reserve(additional);
         let (recs, hasher) = (&self.recs, &self.hasher);
         self.index.reserve(additional, |&s| {

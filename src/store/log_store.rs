@@ -472,14 +472,6 @@ impl Storage for LogStore {
         }))
     }
 
-    fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for seq in self.snapshot_seqs()? {
-            out.push((seq, std::fs::read(self.snap_dir.join(snap_name(seq)))?));
-        }
-        Ok(out)
-    }
-
     fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
         Ok(snapshot_seqs(&self.snap_dir)?)
     }

@@ -39,20 +39,20 @@ pub trait Storage: Send {
     /// A writer of snapshots for another thread. The caller makes sure the
     /// ledger is durable up to a snapshot's seq before saving it there.
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError>;
-    /// Snapshots, newest first, as (seq, framed bytes).
-    fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// The seqs of the stored snapshots, newest first (without reading
     /// them: start-up reads only the one it uses).
-    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-        Ok(self.snapshots()?.into_iter().map(|(seq, _)| seq).collect())
-    }
-    /// One stored snapshot's framed bytes.
-    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .snapshots()?
-            .into_iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, b)| b))
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError>;
+    /// One stored snapshot's framed bytes (None if it is gone).
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Snapshots, newest first, as (seq, framed bytes): every one read.
+    fn snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for seq in self.snapshot_seqs()? {
+            if let Some(bytes) = self.read_snapshot(seq)? {
+                out.push((seq, bytes));
+            }
+        }
+        Ok(out)
     }
     /// Removes a ledger tail from `from` on (cutting back a damaged tail).
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError>;

@@ -92,14 +92,6 @@ pub fn recover(store: &mut dyn Storage, config: Config) -> Result<Recovered, Sto
     }
     let mut state = state.unwrap_or_else(|| State::new(config));
     let last = store.last_seq()?;
-    // Sized for the tail up front: a hold takes at least two entries once
-    // settled (one while open), so about half the tail is new holds.
-    // Growing the tables instead (copying and rehashing millions of records
-    // while the replay runs) was a fifth of replaying 3.5M entries onto 3.2M
-    // holds.
-    state
-        .holds
-        .reserve((last.saturating_sub(state.next_seq - 1) / 2) as usize);
     let mut replayed = 0;
     let mut cut_tail = None;
     for item in store.read_from(state.next_seq) {
