@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use crate::state::{Access, Command, Config, Entry, State, Value};
+use crate::state::{Access, Command, Config, Entry, ErrorCode, State, Value};
 use crate::store::recovery::{self, encode_snapshot, RecoveryInfo};
 use crate::store::{SnapshotSink, Storage, StoreError};
 
@@ -186,7 +186,7 @@ pub struct EngineHandle {
 }
 
 fn shutting_down(n: usize) -> Vec<Value> {
-    vec![Value::err("SHUTDOWN", "the server is shutting down"); n]
+    vec![Value::err(ErrorCode::Shutdown, "the server is shutting down"); n]
 }
 
 impl EngineHandle {
@@ -204,7 +204,7 @@ impl EngineHandle {
                 Ok(true) => replies,
                 Ok(false) => {
                     let msg = "the ledger write failed; this command was not applied";
-                    vec![Value::err("IOERR", msg); replies.len()]
+                    vec![Value::err(ErrorCode::IoErr, msg); replies.len()]
                 }
                 Err(_) => shutting_down(replies.len()),
             },
@@ -244,7 +244,7 @@ impl EngineHandle {
                         if c.is_read() {
                             core.state.apply_as(frozen, c, access.as_deref(), &mut none)
                         } else {
-                            Value::err("IOERR", msg.clone())
+                            Value::err(ErrorCode::IoErr, msg.clone())
                         }
                     })
                     .collect();

@@ -137,9 +137,8 @@ impl Default for Metrics {
             errors: AtomicU64::new(0),
             webhook_delivered: AtomicU64::new(0),
             webhook_failed: AtomicU64::new(0),
-            latency: crate::resp::cmd::COMMANDS
-                .iter()
-                .map(|c| (c.0, Histogram::new(&LATENCY_BUCKETS_US)))
+            latency: crate::state::commands::resp_commands()
+                .map(|c| (c.name, Histogram::new(&LATENCY_BUCKETS_US)))
                 .collect(),
             group_entries: Histogram::new(&GROUP_BUCKETS),
             write_us: Histogram::new(&LATENCY_BUCKETS_US),
@@ -155,7 +154,7 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 impl Metrics {
-    /// `command`: the command's position in `resp::cmd::COMMANDS`.
+    /// `command`: the command's position in `state::commands::COMMANDS`.
     pub fn observe_latency(&self, command: usize, us: u64) {
         if let Some((_, h)) = self.latency.get(command) {
             h.observe(us);

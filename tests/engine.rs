@@ -77,7 +77,7 @@ async fn run(engine: &EngineHandle, line: &str) -> Value {
 }
 
 fn is_err(v: &Value, code: &str) -> bool {
-    matches!(v, Value::Error { code: c, .. } if *c == code)
+    matches!(v, Value::Error { code: c, .. } if c.as_str() == code)
 }
 
 /// Runs a write until it is not refused with IOERR (writes resume within
@@ -165,7 +165,10 @@ async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
         "BUDGET.SET org:d TOKENS 5 PER DAY",
     ] {
         match run(&engine, line).await {
-            Value::Error { code: "IOERR", msg } => assert!(msg.contains("refused"), "{msg}"),
+            Value::Error {
+                code: spendb::state::ErrorCode::IoErr,
+                msg,
+            } => assert!(msg.contains("refused"), "{msg}"),
             other => panic!("{line}: {other:?}"),
         }
     }

@@ -352,7 +352,13 @@ impl Sim {
         for (line, reply) in lines.iter().zip(replies) {
             format!("{line} -> {reply:?}").hash(&mut self.trace);
             if reply.is_error() {
-                if matches!(reply, Value::Error { code: "IOERR", .. }) {
+                if matches!(
+                    reply,
+                    Value::Error {
+                        code: spendb::state::ErrorCode::IoErr,
+                        ..
+                    }
+                ) {
                     self.stats.ioerr += 1;
                 }
                 continue;

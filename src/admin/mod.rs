@@ -5,7 +5,7 @@
 //! Every route translates to the same engine commands the Redis side runs
 //! (no rules here); replies are the engine's `Value`s turned into JSON, and
 //! engine errors become `{"error": {"code", "message"}}` with an HTTP status
-//! (`status_of`). Request bodies are parsed here so that malformed JSON is a
+//! (`ErrorCode::http_status`). Request bodies are parsed here so that malformed JSON is a
 //! 400 and unknown fields or wrong types a 422, never a 500.
 
 mod alerts;
@@ -27,7 +27,7 @@ use utoipa::OpenApi;
 
 use crate::engine::EngineHandle;
 use crate::state::money::format_signed_usd;
-use crate::state::{Command, Value};
+use crate::state::{Command, ErrorCode, Value};
 use crate::store::cache::Cache;
 
 /// What every request shares.
@@ -71,16 +71,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The HTTP status for an engine error code.
-pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "UNKNOWN" => StatusCode::NOT_FOUND,
-        "EXISTS" | "STATE" => StatusCode::CONFLICT,
-        "NOPERM" => StatusCode::FORBIDDEN,
-        "NOPRICE" | "ERR" => StatusCode::UNPROCESSABLE_ENTITY,
-        "TOOBIG" => StatusCode::PAYLOAD_TOO_LARGE,
-        "IOERR" | "SHUTDOWN" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+impl ApiError {
+    /// A refusal of the engine (or the cache), with the status its code
+    /// maps to (`ErrorCode::http_status`).
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, code.as_str(), message)
     }
 }
 
@@ -104,7 +101,9 @@ pub fn json_of(v: &Value) -> serde_json::Value {
                 .map(|(k, v)| (k.to_string(), json_of(v)))
                 .collect(),
         ),
-        Value::Error { code, msg } => serde_json::json!({"error": {"code": code, "message": msg}}),
+        Value::Error { code, msg } => {
+            serde_json::json!({"error": {"code": code.as_str(), "message": msg}})
+        }
     }
 }
 
@@ -128,7 +127,7 @@ pub fn entry_json(e: &crate::state::Entry) -> serde_json::Value {
 pub async fn run(ctx: &AdminCtx, cmd: Command) -> Result<Json<serde_json::Value>, ApiError> {
     let v = ctx.engine.execute(vec![cmd]).await.remove(0);
     match &v {
-        Value::Error { code, msg } => Err(ApiError::new(status_of(code), code, msg.clone())),
+        Value::Error { code, msg } => Err(ApiError::refused(*code, msg.clone())),
         _ => Ok(Json(json_of(&v))),
     }
 }

@@ -47,9 +47,7 @@ pub fn routes() -> Router<Ctx> {
 fn parse(name: &str, words: &[String]) -> Result<Command, ApiError> {
     let args: Vec<Cow<[u8]>> = words.iter().map(|w| Cow::Borrowed(w.as_bytes())).collect();
     cmd::parse(name, &args).map_err(|v| match v {
-        crate::state::Value::Error { code, msg } => {
-            ApiError::new(super::status_of(code), code, msg)
-        }
+        crate::state::Value::Error { code, msg } => ApiError::refused(code, msg),
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ERR",
@@ -281,11 +279,9 @@ pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Rep
     if let Some(ns) = &q.ns {
         args.push(Cow::Borrowed(ns.as_bytes()));
     }
-    match crate::resp::cache_cmd::run(&ctx.cache, "cache.stats", &args) {
+    match crate::resp::cache_cmd::run(&ctx.cache, "cache.stats", &args, None) {
         crate::resp::cache_cmd::Outcome::Reply(v) => match &v {
-            crate::state::Value::Error { code, msg } => {
-                Err(ApiError::new(super::status_of(code), code, msg.clone()))
-            }
+            crate::state::Value::Error { code, msg } => Err(ApiError::refused(*code, msg.clone())),
             _ => Ok(Json(json_of(&v))),
         },
         crate::resp::cache_cmd::Outcome::HitSaved(..) => unreachable!("STATS books nothing"),

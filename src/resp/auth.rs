@@ -18,36 +18,15 @@ use std::sync::Arc;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::cmd::COMMANDS;
+use crate::state::commands::{resp_commands, Group};
 use crate::state::Access;
 
-/// What agents need on the hot path.
-const AGENT: &[&str] = &[
-    "reserve",
-    "commit",
-    "release",
-    "hold.get",
-    "spend",
-    "balance",
-    "price.get",
-    "price.list",
-    "count",
-    "truncate",
-    "step",
-    "run.end",
-];
-/// Reads only.
-const READ: &[&str] = &[
-    "cache.stats",
-    "count",
-    "truncate",
-    "budget.get",
-    "budget.list",
-    "balance",
-    "hold.get",
-    "price.get",
-    "price.list",
-];
+/// The RESP commands of a group of the command table, by name.
+fn group(g: Group) -> impl Iterator<Item = String> {
+    resp_commands()
+        .filter(move |c| c.in_group(g))
+        .map(|c| c.name.to_string())
+}
 
 pub struct User {
     pub name: String,
@@ -99,10 +78,10 @@ pub fn parse_users(text: &str) -> Result<Vec<User>, String> {
         for c in &row.commands {
             let c = c.to_ascii_lowercase();
             match c.as_str() {
-                "@agent" => commands.extend(AGENT.iter().map(|s| s.to_string())),
-                "@read" => commands.extend(READ.iter().map(|s| s.to_string())),
+                "@agent" => commands.extend(group(Group::Agent)),
+                "@read" => commands.extend(group(Group::Read)),
                 "@admin" | "*" => commands.push("*".into()),
-                _ if c.ends_with('*') || COMMANDS.iter().any(|k| k.0 == c) => commands.push(c),
+                _ if c.ends_with('*') || resp_commands().any(|k| k.name == c) => commands.push(c),
                 _ => {
                     return Err(format!(
                         "users file: user {name}: unknown command or group '{c}'"
@@ -114,11 +93,7 @@ pub fn parse_users(text: &str) -> Result<Vec<User>, String> {
             crate::state::scope::validate_scope(s.trim_end_matches('/'))
                 .map_err(|e| format!("users file: user {name}: {e}"))?;
         }
-        let access = (!row.scopes.is_empty()).then(|| {
-            Arc::new(Access {
-                prefixes: row.scopes,
-            })
-        });
+        let access = (!row.scopes.is_empty()).then(|| Arc::new(Access::new(row.scopes)));
         users.push(User {
             name,
             password: row.password.into_bytes(),

@@ -6,9 +6,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::cmd::{self, Args};
+use crate::state::bounds;
 use crate::state::money::parse_usd;
-use crate::state::{Command, Value};
-use crate::store::cache::Cache;
+use crate::state::{Access, Command, ErrorCode, Value};
+use crate::store::cache::{check_namespace, Cache};
 
 /// What a cache command produced.
 pub enum Outcome {
@@ -29,24 +30,43 @@ fn text(arg: &[u8], what: &str) -> Result<String, Value> {
 }
 
 fn err(msg: String) -> Value {
-    Value::err("ERR", msg)
+    Value::err(ErrorCode::Err, msg)
 }
 
-pub fn run(cache: &Cache, name: &str, args: &Args) -> Outcome {
-    match run_inner(cache, name, args) {
+/// Runs a cache command for a caller with `access`: a tenant's namespaces
+/// are qualified with its tenant key (`state::access`), so it reaches only
+/// its own entries and statistics.
+pub fn run(cache: &Cache, name: &str, args: &Args, access: Option<&Access>) -> Outcome {
+    match run_inner(cache, name, args, access) {
         Ok(o) => o,
         Err(e) => Outcome::Reply(e),
     }
 }
 
-fn run_inner(cache: &Cache, name: &str, args: &Args) -> Result<Outcome, Value> {
+/// The namespace argument, checked as the client named it, then in the
+/// caller's keyspace.
+fn namespace(arg: &[u8], access: Option<&Access>) -> Result<String, Value> {
+    let ns = text(arg, "namespace")?;
+    check_namespace(&ns).map_err(err)?;
+    Ok(match access {
+        Some(a) => a.qualify(&ns),
+        None => ns,
+    })
+}
+
+fn run_inner(
+    cache: &Cache,
+    name: &str,
+    args: &Args,
+    access: Option<&Access>,
+) -> Result<Outcome, Value> {
     let reply = |v| Ok(Outcome::Reply(v));
     match name {
         "cache.set" => {
             if args.len() < 3 || !(args.len() - 3).is_multiple_of(2) {
                 return Err(cmd::syntax(name));
             }
-            let ns = text(&args[0], "namespace")?;
+            let ns = namespace(&args[0], access)?;
             let (mut ttl, mut cost) = (None, 0u64);
             for pair in args[3..].chunks(2) {
                 if pair[0].eq_ignore_ascii_case(b"TTL") && ttl.is_none() {
@@ -54,6 +74,7 @@ fn run_inner(cache: &Cache, name: &str, args: &Args) -> Result<Outcome, Value> {
                 } else if pair[0].eq_ignore_ascii_case(b"COST") {
                     let t = text(&pair[1], "COST")?;
                     cost = parse_usd(&t).map_err(err)?;
+                    bounds::check_usd(cost, "COST").map_err(err)?;
                 } else {
                     return Err(cmd::syntax(name));
                 }
@@ -69,7 +90,7 @@ fn run_inner(cache: &Cache, name: &str, args: &Args) -> Result<Outcome, Value> {
                 4 if args[2].eq_ignore_ascii_case(b"SCOPE") => Some(text(&args[3], "scope")?),
                 _ => return Err(cmd::syntax(name)),
             };
-            let ns = text(&args[0], "namespace")?;
+            let ns = namespace(&args[0], access)?;
             match cache.get(&ns, &args[1], now_ms()).map_err(err)? {
                 None => reply(Value::Null),
                 Some(hit) => match scope {
@@ -88,16 +109,16 @@ fn run_inner(cache: &Cache, name: &str, args: &Args) -> Result<Outcome, Value> {
             if args.len() != 2 {
                 return Err(cmd::syntax(name));
             }
-            let ns = text(&args[0], "namespace")?;
+            let ns = namespace(&args[0], access)?;
             reply(Value::Int(cache.del(&ns, &args[1]).map_err(err)? as i64))
         }
         "cache.stats" => {
-            let ns = match args.len() {
-                0 => None,
-                1 => Some(text(&args[0], "namespace")?),
+            let s = match (args.len(), access.and_then(Access::tenant)) {
+                (0, None) => cache.stats(None),
+                (0, Some(tenant)) => cache.stats_prefixed(tenant),
+                (1, _) => cache.stats(Some(&namespace(&args[0], access)?)),
                 _ => return Err(cmd::syntax(name)),
             };
-            let s = cache.stats(ns.as_deref());
             let lookups = s.hits + s.misses;
             let rate = if lookups == 0 {
                 "0".to_string()

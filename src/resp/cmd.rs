@@ -3,158 +3,48 @@
 
 use std::borrow::Cow;
 
+use crate::state::commands::{self, CommandSpec};
 use crate::state::limit::{Dim, LimitSpec, Window};
 use crate::state::money::parse_usd;
 use crate::state::price::Usage;
-use crate::state::{Command, ReserveArgs, Value};
+use crate::state::{Command, ErrorCode, ReserveArgs, Value};
 
 pub type Args<'a> = [Cow<'a, [u8]>];
 
-/// Name, arity (Redis convention: negative = at least), flags, summary, syntax.
-pub const COMMANDS: &[(&str, i64, &str, &str, &str)] = &[
-    (
-        "budget.set",
-        -6,
-        "write",
-        "Set a scope's limits (replaces them all)",
-        "<scope> <DIM> <amount> (PER <period> | ROLLING <duration>) [<DIM> ...]",
-    ),
-    (
-        "budget.get",
-        2,
-        "readonly",
-        "A scope's limits with used, held, remaining, resets_at",
-        "<scope>",
-    ),
-    (
-        "budget.del",
-        2,
-        "write",
-        "Delete a scope's limits",
-        "<scope>",
-    ),
-    (
-        "budget.list",
-        -1,
-        "readonly",
-        "Scopes that have limits",
-        "[<prefix>]",
-    ),
-    (
-        "reserve",
-        -6,
-        "write",
-        "Hold an amount against every budget covering a scope (TEXT <prompt> in place of INPUT <n> counts the prompt's tokens)",
-        "<hold> <scope> <model> INPUT <n> [OUTPUT <max>] [TTL <ms>]",
-    ),
-    (
-        "commit",
-        -6,
-        "write",
-        "Settle a hold at the actual usage",
-        "<hold> INPUT <n> OUTPUT <n> [CACHED <n>] [CACHEWRITE <n>]",
-    ),
-    ("release", 2, "write", "Drop a hold", "<hold>"),
-    (
-        "step",
-        -3,
-        "write",
-        "One step of an agent run: denied past MAX steps or when a signature repeats REPEATS times within WINDOW steps",
-        "<run> <signature> [SCOPE <scope>] [MAX <n>] [REPEATS <n>] [WINDOW <n>]",
-    ),
-    ("run.end", 2, "write", "End an agent run (forget its steps)", "<run>"),
-    (
-        "cache.set",
-        -4,
-        "write",
-        "Store a response under a key (any bytes, stored as its SHA-256)",
-        "<ns> <key> <value> [TTL <ms>] [COST <usd>]",
-    ),
-    (
-        "cache.get",
-        -3,
-        "write",
-        "A cached response or nil; with SCOPE a hit books its COST as savings",
-        "<ns> <key> [SCOPE <scope>]",
-    ),
-    ("cache.del", 3, "write", "Delete a cached response", "<ns> <key>"),
-    (
-        "cache.stats",
-        -1,
-        "readonly",
-        "Hits, misses, hit rate, entries, bytes, evictions, saved",
-        "[<ns>]",
-    ),
-    (
-        "count",
-        3,
-        "readonly",
-        "Tokens in a text for a model's encoding (tiktoken)",
-        "<model> <text>",
-    ),
-    (
-        "truncate",
-        4,
-        "readonly",
-        "A text cut to at most max-tokens whole tokens, on a character boundary",
-        "<model> <text> <max-tokens>",
-    ),
-    ("hold.get", 2, "readonly", "A hold and its state", "<hold>"),
-    (
-        "spend",
-        -7,
-        "write",
-        "Book usage that had no hold",
-        "<scope> <model> INPUT <n> OUTPUT <n> [CACHED <n>] [CACHEWRITE <n>] [ID <id>]",
-    ),
-    (
-        "balance",
-        2,
-        "readonly",
-        "Spent and held at a scope, and every limit covering it",
-        "<scope>",
-    ),
-    (
-        "price.set",
-        -6,
-        "write",
-        "Set a model's USD per million tokens",
-        "<model> INPUT <usd/M> OUTPUT <usd/M> [CACHED <usd/M>] [CACHEWRITE <usd/M>]",
-    ),
-    (
-        "price.get",
-        2,
-        "readonly",
-        "A model's price (after family fallback)",
-        "<model>",
-    ),
-    ("price.list", 1, "readonly", "The price table", ""),
-];
-
 pub fn syntax(cmd: &str) -> Value {
-    let usage = COMMANDS.iter().find(|c| c.0 == cmd).map_or("", |c| c.4);
+    let usage = commands::spec(cmd).map_or("", |c| c.syntax);
     Value::err(
-        "ERR",
+        ErrorCode::Err,
         format!("syntax: {} {usage}", cmd.to_ascii_uppercase()),
     )
 }
 
 pub fn text(arg: &[u8], what: &str) -> Result<String, Value> {
     String::from_utf8(arg.to_vec())
-        .map_err(|_| Value::err("ERR", format!("{what} is not valid UTF-8")))
+        .map_err(|_| Value::err(ErrorCode::Err, format!("{what} is not valid UTF-8")))
 }
 
 pub fn uint(arg: &[u8], what: &str) -> Result<u64, Value> {
-    std::str::from_utf8(arg)
+    let digits = std::str::from_utf8(arg)
         .ok()
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Value::err("ERR", format!("{what} must be a non-negative integer")))
+        .ok_or_else(|| {
+            Value::err(
+                ErrorCode::Err,
+                format!("{what} must be a non-negative integer"),
+            )
+        })?;
+    digits.parse().map_err(|_| {
+        Value::err(
+            ErrorCode::Err,
+            format!("{what} is too large (see the limits on input in PROTOCOL.md)"),
+        )
+    })
 }
 
 fn usd(arg: &[u8], what: &str) -> Result<u64, Value> {
     parse_usd(std::str::from_utf8(arg).unwrap_or("?"))
-        .map_err(|e| Value::err("ERR", format!("{what}: {e}")))
+        .map_err(|e| Value::err(ErrorCode::Err, format!("{what}: {e}")))
 }
 
 /// Keyword options: `KEY value` pairs from `allowed`; unknown or repeated
@@ -177,7 +67,7 @@ fn options<'a>(
         else {
             let key = String::from_utf8_lossy(&pair[0]).to_ascii_uppercase();
             return Err(Value::err(
-                "ERR",
+                ErrorCode::Err,
                 format!(
                     "syntax: unknown option '{key}' for {}",
                     cmd.to_ascii_uppercase()
@@ -186,7 +76,7 @@ fn options<'a>(
         };
         if out[i].is_some() {
             return Err(Value::err(
-                "ERR",
+                ErrorCode::Err,
                 format!("syntax: {} given twice", allowed[i]),
             ));
         }
@@ -210,14 +100,16 @@ fn usage(cmd: &str, opts: &[Option<&[u8]>]) -> Result<Usage, Value> {
     })
 }
 
-/// Whether `name` (lower-case) is one of spendb's engine commands.
-pub fn is_engine_command(name: &str) -> bool {
-    COMMANDS.iter().any(|c| c.0 == name)
+/// spendb's own RESP command of this (lower-case) name: answered by the
+/// engine, the cache or the token counter (the connection answers the
+/// Redis connection commands itself).
+pub fn spendb_command(name: &str) -> Option<&'static CommandSpec> {
+    commands::spec(name).filter(|c| c.is_resp())
 }
 
 /// Parses an engine command; `name` is lower-case, `args` excludes it.
 pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
-    let arity = COMMANDS.iter().find(|c| c.0 == name).map_or(0, |c| c.1);
+    let arity = spendb_command(name).map_or(0, |c| c.arity);
     let n = args.len() as i64 + 1;
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
         return Err(syntax(name));
@@ -235,7 +127,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                 let word = |b: &[u8]| std::str::from_utf8(b).unwrap_or("").to_ascii_uppercase();
                 let dim = Dim::parse(&word(&l[0])).ok_or_else(|| {
                     Value::err(
-                        "ERR",
+                        ErrorCode::Err,
                         format!(
                             "unknown dimension '{}' (TOKENS INPUT OUTPUT REQUESTS COST)",
                             word(&l[0])
@@ -251,11 +143,13 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                 let window = match word(&l[2]).as_str() {
                     "PER" => Window::parse_period(&spec).ok_or_else(|| {
                         Value::err(
-                            "ERR",
+                            ErrorCode::Err,
                             format!("unknown period '{spec}' (MINUTE HOUR DAY WEEK MONTH TOTAL)"),
                         )
                     })?,
-                    "ROLLING" => Window::parse_rolling(&spec).map_err(|e| Value::err("ERR", e))?,
+                    "ROLLING" => {
+                        Window::parse_rolling(&spec).map_err(|e| Value::err(ErrorCode::Err, e))?
+                    }
                     _ => return Err(syntax(name)),
                 };
                 limits.push(LimitSpec {
@@ -363,7 +257,12 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
             model: arg(0, "model")?,
         },
         "price.list" => Command::PriceList,
-        _ => return Err(Value::err("ERR", format!("unknown command '{name}'"))),
+        _ => {
+            return Err(Value::err(
+                ErrorCode::Err,
+                format!("unknown command '{name}'"),
+            ))
+        }
     })
 }
 

@@ -19,7 +19,8 @@ use super::encode::encode;
 use super::frame::{self, FrameError};
 use super::ServerCtx;
 use crate::metrics::Counted;
-use crate::state::Value;
+use crate::state::commands::{self, Answered};
+use crate::state::{ErrorCode, Value};
 
 /// Most requests taken from the buffer before replying.
 const MAX_PIPELINE: usize = 4096;
@@ -75,21 +76,29 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         .collect();
                     if !args.is_empty() {
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-                        let engine_cmd = cmd::is_engine_command(&name);
+                        let spec = cmd::spendb_command(&name);
                         if !conn.authed
                             && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
                         {
-                            slots.push(Slot::Now(Value::err("NOAUTH", "Authentication required.")));
-                        } else if !engine_cmd {
+                            slots.push(Slot::Now(Value::err(
+                                ErrorCode::NoAuth,
+                                "Authentication required.",
+                            )));
+                        } else if spec.is_none() {
                             let (v, quit) = local(&mut conn, &ctx, &name, &args[1..]);
                             slots.push(Slot::Now(v));
                             close = quit;
                         } else if conn.user.as_ref().is_some_and(|u| !u.may_run(&name)) {
                             let msg =
                                 format!("this user has no permissions to run the '{name}' command");
-                            slots.push(Slot::Now(Value::err("NOPERM", msg)));
-                        } else if name.starts_with("cache.") {
-                            match cache_cmd::run(&ctx.cache, &name, &args[1..]) {
+                            slots.push(Slot::Now(Value::err(ErrorCode::NoPerm, msg)));
+                        } else if spec.is_some_and(|c| c.answered == Answered::Cache) {
+                            match cache_cmd::run(
+                                &ctx.cache,
+                                &name,
+                                &args[1..],
+                                conn.user.as_ref().and_then(|u| u.access.as_deref()),
+                            ) {
                                 cache_cmd::Outcome::Reply(v) => slots.push(Slot::Now(v)),
                                 cache_cmd::Outcome::HitSaved(v, c) => {
                                     kinds.push((Counted::Other, command_index(&name)));
@@ -97,10 +106,12 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                                     slots.push(Slot::AfterEngine(v));
                                 }
                             }
-                        } else if name == "count" {
-                            slots.push(Slot::Now(count::count(&args[1..]).await));
-                        } else if name == "truncate" {
-                            slots.push(Slot::Now(count::truncate(&args[1..]).await));
+                        } else if spec.is_some_and(|c| c.answered == Answered::Tokens) {
+                            let v = match name.as_str() {
+                                "count" => count::count(&args[1..]).await,
+                                _ => count::truncate(&args[1..]).await,
+                            };
+                            slots.push(Slot::Now(v));
                         } else {
                             let counted = match name.as_str() {
                                 "reserve" => count::reserve_text(&args[1..]).await,
@@ -130,9 +141,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 Err(e) => {
                     let v = match e {
                         FrameError::Protocol(m) => {
-                            Value::err("ERR", format!("Protocol error: {m}"))
+                            Value::err(ErrorCode::Err, format!("Protocol error: {m}"))
                         }
-                        FrameError::TooBig(m) => Value::err("TOOBIG", m),
+                        FrameError::TooBig(m) => Value::err(ErrorCode::TooBig, m),
                     };
                     slots.push(Slot::Now(v));
                     close = true;
@@ -198,12 +209,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
     }
 }
 
-/// Position of a command in the table (engine commands only reach here).
+/// Position of a command in the table (spendb's commands only reach here).
 fn command_index(name: &str) -> usize {
-    cmd::COMMANDS
-        .iter()
-        .position(|c| c.0 == name)
-        .expect("an engine command of the table")
+    commands::index(name).expect("a command of the table")
 }
 
 fn word(b: &[u8]) -> String {
@@ -212,7 +220,7 @@ fn word(b: &[u8]) -> String {
 
 fn wrong_args(name: &str) -> Value {
     Value::err(
-        "ERR",
+        ErrorCode::Err,
         format!("wrong number of arguments for '{name}' command"),
     )
 }
@@ -258,7 +266,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
         "select" => match args.first().map(|a| &a[..]) {
             Some(b"0") if args.len() == 1 => Value::Ok,
             Some(_) if args.len() == 1 => Value::err(
-                "ERR",
+                ErrorCode::Err,
                 "DB index is out of range (spendb has only database 0)",
             ),
             _ => wrong_args(name),
@@ -276,9 +284,9 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
                     _ => Value::Array(vec![]),
                 }
             }
-            _ => Value::err("ERR", "spendb supports only CONFIG GET"),
+            _ => Value::err(ErrorCode::Err, "spendb supports only CONFIG GET"),
         },
-        _ => Value::err("ERR", format!("unknown command '{name}'")),
+        _ => Value::err(ErrorCode::Err, format!("unknown command '{name}'")),
     };
     (v, false)
 }
@@ -286,7 +294,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
 fn auth(conn: &mut Conn, ctx: &ServerCtx, user: Option<&[u8]>, password: &[u8]) -> Value {
     if !ctx.auth.required() {
         return Value::err(
-            "ERR",
+            ErrorCode::Err,
             "AUTH <password> called without any password configured for the default user",
         );
     }
@@ -296,7 +304,7 @@ fn auth(conn: &mut Conn, ctx: &ServerCtx, user: Option<&[u8]>, password: &[u8]) 
         Value::Ok
     } else {
         Value::err(
-            "WRONGPASS",
+            ErrorCode::WrongPass,
             "invalid username-password pair or user is disabled.",
         )
     }
@@ -309,7 +317,7 @@ fn hello(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
         match &v[..] {
             b"2" => proto = 2,
             b"3" => proto = 3,
-            _ => return Value::err("NOPROTO", "unsupported protocol version"),
+            _ => return Value::err(ErrorCode::NoProto, "unsupported protocol version"),
         }
         i = 1;
     }
@@ -327,12 +335,12 @@ fn hello(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
                 setname = Some(String::from_utf8_lossy(&args[i + 1]).into_owned());
                 i += 2;
             }
-            _ => return Value::err("ERR", "syntax error in HELLO"),
+            _ => return Value::err(ErrorCode::Err, "syntax error in HELLO"),
         }
     }
     if !conn.authed {
         return Value::err(
-            "NOAUTH",
+            ErrorCode::NoAuth,
             "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
         );
     }
@@ -370,28 +378,32 @@ fn client(conn: &mut Conn, args: &Args) -> Value {
             conn.proto
         )),
         "SETINFO" => Value::Ok,
-        _ => Value::err("ERR", format!("unknown subcommand '{sub}' for CLIENT")),
+        _ => Value::err(
+            ErrorCode::Err,
+            format!("unknown subcommand '{sub}' for CLIENT"),
+        ),
     }
 }
 
 fn command(args: &Args) -> Value {
     match args.first().map(|a| word(a)).as_deref() {
         None | Some("INFO") => Value::Array(
-            cmd::COMMANDS
-                .iter()
+            commands::resp_commands()
                 .map(|c| {
+                    let flag = if c.write { "write" } else { "readonly" };
+                    let key = if c.arity == 1 { 0 } else { 1 };
                     Value::Array(vec![
-                        Value::str(c.0),
-                        Value::Int(c.1),
-                        Value::Array(vec![Value::str(c.2)]),
-                        Value::Int(if c.1 == 1 { 0 } else { 1 }),
-                        Value::Int(if c.1 == 1 { 0 } else { 1 }),
-                        Value::Int(if c.1 == 1 { 0 } else { 1 }),
+                        Value::str(c.name),
+                        Value::Int(c.arity),
+                        Value::Array(vec![Value::str(flag)]),
+                        Value::Int(key),
+                        Value::Int(key),
+                        Value::Int(key),
                     ])
                 })
                 .collect(),
         ),
-        Some("COUNT") => Value::Int(cmd::COMMANDS.len() as i64),
+        Some("COUNT") => Value::Int(commands::resp_commands().count() as i64),
         Some("DOCS") => {
             let names: Vec<String> = args[1..]
                 .iter()
@@ -399,7 +411,10 @@ fn command(args: &Args) -> Value {
                 .collect();
             super::docs::command_docs(&names)
         }
-        Some(s) => Value::err("ERR", format!("unknown subcommand '{s}' for COMMAND")),
+        Some(s) => Value::err(
+            ErrorCode::Err,
+            format!("unknown subcommand '{s}' for COMMAND"),
+        ),
     }
 }
 

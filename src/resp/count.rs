@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use super::cmd::{self, Args};
-use crate::state::Value;
+use crate::state::{ErrorCode, Value};
 use crate::tokens::{self, Encoding};
 
 /// Larger texts go to the blocking pool (about 0.1 ms of counting inline).
@@ -21,7 +21,7 @@ async fn off_worker<T: Send + 'static>(
     }
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Value::err("ERR", format!("token counting failed: {e}")))
+        .map_err(|e| Value::err(ErrorCode::Err, format!("token counting failed: {e}")))
 }
 
 fn text_arg(arg: &[u8]) -> Result<String, Value> {
@@ -99,7 +99,7 @@ pub async fn reserve_text<'a>(args: &Args<'a>) -> Option<Result<Vec<Cow<'a, [u8]
         (0..opts.len()).find(|&i| key(i).is_some_and(|k| k.eq_ignore_ascii_case(b"TEXT")))?;
     if (0..opts.len()).any(|i| key(i).is_some_and(|k| k.eq_ignore_ascii_case(b"INPUT"))) {
         return Some(Err(Value::err(
-            "ERR",
+            ErrorCode::Err,
             "syntax: RESERVE takes INPUT <n> or TEXT <prompt>, not both",
         )));
     }

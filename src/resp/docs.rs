@@ -1,12 +1,12 @@
 //! COMMAND DOCS: Redis-7-style documentation of spendb's commands, derived
-//! from the syntax strings of `cmd::COMMANDS` (one source of truth), so that
+//! from the syntax strings of the command table (`state::commands`) (one source of truth), so that
 //! redis-cli can show argument hints.
 //!
 //! Syntax: `<arg>` an argument, `WORD` a keyword, `[ … ]` optional,
 //! `( a | b )` one of, `...` repeatable; a keyword followed by an argument
 //! is one argument with a token (`INPUT <n>`).
 
-use super::cmd::COMMANDS;
+use crate::state::commands::resp_commands;
 use crate::state::Value;
 
 #[derive(Debug, PartialEq)]
@@ -201,14 +201,15 @@ fn block_value(items: &[Arg], optional: bool, multiple: bool) -> Value {
 /// spendb's commands when none is named; unknown names are left out).
 pub fn command_docs(names: &[String]) -> Value {
     let mut out = Vec::new();
-    for (name, _, _, summary, syntax) in COMMANDS {
+    for c in resp_commands() {
+        let (name, summary, syntax) = (c.name, c.summary, c.syntax);
         if !names.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
         let toks = tokenize(syntax);
         let args = seq(&toks, &mut 0, &[]);
         let docs = Value::Map(vec![
-            ("summary", Value::str(*summary)),
+            ("summary", Value::str(summary)),
             ("since", Value::str("0.1.0")),
             ("group", Value::str("spendb")),
             (
@@ -216,7 +217,7 @@ pub fn command_docs(names: &[String]) -> Value {
                 Value::Array(args.iter().map(arg_value).collect()),
             ),
         ]);
-        out.push((*name, docs));
+        out.push((name, docs));
     }
     Value::Map(out)
 }
@@ -261,11 +262,11 @@ mod tests {
             }
         ));
         // Every command's syntax parses without leftovers.
-        for c in COMMANDS {
-            let toks = tokenize(c.4);
+        for c in resp_commands() {
+            let toks = tokenize(c.syntax);
             let mut pos = 0;
             seq(&toks, &mut pos, &[]);
-            assert_eq!(pos, toks.len(), "{}", c.0);
+            assert_eq!(pos, toks.len(), "{}", c.name);
         }
     }
 }

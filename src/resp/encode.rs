@@ -60,7 +60,7 @@ pub fn encode(v: &Value, proto: u8, out: &mut Vec<u8>) {
         }
         Value::Error { code, msg } => {
             out.push(b'-');
-            out.extend_from_slice(code.as_bytes());
+            out.extend_from_slice(code.as_str().as_bytes());
             out.push(b' ');
             // An error line cannot carry CR or LF.
             out.extend(
@@ -108,7 +108,11 @@ mod tests {
         encode(&Value::Bool(false), 3, &mut b3);
         assert_eq!((&b2[..], &b3[..]), (&b":1\r\n"[..], &b"#f\r\n"[..]));
         let mut e = Vec::new();
-        encode(&Value::err("ERR", "bad\r\nthing"), 2, &mut e);
+        encode(
+            &Value::err(crate::state::ErrorCode::Err, "bad\r\nthing"),
+            2,
+            &mut e,
+        );
         assert_eq!(e, b"-ERR bad  thing\r\n");
     }
 }

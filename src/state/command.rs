@@ -1,7 +1,10 @@
 //! Commands the state machine understands and the replies it gives, in a
 //! structured form both front ends (RESP, HTTP) translate to their own bytes.
 
+use super::access::Access;
 use super::alerts::AlertRules;
+use super::commands::{self, CommandSpec};
+use super::error::ErrorCode;
 use super::limit::LimitSpec;
 use super::price::Usage;
 
@@ -117,23 +120,62 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name: its row in the command table.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::BudgetSet { .. } => "budget.set",
+            Command::BudgetGet { .. } => "budget.get",
+            Command::BudgetDel { .. } => "budget.del",
+            Command::BudgetList { .. } => "budget.list",
+            Command::Reserve(_) => "reserve",
+            Command::Commit { .. } => "commit",
+            Command::Release { .. } => "release",
+            Command::HoldGet { .. } => "hold.get",
+            Command::Forecast { .. } => "forecast",
+            Command::HoldList { .. } => "hold.list",
+            Command::Spend { .. } => "spend",
+            Command::Balance { .. } => "balance",
+            Command::PriceSet { .. } => "price.set",
+            Command::PriceGet { .. } => "price.get",
+            Command::PriceList => "price.list",
+            Command::Step { .. } => "step",
+            Command::RunEnd { .. } => "run.end",
+            Command::CacheSaved { .. } => "cache.saved",
+            Command::AlertRulesSet { .. } => "alert.rules.set",
+            Command::AlertRulesList { .. } => "alert.rules.list",
+            Command::AlertList { .. } => "alert.list",
+            Command::SpendSeries => "spend.series",
+            Command::AlertDelivered { .. } => "alert.delivered",
+        }
+    }
+
+    /// Its row in the command table.
+    pub fn spec(&self) -> &'static CommandSpec {
+        commands::spec(self.name()).expect("every command has a row in the table")
+    }
+
     /// Commands that never write the ledger (apart from hold expiries any
     /// command may cause): they are still answered while writes fail.
     pub fn is_read(&self) -> bool {
-        matches!(
-            self,
-            Command::BudgetGet { .. }
-                | Command::BudgetList { .. }
-                | Command::HoldGet { .. }
-                | Command::Forecast { .. }
-                | Command::HoldList { .. }
-                | Command::Balance { .. }
-                | Command::PriceGet { .. }
-                | Command::PriceList
-                | Command::AlertRulesList { .. }
-                | Command::AlertList { .. }
-                | Command::SpendSeries
-        )
+        !self.spec().write
+    }
+
+    /// The command with the hold, spend and run ids it names moved into
+    /// `access`'s keyspace; None when it names none (or `access` is not a
+    /// tenant's).
+    pub fn qualified(&self, access: &Access) -> Option<Command> {
+        access.tenant()?;
+        let mut c = self.clone();
+        match &mut c {
+            Command::Reserve(a) => a.hold = access.qualify(&a.hold),
+            Command::Commit { hold, .. }
+            | Command::Release { hold }
+            | Command::HoldGet { hold } => *hold = access.qualify(hold),
+            Command::Spend { id: Some(id), .. } => *id = access.qualify(id),
+            Command::Step { run, .. } | Command::RunEnd { run } => *run = access.qualify(run),
+            _ => return None,
+        }
+        Some(c)
     }
 
     /// The scopes a command touches (for access checks in front ends).
@@ -178,15 +220,16 @@ pub enum Value {
     Money(i128),
     Array(Vec<Value>),
     Map(Vec<(&'static str, Value)>),
-    /// `code` is the first word of the error line (ERR, EXISTS, UNKNOWN, …).
+    /// A refusal: its code (the first word of a RESP error line, an HTTP
+    /// status) and message.
     Error {
-        code: &'static str,
+        code: ErrorCode,
         msg: String,
     },
 }
 
 impl Value {
-    pub fn err(code: &'static str, msg: impl Into<String>) -> Value {
+    pub fn err(code: ErrorCode, msg: impl Into<String>) -> Value {
         Value::Error {
             code,
             msg: msg.into(),
@@ -198,6 +241,29 @@ impl Value {
     pub fn is_error(&self) -> bool {
         matches!(self, Value::Error { .. })
     }
+    /// Takes `access`'s tenant key off the ids a reply names (its `hold`,
+    /// `id` and `run` fields, and an error's message), so a tenant sees its
+    /// ids as it gave them.
+    pub fn unqualify(&mut self, access: &Access) {
+        let Some(tenant) = access.tenant() else {
+            return;
+        };
+        match self {
+            Value::Map(fields) => {
+                for (k, v) in fields {
+                    if let ("hold" | "id" | "run", Value::Str(s)) = (*k, &mut *v) {
+                        if let Some(bare) = s.strip_prefix(tenant) {
+                            *s = bare.to_string();
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| v.unqualify(access)),
+            Value::Error { msg, .. } => *msg = msg.replace(tenant, ""),
+            _ => {}
+        }
+    }
+
     /// The value of a field of a map reply.
     pub fn field(&self, name: &str) -> Option<&Value> {
         match self {

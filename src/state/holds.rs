@@ -17,6 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use compact_str::CompactString;
@@ -121,7 +122,7 @@ pub struct HoldTable {
     /// Slots of removed records, for reuse.
     free: Vec<u32>,
     index: hashbrown::HashTable<u32>,
-    hasher: ahash::RandomState,
+    hasher: super::FixedHasher,
     strings: Interner,
     /// How settled holds ended (only they have an entry).
     ended: CowSlotMap<HoldStatus>,
@@ -448,12 +449,16 @@ impl Serialize for Recs<'_> {
 impl Serialize for HoldTable {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let open: Vec<u32> = self
+        // In slot order, not the index's hash order: a snapshot's bytes
+        // (and the order of holds expiring in one millisecond after a
+        // restart) depend on the commands alone.
+        let mut open: Vec<u32> = self
             .index
             .iter()
             .copied()
             .filter(|&slot| self.recs[slot as usize].is_open())
             .collect();
+        open.sort_unstable();
         // Each settled hold once, where its latest end puts it (a hold that
         // expired and was then committed late is queued twice).
         // Walked from the newest, keeping a slot's last queue entry only.

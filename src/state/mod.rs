@@ -11,37 +11,62 @@
 
 pub mod access;
 pub mod alerts;
+pub mod bounds;
 pub mod command;
+pub mod commands;
 pub mod cow;
 pub mod entry;
+pub mod error;
 pub mod holds;
 pub mod limit;
 pub mod money;
 pub mod price;
 pub mod runs;
 pub mod scope;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-/// The state's hash maps: keys are client-chosen (hold ids, scopes), so the
-/// hasher is randomly seeded (no hash flooding), and aHash rather than SipHash
-/// because hashing was 3 % of the engine's time under load.
-pub type Map<K, V> = HashMap<K, V, ahash::RandomState>;
+/// The state's hash maps: aHash rather than SipHash because hashing was 3 %
+/// of the engine's time under load, with fixed keys ([`FixedHasher`]).
+pub type Map<K, V> = HashMap<K, V, FixedHasher>;
+
+/// aHash with fixed keys. The state machine reads no randomness, so the
+/// same commands build the same tables in every process. (Until issue #13
+/// the keys were random per process against hash flooding; keys are chosen
+/// by authenticated clients of a sidecar, and no order the state exposes —
+/// snapshots, replies — follows the hash order.)
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FixedHasher;
+
+static FIXED_KEYS: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+);
+
+impl std::hash::BuildHasher for FixedHasher {
+    type Hasher = ahash::AHasher;
+    fn build_hasher(&self) -> ahash::AHasher {
+        FIXED_KEYS.build_hasher()
+    }
+}
 
 use serde::{Deserialize, Serialize};
 
 pub use access::Access;
 pub use command::{Command, ReserveArgs, Value};
 pub use entry::{Entry, EntryKind};
+pub use error::ErrorCode;
 pub use holds::{Hold, HoldTable};
 use limit::{Counter, Dim, Dims, Limit, LimitSpec};
 use price::{Price, Usage};
 use scope::chain;
 
-pub const MAX_HOLD_ID_LEN: usize = 64;
 pub const MAX_LIMITS_PER_SCOPE: usize = 16;
-pub const MAX_MODEL_LEN: usize = 128;
+pub use bounds::MAX_MODEL_LEN;
 
 /// Settings of the rules (not recorded in the ledger: they shape decisions,
 /// never how an entry is applied).
@@ -217,7 +242,7 @@ fn dims_value(d: &Dims) -> Value {
 }
 
 fn syntax(msg: impl Into<String>) -> Value {
-    Value::err("ERR", msg)
+    Value::err(ErrorCode::Err, msg)
 }
 
 impl State {
@@ -249,41 +274,72 @@ impl State {
         access: Option<&Access>,
         out: &mut Vec<Entry>,
     ) -> Value {
-        if let Some(a) = access {
-            if let Some(scope) = cmd.scope() {
-                if !a.allows(scope) {
-                    return Value::err(
-                        "NOPERM",
-                        format!("scope {scope} is outside this user's scopes"),
-                    );
-                }
-            }
-            if let Command::Commit { hold, .. }
-            | Command::Release { hold }
-            | Command::HoldGet { hold } = cmd
-            {
-                if self.holds.get(hold).is_some_and(|h| !a.allows(&h.scope)) {
-                    return Value::err("UNKNOWN", format!("hold {hold}"));
-                }
-            }
-            if let Command::RunEnd { run } | Command::Step { run, .. } = cmd {
-                let scope = self.runs.get(run).and_then(|r| r.scope.as_deref());
-                if scope.is_some_and(|s| !a.allows(s)) {
-                    return Value::err("UNKNOWN", format!("run {run}"));
-                }
-            }
-            if let Command::BudgetList { .. } = cmd {
-                let Value::Array(all) = self.apply_unchecked(now, cmd, out) else {
-                    unreachable!("BUDGET.LIST is an array")
-                };
-                return Value::Array(
-                    all.into_iter()
-                        .filter(|v| matches!(v, Value::Str(s) if a.allows(s)))
-                        .collect(),
+        if let Err(e) = validate::check(cmd) {
+            return syntax(e);
+        }
+        if let Some(q) = access.and_then(|a| cmd.qualified(a)) {
+            let a = access.expect("qualified for a tenant");
+            let mut v = self.apply_checked(now, &q, a, out);
+            v.unqualify(a);
+            return v;
+        }
+        match access {
+            Some(a) => self.apply_checked(now, cmd, a, out),
+            None => self.apply_unchecked(now, cmd, out),
+        }
+    }
+
+    /// `apply` for a caller with `access`, after its ids were qualified.
+    fn apply_checked(
+        &mut self,
+        now: u64,
+        cmd: &Command,
+        a: &Access,
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if let Some(scope) = cmd.scope() {
+            if !a.allows(scope) {
+                return Value::err(
+                    ErrorCode::NoPerm,
+                    format!("scope {scope} is outside this user's scopes"),
                 );
             }
         }
-        self.apply_unchecked(now, cmd, out)
+        if let Command::Commit { hold, .. }
+        | Command::Release { hold }
+        | Command::HoldGet { hold } = cmd
+        {
+            if self.holds.get(hold).is_some_and(|h| !a.allows(&h.scope)) {
+                return Value::err(ErrorCode::Unknown, format!("hold {hold}"));
+            }
+        }
+        if let Command::RunEnd { run } | Command::Step { run, .. } = cmd {
+            let scope = self.runs.get(run).and_then(|r| r.scope.as_deref());
+            if scope.is_some_and(|s| !a.allows(s)) {
+                return Value::err(ErrorCode::Unknown, format!("run {run}"));
+            }
+        }
+        let listing = matches!(
+            cmd,
+            Command::BudgetList { .. }
+                | Command::HoldList { .. }
+                | Command::AlertRulesList { .. }
+                | Command::AlertList { .. }
+        );
+        let reply = self.apply_unchecked(now, cmd, out);
+        match reply {
+            // Lists show only what lies inside the caller's scopes: scope
+            // names (BUDGET.LIST) or items with a `scope` field.
+            Value::Array(all) if listing => Value::Array(
+                all.into_iter()
+                    .filter(|v| match v {
+                        Value::Str(s) => a.allows(s),
+                        _ => matches!(v.field("scope"), Some(Value::Str(s)) if a.allows(s)),
+                    })
+                    .collect(),
+            ),
+            reply => reply,
+        }
     }
 
     fn apply_unchecked(&mut self, now: u64, cmd: &Command, out: &mut Vec<Entry>) -> Value {
@@ -319,7 +375,7 @@ impl State {
             }
             Command::HoldGet { hold } => match self.holds.get(hold) {
                 Some(h) => hold_value(hold, &h),
-                None => Value::err("UNKNOWN", format!("hold {hold}")),
+                None => Value::err(ErrorCode::Unknown, format!("hold {hold}")),
             },
             Command::Spend {
                 scope,
@@ -347,6 +403,9 @@ impl State {
                 if let Err(e) = scope::validate_scope(scope) {
                     return syntax(e);
                 }
+                if let Err(e) = self.headroom(scope, &Dims::default(), *cost) {
+                    return syntax(e);
+                }
                 self.emit(
                     now,
                     EntryKind::Saved {
@@ -367,7 +426,7 @@ impl State {
                         ("steps", Value::Int(steps as i64)),
                     ])
                 }
-                None => Value::err("UNKNOWN", format!("run {run}")),
+                None => Value::err(ErrorCode::Unknown, format!("run {run}")),
             },
             Command::PriceSet {
                 model,
@@ -376,9 +435,6 @@ impl State {
                 cached,
                 cache_write,
             } => {
-                if model.is_empty() || model.len() > MAX_MODEL_LEN {
-                    return syntax(format!("model name must be 1 to {MAX_MODEL_LEN} bytes"));
-                }
                 let price = Price::new(*input, *output, *cached, *cache_write);
                 let kind = EntryKind::PriceSet {
                     model: model.to_ascii_lowercase(),
@@ -435,7 +491,7 @@ impl State {
                     .collect(),
             ),
             Command::AlertDelivered { id } => match self.alerts.record(*id) {
-                None => Value::err("UNKNOWN", format!("alert {id}")),
+                None => Value::err(ErrorCode::Unknown, format!("alert {id}")),
                 Some(r) if r.delivered_at.is_some() => Value::Ok,
                 Some(_) => {
                     self.emit(now, EntryKind::AlertDelivered { id: *id }, out);
@@ -583,7 +639,7 @@ impl State {
                     ),
                 ),
             ]),
-            _ => Value::err("UNKNOWN", format!("budget {scope}")),
+            _ => Value::err(ErrorCode::Unknown, format!("budget {scope}")),
         }
     }
 
@@ -634,9 +690,6 @@ impl State {
         (max, repeats, window): (Option<u64>, Option<u64>, Option<u64>),
         out: &mut Vec<Entry>,
     ) -> Value {
-        if run.is_empty() || run.len() > MAX_HOLD_ID_LEN {
-            return syntax(format!("run id must be 1 to {MAX_HOLD_ID_LEN} bytes"));
-        }
         if let Some(s) = scope {
             if let Err(e) = scope::validate_scope(s) {
                 return syntax(e);
@@ -712,7 +765,7 @@ impl State {
             return syntax(e);
         }
         let Some(node) = self.nodes.get(scope).filter(|n| !n.limits.is_empty()) else {
-            return Value::err("UNKNOWN", format!("budget {scope}"));
+            return Value::err(ErrorCode::Unknown, format!("budget {scope}"));
         };
         let items = node
             .limits
@@ -762,7 +815,7 @@ impl State {
         }
         match &self.config.default_price {
             Some(p) => price_value(model, "default", p),
-            None => Value::err("NOPRICE", format!("model {model}")),
+            None => Value::err(ErrorCode::NoPrice, format!("model {model}")),
         }
     }
 
@@ -777,13 +830,10 @@ impl State {
                 granted_value(&a.hold, &h)
             } else {
                 Value::err(
-                    "EXISTS",
+                    ErrorCode::Exists,
                     format!("hold {} was reserved with other arguments", a.hold),
                 )
             };
-        }
-        if a.hold.is_empty() || a.hold.len() > MAX_HOLD_ID_LEN {
-            return syntax(format!("hold id must be 1 to {MAX_HOLD_ID_LEN} bytes"));
         }
         if let Err(e) = scope::validate_scope(&a.scope) {
             return syntax(e);
@@ -796,10 +846,16 @@ impl State {
             ));
         }
         let Some(price) = self.price_of(&a.model) else {
-            return Value::err("NOPRICE", format!("model {}", a.model));
+            return Value::err(ErrorCode::NoPrice, format!("model {}", a.model));
         };
         let cost = price.max_cost(a.input, a.output);
+        if let Err(e) = bounds::check_usd(cost, "the most this call can cost") {
+            return syntax(e);
+        }
         let amounts = Dims::call(a.input, a.output, cost);
+        if let Err(e) = self.headroom(&a.scope, &amounts, 0) {
+            return syntax(e);
+        }
 
         if let Some(d) = self.check(now, &a.scope, &amounts) {
             return Value::Map(vec![
@@ -876,7 +932,7 @@ impl State {
             return syntax(e);
         }
         let Some(h) = self.holds.get(id) else {
-            return Value::err("UNKNOWN", format!("hold {id}"));
+            return Value::err(ErrorCode::Unknown, format!("hold {id}"));
         };
         let late = match &h.status {
             HoldStatus::Committed(s) => {
@@ -884,13 +940,13 @@ impl State {
                     committed_value(id, &h, s)
                 } else {
                     Value::err(
-                        "EXISTS",
+                        ErrorCode::Exists,
                         format!("hold {id} was committed with other arguments"),
                     )
                 };
             }
             HoldStatus::Released { .. } => {
-                return Value::err("STATE", format!("hold {id} was released"));
+                return Value::err(ErrorCode::State, format!("hold {id} was released"));
             }
             HoldStatus::Open => false,
             HoldStatus::Expired { .. } => true,
@@ -901,6 +957,13 @@ impl State {
             Some(p) => p.cost(usage),
             None => h.amounts.get(Dim::Cost),
         };
+        if let Err(e) = bounds::check_usd(cost, "the cost of this call") {
+            return syntax(e);
+        }
+        let actual = Dims::call(usage.input, usage.output, cost);
+        if let Err(e) = self.headroom(&h.scope, &actual, 0) {
+            return syntax(e);
+        }
         self.emit(
             now,
             EntryKind::Commit {
@@ -921,7 +984,7 @@ impl State {
 
     fn release(&mut self, now: u64, id: &str, out: &mut Vec<Entry>) -> Value {
         let Some(h) = self.holds.get(id) else {
-            return Value::err("UNKNOWN", format!("hold {id}"));
+            return Value::err(ErrorCode::Unknown, format!("hold {id}"));
         };
         match h.status {
             HoldStatus::Open => {
@@ -929,7 +992,9 @@ impl State {
                 release_value(id, &self.hold(id))
             }
             HoldStatus::Released { .. } | HoldStatus::Expired { .. } => release_value(id, &h),
-            HoldStatus::Committed(_) => Value::err("STATE", format!("hold {id} was committed")),
+            HoldStatus::Committed(_) => {
+                Value::err(ErrorCode::State, format!("hold {id} was committed"))
+            }
         }
     }
 
@@ -951,22 +1016,26 @@ impl State {
                     spend_value(Some(id), r.usage, r.cost)
                 } else {
                     Value::err(
-                        "EXISTS",
+                        ErrorCode::Exists,
                         format!("spend {id} was recorded with other arguments"),
                     )
                 };
-            }
-            if id.is_empty() || id.len() > MAX_HOLD_ID_LEN {
-                return syntax(format!("spend id must be 1 to {MAX_HOLD_ID_LEN} bytes"));
             }
         }
         if let Err(e) = scope::validate_scope(scope) {
             return syntax(e);
         }
         let Some(price) = self.price_of(model) else {
-            return Value::err("NOPRICE", format!("model {model}"));
+            return Value::err(ErrorCode::NoPrice, format!("model {model}"));
         };
         let cost = price.cost(usage);
+        if let Err(e) = bounds::check_usd(cost, "the cost of this call") {
+            return syntax(e);
+        }
+        let actual = Dims::call(usage.input, usage.output, cost);
+        if let Err(e) = self.headroom(scope, &actual, 0) {
+            return syntax(e);
+        }
         let kind = EntryKind::Spend {
             id: id.clone(),
             scope: scope.to_string(),
@@ -983,7 +1052,7 @@ impl State {
 
     /// Applies one ledger entry. The only place balances change.
     pub fn apply_entry(&mut self, e: &Entry) {
-        debug_assert_eq!(
+        assert_eq!(
             e.seq, self.next_seq,
             "ledger entries apply in order without gaps"
         );
@@ -1052,11 +1121,18 @@ impl State {
                 let h = self.hold(id);
                 let (held, model) = (h.amounts, h.model);
                 let (scope, was_open) = self.end_hold(id);
-                debug_assert_eq!(was_open, !late);
+                assert_eq!(
+                    was_open, !late,
+                    "a commit is late exactly when its hold had ended"
+                );
                 let actual = Dims::call(usage.input, usage.output, *cost);
                 self.charge(&scope, ts, &actual);
-                self.series
-                    .add(&scope, &model, usage.input + usage.output, *cost);
+                self.series.add(
+                    &scope,
+                    &model,
+                    usage.input.saturating_add(usage.output),
+                    *cost,
+                );
                 if !self.alerts.is_empty() {
                     let overrun = actual.get(Dim::Cost) > held.get(Dim::Cost)
                         || actual.get(Dim::Tokens) > held.get(Dim::Tokens);
@@ -1072,7 +1148,7 @@ impl State {
             }
             EntryKind::Release { id } | EntryKind::Expire { id } => {
                 let (_, was_open) = self.end_hold(id);
-                debug_assert!(was_open);
+                assert!(was_open, "only an open hold is released or expires");
                 let ended = match e.kind {
                     EntryKind::Release { .. } => HoldStatus::Released { at: ts },
                     _ => HoldStatus::Expired { at: ts },
@@ -1088,8 +1164,12 @@ impl State {
             } => {
                 let actual = Dims::call(usage.input, usage.output, *cost);
                 self.charge(scope, ts, &actual);
-                self.series
-                    .add(scope, model, usage.input + usage.output, *cost);
+                self.series.add(
+                    scope,
+                    model,
+                    usage.input.saturating_add(usage.output),
+                    *cost,
+                );
                 if !self.alerts.is_empty() {
                     self.alert_inputs(scope, ts, &actual, false);
                 }
@@ -1200,7 +1280,7 @@ impl State {
             Err(e) => return syntax(e),
         };
         if rules.is_none() && !self.alerts.scopes.contains_key(scope) {
-            return Value::err("UNKNOWN", format!("alert rules on {scope}"));
+            return Value::err(ErrorCode::Unknown, format!("alert rules on {scope}"));
         }
         let value = rules.as_ref().map(|r| alert_rules_value(scope, r));
         self.emit(
@@ -1241,6 +1321,34 @@ impl State {
     /// A hold the caller knows exists (an entry or a check just named it).
     fn hold(&self, id: &str) -> Hold {
         self.holds.get(id).expect("a known hold")
+    }
+
+    /// Whether adding `add` (and `saved` nano-USD of savings) to the scope
+    /// and every ancestor keeps each counter at or below
+    /// [`bounds::MAX_COUNTER`]. `held + spent` bounds every counter of a
+    /// node (a limit's usage is part of `spent`), so checking it is enough.
+    fn headroom(&self, scope: &str, add: &Dims, saved: u64) -> Result<(), String> {
+        let max = bounds::MAX_COUNTER as u128;
+        for s in chain(scope) {
+            let Some(n) = self.nodes.get(s) else {
+                continue;
+            };
+            for d in Dim::ALL {
+                let total = n.held.get(d) as u128 + n.spent.get(d) as u128 + add.get(d) as u128;
+                if total > max {
+                    return Err(format!(
+                        "this would take {s}'s {} past the counter maximum {max}",
+                        d.name()
+                    ));
+                }
+            }
+            if n.saved as u128 + saved as u128 > max {
+                return Err(format!(
+                    "this would take {s}'s saved past the counter maximum {max}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Books settled usage on the scope and every ancestor, and into every

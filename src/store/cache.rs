@@ -115,6 +115,7 @@ fn tree_key(ns: &str, d: &Digest) -> Vec<u8> {
     k
 }
 
+/// Checks a namespace as a client names it.
 pub fn check_namespace(ns: &str) -> Result<(), String> {
     if ns.is_empty()
         || ns.len() > MAX_NAMESPACE
@@ -122,6 +123,20 @@ pub fn check_namespace(ns: &str) -> Result<(), String> {
     {
         return Err(format!(
             "namespace must be 1 to {MAX_NAMESPACE} bytes without spaces or NUL"
+        ));
+    }
+    Ok(())
+}
+
+/// A namespace as stored: a client's, possibly qualified with a tenant key
+/// (`{org:acme}answers`, see `state::access`), so longer than a client may
+/// name one.
+pub const MAX_STORED_NAMESPACE: usize = 1024;
+
+fn check_stored_namespace(ns: &str) -> Result<(), String> {
+    if ns.is_empty() || ns.len() > MAX_STORED_NAMESPACE || ns.bytes().any(|b| b == 0) {
+        return Err(format!(
+            "namespace must be 1 to {MAX_STORED_NAMESPACE} bytes without NUL"
         ));
     }
     Ok(())
@@ -213,7 +228,7 @@ impl Cache {
         cost: u64,
         now: u64,
     ) -> Result<(), String> {
-        check_namespace(ns)?;
+        check_stored_namespace(ns)?;
         if value.len() > self.limits.max_value {
             return Err(format!(
                 "value of {} bytes is over the {}-byte limit",
@@ -265,7 +280,7 @@ impl Cache {
 
     /// The entry under `key`, unless missing or expired at `now`.
     pub fn get(&self, ns: &str, key: &[u8], now: u64) -> Result<Option<Hit>, String> {
-        check_namespace(ns)?;
+        check_stored_namespace(ns)?;
         let d = digest(key);
         let mut index = self.index();
         let Some(meta) = index
@@ -316,7 +331,7 @@ impl Cache {
     }
 
     pub fn del(&self, ns: &str, key: &[u8]) -> Result<bool, String> {
-        check_namespace(ns)?;
+        check_stored_namespace(ns)?;
         let d = digest(key);
         let mut index = self.index();
         let known = index.forget(ns, &d).is_some();
@@ -328,10 +343,20 @@ impl Cache {
 
     /// Statistics of one namespace, or summed over all.
     pub fn stats(&self, ns: Option<&str>) -> Stats {
+        self.stats_where(|name| ns.is_none_or(|n| n == name))
+    }
+
+    /// Statistics summed over the namespaces that start with `prefix` (a
+    /// tenant's, see `state::access`).
+    pub fn stats_prefixed(&self, prefix: &str) -> Stats {
+        self.stats_where(|name| name.starts_with(prefix))
+    }
+
+    fn stats_where(&self, pick: impl Fn(&str) -> bool) -> Stats {
         let index = self.index();
         let mut total = Stats::default();
         for (name, space) in &index.spaces {
-            if ns.is_some_and(|n| n != name) {
+            if !pick(name) {
                 continue;
             }
             let s = &space.stats;
