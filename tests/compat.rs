@@ -1,0 +1,76 @@
+//! An old data dir keeps opening (issue #13, explicit formats): the data dir
+//! in `tests/data/datadir-v0.1.0.tar.gz` was made by the release before the
+//! formats became their own types (commit ab9a7a5, with
+//! `tests/data/make-datadir.sh`): every entry kind, a snapshot at entry 17 and
+//! a ledger tail after it, cut by SIGKILL. This build must verify it, export
+//! exactly the JSON lines that release exported, and serve its figures.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn unpack() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/datadir-v0.1.0.tar.gz"
+    );
+    let st = Command::new("tar")
+        .args(["xzf", archive, "-C"])
+        .arg(tmp.path())
+        .status()
+        .expect("tar (to unpack the old data dir)");
+    assert!(st.success());
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}
+
+#[test]
+fn a_data_dir_of_the_previous_release_verifies_exports_and_serves() {
+    let (_tmp, dir) = unpack();
+    let (ok, text) = verify(&dir);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ledger ok: 23 entries") && text.contains("1 snapshot(s) matched the replay"),
+        "{text}"
+    );
+    // The JSON view of the ledger is the same, byte for byte.
+    let out = Command::new(bin())
+        .args(["ledger", "export", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let want = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/datadir-v0.1.0.export.jsonl"
+    ))
+    .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+
+    // It serves the figures the old release had (those that do not depend on
+    // the day: the open hold, a TOTAL limit, the run, the price).
+    let mut s = Server::start_in(&dir, &[]);
+    let mut c = s.conn();
+    let h = q(&mut c, "HOLD.GET open-1");
+    assert_eq!(
+        (h.s("status"), h.s("scope"), h.i("input"), h.i("output")),
+        ("open".into(), "org:old/team:a/agent:x".into(), 1000, 500)
+    );
+    let b = q(&mut c, "BUDGET.GET org:old/team:a");
+    let total = limit(&b, "INPUT", "PER TOTAL");
+    assert_eq!((total.i("used"), total.i("held")), (2000, 1007));
+    assert_eq!(q(&mut c, "PRICE.GET old-model").s("output"), "6");
+    // run-1 ended; run-2 (after the snapshot) is still there.
+    assert!(err(&mut c, "RUN.END run-1").starts_with("UNKNOWN"));
+    assert_eq!(q(&mut c, "RUN.END run-2").i("steps"), 1);
+    assert_eq!(
+        q(&mut c, "RESERVE new-1 org:old/team:a gpt-4o INPUT 1").s("status"),
+        "granted"
+    );
+    assert!(s.stop().success());
+    let (ok, text) = verify(&dir);
+    assert!(ok && text.contains("ledger ok: 25 entries"), "{text}");
+}
