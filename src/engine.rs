@@ -132,6 +132,10 @@ struct Core {
     degraded: Option<String>,
     /// Told when the committer has stopped.
     stopped: Vec<oneshot::Sender<()>>,
+    /// Set when the store can be neither rolled back nor recovered after a
+    /// failed write: the state may not match the ledger, so nothing is
+    /// answered any more and the engine stops; `spendb serve` exits with it.
+    fatal: Option<String>,
 }
 
 impl Core {
@@ -228,6 +232,10 @@ impl EngineHandle {
         {
             let mut guard = self.shared.lock();
             let core = &mut *guard;
+            if let Some(reason) = &core.fatal {
+                let msg = format!("the engine stopped after a storage failure: {reason}");
+                return Submitted::Done(vec![Value::err(ErrorCode::IoErr, msg); cmds.len()]);
+            }
             if core.shutdown {
                 return Submitted::Done(shutting_down(cmds.len()));
             }
@@ -281,6 +289,22 @@ impl EngineHandle {
     }
 
     /// Writes what is queued, snapshots, syncs and stops the committer.
+    /// Why the engine stopped on its own (a storage failure it could not
+    /// recover from), if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.lock().fatal.clone()
+    }
+
+    /// Waits until the engine stops on its own; returns why.
+    pub async fn stopped_on_failure(&self) -> String {
+        loop {
+            if let Some(reason) = self.fatal() {
+                return reason;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn shutdown(&self) {
         let stopped = {
             let mut core = self.shared.lock();
@@ -374,6 +398,7 @@ fn build(
             shutdown: false,
             degraded: None,
             stopped: Vec::new(),
+            fatal: None,
         }),
         work: Condvar::new(),
     });
@@ -713,15 +738,24 @@ impl Committer {
             entries.len()
         );
         let mut core = self.shared.lock();
-        if let Err(e) = self.store.rollback(mark) {
-            tracing::error!("cannot drop the failed batch from the ledger: {e}; stopping");
-            std::process::exit(1);
-        }
-        match recovery::recover(&mut *self.store, self.config.rules.clone()) {
+        let rebuilt = match self.store.rollback(mark) {
+            Err(e) => Err(format!("cannot drop the failed batch from the ledger: {e}")),
+            Ok(()) => recovery::recover(&mut *self.store, self.config.rules.clone())
+                .map_err(|e| format!("cannot rebuild the state after a failed write: {e}")),
+        };
+        match rebuilt {
             Ok(r) => core.state = r.state,
-            Err(e) => {
-                tracing::error!("cannot rebuild the state after a failed write: {e}; stopping");
-                std::process::exit(1);
+            Err(reason) => {
+                // Nothing more can be trusted: stop answering and stop.
+                tracing::error!("{reason}; stopping");
+                core.fatal = Some(reason);
+                core.shutdown = true;
+                core.pending.clear();
+                for (_, tx) in core.waiters.drain(..) {
+                    let _ = tx.send(false);
+                }
+                self.shared.work.notify_all();
+                return;
             }
         }
         // Everything applied since the last good write is gone: the batch,

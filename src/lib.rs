@@ -1,6 +1,7 @@
 //! spendb: a spend database server for LLM agents. See docs/ARCHITECTURE.md.
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod engine;
 pub mod metrics;

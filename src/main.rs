@@ -16,7 +16,7 @@ use spendb::state::money::parse_usd;
 use spendb::state::price::Price;
 use spendb::state::Config;
 use spendb::store::cache::{Cache, CacheLimits};
-use spendb::store::{recovery, LogStore};
+use spendb::store::{reader::LedgerReader, recovery, LogStore};
 
 #[derive(Parser)]
 #[command(
@@ -397,11 +397,9 @@ fn main() -> ExitCode {
 }
 
 fn verify(dir: &std::path::Path) -> Result<(), String> {
-    if !dir.join("db").exists() {
-        return Err(format!("{} holds no spendb data", dir.display()));
-    }
-    let store = LogStore::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
-    let r = recovery::verify(&store, Config::default())
+    // Read-only: no sled, nothing created or removed.
+    let reader = LedgerReader::open(dir)?;
+    let r = recovery::verify(&reader, Config::default())
         .map_err(|e| format!("ledger verify FAILED: {e}"))?;
     let from = match r.from_snapshot {
         Some(seq) => format!(
@@ -418,12 +416,11 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
 
 fn export(dir: &std::path::Path, mut after: u64) -> Result<(), String> {
     use std::io::Write as _;
-    if !dir.join("ledger").exists() {
-        return Err(format!("{} holds no spendb ledger", dir.display()));
-    }
+    let reader = LedgerReader::open(dir)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
-        let page = spendb::store::log_store::read_page(dir, after, 65_536, |_| true)
+        let page = reader
+            .page(after, 65_536, |_| true)
             .map_err(|e| format!("reading {}: {e}", dir.display()))?;
         let Some(last) = page.last() else { break };
         after = last.seq;
@@ -461,11 +458,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--users {}: {e}", path.display()))?;
-            resp::auth::parse_users(&text)?
+            spendb::auth::parse_users(&text)?
         }
         None => Vec::new(),
     };
-    let auth = Arc::new(resp::auth::Auth::new(a.requirepass.clone(), users));
+    let auth = Arc::new(spendb::auth::Auth::new(a.requirepass.clone(), users));
     let has_password = auth.required();
     if !a.bind.is_loopback() && !has_password && !a.insecure_no_auth {
         return Err(format!(
@@ -582,7 +579,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             cache: cache.clone(),
             token: a.admin_token.clone(),
             auth: auth_for_admin,
-            data_dir: a.data_dir.clone(),
+            ledger: Arc::new(
+                spendb::store::reader::LedgerReader::open(&a.data_dir)
+                    .map_err(|e| format!("--data-dir: {e}"))?,
+            ),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
         let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);
@@ -590,9 +590,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         // Tests and scripts read this line to learn the ports.
         println!("spendb ready resp={addr} admin={admin_addr}");
         let _ = std::io::stdout().flush();
+        let mut failure = None;
         tokio::select! {
             _ = resp::run(listener, ctx) => {}
             _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
+            reason = handle.stopped_on_failure() => failure = Some(reason),
         }
         admin.abort();
         webhooks.abort();
@@ -601,7 +603,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         if let Err(e) = cache.flush() {
             tracing::warn!("writing the cache out at shutdown failed: {e}");
         }
-        Ok::<(), String>(())
+        match failure {
+            Some(reason) => Err(format!("the engine stopped: {reason}")),
+            None => Ok::<(), String>(()),
+        }
     })?;
     let _ = thread.join();
     tracing::info!("stopped cleanly");

@@ -13,7 +13,7 @@ use spendb::engine::{self, EngineConfig, EngineHandle};
 use spendb::resp::cmd;
 use spendb::state::{Config, Entry, Value};
 use spendb::store::recovery;
-use spendb::store::{LogStore, Mark, SnapshotSink, Storage, StoreError};
+use spendb::store::{LedgerRead, LogStore, Mark, SnapshotSink, Storage, StoreError};
 
 struct FailingSync {
     inner: LogStore,
@@ -31,9 +31,6 @@ impl Storage for FailingSync {
         }
         self.inner.sync()
     }
-    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
-        self.inner.read_from(from)
-    }
     fn last_seq(&self) -> Result<u64, StoreError> {
         self.inner.last_seq()
     }
@@ -42,12 +39,6 @@ impl Storage for FailingSync {
     }
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
         self.inner.snapshot_sink()
-    }
-    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-        self.inner.snapshot_seqs()
-    }
-    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.read_snapshot(seq)
     }
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError> {
         self.inner.truncate_from(from)
@@ -63,6 +54,20 @@ impl Storage for FailingSync {
             return Err(std::io::Error::other("injected: no space left on device").into());
         }
         self.inner.probe()
+    }
+}
+
+impl LedgerRead for FailingSync {
+    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
+        self.inner.read_from(from)
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.snapshot_seqs()
+    }
+
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.read_snapshot(seq)
     }
 }
 

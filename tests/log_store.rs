@@ -2,7 +2,7 @@
 //! tails after the preallocated zeros, damage in a closed segment, rollback.
 
 use spendb::state::{Entry, EntryKind};
-use spendb::store::{log_store, LogStore, Storage, StoreError};
+use spendb::store::{log_store, LedgerRead, LogStore, Storage, StoreError};
 
 fn entry(seq: u64) -> Entry {
     Entry {

@@ -31,7 +31,7 @@ use spendb::state::limit::Dim;
 use spendb::state::{Command, Config, Entry, HoldStatus, State, Value};
 use spendb::store::frame::encode_entry_into;
 use spendb::store::log_store::scan;
-use spendb::store::{Mark, SnapshotSink, Storage, StoreError};
+use spendb::store::{LedgerRead, Mark, SnapshotSink, Storage, StoreError};
 
 // ----- the simulated disk ---------------------------------------------------
 
@@ -130,23 +130,6 @@ impl Storage for SimStore {
         d.synced = d.log.len();
         Ok(())
     }
-    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
-        let d = self.disk();
-        let (entries, damage) = scan(&d.log, 1);
-        let mut out: Vec<Result<Entry, StoreError>> = entries
-            .into_iter()
-            .map(|(_, e)| e)
-            .filter(|e| e.seq >= from)
-            .map(Ok)
-            .collect();
-        if let Some(dmg) = damage {
-            out.push(Err(StoreError::Corrupt {
-                seq: dmg.seq,
-                what: dmg.what,
-            }));
-        }
-        Box::new(out.into_iter())
-    }
     fn last_seq(&self) -> Result<u64, StoreError> {
         Ok(self.disk().last_seq())
     }
@@ -155,12 +138,6 @@ impl Storage for SimStore {
     }
     fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError> {
         Ok(Box::new(self.clone()))
-    }
-    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-        Ok(self.disk().snapshots.keys().rev().copied().collect())
-    }
-    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.disk().snapshots.get(&seq).cloned())
     }
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError> {
         let mut d = self.disk();
@@ -194,6 +171,34 @@ impl Storage for SimStore {
             return Err(io("no space left on device"));
         }
         Ok(())
+    }
+}
+
+impl LedgerRead for SimStore {
+    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
+        let d = self.disk();
+        let (entries, damage) = scan(&d.log, 1);
+        let mut out: Vec<Result<Entry, StoreError>> = entries
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.seq >= from)
+            .map(Ok)
+            .collect();
+        if let Some(dmg) = damage {
+            out.push(Err(StoreError::Corrupt {
+                seq: dmg.seq,
+                what: dmg.what,
+            }));
+        }
+        Box::new(out.into_iter())
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.disk().snapshots.keys().rev().copied().collect())
+    }
+
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.disk().snapshots.get(&seq).cloned())
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use spendb::state::Config;
 use spendb::store::recovery::{self, decode_snapshot, encode_snapshot};
-use spendb::store::{log_store, LogStore, Storage};
+use spendb::store::{log_store, LedgerRead, LogStore, Storage};
 
 /// A stopped server's data dir with a few entries and a snapshot.
 fn populated() -> Server {

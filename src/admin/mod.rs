@@ -39,9 +39,9 @@ pub struct AdminCtx {
     pub token: Option<String>,
     /// The Redis side's users (`--requirepass`, `--users`): they may use the
     /// API with HTTP Basic auth, within their rights (see `require_token`).
-    pub auth: Arc<crate::resp::auth::Auth>,
-    /// The data dir (the ledger pages are read from its segments).
-    pub data_dir: std::path::PathBuf,
+    pub auth: Arc<crate::auth::Auth>,
+    /// The ledger, read-only (ledger pages and reports).
+    pub ledger: Arc<crate::store::reader::LedgerReader>,
 }
 
 pub type Ctx = Arc<AdminCtx>;

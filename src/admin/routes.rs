@@ -1,8 +1,6 @@
 //! The `/v1` routes: each parses its path, query and body, builds the engine
 //! command the Redis side would, and returns the reply as JSON.
 
-use std::borrow::Cow;
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,8 +10,10 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{body, json_of, run, ApiError, Ctx};
-use crate::resp::cmd;
-use crate::state::Command;
+use crate::state::limit::LimitSpec;
+use crate::state::money::parse_usd;
+use crate::state::{Command, ErrorCode};
+use crate::store::cache::check_namespace;
 
 pub(super) type Reply = Result<Json<serde_json::Value>, ApiError>;
 pub(super) type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -40,20 +40,6 @@ pub fn routes() -> Router<Ctx> {
         .route("/v1/prices", get(list_prices))
         .route("/v1/prices/{model}", axum::routing::put(put_price))
         .route("/v1/cache/stats", get(cache_stats))
-}
-
-/// Parses through the Redis side's command parser, so both front ends
-/// accept exactly the same values.
-fn parse(name: &str, words: &[String]) -> Result<Command, ApiError> {
-    let args: Vec<Cow<[u8]>> = words.iter().map(|w| Cow::Borrowed(w.as_bytes())).collect();
-    cmd::parse(name, &args).map_err(|v| match v {
-        crate::state::Value::Error { code, msg } => ApiError::refused(code, msg),
-        other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR",
-            format!("{other:?}"),
-        ),
-    })
 }
 
 /// Liveness: the process serves HTTP.
@@ -144,13 +130,11 @@ fn amount_text(v: &serde_json::Value) -> Result<String, ApiError> {
         (status = 422, description = "invalid limits", body = Object)))]
 pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: Bytes) -> Reply {
     let b: BudgetBody = body(&raw)?;
-    let mut words = vec![scope];
+    let mut limits = Vec::new();
     for l in &b.limits {
-        words.push(l.dim.clone());
-        words.push(amount_text(&l.amount)?);
-        match (&l.per, &l.rolling) {
-            (Some(p), None) => words.extend(["PER".into(), p.clone()]),
-            (None, Some(r)) => words.extend(["ROLLING".into(), r.clone()]),
+        let (kind, spec) = match (&l.per, &l.rolling) {
+            (Some(p), None) => ("PER", p),
+            (None, Some(r)) => ("ROLLING", r),
             _ => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -158,9 +142,14 @@ pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: 
                     "each limit needs exactly one of per or rolling",
                 ))
             }
-        }
+        };
+        let amount = amount_text(&l.amount)?;
+        limits.push(
+            LimitSpec::from_words(&l.dim, &amount, kind, spec)
+                .map_err(|e| ApiError::refused(ErrorCode::Err, e))?,
+        );
     }
-    run(&ctx, parse("budget.set", &words)?).await
+    run(&ctx, Command::BudgetSet { scope, limits }).await
 }
 
 /// Removes a scope's limits (BUDGET.DEL): `{"deleted": true|false}`.
@@ -245,20 +234,22 @@ pub struct PriceBody {
         (status = 422, description = "invalid price", body = Object)))]
 pub async fn put_price(State(ctx): State<Ctx>, Path(model): Path<String>, raw: Bytes) -> Reply {
     let p: PriceBody = body(&raw)?;
-    let mut words = vec![
+    let usd = |v: &serde_json::Value, what: &str| -> Result<u64, ApiError> {
+        parse_usd(&amount_text(v)?)
+            .map_err(|e| ApiError::refused(ErrorCode::Err, format!("{what}: {e}")))
+    };
+    let cmd = Command::PriceSet {
         model,
-        "INPUT".into(),
-        amount_text(&p.input)?,
-        "OUTPUT".into(),
-        amount_text(&p.output)?,
-    ];
-    if let Some(c) = &p.cached {
-        words.extend(["CACHED".into(), amount_text(c)?]);
-    }
-    if let Some(c) = &p.cache_write {
-        words.extend(["CACHEWRITE".into(), amount_text(c)?]);
-    }
-    run(&ctx, parse("price.set", &words)?).await
+        input: usd(&p.input, "INPUT")?,
+        output: usd(&p.output, "OUTPUT")?,
+        cached: p.cached.as_ref().map(|c| usd(c, "CACHED")).transpose()?,
+        cache_write: p
+            .cache_write
+            .as_ref()
+            .map(|c| usd(c, "CACHEWRITE"))
+            .transpose()?,
+    };
+    run(&ctx, cmd).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -275,17 +266,10 @@ pub struct NsQuery {
         (status = 422, description = "bad namespace", body = Object)))]
 pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Reply {
     let q = query(q)?;
-    let mut args: Vec<Cow<[u8]>> = Vec::new();
     if let Some(ns) = &q.ns {
-        args.push(Cow::Borrowed(ns.as_bytes()));
+        check_namespace(ns).map_err(|e| ApiError::refused(ErrorCode::Err, e))?;
     }
-    match crate::resp::cache_cmd::run(&ctx.cache, "cache.stats", &args, None) {
-        crate::resp::cache_cmd::Outcome::Reply(v) => match &v {
-            crate::state::Value::Error { code, msg } => Err(ApiError::refused(*code, msg.clone())),
-            _ => Ok(Json(json_of(&v))),
-        },
-        crate::resp::cache_cmd::Outcome::HitSaved(..) => unreachable!("STATS books nothing"),
-    }
+    Ok(Json(json_of(&ctx.cache.stats(q.ns.as_deref()).reply())))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -370,10 +354,10 @@ pub async fn ledger(State(ctx): State<Ctx>, q: QueryResult<LedgerQuery>) -> Repl
     let after = number(&q.after, "after")?.unwrap_or(0);
     let limit = page_limit(&q.limit, 1000)?;
     let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
-    let dir = ctx.data_dir.clone();
+    let ledger = ctx.ledger.clone();
     let (scope, kind) = (q.scope, q.kind);
     let page = tokio::task::spawn_blocking(move || {
-        crate::store::log_store::read_page(&dir, after, limit, |e| {
+        ledger.page(after, limit, |e| {
             from.is_none_or(|f| e.ts >= f)
                 && to.is_none_or(|t| e.ts < t)
                 && kind.as_deref().is_none_or(|k| e.kind.name() == k)
@@ -454,7 +438,7 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         ));
     }
     let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
-    let dir = ctx.data_dir.clone();
+    let ledger = ctx.ledger.clone();
     let prefix = q.scope.clone();
     let groups = tokio::task::spawn_blocking(move || {
         // A commit names its hold; the hold's entry, earlier in the ledger,
@@ -463,7 +447,7 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         let mut groups: std::collections::HashMap<String, Group> = Default::default();
         let mut after = 0;
         loop {
-            let page = crate::store::log_store::read_page(&dir, after, 65_536, |_| true)?;
+            let page = ledger.page(after, 65_536, |_| true)?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             for e in &page {

@@ -119,22 +119,7 @@ fn run_inner(
                 (1, _) => cache.stats(Some(&namespace(&args[0], access)?)),
                 _ => return Err(cmd::syntax(name)),
             };
-            let lookups = s.hits + s.misses;
-            let rate = if lookups == 0 {
-                "0".to_string()
-            } else {
-                format!("{:.4}", s.hits as f64 / lookups as f64)
-            };
-            reply(Value::Map(vec![
-                ("hits", Value::Int(s.hits as i64)),
-                ("misses", Value::Int(s.misses as i64)),
-                ("hit_rate", Value::Str(rate)),
-                ("entries", Value::Int(s.entries as i64)),
-                ("bytes", Value::Int(s.bytes as i64)),
-                ("evictions", Value::Int(s.evictions as i64)),
-                ("expired", Value::Int(s.expired as i64)),
-                ("saved", Value::Money(s.saved as i128)),
-            ]))
+            reply(s.reply())
         }
         _ => Err(cmd::syntax(name)),
     }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use crate::state::commands::{self, CommandSpec};
-use crate::state::limit::{Dim, LimitSpec, Window};
+use crate::state::limit::{parse_count, LimitSpec};
 use crate::state::money::parse_usd;
 use crate::state::price::Usage;
 use crate::state::{Command, ErrorCode, ReserveArgs, Value};
@@ -25,21 +25,8 @@ pub fn text(arg: &[u8], what: &str) -> Result<String, Value> {
 }
 
 pub fn uint(arg: &[u8], what: &str) -> Result<u64, Value> {
-    let digits = std::str::from_utf8(arg)
-        .ok()
-        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| {
-            Value::err(
-                ErrorCode::Err,
-                format!("{what} must be a non-negative integer"),
-            )
-        })?;
-    digits.parse().map_err(|_| {
-        Value::err(
-            ErrorCode::Err,
-            format!("{what} is too large (see the limits on input in PROTOCOL.md)"),
-        )
-    })
+    parse_count(std::str::from_utf8(arg).unwrap_or("?"), what)
+        .map_err(|e| Value::err(ErrorCode::Err, e))
 }
 
 fn usd(arg: &[u8], what: &str) -> Result<u64, Value> {
@@ -124,39 +111,14 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
             }
             let mut limits = Vec::new();
             for l in rest.chunks(4) {
-                let word = |b: &[u8]| std::str::from_utf8(b).unwrap_or("").to_ascii_uppercase();
-                let dim = Dim::parse(&word(&l[0])).ok_or_else(|| {
-                    Value::err(
-                        ErrorCode::Err,
-                        format!(
-                            "unknown dimension '{}' (TOKENS INPUT OUTPUT REQUESTS COST)",
-                            word(&l[0])
-                        ),
-                    )
-                })?;
-                let amount = if dim == Dim::Cost {
-                    usd(&l[1], "COST amount")?
-                } else {
-                    uint(&l[1], "limit amount")?
-                };
-                let spec = word(&l[3]);
-                let window = match word(&l[2]).as_str() {
-                    "PER" => Window::parse_period(&spec).ok_or_else(|| {
-                        Value::err(
-                            ErrorCode::Err,
-                            format!("unknown period '{spec}' (MINUTE HOUR DAY WEEK MONTH TOTAL)"),
-                        )
-                    })?,
-                    "ROLLING" => {
-                        Window::parse_rolling(&spec).map_err(|e| Value::err(ErrorCode::Err, e))?
-                    }
-                    _ => return Err(syntax(name)),
-                };
-                limits.push(LimitSpec {
-                    dim,
-                    window,
-                    amount,
-                });
+                let word = |b: &[u8]| std::str::from_utf8(b).unwrap_or("?").to_string();
+                let kind = word(&l[2]);
+                if !kind.eq_ignore_ascii_case("PER") && !kind.eq_ignore_ascii_case("ROLLING") {
+                    return Err(syntax(name));
+                }
+                let spec = LimitSpec::from_words(&word(&l[0]), &word(&l[1]), &kind, &word(&l[3]))
+                    .map_err(|e| Value::err(ErrorCode::Err, e))?;
+                limits.push(spec);
             }
             Command::BudgetSet { scope, limits }
         }
@@ -269,6 +231,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::limit::{Dim, Window};
 
     fn p(line: &str) -> Result<Command, Value> {
         let words: Vec<Cow<[u8]>> = line

@@ -11,13 +11,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::auth::User;
 use super::cache_cmd;
 use super::cmd::{self, Args};
 use super::count;
 use super::encode::encode;
 use super::frame::{self, FrameError};
 use super::ServerCtx;
+use crate::auth::User;
 use crate::metrics::Counted;
 use crate::state::commands::{self, Answered};
 use crate::state::{ErrorCode, Value};

@@ -3,7 +3,6 @@
 //! replies into RESP2/RESP3, `connection` runs one client. Front ends hold no
 //! rules.
 
-pub mod auth;
 pub mod cache_cmd;
 pub mod cmd;
 pub mod connection;
@@ -31,7 +30,7 @@ pub struct ServerCtx {
     pub started: Instant,
     pub port: u16,
     pub durability: Durability,
-    pub auth: Arc<auth::Auth>,
+    pub auth: Arc<crate::auth::Auth>,
     /// Connections beyond this are told so and closed.
     pub max_connections: u64,
     /// Close a connection that sends nothing for this long (None: never).

@@ -364,7 +364,7 @@ impl HoldTable {
 
     /// Every open hold has an expiry entry at its own expiry time.
     pub fn check_expiry_index(&self) -> Result<(), String> {
-        let entries: std::collections::HashSet<(u64, u32)> =
+        let entries: std::collections::BTreeSet<(u64, u32)> =
             self.expiry.iter().map(|Reverse(e)| *e).collect();
         let mut open = 0;
         for &s in self.index.iter() {

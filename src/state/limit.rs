@@ -271,6 +271,51 @@ pub struct LimitSpec {
     pub amount: u64,
 }
 
+/// A count as a client writes it: decimal digits only (no sign, point or
+/// exponent), at most 2^64 − 1; `what` names it in the error.
+pub fn parse_count(s: &str, what: &str) -> Result<u64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what} must be a non-negative integer"));
+    }
+    s.parse()
+        .map_err(|_| format!("{what} is too large (see the limits on input in PROTOCOL.md)"))
+}
+
+impl LimitSpec {
+    /// A limit from the words both front ends take: a dimension, an amount
+    /// (USD for COST, a count otherwise), `PER` or `ROLLING`, and the
+    /// period or duration. Case-insensitive keywords.
+    pub fn from_words(
+        dim: &str,
+        amount: &str,
+        kind: &str,
+        spec: &str,
+    ) -> Result<LimitSpec, String> {
+        let dim_word = dim.to_ascii_uppercase();
+        let dim = Dim::parse(&dim_word).ok_or_else(|| {
+            format!("unknown dimension '{dim_word}' (TOKENS INPUT OUTPUT REQUESTS COST)")
+        })?;
+        let amount = if dim == Dim::Cost {
+            super::money::parse_usd(amount).map_err(|e| format!("COST amount: {e}"))?
+        } else {
+            parse_count(amount, "limit amount")?
+        };
+        let spec = spec.to_ascii_uppercase();
+        let window = match kind.to_ascii_uppercase().as_str() {
+            "PER" => Window::parse_period(&spec).ok_or_else(|| {
+                format!("unknown period '{spec}' (MINUTE HOUR DAY WEEK MONTH TOTAL)")
+            })?,
+            "ROLLING" => Window::parse_rolling(&spec)?,
+            other => return Err(format!("syntax: expected PER or ROLLING, not '{other}'")),
+        };
+        Ok(LimitSpec {
+            dim,
+            window,
+            amount,
+        })
+    }
+}
+
 /// Usage counted inside a limit's window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Counter {

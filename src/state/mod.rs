@@ -25,12 +25,12 @@ pub mod runs;
 pub mod scope;
 mod validate;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// The state's hash maps: aHash rather than SipHash because hashing was 3 %
 /// of the engine's time under load, with fixed keys ([`FixedHasher`]).
-pub type Map<K, V> = HashMap<K, V, FixedHasher>;
+pub type Map<K, V> = std::collections::HashMap<K, V, FixedHasher>;
 
 /// aHash with fixed keys. The state machine reads no randomness, so the
 /// same commands build the same tables in every process. (Until issue #13
@@ -1399,7 +1399,7 @@ impl State {
     /// holds. Returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.holds.check_expiry_index()?;
-        let mut held: HashMap<String, (Dims, u64)> = HashMap::new();
+        let mut held: BTreeMap<String, (Dims, u64)> = BTreeMap::new();
         for (_, h) in self.holds.iter() {
             if h.status != HoldStatus::Open {
                 continue;

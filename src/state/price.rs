@@ -3,7 +3,7 @@
 //! `data/prices.toml`; PRICE.SET entries override it. A dated or provider-
 //! prefixed model name falls back to its family.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,7 @@ impl Price {
 
 #[derive(Deserialize)]
 struct PriceFile {
-    models: HashMap<String, PriceRow>,
+    models: BTreeMap<String, PriceRow>,
 }
 
 #[derive(Deserialize)]

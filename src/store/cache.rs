@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::frame;
 use super::StoreError;
+use crate::state::Value;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CacheLimits {
@@ -73,6 +74,29 @@ pub struct Stats {
     pub expired: u64,
     /// Nano-USD of the entries' COST over all hits (with or without SCOPE).
     pub saved: u64,
+}
+
+impl Stats {
+    /// The CACHE.STATS reply (and the admin API's `/v1/cache/stats`).
+    pub fn reply(&self) -> Value {
+        let lookups = self.hits + self.misses;
+        let rate = if lookups == 0 {
+            "0".to_string()
+        } else {
+            format!("{:.4}", self.hits as f64 / lookups as f64)
+        };
+        let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
+        Value::Map(vec![
+            ("hits", int(self.hits)),
+            ("misses", int(self.misses)),
+            ("hit_rate", Value::Str(rate)),
+            ("entries", int(self.entries)),
+            ("bytes", int(self.bytes)),
+            ("evictions", int(self.evictions)),
+            ("expired", int(self.expired)),
+            ("saved", Value::Money(self.saved as i128)),
+        ])
+    }
 }
 
 #[derive(Default)]

@@ -35,7 +35,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::frame::{decode_entry, encode_entry_into};
-use super::{Mark, SnapshotSink, Storage, StoreError};
+use super::{LedgerRead, Mark, SnapshotSink, Storage, StoreError};
 use crate::state::Entry;
 
 /// Snapshots kept besides the newest (an older one to fall back on).
@@ -399,62 +399,6 @@ impl Storage for LogStore {
         Ok(())
     }
 
-    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
-        // Archived segments too, when they are still there (verify reads
-        // from 1; recovery never needs them: they end before every snapshot).
-        let mut segs: Vec<(u64, PathBuf)> = match list_segments(&self.dir.join("archive")) {
-            Ok(firsts) => firsts
-                .into_iter()
-                .filter(|f| self.segments.first().is_none_or(|live| f < live))
-                .map(|f| (f, self.dir.join("archive").join(seg_name(f))))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        segs.extend(
-            self.segments
-                .iter()
-                .map(|&f| (f, self.seg_dir.join(seg_name(f)))),
-        );
-        let start = segs.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
-        let segs = segs.split_off(start);
-        Box::new(
-            segs.into_iter()
-                .map(move |(first, path)| {
-                    let bytes = std::fs::read(&path).map_err(StoreError::from)?;
-                    let (entries, damage) = scan(&bytes, first);
-                    let mut out: Vec<Result<Entry, StoreError>> = entries
-                        .into_iter()
-                        .filter(|(_, e)| e.seq >= from)
-                        .map(|(_, e)| Ok(e))
-                        .collect();
-                    if let Some(d) = damage {
-                        out.push(Err(StoreError::Corrupt {
-                            seq: d.seq,
-                            what: format!(
-                                "{} (in {} at byte {})",
-                                d.what,
-                                path.display(),
-                                d.offset
-                            ),
-                        }));
-                    }
-                    Ok::<_, StoreError>(out)
-                })
-                .flat_map(|r| match r {
-                    Ok(v) => v,
-                    Err(e) => vec![Err(e)],
-                })
-                // Stop at the first error: nothing after damage is trusted.
-                .scan(false, |failed, r| {
-                    if *failed {
-                        return None;
-                    }
-                    *failed = r.is_err();
-                    Some(r)
-                }),
-        )
-    }
-
     fn last_seq(&self) -> Result<u64, StoreError> {
         Ok(self.last_seq)
     }
@@ -470,18 +414,6 @@ impl Storage for LogStore {
         Ok(Box::new(FileSnapshots {
             dir: self.snap_dir.clone(),
         }))
-    }
-
-    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
-        Ok(snapshot_seqs(&self.snap_dir)?)
-    }
-
-    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        match std::fs::read(self.snap_dir.join(snap_name(seq))) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError> {
@@ -580,8 +512,83 @@ impl Storage for LogStore {
     }
 }
 
-fn snap_name(seq: u64) -> String {
+impl LedgerRead for LogStore {
+    fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_> {
+        // Archived segments too, when they are still there (verify reads
+        // from 1; recovery never needs them: they end before every snapshot).
+        let mut segs: Vec<(u64, PathBuf)> = match list_segments(&self.dir.join("archive")) {
+            Ok(firsts) => firsts
+                .into_iter()
+                .filter(|f| self.segments.first().is_none_or(|live| f < live))
+                .map(|f| (f, self.dir.join("archive").join(seg_name(f))))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        segs.extend(
+            self.segments
+                .iter()
+                .map(|&f| (f, self.seg_dir.join(seg_name(f)))),
+        );
+        read_segments(segs, from)
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(snapshot_seqs(&self.snap_dir)?)
+    }
+
+    fn read_snapshot(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(self.snap_dir.join(snap_name(seq))) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+pub(crate) fn snap_name(seq: u64) -> String {
     format!("{seq:020}.snap")
+}
+
+/// Entries with seq ≥ `from` from these segments ((first seq, path), in
+/// order), each CRC-checked; the first damaged record is an error and ends
+/// the reading (nothing after damage is trusted).
+pub(crate) fn read_segments(
+    mut segs: Vec<(u64, PathBuf)>,
+    from: u64,
+) -> Box<dyn Iterator<Item = Result<Entry, StoreError>>> {
+    let start = segs.iter().rposition(|(f, _)| *f <= from).unwrap_or(0);
+    let segs = segs.split_off(start);
+    Box::new(
+        segs.into_iter()
+            .map(move |(first, path)| {
+                let bytes = std::fs::read(&path).map_err(StoreError::from)?;
+                let (entries, damage) = scan(&bytes, first);
+                let mut out: Vec<Result<Entry, StoreError>> = entries
+                    .into_iter()
+                    .filter(|(_, e)| e.seq >= from)
+                    .map(|(_, e)| Ok(e))
+                    .collect();
+                if let Some(d) = damage {
+                    out.push(Err(StoreError::Corrupt {
+                        seq: d.seq,
+                        what: format!("{} (in {} at byte {})", d.what, path.display(), d.offset),
+                    }));
+                }
+                Ok::<_, StoreError>(out)
+            })
+            .flat_map(|r| match r {
+                Ok(v) => v,
+                Err(e) => vec![Err(e)],
+            })
+            // Stop at the first error: nothing after damage is trusted.
+            .scan(false, |failed, r| {
+                if *failed {
+                    return None;
+                }
+                *failed = r.is_err();
+                Some(r)
+            }),
+    )
 }
 
 /// File names in `dir` ending with `suffix`.
@@ -593,7 +600,7 @@ fn list_names(dir: &Path, suffix: &str) -> std::io::Result<Vec<String>> {
 }
 
 /// Seqs of the snapshots in `dir`, newest first.
-fn snapshot_seqs(dir: &Path) -> std::io::Result<Vec<u64>> {
+pub(crate) fn snapshot_seqs(dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut seqs: Vec<u64> = list_names(dir, ".snap")?
         .iter()
         .filter_map(|n| n.strip_suffix(".snap")?.parse().ok())

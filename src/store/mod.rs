@@ -2,12 +2,17 @@
 //! engine never depends on sled's quirks (and tests can inject faults).
 //!
 //! - `frame`: CRC-framed, bincode-encoded records;
-//! - `log_store`: the ledger in append-only segment files, snapshots in sled;
-//! - `recovery`: start-up (snapshot + replay of the tail) and `ledger verify`.
+//! - `log_store`: the ledger in append-only segment files, snapshot files,
+//!   and the sled database the response cache lives in;
+//! - `reader`: read-only access to a data dir (the admin API's ledger pages
+//!   and reports, `ledger verify` / `export`), which never opens sled;
+//! - `recovery`: start-up (snapshot + replay of the tail) and `ledger verify`;
+//! - `cache`: the exact-response cache in sled.
 
 pub mod cache;
 pub mod frame;
 pub mod log_store;
+pub mod reader;
 pub mod recovery;
 
 use crate::state::Entry;
@@ -24,21 +29,11 @@ pub enum StoreError {
     Corrupt { seq: u64, what: String },
 }
 
-/// What the engine needs from a store.
-pub trait Storage: Send {
-    /// Writes a group of entries as one crash-atomic batch. Not yet durable.
-    fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError>;
-    /// Makes everything appended so far durable (survives power loss).
-    fn sync(&mut self) -> Result<(), StoreError>;
+/// Reading a ledger and its snapshots: what `ledger verify` needs (a
+/// [`reader::LedgerReader`] does it without opening anything for writing).
+pub trait LedgerRead {
     /// Ledger entries with seq ≥ `from`, in order, each CRC-checked.
     fn read_from(&self, from: u64) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + '_>;
-    /// The highest seq in the ledger (0 when empty).
-    fn last_seq(&self) -> Result<u64, StoreError>;
-    /// Stores a framed snapshot of the state as of ledger position `seq`.
-    fn save_snapshot(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError>;
-    /// A writer of snapshots for another thread. The caller makes sure the
-    /// ledger is durable up to a snapshot's seq before saving it there.
-    fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError>;
     /// The seqs of the stored snapshots, newest first (without reading
     /// them: start-up reads only the one it uses).
     fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError>;
@@ -54,6 +49,21 @@ pub trait Storage: Send {
         }
         Ok(out)
     }
+}
+
+/// What the engine needs from a store.
+pub trait Storage: LedgerRead + Send {
+    /// Writes a group of entries as one crash-atomic batch. Not yet durable.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError>;
+    /// Makes everything appended so far durable (survives power loss).
+    fn sync(&mut self) -> Result<(), StoreError>;
+    /// The highest seq in the ledger (0 when empty).
+    fn last_seq(&self) -> Result<u64, StoreError>;
+    /// Stores a framed snapshot of the state as of ledger position `seq`.
+    fn save_snapshot(&mut self, seq: u64, framed: &[u8]) -> Result<(), StoreError>;
+    /// A writer of snapshots for another thread. The caller makes sure the
+    /// ledger is durable up to a snapshot's seq before saving it there.
+    fn snapshot_sink(&self) -> Result<Box<dyn SnapshotSink>, StoreError>;
     /// Removes a ledger tail from `from` on (cutting back a damaged tail).
     fn truncate_from(&mut self, from: u64) -> Result<(), StoreError>;
     /// Where the ledger ends now; taken before a batch is appended.

@@ -3,7 +3,7 @@
 //! first entry and compares it with every stored snapshot.
 
 use super::frame;
-use super::{Storage, StoreError};
+use super::{LedgerRead, Storage, StoreError};
 use crate::state::{Config, State};
 
 /// What start-up found.
@@ -139,7 +139,7 @@ pub struct VerifyReport {
 /// Replays the whole ledger from scratch, checking every CRC and that
 /// sequence numbers have no gaps, checks the state's invariants, and compares
 /// the rebuilt state with every stored snapshot at its position.
-pub fn verify(store: &dyn Storage, config: Config) -> Result<VerifyReport, String> {
+pub fn verify(store: &dyn LedgerRead, config: Config) -> Result<VerifyReport, String> {
     let mut snaps = Vec::new();
     for (seq, bytes) in store.snapshots().map_err(|e| e.to_string())? {
         let s = decode_snapshot(seq, &bytes, &config)
