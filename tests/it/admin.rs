@@ -2,9 +2,7 @@
 //! route, the bearer token, and the error statuses (JSON bodies, never a
 //! 500 for bad input).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[test]

@@ -8,13 +8,11 @@
 //! unchanged. At the end the server is still up, no thread panicked, every
 //! figure is a sane integer, and `spendb ledger verify` passes.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 
 const EDGES: &[&str] = &[

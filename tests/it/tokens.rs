@@ -2,11 +2,9 @@
 //! counts from an independent tiktoken implementation (js-tiktoken; see
 //! tests/data/tokens/reference.mjs) on a committed set of texts.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use spendb::tokens::{self, Encoding};
 
 fn data(name: &str) -> String {

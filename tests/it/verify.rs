@@ -1,9 +1,7 @@
 //! `spendb ledger verify` and start-up against damaged data: a flipped byte in
 //! a ledger record, a snapshot that disagrees with the ledger, a damaged tail.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use spendb::state::Config;
 use spendb::store::recovery::{self, decode_snapshot, encode_snapshot};
 use spendb::store::{log_store, LedgerRead, LogStore, Storage};

@@ -2,14 +2,12 @@
 //! exist so far: AUTH, HELLO … AUTH, RESET, DBSIZE, TIME, CLIENT INFO, and
 //! the refusal to serve a non-loopback address without a password.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn exchange(sock: &mut TcpStream, req: &[u8], until: &[u8]) -> String {
     sock.write_all(req).unwrap();

@@ -1,9 +1,7 @@
 //! `spendb bench` against a real server: the run does what it says (every
 //! transaction settled, denials where asked for) and its JSON adds up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn bench(port: u16, extra: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,10 @@
 //! The real binary over real sockets, driven by the `redis` crate.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn core_loop_reserve_commit_balance() {

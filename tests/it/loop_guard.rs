@@ -2,9 +2,7 @@
 //! settings, denials counted per scope, the timeout, and survival across a
 //! restart.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn step(c: &mut redis::Connection, line: &str) -> Reply {
     q(c, &format!("STEP {line}"))

@@ -7,13 +7,11 @@
 //! was acknowledged and at most that plus what was in flight. The seed is
 //! printed; SPENDB_CRASH_SEED replays its timings.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 
 const CLIENTS: usize = 4;
 const CYCLES: usize = 30;

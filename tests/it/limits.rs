@@ -2,13 +2,11 @@
 //! clients that do not read, argument size and count. Each refuses only the
 //! offending connection, with a clear error where one can be sent.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn connect(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -3,14 +3,12 @@
 //! Thresholds fire exactly once, failed POSTs are retried, nothing is
 //! delivered twice (not even after a restart), and the ledger records it all.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// What the receiver saw: (the status it answered, the JSON body).

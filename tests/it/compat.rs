@@ -5,11 +5,9 @@
 //! a ledger tail after it, cut by SIGKILL. This build must verify it, export
 //! exactly the JSON lines that release exported, and serve its figures.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn unpack() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@
 //!   numbers and junk: never panics, and whatever it accepts, the state
 //!   machine applies without panicking.
 //!
-//! `PROPTEST_CASES=<n> cargo test --release --test fuzz` runs longer.
+//! `PROPTEST_CASES=<n> cargo test --release --test it fuzz::` runs longer.
 
 use std::borrow::Cow;
 

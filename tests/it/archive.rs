@@ -4,11 +4,9 @@
 //! archive too, and verify still passes (from a snapshot) once the archive
 //! has been moved elsewhere.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn export(dir: &std::path::Path) -> Vec<serde_json::Value> {
     let out = Command::new(bin())

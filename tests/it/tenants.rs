@@ -3,9 +3,7 @@
 //! neither sees, counts, deletes nor collides with the other's. An
 //! unrestricted user sees the tenants' ids qualified (`{org:a}same-id`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const USERS: &str = r#"
     [users.ops]

@@ -3,11 +3,9 @@
 //! limit, and savings booked to a scope (visible in BALANCE, and kept in the
 //! ledger).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn cmd(con: &mut redis::Connection, args: &[&[u8]]) -> redis::RedisResult<redis::Value> {
     let mut c = redis::cmd(std::str::from_utf8(args[0]).unwrap());

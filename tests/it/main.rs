@@ -1,0 +1,28 @@
+//! spendb's integration tests, one crate so `cargo test` links the library
+//! once: each module is one area (the file names say which), all sharing the
+//! harness in `common` (the real binary on a free port, temp dirs, clients).
+//! Run one area with `cargo test --test it <module>::`.
+
+mod common;
+
+mod admin;
+mod alerts;
+mod architecture;
+mod archive;
+mod auth;
+mod bench;
+mod cache;
+mod compat;
+mod crash;
+mod edges;
+mod engine;
+mod fuzz;
+mod limits;
+mod log_store;
+mod loop_guard;
+mod model;
+mod server;
+mod sim;
+mod tenants;
+mod tokens;
+mod verify;
