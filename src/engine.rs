@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use crate::state::{Access, Command, Config, Entry, ErrorCode, State, Value};
+use crate::state::{Access, Command, Config, Entry, ErrorCode, Outcome, State, Value};
 use crate::store::recovery::{self, encode_snapshot, RecoveryInfo};
 use crate::store::{SnapshotSink, Storage, StoreError};
 
@@ -178,8 +178,8 @@ impl Shared {
 /// Replies of submitted commands: final, or to be released once the ledger
 /// holds what they saw (true) or its write failed (false: IOERR).
 pub enum Submitted {
-    Done(Vec<Value>),
-    Waiting(Vec<Value>, oneshot::Receiver<bool>),
+    Done(Vec<Outcome>),
+    Waiting(Vec<Outcome>, oneshot::Receiver<bool>),
 }
 
 /// A cheap, cloneable handle for running commands.
@@ -189,26 +189,31 @@ pub struct EngineHandle {
     pub stats: Arc<EngineStats>,
 }
 
-fn shutting_down(n: usize) -> Vec<Value> {
-    vec![Value::err(ErrorCode::Shutdown, "the server is shutting down"); n]
+fn shutting_down(n: usize) -> Vec<Outcome> {
+    vec![Outcome::refused(ErrorCode::Shutdown, "the server is shutting down"); n]
 }
 
 impl EngineHandle {
     /// Runs commands in order and returns their replies, after the entries
     /// they caused are durable (per the durability mode).
     pub async fn execute(&self, cmds: Vec<Command>) -> Vec<Value> {
-        self.execute_as(cmds, None).await
+        let outcomes = self.execute_as(cmds, None).await;
+        outcomes.into_iter().map(Value::from).collect()
     }
 
     /// `execute` for a caller limited to some scopes.
-    pub async fn execute_as(&self, cmds: Vec<Command>, access: Option<Arc<Access>>) -> Vec<Value> {
+    pub async fn execute_as(
+        &self,
+        cmds: Vec<Command>,
+        access: Option<Arc<Access>>,
+    ) -> Vec<Outcome> {
         match self.submit(&cmds, access) {
             Submitted::Done(replies) => replies,
             Submitted::Waiting(replies, released) => match released.await {
                 Ok(true) => replies,
                 Ok(false) => {
                     let msg = "the ledger write failed; this command was not applied";
-                    vec![Value::err(ErrorCode::IoErr, msg); replies.len()]
+                    vec![Outcome::refused(ErrorCode::IoErr, msg); replies.len()]
                 }
                 Err(_) => shutting_down(replies.len()),
             },
@@ -234,7 +239,7 @@ impl EngineHandle {
             let core = &mut *guard;
             if let Some(reason) = &core.fatal {
                 let msg = format!("the engine stopped after a storage failure: {reason}");
-                return Submitted::Done(vec![Value::err(ErrorCode::IoErr, msg); cmds.len()]);
+                return Submitted::Done(vec![Outcome::refused(ErrorCode::IoErr, msg); cmds.len()]);
             }
             if core.shutdown {
                 return Submitted::Done(shutting_down(cmds.len()));
@@ -250,9 +255,9 @@ impl EngineHandle {
                     .iter()
                     .map(|c| {
                         if c.is_read() {
-                            core.state.apply_as(frozen, c, access.as_deref(), &mut none)
+                            core.state.decide(frozen, c, access.as_deref(), &mut none)
                         } else {
-                            Value::err(ErrorCode::IoErr, msg.clone())
+                            Outcome::refused(ErrorCode::IoErr, msg.clone())
                         }
                     })
                     .collect();
@@ -264,11 +269,11 @@ impl EngineHandle {
             }
             let now = core.now();
             let before = core.pending.len();
-            let replies: Vec<Value> = cmds
+            let replies: Vec<Outcome> = cmds
                 .iter()
                 .map(|c| {
                     core.state
-                        .apply_as(now, c, access.as_deref(), &mut core.pending)
+                        .decide(now, c, access.as_deref(), &mut core.pending)
                 })
                 .collect();
             core.commands += cmds.len() as u64;

@@ -7,30 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::state::limit::Dim;
-use crate::state::{Command, Value};
-
-/// What `Metrics::count` needs of a command (taken before the command is
-/// handed to the engine).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counted {
-    Reserve,
-    Commit,
-    Release,
-    Step,
-    Other,
-}
-
-impl Counted {
-    pub fn of(cmd: &Command) -> Counted {
-        match cmd {
-            Command::Reserve(_) => Counted::Reserve,
-            Command::Commit { .. } => Counted::Commit,
-            Command::Release { .. } => Counted::Release,
-            Command::Step { .. } => Counted::Step,
-            _ => Counted::Other,
-        }
-    }
-}
+use crate::state::Outcome;
 
 /// Upper bounds of the latency buckets, in microseconds.
 pub const LATENCY_BUCKETS_US: [u64; 13] = [
@@ -146,13 +123,6 @@ impl Default for Metrics {
     }
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    match v {
-        Value::Map(f) => f.iter().find(|(k, _)| *k == name).map(|(_, v)| v),
-        _ => None,
-    }
-}
-
 impl Metrics {
     /// `command`: the command's position in `state::commands::COMMANDS`.
     pub fn observe_latency(&self, command: usize, us: u64) {
@@ -161,36 +131,23 @@ impl Metrics {
         }
     }
 
-    /// Counts what an engine command's reply says happened.
-    pub fn count(&self, cmd: Counted, reply: &Value) {
+    /// Counts what an engine command did, from its typed outcome.
+    pub fn count(&self, outcome: &Outcome) {
         let add = |a: &AtomicU64| {
             a.fetch_add(1, Ordering::Relaxed);
         };
-        if reply.is_error() {
-            add(&self.errors);
-            return;
-        }
-        let status = field(reply, "status");
-        let is = |s: &str| matches!(status, Some(Value::Str(x)) if x == s);
-        match cmd {
-            Counted::Reserve if is("granted") => add(&self.reserves_granted),
-            Counted::Reserve if is("denied") => {
-                let dim = match field(reply, "limit") {
-                    Some(Value::Str(l)) => l.split(' ').next().and_then(Dim::parse),
-                    _ => None,
-                };
-                if let Some(d) = dim {
-                    add(&self.reserves_denied[d.index()]);
-                }
-            }
-            Counted::Commit => {
+        match outcome {
+            Outcome::Refused { .. } => add(&self.errors),
+            Outcome::Granted(_) => add(&self.reserves_granted),
+            Outcome::Denied(d) => add(&self.reserves_denied[d.limit.dim.index()]),
+            Outcome::Committed(c) => {
                 add(&self.commits);
-                if !matches!(field(reply, "overrun_tokens"), Some(Value::Int(0)) | None) {
+                if c.overrun_tokens != 0 {
                     add(&self.overruns);
                 }
             }
-            Counted::Release => add(&self.releases),
-            Counted::Step if is("denied") => add(&self.steps_denied),
+            Outcome::Released(_) => add(&self.releases),
+            Outcome::Stepped(s) if s.denied.is_some() => add(&self.steps_denied),
             _ => {}
         }
     }

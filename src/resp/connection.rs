@@ -18,7 +18,6 @@ use super::encode::encode;
 use super::frame::{self, FrameError};
 use super::ServerCtx;
 use crate::auth::User;
-use crate::metrics::Counted;
 use crate::state::commands::{self, Answered};
 use crate::state::{ErrorCode, Value};
 
@@ -63,7 +62,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
         let mut cmds = Vec::new();
         // What each engine command is, for the metrics (the commands
         // themselves go to the engine).
-        let mut kinds: Vec<(Counted, usize)> = Vec::new();
+        let mut kinds: Vec<usize> = Vec::new();
         let mut close = false;
         while slots.len() < MAX_PIPELINE {
             match frame::parse(&rbuf, &ctx.limits) {
@@ -101,7 +100,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             ) {
                                 cache_cmd::Outcome::Reply(v) => slots.push(Slot::Now(v)),
                                 cache_cmd::Outcome::HitSaved(v, c) => {
-                                    kinds.push((Counted::Other, command_index(&name)));
+                                    kinds.push(command_index(&name));
                                     cmds.push(c);
                                     slots.push(Slot::AfterEngine(v));
                                 }
@@ -124,7 +123,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             };
                             match parsed {
                                 Ok(c) => {
-                                    kinds.push((Counted::of(&c), command_index(&name)));
+                                    kinds.push(command_index(&name));
                                     cmds.push(c);
                                     slots.push(Slot::Engine);
                                 }
@@ -162,8 +161,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                     .await;
                 let us = started.elapsed().as_micros() as u64;
                 let m = &ctx.engine.stats.metrics;
-                for ((kind, i), reply) in kinds.iter().zip(&r) {
-                    m.count(*kind, reply);
+                for (i, outcome) in kinds.iter().zip(&r) {
+                    m.count(outcome);
                     m.observe_latency(*i, us);
                 }
                 r
@@ -173,14 +172,17 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 match s {
                     Slot::Now(v) => encode(v, conn.proto, &mut wbuf),
                     Slot::Engine => encode(
-                        &replies.next().expect("one reply per command"),
+                        &Value::from(replies.next().expect("one reply per command")),
                         conn.proto,
                         &mut wbuf,
                     ),
                     Slot::AfterEngine(v) => {
                         let booked = replies.next().expect("one reply per command");
-                        let v = if booked.is_error() { &booked } else { v };
-                        encode(v, conn.proto, &mut wbuf)
+                        if booked.is_refused() {
+                            encode(&Value::from(booked), conn.proto, &mut wbuf)
+                        } else {
+                            encode(v, conn.proto, &mut wbuf)
+                        }
                     }
                 }
             }

@@ -90,6 +90,11 @@ impl Disk {
 #[derive(Clone, Default)]
 struct SimStore(Arc<Mutex<Disk>>);
 
+/// The engine's outcomes as the replies a client reads.
+fn values(outcomes: Vec<spendb::state::Outcome>) -> Vec<Value> {
+    outcomes.into_iter().map(Value::from).collect()
+}
+
 impl SimStore {
     fn disk(&self) -> std::sync::MutexGuard<'_, Disk> {
         self.0.lock().unwrap()
@@ -330,8 +335,12 @@ impl Sim {
     fn send(&mut self, lines: Vec<String>) {
         let cmds: Vec<Command> = lines.iter().map(|l| parse(l)).collect();
         match self.engine.submit(&cmds, None) {
-            Submitted::Done(replies) => self.acknowledge(&lines, &replies),
-            Submitted::Waiting(replies, rx) => self.sent.push(Sent { lines, replies, rx }),
+            Submitted::Done(replies) => self.acknowledge(&lines, &values(replies)),
+            Submitted::Waiting(replies, rx) => self.sent.push(Sent {
+                lines,
+                replies: values(replies),
+                rx,
+            }),
         }
     }
 

@@ -1,0 +1,240 @@
+//! Evolving: `apply_entry`, the one place balances change. Live commands
+//! go through it too (`State::emit`), so replaying the ledger rebuilds the
+//! live state exactly.
+
+use super::*;
+
+impl State {
+    /// Applies one ledger entry. The only place balances change.
+    pub fn apply_entry(&mut self, e: &Entry) {
+        assert_eq!(
+            e.seq, self.next_seq,
+            "ledger entries apply in order without gaps"
+        );
+        let ts = e.ts;
+        match &e.kind {
+            EntryKind::BudgetSet { scope, limits } => {
+                let node = self.nodes.entry(scope.clone()).or_default();
+                let mut old = std::mem::take(&mut node.limits);
+                node.limits = limits
+                    .iter()
+                    .map(|spec| {
+                        // A limit that stays (same dimension and window) keeps its usage.
+                        let counter = match old
+                            .iter()
+                            .position(|l| l.spec.dim == spec.dim && l.spec.window == spec.window)
+                        {
+                            Some(i) => old.swap_remove(i).counter,
+                            None => Counter::new(spec.window, ts),
+                        };
+                        Limit {
+                            spec: *spec,
+                            counter,
+                        }
+                    })
+                    .collect();
+            }
+            EntryKind::BudgetDel { scope } => {
+                if let Some(n) = self.nodes.get_mut(scope) {
+                    n.limits.clear();
+                }
+            }
+            EntryKind::Hold {
+                id,
+                scope,
+                model,
+                input,
+                output,
+                ttl_ms,
+                amounts,
+                expires_at,
+            } => {
+                for s in chain(scope) {
+                    let n = self.node_mut(s);
+                    n.held.add(amounts);
+                    n.open_holds += 1;
+                }
+                let hold = Hold {
+                    scope: scope.as_str().into(),
+                    model: model.as_str().into(),
+                    input: *input,
+                    output: *output,
+                    ttl_ms: *ttl_ms,
+                    amounts: *amounts,
+                    created_at: ts,
+                    expires_at: *expires_at,
+                    status: HoldStatus::Open,
+                };
+                self.holds.insert(id, hold);
+            }
+            EntryKind::Commit {
+                id,
+                usage,
+                cost,
+                late,
+            } => {
+                let h = self.hold(id);
+                let (held, model) = (h.amounts, h.model);
+                let (scope, was_open) = self.end_hold(id);
+                assert_eq!(
+                    was_open, !late,
+                    "a commit is late exactly when its hold had ended"
+                );
+                let actual = Dims::call(usage.input, usage.output, *cost);
+                self.charge(&scope, ts, &actual);
+                self.series.add(
+                    &scope,
+                    &model,
+                    usage.input.saturating_add(usage.output),
+                    *cost,
+                );
+                if !self.alerts.is_empty() {
+                    let overrun = actual.get(Dim::Cost) > held.get(Dim::Cost)
+                        || actual.get(Dim::Tokens) > held.get(Dim::Tokens);
+                    self.alert_inputs(&scope, ts, &actual, overrun);
+                }
+                let settled = HoldStatus::Committed(Settlement {
+                    usage: *usage,
+                    cost: *cost,
+                    late: *late,
+                    at: ts,
+                });
+                self.holds.set_status(id, settled);
+            }
+            EntryKind::Release { id } | EntryKind::Expire { id } => {
+                let (_, was_open) = self.end_hold(id);
+                assert!(was_open, "only an open hold is released or expires");
+                let ended = match e.kind {
+                    EntryKind::Release { .. } => HoldStatus::Released { at: ts },
+                    _ => HoldStatus::Expired { at: ts },
+                };
+                self.holds.set_status(id, ended);
+            }
+            EntryKind::Spend {
+                id,
+                scope,
+                model,
+                usage,
+                cost,
+            } => {
+                let actual = Dims::call(usage.input, usage.output, *cost);
+                self.charge(scope, ts, &actual);
+                self.series.add(
+                    scope,
+                    model,
+                    usage.input.saturating_add(usage.output),
+                    *cost,
+                );
+                if !self.alerts.is_empty() {
+                    self.alert_inputs(scope, ts, &actual, false);
+                }
+                if let Some(id) = id {
+                    let r = SpendRecord {
+                        scope: scope.clone(),
+                        model: model.clone(),
+                        usage: *usage,
+                        cost: *cost,
+                        at: ts,
+                    };
+                    self.spends.insert(id.clone(), r);
+                    self.spends_seen.push_back((ts, id.clone()));
+                }
+            }
+            EntryKind::PriceSet { model, price } => {
+                self.prices.insert(model.clone(), *price);
+            }
+            EntryKind::Step { run, scope, sig } => {
+                self.runs.step(run, scope.as_deref(), *sig, ts);
+            }
+            EntryKind::StepDenied { run, scope } => {
+                self.runs.denied(run, scope.as_deref(), ts);
+                if let Some(scope) = scope {
+                    for s in chain(scope) {
+                        self.node_mut(s).loop_denials += 1;
+                    }
+                    if !self.alerts.is_empty() {
+                        self.alert_inputs(scope, ts, &Dims::default(), true);
+                    }
+                }
+            }
+            EntryKind::RunEnd { run } => {
+                self.runs.end(run);
+            }
+            EntryKind::Saved { scope, cost } => {
+                for s in chain(scope) {
+                    let n = self.node_mut(s);
+                    n.saved = n.saved.saturating_add(*cost);
+                }
+            }
+            EntryKind::AlertRules { scope, rules } => match rules {
+                Some(rules) => {
+                    let mut fresh = alerts::ScopeAlerts::new(rules.clone(), ts);
+                    if let Some(old) = self.alerts.scopes.remove(scope) {
+                        // What fired this period stays fired when rules change.
+                        fresh.fired = old.fired;
+                    }
+                    self.alerts.scopes.insert(scope.clone(), fresh);
+                }
+                None => {
+                    self.alerts.scopes.remove(scope);
+                }
+            },
+            EntryKind::Alert(ev) => self.alerts.fired(e.seq, ts, ev),
+            EntryKind::AlertDelivered { id } => self.alerts.delivered(*id, ts),
+        }
+        self.next_seq = e.seq + 1;
+        self.last_ts = self.last_ts.max(ts);
+    }
+
+    /// Feeds the spike and runaway rules of the scope and its ancestors.
+    pub(in crate::state) fn alert_inputs(
+        &mut self,
+        scope: &str,
+        ts: u64,
+        usage: &Dims,
+        event: bool,
+    ) {
+        for s in chain(scope) {
+            if let Some(a) = self.alerts.scopes.get_mut(s) {
+                a.record_usage(ts, usage);
+                if event {
+                    a.record_event(ts);
+                }
+            }
+        }
+    }
+
+    pub(in crate::state) fn node_mut(&mut self, scope: &str) -> &mut Node {
+        if !self.nodes.contains_key(scope) {
+            self.nodes.insert(scope.to_string(), Node::default());
+        }
+        self.nodes.get_mut(scope).unwrap()
+    }
+
+    /// Takes an open hold's amounts off every level it held on. Returns the
+    /// hold's scope and whether it was open.
+    pub(in crate::state) fn end_hold(&mut self, id: &str) -> (Arc<str>, bool) {
+        let h = self.hold(id);
+        if h.status != HoldStatus::Open {
+            return (h.scope, false);
+        }
+        for s in chain(&h.scope) {
+            let n = self.node_mut(s);
+            n.held.sub(&h.amounts);
+            n.open_holds -= 1;
+        }
+        (h.scope, true)
+    }
+
+    /// Books settled usage on the scope and every ancestor, and into every
+    /// limit on them.
+    pub(in crate::state) fn charge(&mut self, scope: &str, ts: u64, actual: &Dims) {
+        for s in chain(scope) {
+            let n = self.node_mut(s);
+            n.spent.add(actual);
+            for l in &mut n.limits {
+                l.counter.charge(l.spec.window, ts, actual.get(l.spec.dim));
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The alert family: rules per scope, the checks that fire alerts after a
+//! commit, spend or loop-guard denial, the alert log, deliveries.
+
+use crate::state::outcome::Outcome;
+use crate::state::*;
+
+impl State {
+    /// Checks the alert rules of `scope` and its ancestors after a change
+    /// there, and records what fires.
+    pub(in crate::state) fn check_alerts(&mut self, now: u64, scope: &str, out: &mut Vec<Entry>) {
+        if self.alerts.is_empty() {
+            return;
+        }
+        let mut fired = Vec::new();
+        for s in chain(scope) {
+            let Some(a) = self.alerts.scopes.get(s) else {
+                continue;
+            };
+            if let Some(n) = self.nodes.get(s) {
+                a.check_limits(s, &n.limits, now, &mut fired);
+            }
+            a.check_spike(s, now, &mut fired);
+            a.check_runaway(s, now, &mut fired);
+        }
+        for ev in fired {
+            self.emit(now, EntryKind::Alert(ev), out);
+        }
+    }
+
+    pub(in crate::state) fn alert_rules_set(
+        &mut self,
+        now: u64,
+        scope: &str,
+        rules: &Option<alerts::AlertRules>,
+        out: &mut Vec<Entry>,
+    ) -> Value {
+        if let Err(e) = scope::validate_scope(scope) {
+            return syntax(e);
+        }
+        let rules = match rules.clone().map(alerts::AlertRules::validate).transpose() {
+            Ok(r) => r,
+            Err(e) => return syntax(e),
+        };
+        if rules.is_none() && !self.alerts.scopes.contains_key(scope) {
+            return Value::err(ErrorCode::Unknown, format!("alert rules on {scope}"));
+        }
+        let value = rules.as_ref().map(|r| alert_rules_value(scope, r));
+        self.emit(
+            now,
+            EntryKind::AlertRules {
+                scope: scope.to_string(),
+                rules,
+            },
+            out,
+        );
+        // Usage already past a threshold fires now, not at the next commit.
+        self.check_alerts(now, scope, out);
+        value.unwrap_or(Value::Ok)
+    }
+
+    /// Every scope's alert rules at or below `prefix`.
+    pub(in crate::state) fn alert_rules_list(&self, prefix: Option<&str>) -> Value {
+        Value::Array(
+            self.alerts
+                .scopes
+                .iter()
+                .filter(|(s, _)| prefix.is_none_or(|p| scope::is_within(s, p)))
+                .map(|(s, a)| alert_rules_value(s, &a.rules))
+                .collect(),
+        )
+    }
+
+    /// Fired alerts with an id above `after`, oldest first.
+    pub(in crate::state) fn alert_list(
+        &self,
+        after: u64,
+        limit: usize,
+        undelivered: bool,
+        prefix: Option<&str>,
+    ) -> Value {
+        Value::Array(
+            self.alerts
+                .log
+                .iter()
+                .filter(|r| {
+                    r.id > after
+                        && (!undelivered || r.delivered_at.is_none())
+                        && prefix.is_none_or(|p| scope::is_within(&r.event.scope, p))
+                })
+                .take(limit)
+                .map(alert_value)
+                .collect(),
+        )
+    }
+
+    /// The webhook task delivered alert `id` (once; a repeat is OK).
+    pub(in crate::state) fn alert_delivered(
+        &mut self,
+        now: u64,
+        id: u64,
+        out: &mut Vec<Entry>,
+    ) -> Outcome {
+        match self.alerts.record(id) {
+            None => Outcome::refused(ErrorCode::Unknown, format!("alert {id}")),
+            Some(r) if r.delivered_at.is_some() => Outcome::Done,
+            Some(_) => {
+                self.emit(now, EntryKind::AlertDelivered { id }, out);
+                Outcome::Done
+            }
+        }
+    }
+}

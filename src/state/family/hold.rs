@@ -1,0 +1,217 @@
+//! The hold family: RESERVE (checking every limit on the scope and its
+//! ancestors), COMMIT, RELEASE, HOLD.GET and the open-hold list.
+
+use crate::state::outcome::{Denied, Outcome};
+use crate::state::*;
+
+impl State {
+    pub(in crate::state) fn reserve(
+        &mut self,
+        now: u64,
+        a: &ReserveArgs,
+        out: &mut Vec<Entry>,
+    ) -> Outcome {
+        if let Some(h) = self.holds.get(&a.hold) {
+            let same = *h.scope == *a.scope
+                && *h.model == *a.model
+                && h.input == a.input
+                && h.output == a.output
+                && h.ttl_ms == a.ttl_ms;
+            return if same {
+                Outcome::granted(&a.hold, &h)
+            } else {
+                Outcome::refused(
+                    ErrorCode::Exists,
+                    format!("hold {} was reserved with other arguments", a.hold),
+                )
+            };
+        }
+        if let Err(e) = scope::validate_scope(&a.scope) {
+            return refuse(e);
+        }
+        let ttl = a.ttl_ms.unwrap_or(self.config.default_ttl_ms);
+        if ttl == 0 || ttl > self.config.max_ttl_ms {
+            return refuse(format!(
+                "TTL must be between 1 and {} ms",
+                self.config.max_ttl_ms
+            ));
+        }
+        let Some(price) = self.price_of(&a.model) else {
+            return Outcome::refused(ErrorCode::NoPrice, format!("model {}", a.model));
+        };
+        let cost = price.max_cost(a.input, a.output);
+        if let Err(e) = bounds::check_usd(cost, "the most this call can cost") {
+            return refuse(e);
+        }
+        let amounts = Dims::call(a.input, a.output, cost);
+        if let Err(e) = self.headroom(&a.scope, &amounts, 0) {
+            return refuse(e);
+        }
+
+        if let Some(d) = self.check(now, &a.scope, &amounts) {
+            return Outcome::Denied(Denied {
+                hold: a.hold.clone(),
+                scope: d.scope,
+                limit: d.spec,
+                remaining: d.remaining,
+                retry_after: d.retry_after,
+                tokens: amounts.get(Dim::Tokens),
+                cost,
+            });
+        }
+        let kind = EntryKind::Hold {
+            id: a.hold.clone(),
+            scope: a.scope.clone(),
+            model: a.model.clone(),
+            input: a.input,
+            output: a.output,
+            ttl_ms: a.ttl_ms,
+            amounts,
+            expires_at: now.saturating_add(ttl),
+        };
+        self.emit(now, kind, out);
+        Outcome::granted(&a.hold, &self.hold(&a.hold))
+    }
+
+    /// Checks `amounts` against every limit on the scope and its ancestors.
+    /// None if all fit; otherwise the most binding limit (waiting cannot help
+    /// beats the longest wait).
+    pub(in crate::state) fn check(&self, now: u64, scope: &str, amounts: &Dims) -> Option<Denial> {
+        let mut worst: Option<Denial> = None;
+        for s in chain(scope) {
+            let Some(node) = self.nodes.get(s) else {
+                continue;
+            };
+            for l in &node.limits {
+                let dim = l.spec.dim;
+                let (amt, held, used) = (amounts.get(dim), node.held.get(dim), l.used(now));
+                if (used as u128) + (held as u128) + (amt as u128) <= l.spec.amount as u128 {
+                    continue;
+                }
+                let d = Denial {
+                    scope: s.to_string(),
+                    spec: l.spec,
+                    remaining: l.spec.amount as i128 - used as i128 - held as i128,
+                    retry_after: l.retry_after(now, held, amt),
+                };
+                let worse = match (&worst, d.retry_after) {
+                    (None, _) => true,
+                    (Some(w), None) => w.retry_after.is_some(),
+                    (Some(w), Some(t)) => w.retry_after.is_some_and(|wt| t > wt),
+                };
+                if worse {
+                    worst = Some(d);
+                }
+            }
+        }
+        worst
+    }
+
+    pub(in crate::state) fn commit(
+        &mut self,
+        now: u64,
+        id: &str,
+        usage: &Usage,
+        out: &mut Vec<Entry>,
+    ) -> Outcome {
+        if let Err(e) = usage.check() {
+            return refuse(e);
+        }
+        let Some(h) = self.holds.get(id) else {
+            return Outcome::refused(ErrorCode::Unknown, format!("hold {id}"));
+        };
+        let late = match &h.status {
+            HoldStatus::Committed(s) => {
+                return if s.usage == *usage {
+                    Outcome::committed(id, &h, s)
+                } else {
+                    Outcome::refused(
+                        ErrorCode::Exists,
+                        format!("hold {id} was committed with other arguments"),
+                    )
+                };
+            }
+            HoldStatus::Released { .. } => {
+                return Outcome::refused(ErrorCode::State, format!("hold {id} was released"));
+            }
+            HoldStatus::Open => false,
+            HoldStatus::Expired { .. } => true,
+        };
+        // The price a hold was made at may have changed since; an unknown
+        // price now (deleted default) falls back to the hold's own estimate.
+        let cost = match self.price_of(&h.model) {
+            Some(p) => p.cost(usage),
+            None => h.amounts.get(Dim::Cost),
+        };
+        if let Err(e) = bounds::check_usd(cost, "the cost of this call") {
+            return refuse(e);
+        }
+        let actual = Dims::call(usage.input, usage.output, cost);
+        if let Err(e) = self.headroom(&h.scope, &actual, 0) {
+            return refuse(e);
+        }
+        self.emit(
+            now,
+            EntryKind::Commit {
+                id: id.to_string(),
+                usage: *usage,
+                cost,
+                late,
+            },
+            out,
+        );
+        let h = self.hold(id);
+        self.check_alerts(now, &h.scope, out);
+        match &h.status {
+            HoldStatus::Committed(s) => Outcome::committed(id, &h, s),
+            _ => unreachable!("commit entry settles the hold"),
+        }
+    }
+
+    pub(in crate::state) fn release(
+        &mut self,
+        now: u64,
+        id: &str,
+        out: &mut Vec<Entry>,
+    ) -> Outcome {
+        let Some(h) = self.holds.get(id) else {
+            return Outcome::refused(ErrorCode::Unknown, format!("hold {id}"));
+        };
+        match h.status {
+            HoldStatus::Open => {
+                self.emit(now, EntryKind::Release { id: id.to_string() }, out);
+                Outcome::released(id, &self.hold(id))
+            }
+            HoldStatus::Released { .. } | HoldStatus::Expired { .. } => Outcome::released(id, &h),
+            HoldStatus::Committed(_) => {
+                Outcome::refused(ErrorCode::State, format!("hold {id} was committed"))
+            }
+        }
+    }
+
+    /// HOLD.GET.
+    pub(in crate::state) fn hold_get(&self, hold: &str) -> Value {
+        match self.holds.get(hold) {
+            Some(h) => hold_value(hold, &h),
+            None => Value::err(ErrorCode::Unknown, format!("hold {hold}")),
+        }
+    }
+
+    /// Open holds at or below `prefix`, oldest first (the admin API).
+    pub(in crate::state) fn hold_list(&self, prefix: Option<&str>, limit: usize) -> Value {
+        let mut open: Vec<(&str, Hold)> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| {
+                h.status == HoldStatus::Open && prefix.is_none_or(|p| scope::is_within(&h.scope, p))
+            })
+            .collect();
+        open.sort_by(|a, b| (a.1.created_at, a.0).cmp(&(b.1.created_at, b.0)));
+        Value::Array(
+            open.into_iter()
+                .take(limit)
+                .map(|(id, h)| hold_value(id, &h))
+                .collect(),
+        )
+    }
+}
