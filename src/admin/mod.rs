@@ -107,21 +107,7 @@ pub fn json_of(v: &Value) -> serde_json::Value {
     }
 }
 
-/// A ledger entry as JSON: `seq`, `ts`, `kind` and the kind's fields
-/// (amounts in nano-USD), for `/v1/ledger` and `spendb ledger export`.
-pub fn entry_json(e: &crate::state::Entry) -> serde_json::Value {
-    let mut fields = match serde_json::to_value(&e.kind) {
-        Ok(serde_json::Value::Object(mut m)) => match m.values_mut().next() {
-            Some(serde_json::Value::Object(inner)) => std::mem::take(inner),
-            _ => serde_json::Map::new(),
-        },
-        _ => serde_json::Map::new(),
-    };
-    fields.insert("seq".into(), e.seq.into());
-    fields.insert("ts".into(), e.ts.into());
-    fields.insert("kind".into(), e.kind.name().into());
-    serde_json::Value::Object(fields)
-}
+pub use crate::store::format::ledger::entry_json;
 
 /// Runs one command on the engine and answers with its reply as JSON.
 pub async fn run(ctx: &AdminCtx, cmd: Command) -> Result<Json<serde_json::Value>, ApiError> {

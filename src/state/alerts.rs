@@ -14,8 +14,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
-
 use super::limit::{self, Dim, Limit, Window};
 
 pub const MAX_THRESHOLDS: usize = 10;
@@ -31,7 +29,7 @@ pub const MAX_RUNAWAY_EVENTS: u32 = 10_000;
 pub const MAX_RUNAWAY_WINDOW_MS: u64 = 24 * 3_600_000;
 pub const MAX_WEBHOOK_LEN: usize = 2048;
 /// The rules on one scope.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AlertRules {
     /// Percentages of each calendar or TOTAL limit's amount; each fires once
     /// per period when committed usage reaches it.
@@ -47,7 +45,7 @@ pub struct AlertRules {
 
 /// Usage of `dim` in the last `window_ms` above `factor` × its average per
 /// window over the hour before, and at least `min`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpikeRule {
     pub dim: Dim,
     pub factor: u32,
@@ -57,7 +55,7 @@ pub struct SpikeRule {
 
 /// At least `events` loop-guard denials or overrun commits at or below the
 /// scope within `window_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunawayRule {
     pub events: u32,
     pub window_ms: u64,
@@ -119,7 +117,7 @@ impl AlertRules {
 }
 
 /// One firing, as recorded in the ledger.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertEvent {
     pub scope: String,
     /// threshold | forecast | spike | runaway
@@ -139,7 +137,7 @@ pub struct AlertEvent {
 }
 
 /// A fired alert as listed by `/v1/alerts`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertRecord {
     /// The ledger seq of its `Alert` entry.
     pub id: u64,
@@ -149,7 +147,7 @@ pub struct AlertRecord {
 }
 
 /// A scope's rules and what their checks remember.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScopeAlerts {
     pub rules: AlertRules,
     /// When the rules were set (a spike needs a full baseline after it).
@@ -163,7 +161,7 @@ pub struct ScopeAlerts {
 }
 
 /// Every scope's rules and the recent alerts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Alerts {
     pub scopes: BTreeMap<String, ScopeAlerts>,
     pub log: VecDeque<AlertRecord>,

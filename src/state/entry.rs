@@ -2,13 +2,12 @@
 //! The state is derived from them (`State::apply_entry`), so the ledger alone
 //! rebuilds every figure.
 
-use serde::{Deserialize, Serialize};
-
 use super::alerts::{AlertEvent, AlertRules};
 use super::limit::{Dims, LimitSpec};
 use super::price::{Price, Usage};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Not serializable: the ledger's format is `store::format::ledger`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Position in the ledger, from 1, without gaps.
     pub seq: u64,
@@ -17,7 +16,7 @@ pub struct Entry {
     pub kind: EntryKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     BudgetSet {
         scope: String,

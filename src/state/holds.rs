@@ -21,14 +21,13 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use compact_str::CompactString;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::cow::{CowQueue, CowSlab, CowSlotMap};
 use super::limit::{Dim, Dims};
 use super::{HoldStatus, Map};
 
 /// A hold, as readers see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
     pub scope: Arc<str>,
     pub model: Arc<str>,
@@ -389,69 +388,38 @@ impl HoldTable {
     }
 }
 
-/// One hold in a snapshot: the record as stored (scope and model by their
-/// number in the string table), and how it ended.
-type RecForm = (
-    CompactString,
-    u32,
-    u32,
-    u32,
-    u64,
-    u64,
-    u64,
-    u64,
-    u64,
-    HoldStatus,
-);
-
-/// The open holds, or the settled ones in the order they ended (each once,
-/// at its latest end), for a snapshot.
-struct Recs<'a> {
-    table: &'a HoldTable,
-    slots: Vec<u32>,
+/// One hold as a snapshot stores it: the record with its scope and model by
+/// their number in the string table ([`HoldTable::strings`]), and how it
+/// ended. The snapshot format itself is `store::format::snapshot`'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldRecord {
+    pub id: CompactString,
+    pub scope: u32,
+    pub model: u32,
+    /// The client's TTL in ms, or `u32::MAX` when none was given.
+    pub ttl: u32,
+    pub input: u64,
+    pub output: u64,
+    pub cost: u64,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub status: HoldStatus,
 }
 
-impl Serialize for Recs<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.slots.len()))?;
-        for &slot in &self.slots {
-            let r = &self.table.recs[slot as usize];
-            let status = if r.is_open() {
-                HoldStatus::Open
-            } else {
-                self.table
-                    .ended
-                    .get(&slot)
-                    .copied()
-                    .unwrap_or(HoldStatus::Open)
-            };
-            seq.serialize_element(&(
-                &r.id,
-                r.scope,
-                r.model,
-                r.ttl,
-                r.input,
-                r.output,
-                r.cost,
-                r.created_at,
-                r.expires_at,
-                status,
-            ))?;
-        }
-        seq.end()
+/// What a snapshot stores of the table, read from it without copying it:
+/// the string table, then the open holds (in slot order), then the settled
+/// ones in the order they ended (each once, at its latest end).
+impl HoldTable {
+    /// The string table: scope and model names, numbered by position.
+    pub fn strings(&self) -> &[Arc<str>] {
+        &self.strings.all
     }
-}
 
-/// A snapshot holds the string table and the records as stored: no string
-/// per hold, and no sorting on the way back (measured with 5M settled holds:
-/// the first form, a list of (id, Hold) sorted on loading, took 16 s to load).
-impl Serialize for HoldTable {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        // In slot order, not the index's hash order: a snapshot's bytes
-        // (and the order of holds expiring in one millisecond after a
-        // restart) depend on the commands alone.
+    /// The slots of the open holds and of the settled ones, as a snapshot
+    /// lists them. Slot order, not the index's hash order: a snapshot's
+    /// bytes (and the order of holds expiring in one millisecond after a
+    /// restart) depend on the commands alone.
+    pub fn snapshot_slots(&self) -> (Vec<u32>, Vec<u32>) {
         let mut open: Vec<u32> = self
             .index
             .iter()
@@ -480,166 +448,93 @@ impl Serialize for HoldTable {
             .map(|&(_, slot, _)| slot)
             .collect();
         settled.reverse();
-        debug_assert_eq!(open.len() + settled.len(), self.index.len());
-        let mut t = s.serialize_tuple(3)?;
-        t.serialize_element(&self.strings.all)?;
-        t.serialize_element(&Recs {
-            table: self,
-            slots: open,
-        })?;
-        t.serialize_element(&Recs {
-            table: self,
-            slots: settled,
-        })?;
-        t.end()
+        assert_eq!(
+            open.len() + settled.len(),
+            self.index.len(),
+            "every hold is open or settled once"
+        );
+        (open, settled)
     }
-}
 
-impl HoldTable {
-    /// Adds a record read from a snapshot (strings already numbered).
-    fn insert_rec(&mut self, f: RecForm) {
-        let (id, scope, model, ttl, input, output, cost, created_at, expires_at, status) = f;
-        let open = status == HoldStatus::Open;
+    /// The record in `slot` (one of [`HoldTable::snapshot_slots`]).
+    pub fn record(&self, slot: u32) -> HoldRecord {
+        let r = &self.recs[slot as usize];
+        let status = if r.is_open() {
+            HoldStatus::Open
+        } else {
+            self.ended.get(&slot).copied().unwrap_or(HoldStatus::Open)
+        };
+        HoldRecord {
+            id: r.id.clone(),
+            scope: r.scope,
+            model: r.model,
+            ttl: r.ttl,
+            input: r.input,
+            output: r.output,
+            cost: r.cost,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            status,
+        }
+    }
+
+    /// An empty table with a snapshot's string table, to load its records
+    /// into; an error if a string repeats.
+    pub fn with_strings(strings: &[Arc<str>]) -> Result<HoldTable, String> {
+        let mut t = HoldTable::default();
+        for s in strings {
+            t.strings.intern(s);
+        }
+        if t.strings.all.len() != strings.len() {
+            return Err("the string table repeats a string".into());
+        }
+        Ok(t)
+    }
+
+    /// Room for `n` more records (sized once: growing the tables as records
+    /// arrive, rehashing millions of entries, was a third of the loading).
+    pub fn reserve_records(&mut self, n: usize) {
+        self.reserve(n);
+    }
+
+    /// Checks a record read from a snapshot against the string table.
+    pub fn check_record(&self, rec: &HoldRecord) -> Result<(), String> {
+        let strings = self.strings.all.len() as u32;
+        if rec.scope >= strings || rec.model >= strings {
+            return Err("a hold names an unknown string".into());
+        }
+        Ok(())
+    }
+
+    /// Adds a record read from a snapshot (checked with
+    /// [`HoldTable::check_record`]), in the snapshot's order.
+    pub fn load_record(&mut self, rec: HoldRecord) {
+        let open = rec.status == HoldStatus::Open;
         let slot = self.recs.len() as u32;
-        let hash = self.hash(&id);
+        let hash = self.hash(&rec.id);
         self.recs.push(Rec {
-            id,
-            scope,
-            model,
-            ttl,
+            id: rec.id,
+            scope: rec.scope,
+            model: rec.model,
+            ttl: rec.ttl,
             gen_open: if open { OPEN } else { 0 },
-            input,
-            output,
-            cost,
-            created_at,
-            expires_at,
+            input: rec.input,
+            output: rec.output,
+            cost: rec.cost,
+            created_at: rec.created_at,
+            expires_at: rec.expires_at,
         });
         if open {
             self.open += 1;
-            self.expiry.push(Reverse((expires_at, slot)));
-        } else if let Some(at) = Hold::ended_at_of(&status) {
-            self.ended.insert(slot, status);
+            self.expiry.push(Reverse((rec.expires_at, slot)));
+        } else if let Some(at) = Hold::ended_at_of(&rec.status) {
+            self.ended.insert(slot, rec.status);
             self.ended_order.push_back((at, slot, 0));
         }
         let (recs, hasher) = (&self.recs, &self.hasher);
         self.index.insert_unique(hash, slot, |&s| {
             hasher.hash_one(recs[s as usize].id.as_str())
         });
-    }
-}
-
-/// Streams a list of records into the table (no intermediate list).
-struct RecsInto<'a>(&'a mut HoldTable);
-
-impl<'de> serde::de::DeserializeSeed<'de> for RecsInto<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for RecsInto<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of hold records")
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let strings = self.0.strings.all.len() as u32;
-        if let Some(n) = seq.size_hint() {
-            // Sized once: growing the tables as records arrive (rehashing
-            // millions of entries) was a third of the loading time.
-            self.0.reserve(n);
-        }
-        let big = seq.size_hint().is_some_and(|n| n >= PIPELINE_MIN);
-        if !big {
-            while let Some(rec) = seq.next_element::<RecForm>()? {
-                check_rec(&rec, strings)?;
-                self.0.insert_rec(rec);
-            }
-            return Ok(());
-        }
-        // Millions of records: decode here while another thread inserts
-        // (each insert into the id index misses the cache; overlapped with
-        // decoding the next ones, loading takes the longer of the two
-        // instead of their sum). One consumer in order: the same table.
-        let table = self.0;
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<RecForm>>(4);
-            let inserter = scope.spawn(move || {
-                for chunk in rx {
-                    for rec in chunk {
-                        table.insert_rec(rec);
-                    }
-                }
-            });
-            let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
-            let decoded = (|| {
-                while let Some(rec) = seq.next_element::<RecForm>()? {
-                    check_rec(&rec, strings)?;
-                    chunk.push(rec);
-                    if chunk.len() == PIPELINE_CHUNK {
-                        let full =
-                            std::mem::replace(&mut chunk, Vec::with_capacity(PIPELINE_CHUNK));
-                        if tx.send(full).is_err() {
-                            break; // the inserter panicked: join() reports it
-                        }
-                    }
-                }
-                Ok(())
-            })();
-            if !chunk.is_empty() {
-                let _ = tx.send(chunk);
-            }
-            drop(tx);
-            if let Err(panic) = inserter.join() {
-                std::panic::resume_unwind(panic);
-            }
-            decoded
-        })
-    }
-}
-
-/// Record lists at least this long load on two threads (decode | insert).
-const PIPELINE_MIN: usize = 100_000;
-const PIPELINE_CHUNK: usize = 16_384;
-
-fn check_rec<E: serde::de::Error>(rec: &RecForm, strings: u32) -> Result<(), E> {
-    if rec.1 >= strings || rec.2 >= strings {
-        return Err(E::custom("a hold names an unknown string"));
-    }
-    Ok(())
-}
-
-struct TableVisitor;
-
-impl<'de> serde::de::Visitor<'de> for TableVisitor {
-    type Value = HoldTable;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a hold table: strings, open holds, settled holds")
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<HoldTable, A::Error> {
-        use serde::de::Error;
-        let strings: Vec<Arc<str>> = seq
-            .next_element()?
-            .ok_or_else(|| A::Error::invalid_length(0, &self))?;
-        let mut t = HoldTable::default();
-        for s in &strings {
-            t.strings.intern(s);
-        }
-        if t.strings.all.len() != strings.len() {
-            return Err(A::Error::custom("the string table repeats a string"));
-        }
-        seq.next_element_seed(RecsInto(&mut t))?
-            .ok_or_else(|| A::Error::invalid_length(1, &self))?;
-        seq.next_element_seed(RecsInto(&mut t))?
-            .ok_or_else(|| A::Error::invalid_length(2, &self))?;
-        Ok(t)
-    }
-}
-
-impl<'de> Deserialize<'de> for HoldTable {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_tuple(3, TableVisitor)
     }
 }
 
@@ -690,63 +585,6 @@ mod tests {
         assert!(t.expiry.len() <= 1024 + 1, "{}", t.expiry.len());
         t.insert("live", open("org:x", 5));
         assert_eq!(t.due(5).as_deref(), Some("live"));
-    }
-
-    #[test]
-    fn a_snapshot_round_trip_keeps_every_hold_and_status() {
-        let mut t = HoldTable::default();
-        t.insert("o", open("org:x/team:t", 50));
-        t.insert("c", open("org:x", 60));
-        t.set_status("c", HoldStatus::Expired { at: 60 });
-        let bytes = bincode::serde::encode_to_vec(&t, bincode::config::standard()).unwrap();
-        let (back, _): (HoldTable, _) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
-        assert_eq!(back.get("o"), t.get("o"));
-        assert_eq!(back.get("c"), t.get("c"));
-        assert_eq!(back.open_count(), 1);
-        back.check_expiry_index().unwrap();
-    }
-
-    #[test]
-    fn a_table_past_the_pipeline_size_loads_the_same_on_two_threads() {
-        // Above PIPELINE_MIN records the decode and the inserts run on two
-        // threads: the result must be the same table, in the same order.
-        let mut t = HoldTable::default();
-        let n = PIPELINE_MIN as u64 + 3 * PIPELINE_CHUNK as u64 / 2;
-        for i in 0..n {
-            let id = format!("h{i}");
-            t.insert(
-                &id,
-                open(["org:a", "org:b/team:c"][i as usize % 2], 1000 + i),
-            );
-            match i % 3 {
-                0 => t.set_status(&id, HoldStatus::Released { at: i }),
-                1 => t.set_status(&id, HoldStatus::Expired { at: i }),
-                _ => {}
-            }
-        }
-        let bytes = bincode::serde::encode_to_vec(&t, bincode::config::standard()).unwrap();
-        let (back, _): (HoldTable, _) =
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
-        assert_eq!((back.len(), back.open_count()), (t.len(), t.open_count()));
-        for (id, h) in t.iter() {
-            assert_eq!(back.get(id).as_ref(), Some(&h), "{id}");
-        }
-        back.check_expiry_index().unwrap();
-        // Settled holds keep the order they ended in (retention forgets
-        // the oldest first): forgetting up to the same time leaves the same.
-        let (mut a, mut b) = (t.clone(), back);
-        a.forget_ended(n / 2);
-        b.forget_ended(n / 2);
-        assert_eq!((a.len(), a.open_count()), (b.len(), b.open_count()));
-        assert!(a.iter().all(|(id, h)| b.get(id).as_ref() == Some(&h)));
-        // A damaged record list is refused, not half-loaded silently.
-        let cut = &bytes[..bytes.len() - 7];
-        assert!(bincode::serde::decode_from_slice::<HoldTable, _>(
-            cut,
-            bincode::config::standard()
-        )
-        .is_err());
     }
 }
 

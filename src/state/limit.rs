@@ -4,10 +4,9 @@
 //! log). Time is always an argument (ms since the Unix epoch).
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
-use serde::{Deserialize, Serialize};
 
 /// What a limit counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dim {
     /// input + output tokens
     Tokens,
@@ -54,7 +53,7 @@ impl Dim {
 }
 
 /// An amount in every dimension at once (what a hold holds, what a call used).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dims(pub [u64; 5]);
 
 impl Dims {
@@ -79,7 +78,7 @@ impl Dims {
 }
 
 /// A calendar period, aligned in UTC. Weeks start on Monday (ISO).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Period {
     Minute,
     Hour,
@@ -88,7 +87,7 @@ pub enum Period {
     Month,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Window {
     Calendar(Period),
     /// Never resets.
@@ -263,7 +262,7 @@ pub struct Burn {
 }
 
 /// One limit as configured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LimitSpec {
     pub dim: Dim,
     pub window: Window,
@@ -317,7 +316,7 @@ impl LimitSpec {
 }
 
 /// Usage counted inside a limit's window.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// Usage since `start`, the beginning of the current period (lazily
     /// reset), and the recent usage the burn rate is measured over (it
@@ -337,7 +336,7 @@ pub enum Counter {
 /// A sliding window as a ring of `buckets.len()` sub-buckets of `width` ms.
 /// A charge at time t lands in bucket `t / width` and counts until bucket
 /// `t / width + len` begins, so the window is `len × width` ≥ its duration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ring {
     pub width: u64,
     pub buckets: Vec<u64>,
@@ -490,7 +489,7 @@ impl Counter {
 }
 
 /// A limit on a scope: its spec and its usage counter.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limit {
     pub spec: LimitSpec,
     pub counter: Counter,

@@ -60,8 +60,6 @@ impl std::hash::BuildHasher for FixedHasher {
     }
 }
 
-use serde::{Deserialize, Serialize};
-
 pub use access::Access;
 pub use audit::Digest;
 pub use command::{Command, ReserveArgs, Value};
@@ -113,7 +111,7 @@ impl Default for Config {
 
 /// What one scope carries: its own limits, and what is attributed to it and
 /// everything below it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     pub limits: Vec<Limit>,
     /// Sum of the open holds at or below this scope, per dimension.
@@ -122,14 +120,12 @@ pub struct Node {
     pub spent: Dims,
     pub open_holds: u64,
     /// Steps the loop guard denied in runs at or below this scope.
-    #[serde(default)]
     pub loop_denials: u64,
     /// Nano-USD cache hits saved at or below this scope.
-    #[serde(default)]
     pub saved: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settlement {
     pub usage: Usage,
     pub cost: u64,
@@ -137,7 +133,7 @@ pub struct Settlement {
     pub at: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HoldStatus {
     Open,
     Committed(Settlement),
@@ -145,7 +141,7 @@ pub enum HoldStatus {
     Expired { at: u64 },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpendRecord {
     pub scope: String,
     pub model: String,
@@ -154,9 +150,8 @@ pub struct SpendRecord {
     pub at: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct State {
-    #[serde(skip)]
     pub config: Config,
     /// Sequence number the next entry gets.
     pub next_seq: u64,
@@ -180,7 +175,7 @@ pub struct State {
 /// Settled usage per top-level scope and model, with a bounded number of
 /// each (the rest are counted under `_other`), so `/metrics` has at most
 /// (MAX_SERIES_SCOPES + 1) × (MAX_SERIES_MODELS + 1) series per metric.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct SpendSeries {
     pub by_scope: BTreeMap<String, BTreeMap<String, SeriesTotals>>,
 }
@@ -189,7 +184,7 @@ pub const MAX_SERIES_SCOPES: usize = 50;
 pub const MAX_SERIES_MODELS: usize = 20;
 pub const OTHER_SERIES: &str = "_other";
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeriesTotals {
     pub requests: u64,
     pub tokens: u64,
@@ -414,6 +409,17 @@ impl State {
                 .into(),
             Command::AlertDelivered { id } => self.alert_delivered(now, *id, out),
         }
+    }
+
+    /// ID'd spends in the order they were booked, (time, id): what the
+    /// retention forgets first (for the snapshot format).
+    pub fn spends_seen(&self) -> &VecDeque<(u64, String)> {
+        &self.spends_seen
+    }
+
+    /// Restores the order of ID'd spends (loading a snapshot).
+    pub fn set_spends_seen(&mut self, seen: VecDeque<(u64, String)>) {
+        self.spends_seen = seen;
     }
 
     /// Housekeeping on the clock: expires due holds and forgets settled

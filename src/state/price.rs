@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::money::{cost_of, format_usd, parse_usd, Nanos};
 
 /// Per-million-token prices in nano-USD (so "$2.50/M" is 2_500_000_000).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Price {
     pub input: Nanos,
     pub output: Nanos,
@@ -20,7 +20,7 @@ pub struct Price {
 
 /// Token counts of one settled call. `cached` and `cache_write` are the parts
 /// of `input` read from and written to a prompt cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Usage {
     pub input: u64,
     pub output: u64,

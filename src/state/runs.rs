@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// Defaults when STEP gives none.
@@ -23,7 +22,7 @@ pub const DEFAULT_WINDOW: u64 = 5;
 /// The most recent signatures a run keeps (the largest WINDOW accepted).
 pub const MAX_WINDOW: u64 = 100;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Run {
     pub scope: Option<String>,
     pub steps: u64,
@@ -54,14 +53,21 @@ pub fn signature_digest(signature: &[u8]) -> u64 {
 }
 
 /// Runs by id, with their last activity in order (for the timeout).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Runs {
     pub runs: super::Map<String, Run>,
-    #[serde(skip)]
     idle: BTreeSet<(u64, String)>,
 }
 
 impl Runs {
+    /// Runs read from a snapshot (the idle index is rebuilt when needed).
+    pub fn from_runs(runs: impl IntoIterator<Item = (String, Run)>) -> Runs {
+        Runs {
+            runs: runs.into_iter().collect(),
+            idle: BTreeSet::new(),
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&Run> {
         self.runs.get(id)
     }

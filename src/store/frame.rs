@@ -3,6 +3,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::format::ledger::EntryV1;
 use crate::state::Entry;
 
 fn bincode_config() -> bincode::config::Configuration {
@@ -55,8 +56,9 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         .map_err(|e| format!("undecodable record: {e}"))
 }
 
+/// A ledger record's frame: the entry in format v1 (`format::ledger`).
 pub fn encode_entry(e: &Entry) -> Vec<u8> {
-    encode(e)
+    encode(&EntryV1::from(e))
 }
 
 /// Appends `[len u32 LE][crc32 LE][bincode entry]` to `out` (a segment
@@ -64,7 +66,7 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
 pub fn encode_entry_into(e: &Entry, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
-    bincode::serde::encode_into_std_write(e, out, bincode_config())
+    bincode::serde::encode_into_std_write(EntryV1::from(e), out, bincode_config())
         .expect("encoding to a Vec cannot fail");
     let crc = crc32fast::hash(&out[start + 8..]);
     let len = (out.len() - start - 4) as u32;
@@ -73,7 +75,7 @@ pub fn encode_entry_into(e: &Entry, out: &mut Vec<u8>) {
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
-    decode(bytes)
+    decode::<EntryV1>(bytes).map(Entry::from)
 }
 
 #[cfg(test)]

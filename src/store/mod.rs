@@ -10,6 +10,7 @@
 //! - `cache`: the exact-response cache in sled.
 
 pub mod cache;
+pub mod format;
 pub mod frame;
 pub mod log_store;
 pub mod reader;

@@ -2,7 +2,7 @@
 //! replays the ledger tail after it; `verify` rebuilds the state from the
 //! first entry and compares it with every stored snapshot.
 
-use super::frame;
+use super::format::snapshot;
 use super::{LedgerRead, Storage, StoreError};
 use crate::state::{Config, State};
 
@@ -38,34 +38,14 @@ impl Recovered {
     }
 }
 
-/// The snapshot layout's version, written first: a snapshot of another
-/// layout is refused by number (and recovery falls back to an older one or
-/// to the whole ledger), never misread. 2: hold table as a string table and
-/// records (the first layout had no number). 3: calendar limits keep their
-/// recent usage (the forecast's rate).
-pub const SNAPSHOT_FORMAT: u32 = 0x5350_4433;
-
-/// Frames a state for `Storage::save_snapshot`.
+/// Frames a state for `Storage::save_snapshot` (`format::snapshot`).
 pub fn encode_snapshot(state: &State) -> Vec<u8> {
-    frame::encode(&(SNAPSHOT_FORMAT, state))
+    snapshot::encode(state)
 }
 
+/// Reads a snapshot stored at ledger position `seq` (`format::snapshot`).
 pub fn decode_snapshot(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> {
-    let format: u32 = frame::decode_prefix(bytes)?;
-    if format != SNAPSHOT_FORMAT {
-        return Err(format!(
-            "snapshot layout {format:#x}, this build reads {SNAPSHOT_FORMAT:#x}"
-        ));
-    }
-    let (_, mut s): (u32, State) = frame::decode(bytes)?;
-    if s.next_seq != seq + 1 {
-        return Err(format!(
-            "snapshot stored at {seq} holds the state at {}",
-            s.next_seq - 1
-        ));
-    }
-    s.config = config.clone();
-    Ok(s)
+    snapshot::decode(seq, bytes, config)
 }
 
 /// Rebuilds the state: newest good snapshot, then the ledger after it. A

@@ -1,0 +1,608 @@
+//! Ledger entry format, version 1: what every ledger record holds (bincode
+//! 2 of [`EntryV1`], inside the CRC frame of `store::frame`), and, as JSON,
+//! what `/v1/ledger` and `spendb ledger export` print: the kind's fields
+//! by these names, plus `kind`, `seq` and `ts`.
+//!
+//! The types borrow from the state's entry when writing (no copy on the
+//! committer's path) and own their data when reading. Variant order and
+//! field order are the format: never reorder them; add a version instead.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::alerts::{AlertEvent, AlertRules, RunawayRule, SpikeRule};
+use crate::state::limit::{Dim, Dims, LimitSpec, Period, Window};
+use crate::state::price::{Price, Usage};
+use crate::state::{Entry, EntryKind};
+
+type Text<'a> = Cow<'a, str>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryV1<'a> {
+    pub seq: u64,
+    pub ts: u64,
+    pub kind: KindV1<'a>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KindV1<'a> {
+    BudgetSet {
+        scope: Text<'a>,
+        limits: Cow<'a, [LimitSpecV1]>,
+    },
+    BudgetDel {
+        scope: Text<'a>,
+    },
+    Hold {
+        id: Text<'a>,
+        scope: Text<'a>,
+        model: Text<'a>,
+        input: u64,
+        output: u64,
+        ttl_ms: Option<u64>,
+        amounts: DimsV1,
+        expires_at: u64,
+    },
+    Commit {
+        id: Text<'a>,
+        usage: UsageV1,
+        cost: u64,
+        late: bool,
+    },
+    Release {
+        id: Text<'a>,
+    },
+    Expire {
+        id: Text<'a>,
+    },
+    Spend {
+        id: Option<Text<'a>>,
+        scope: Text<'a>,
+        model: Text<'a>,
+        usage: UsageV1,
+        cost: u64,
+    },
+    PriceSet {
+        model: Text<'a>,
+        price: PriceV1,
+    },
+    Step {
+        run: Text<'a>,
+        scope: Option<Text<'a>>,
+        sig: u64,
+    },
+    StepDenied {
+        run: Text<'a>,
+        scope: Option<Text<'a>>,
+    },
+    RunEnd {
+        run: Text<'a>,
+    },
+    Saved {
+        scope: Text<'a>,
+        cost: u64,
+    },
+    AlertRules {
+        scope: Text<'a>,
+        rules: Option<AlertRulesV1<'a>>,
+    },
+    Alert(AlertEventV1<'a>),
+    AlertDelivered {
+        id: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DimV1 {
+    Tokens,
+    Input,
+    Output,
+    Requests,
+    Cost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeriodV1 {
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowV1 {
+    Calendar(PeriodV1),
+    Total,
+    Rolling(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitSpecV1 {
+    pub dim: DimV1,
+    pub window: WindowV1,
+    pub amount: u64,
+}
+
+/// Tokens, input, output, requests, cost (nano-USD), in that order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DimsV1(pub [u64; 5]);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageV1 {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+}
+
+/// nano-USD per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceV1 {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRulesV1<'a> {
+    pub thresholds: Cow<'a, [u32]>,
+    pub forecast: bool,
+    pub spike: Option<SpikeRuleV1>,
+    pub runaway: Option<RunawayRuleV1>,
+    pub webhook: Option<Text<'a>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpikeRuleV1 {
+    pub dim: DimV1,
+    pub factor: u32,
+    pub window_ms: u64,
+    pub min: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunawayRuleV1 {
+    pub events: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertEventV1<'a> {
+    pub scope: Text<'a>,
+    pub rule: Text<'a>,
+    pub key: Text<'a>,
+    pub period: u64,
+    pub dim: Option<DimV1>,
+    pub observed: u64,
+    pub bound: u64,
+    pub message: Text<'a>,
+    pub webhook: Option<Text<'a>>,
+}
+
+// ----- the state's types → the format (borrowing) --------------------------
+
+fn text(s: &str) -> Text<'_> {
+    Cow::Borrowed(s)
+}
+
+fn opt(s: &Option<String>) -> Option<Text<'_>> {
+    s.as_deref().map(Cow::Borrowed)
+}
+
+impl From<Dim> for DimV1 {
+    fn from(d: Dim) -> DimV1 {
+        match d {
+            Dim::Tokens => DimV1::Tokens,
+            Dim::Input => DimV1::Input,
+            Dim::Output => DimV1::Output,
+            Dim::Requests => DimV1::Requests,
+            Dim::Cost => DimV1::Cost,
+        }
+    }
+}
+
+impl From<Window> for WindowV1 {
+    fn from(w: Window) -> WindowV1 {
+        match w {
+            Window::Calendar(p) => WindowV1::Calendar(match p {
+                Period::Minute => PeriodV1::Minute,
+                Period::Hour => PeriodV1::Hour,
+                Period::Day => PeriodV1::Day,
+                Period::Week => PeriodV1::Week,
+                Period::Month => PeriodV1::Month,
+            }),
+            Window::Total => WindowV1::Total,
+            Window::Rolling(ms) => WindowV1::Rolling(ms),
+        }
+    }
+}
+
+impl From<LimitSpec> for LimitSpecV1 {
+    fn from(l: LimitSpec) -> LimitSpecV1 {
+        LimitSpecV1 {
+            dim: l.dim.into(),
+            window: l.window.into(),
+            amount: l.amount,
+        }
+    }
+}
+
+impl From<Usage> for UsageV1 {
+    fn from(u: Usage) -> UsageV1 {
+        UsageV1 {
+            input: u.input,
+            output: u.output,
+            cached: u.cached,
+            cache_write: u.cache_write,
+        }
+    }
+}
+
+impl From<Price> for PriceV1 {
+    fn from(p: Price) -> PriceV1 {
+        PriceV1 {
+            input: p.input,
+            output: p.output,
+            cached: p.cached,
+            cache_write: p.cache_write,
+        }
+    }
+}
+
+impl<'a> From<&'a AlertRules> for AlertRulesV1<'a> {
+    fn from(r: &'a AlertRules) -> AlertRulesV1<'a> {
+        AlertRulesV1 {
+            thresholds: Cow::Borrowed(&r.thresholds),
+            forecast: r.forecast,
+            spike: r.spike.map(|s| SpikeRuleV1 {
+                dim: s.dim.into(),
+                factor: s.factor,
+                window_ms: s.window_ms,
+                min: s.min,
+            }),
+            runaway: r.runaway.map(|x| RunawayRuleV1 {
+                events: x.events,
+                window_ms: x.window_ms,
+            }),
+            webhook: opt(&r.webhook),
+        }
+    }
+}
+
+impl<'a> From<&'a AlertEvent> for AlertEventV1<'a> {
+    fn from(e: &'a AlertEvent) -> AlertEventV1<'a> {
+        AlertEventV1 {
+            scope: text(&e.scope),
+            rule: text(&e.rule),
+            key: text(&e.key),
+            period: e.period,
+            dim: e.dim.map(DimV1::from),
+            observed: e.observed,
+            bound: e.bound,
+            message: text(&e.message),
+            webhook: opt(&e.webhook),
+        }
+    }
+}
+
+impl<'a> From<&'a Entry> for EntryV1<'a> {
+    fn from(e: &'a Entry) -> EntryV1<'a> {
+        let kind = match &e.kind {
+            EntryKind::BudgetSet { scope, limits } => KindV1::BudgetSet {
+                scope: text(scope),
+                limits: Cow::Owned(limits.iter().map(|&l| l.into()).collect()),
+            },
+            EntryKind::BudgetDel { scope } => KindV1::BudgetDel { scope: text(scope) },
+            EntryKind::Hold {
+                id,
+                scope,
+                model,
+                input,
+                output,
+                ttl_ms,
+                amounts,
+                expires_at,
+            } => KindV1::Hold {
+                id: text(id),
+                scope: text(scope),
+                model: text(model),
+                input: *input,
+                output: *output,
+                ttl_ms: *ttl_ms,
+                amounts: DimsV1(amounts.0),
+                expires_at: *expires_at,
+            },
+            EntryKind::Commit {
+                id,
+                usage,
+                cost,
+                late,
+            } => KindV1::Commit {
+                id: text(id),
+                usage: (*usage).into(),
+                cost: *cost,
+                late: *late,
+            },
+            EntryKind::Release { id } => KindV1::Release { id: text(id) },
+            EntryKind::Expire { id } => KindV1::Expire { id: text(id) },
+            EntryKind::Spend {
+                id,
+                scope,
+                model,
+                usage,
+                cost,
+            } => KindV1::Spend {
+                id: opt(id),
+                scope: text(scope),
+                model: text(model),
+                usage: (*usage).into(),
+                cost: *cost,
+            },
+            EntryKind::PriceSet { model, price } => KindV1::PriceSet {
+                model: text(model),
+                price: (*price).into(),
+            },
+            EntryKind::Step { run, scope, sig } => KindV1::Step {
+                run: text(run),
+                scope: opt(scope),
+                sig: *sig,
+            },
+            EntryKind::StepDenied { run, scope } => KindV1::StepDenied {
+                run: text(run),
+                scope: opt(scope),
+            },
+            EntryKind::RunEnd { run } => KindV1::RunEnd { run: text(run) },
+            EntryKind::Saved { scope, cost } => KindV1::Saved {
+                scope: text(scope),
+                cost: *cost,
+            },
+            EntryKind::AlertRules { scope, rules } => KindV1::AlertRules {
+                scope: text(scope),
+                rules: rules.as_ref().map(AlertRulesV1::from),
+            },
+            EntryKind::Alert(ev) => KindV1::Alert(ev.into()),
+            EntryKind::AlertDelivered { id } => KindV1::AlertDelivered { id: *id },
+        };
+        EntryV1 {
+            seq: e.seq,
+            ts: e.ts,
+            kind,
+        }
+    }
+}
+
+// ----- the format → the state's types (owning) -----------------------------
+
+impl From<DimV1> for Dim {
+    fn from(d: DimV1) -> Dim {
+        match d {
+            DimV1::Tokens => Dim::Tokens,
+            DimV1::Input => Dim::Input,
+            DimV1::Output => Dim::Output,
+            DimV1::Requests => Dim::Requests,
+            DimV1::Cost => Dim::Cost,
+        }
+    }
+}
+
+impl From<WindowV1> for Window {
+    fn from(w: WindowV1) -> Window {
+        match w {
+            WindowV1::Calendar(p) => Window::Calendar(match p {
+                PeriodV1::Minute => Period::Minute,
+                PeriodV1::Hour => Period::Hour,
+                PeriodV1::Day => Period::Day,
+                PeriodV1::Week => Period::Week,
+                PeriodV1::Month => Period::Month,
+            }),
+            WindowV1::Total => Window::Total,
+            WindowV1::Rolling(ms) => Window::Rolling(ms),
+        }
+    }
+}
+
+impl From<LimitSpecV1> for LimitSpec {
+    fn from(l: LimitSpecV1) -> LimitSpec {
+        LimitSpec {
+            dim: l.dim.into(),
+            window: l.window.into(),
+            amount: l.amount,
+        }
+    }
+}
+
+impl From<UsageV1> for Usage {
+    fn from(u: UsageV1) -> Usage {
+        Usage {
+            input: u.input,
+            output: u.output,
+            cached: u.cached,
+            cache_write: u.cache_write,
+        }
+    }
+}
+
+impl From<PriceV1> for Price {
+    fn from(p: PriceV1) -> Price {
+        Price {
+            input: p.input,
+            output: p.output,
+            cached: p.cached,
+            cache_write: p.cache_write,
+        }
+    }
+}
+
+fn owned(t: Text) -> String {
+    t.into_owned()
+}
+
+impl From<AlertRulesV1<'_>> for AlertRules {
+    fn from(r: AlertRulesV1) -> AlertRules {
+        AlertRules {
+            thresholds: r.thresholds.into_owned(),
+            forecast: r.forecast,
+            spike: r.spike.map(|s| SpikeRule {
+                dim: s.dim.into(),
+                factor: s.factor,
+                window_ms: s.window_ms,
+                min: s.min,
+            }),
+            runaway: r.runaway.map(|x| RunawayRule {
+                events: x.events,
+                window_ms: x.window_ms,
+            }),
+            webhook: r.webhook.map(owned),
+        }
+    }
+}
+
+impl From<AlertEventV1<'_>> for AlertEvent {
+    fn from(e: AlertEventV1) -> AlertEvent {
+        AlertEvent {
+            scope: owned(e.scope),
+            rule: owned(e.rule),
+            key: owned(e.key),
+            period: e.period,
+            dim: e.dim.map(Dim::from),
+            observed: e.observed,
+            bound: e.bound,
+            message: owned(e.message),
+            webhook: e.webhook.map(owned),
+        }
+    }
+}
+
+impl From<EntryV1<'_>> for Entry {
+    fn from(e: EntryV1) -> Entry {
+        let kind = match e.kind {
+            KindV1::BudgetSet { scope, limits } => EntryKind::BudgetSet {
+                scope: owned(scope),
+                limits: limits.iter().map(|&l| l.into()).collect(),
+            },
+            KindV1::BudgetDel { scope } => EntryKind::BudgetDel {
+                scope: owned(scope),
+            },
+            KindV1::Hold {
+                id,
+                scope,
+                model,
+                input,
+                output,
+                ttl_ms,
+                amounts,
+                expires_at,
+            } => EntryKind::Hold {
+                id: owned(id),
+                scope: owned(scope),
+                model: owned(model),
+                input,
+                output,
+                ttl_ms,
+                amounts: Dims(amounts.0),
+                expires_at,
+            },
+            KindV1::Commit {
+                id,
+                usage,
+                cost,
+                late,
+            } => EntryKind::Commit {
+                id: owned(id),
+                usage: usage.into(),
+                cost,
+                late,
+            },
+            KindV1::Release { id } => EntryKind::Release { id: owned(id) },
+            KindV1::Expire { id } => EntryKind::Expire { id: owned(id) },
+            KindV1::Spend {
+                id,
+                scope,
+                model,
+                usage,
+                cost,
+            } => EntryKind::Spend {
+                id: id.map(owned),
+                scope: owned(scope),
+                model: owned(model),
+                usage: usage.into(),
+                cost,
+            },
+            KindV1::PriceSet { model, price } => EntryKind::PriceSet {
+                model: owned(model),
+                price: price.into(),
+            },
+            KindV1::Step { run, scope, sig } => EntryKind::Step {
+                run: owned(run),
+                scope: scope.map(owned),
+                sig,
+            },
+            KindV1::StepDenied { run, scope } => EntryKind::StepDenied {
+                run: owned(run),
+                scope: scope.map(owned),
+            },
+            KindV1::RunEnd { run } => EntryKind::RunEnd { run: owned(run) },
+            KindV1::Saved { scope, cost } => EntryKind::Saved {
+                scope: owned(scope),
+                cost,
+            },
+            KindV1::AlertRules { scope, rules } => EntryKind::AlertRules {
+                scope: owned(scope),
+                rules: rules.map(AlertRules::from),
+            },
+            KindV1::Alert(ev) => EntryKind::Alert(ev.into()),
+            KindV1::AlertDelivered { id } => EntryKind::AlertDelivered { id },
+        };
+        Entry {
+            seq: e.seq,
+            ts: e.ts,
+            kind,
+        }
+    }
+}
+
+impl KindV1<'_> {
+    /// The kind's name in the JSON view.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KindV1::BudgetSet { .. } => "budget_set",
+            KindV1::BudgetDel { .. } => "budget_del",
+            KindV1::Hold { .. } => "hold",
+            KindV1::Commit { .. } => "commit",
+            KindV1::Release { .. } => "release",
+            KindV1::Expire { .. } => "expire",
+            KindV1::Spend { .. } => "spend",
+            KindV1::PriceSet { .. } => "price_set",
+            KindV1::Step { .. } => "step",
+            KindV1::StepDenied { .. } => "step_denied",
+            KindV1::RunEnd { .. } => "run_end",
+            KindV1::Saved { .. } => "saved",
+            KindV1::AlertRules { .. } => "alert_rules",
+            KindV1::Alert(_) => "alert",
+            KindV1::AlertDelivered { .. } => "alert_delivered",
+        }
+    }
+}
+
+/// A ledger entry as JSON (`/v1/ledger`, `spendb ledger export`): `seq`,
+/// `ts`, `kind` and the kind's fields by their format names (amounts in
+/// nano-USD), keys sorted.
+pub fn entry_json(e: &Entry) -> serde_json::Value {
+    let v1 = EntryV1::from(e);
+    let mut fields = match serde_json::to_value(&v1.kind) {
+        // Struct variants serialize as {"Name": {fields}}, the alert as
+        // {"Alert": {fields}}: the inner object is the entry's fields.
+        Ok(serde_json::Value::Object(mut m)) => match m.values_mut().next() {
+            Some(serde_json::Value::Object(inner)) => std::mem::take(inner),
+            _ => serde_json::Map::new(),
+        },
+        _ => serde_json::Map::new(),
+    };
+    fields.insert("kind".into(), v1.kind.name().into());
+    fields.insert("seq".into(), e.seq.into());
+    fields.insert("ts".into(), e.ts.into());
+    serde_json::Value::Object(fields)
+}
