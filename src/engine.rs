@@ -132,6 +132,8 @@ struct Core {
     degraded: Option<String>,
     /// Told when the committer has stopped.
     stopped: Vec<oneshot::Sender<()>>,
+    /// The committer has stopped (a later shutdown has nothing to wait for).
+    committer_done: bool,
     /// Set when the store can be neither rolled back nor recovered after a
     /// failed write: the state may not match the ledger, so nothing is
     /// answered any more and the engine stops; `spendb serve` exits with it.
@@ -189,6 +191,22 @@ pub struct EngineHandle {
     pub stats: Arc<EngineStats>,
 }
 
+/// Replies released (`Ok(true)`), failed with the batch's write, or cut by
+/// a shutdown.
+fn settle(
+    replies: Vec<Outcome>,
+    released: Result<bool, oneshot::error::RecvError>,
+) -> Vec<Outcome> {
+    match released {
+        Ok(true) => replies,
+        Ok(false) => {
+            let msg = "the ledger write failed; this command was not applied";
+            vec![Outcome::refused(ErrorCode::IoErr, msg); replies.len()]
+        }
+        Err(_) => shutting_down(replies.len()),
+    }
+}
+
 fn shutting_down(n: usize) -> Vec<Outcome> {
     vec![Outcome::refused(ErrorCode::Shutdown, "the server is shutting down"); n]
 }
@@ -209,14 +227,17 @@ impl EngineHandle {
     ) -> Vec<Outcome> {
         match self.submit(&cmds, access) {
             Submitted::Done(replies) => replies,
-            Submitted::Waiting(replies, released) => match released.await {
-                Ok(true) => replies,
-                Ok(false) => {
-                    let msg = "the ledger write failed; this command was not applied";
-                    vec![Outcome::refused(ErrorCode::IoErr, msg); replies.len()]
-                }
-                Err(_) => shutting_down(replies.len()),
-            },
+            Submitted::Waiting(replies, released) => settle(replies, released.await),
+        }
+    }
+
+    /// `execute_as` for a plain thread (the embedded API): blocks until the
+    /// entries are durable. Not from inside an async runtime (it would
+    /// block the runtime's thread): use `execute_as` there.
+    pub fn execute_blocking(&self, cmds: &[Command], access: Option<Arc<Access>>) -> Vec<Outcome> {
+        match self.submit(cmds, access) {
+            Submitted::Done(replies) => replies,
+            Submitted::Waiting(replies, released) => settle(replies, released.blocking_recv()),
         }
     }
 
@@ -310,16 +331,28 @@ impl EngineHandle {
         }
     }
 
+    /// Finishes the queued commands, writes a last snapshot and stops the
+    /// committer; later commands are refused (`SHUTDOWN`).
     pub async fn shutdown(&self) {
-        let stopped = {
-            let mut core = self.shared.lock();
-            core.shutdown = true;
-            let (tx, rx) = oneshot::channel();
+        let _ = self.begin_shutdown().await;
+    }
+
+    /// `shutdown` for a plain thread (not inside an async runtime).
+    pub fn shutdown_blocking(&self) {
+        let _ = self.begin_shutdown().blocking_recv();
+    }
+
+    fn begin_shutdown(&self) -> oneshot::Receiver<()> {
+        let mut core = self.shared.lock();
+        core.shutdown = true;
+        let (tx, rx) = oneshot::channel();
+        if core.committer_done {
+            let _ = tx.send(());
+        } else {
             core.stopped.push(tx);
-            self.shared.work.notify_one();
-            rx
-        };
-        let _ = stopped.await;
+        }
+        self.shared.work.notify_one();
+        rx
     }
 }
 
@@ -403,6 +436,7 @@ fn build(
             shutdown: false,
             degraded: None,
             stopped: Vec::new(),
+            committer_done: false,
             fatal: None,
         }),
         work: Condvar::new(),
@@ -517,6 +551,7 @@ impl Committer {
                 for tx in core.stopped.drain(..) {
                     let _ = tx.send(());
                 }
+                core.committer_done = true;
                 return;
             }
         }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bench;
+pub mod embedded;
 pub mod engine;
 pub mod metrics;
 pub mod resp;
@@ -10,3 +11,4 @@ pub mod state;
 pub mod store;
 pub mod tokens;
 pub mod webhook;
+pub use embedded::{Options, Spendb};

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use spendb::engine::{self, Durability, EngineConfig};
+use spendb::embedded::{Options, Spendb};
+use spendb::engine::{Durability, EngineConfig};
 use spendb::resp::{self, frame::FrameLimits, ServerCtx};
 use spendb::state::limit::parse_duration_ms;
 use spendb::state::money::parse_usd;
 use spendb::state::price::Price;
 use spendb::state::Config;
-use spendb::store::cache::{Cache, CacheLimits};
-use spendb::store::{reader::LedgerReader, recovery, LogStore};
+use spendb::store::cache::CacheLimits;
+use spendb::store::{reader::LedgerReader, recovery};
 
 #[derive(Parser)]
 #[command(
@@ -483,37 +484,34 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("--write-timeout: {e}"))?
             .max(1),
     );
-    let store = LogStore::open_with(&a.data_dir, a.segment_bytes)
-        .map_err(|e| format!("opening {}: {e}", a.data_dir.display()))?;
     let now_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     };
-    let cache = Arc::new(
-        Cache::open(
-            store.sled(),
-            CacheLimits {
-                max_bytes: a.cache_max_bytes,
-                max_value: a.cache_max_value,
-            },
-            now_ms(),
-        )
-        .map_err(|e| format!("opening the cache: {e}"))?,
-    );
     let started = Instant::now();
-    let config = EngineConfig {
-        durability: a.durability,
-        rules,
-        snapshot_every: a.snapshot_every,
-        retain_entries: a.ledger_retain,
+    let options = Options {
+        engine: EngineConfig {
+            durability: a.durability,
+            rules,
+            snapshot_every: a.snapshot_every,
+            retain_entries: a.ledger_retain,
+        },
+        segment_bytes: a.segment_bytes,
+        cache: CacheLimits {
+            max_bytes: a.cache_max_bytes,
+            max_value: a.cache_max_value,
+        },
     };
+    // The server is a user of the embedded API: the same engine, store and
+    // cache, with the Redis and HTTP front ends in front of them.
+    let db = Spendb::open(&a.data_dir, options).map_err(|e| e.to_string())?;
+    let rec = *db.recovered();
+    let (handle, cache) = (db.engine().clone(), db.cache().clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let (handle, thread, rec) = engine::start(Box::new(store), config, engine::system_clock())
-        .map_err(|e| format!("recovery failed: {e}"))?;
     tracing::info!(
         "recovered {} ledger entries in {:?} (snapshot at {:?}, replayed {}{})",
         rec.last_seq,
@@ -523,7 +521,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         rec.cut_tail
             .map_or(String::new(), |s| format!(", cut a damaged tail at {s}")),
     );
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((a.bind, a.port))
             .await
             .map_err(|e| format!("binding {}:{}: {e}", a.bind, a.port))?;
@@ -598,17 +596,16 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         }
         admin.abort();
         webhooks.abort();
-        handle.shutdown().await;
         sweeper.abort();
-        if let Err(e) = cache.flush() {
-            tracing::warn!("writing the cache out at shutdown failed: {e}");
-        }
-        match failure {
-            Some(reason) => Err(format!("the engine stopped: {reason}")),
-            None => Ok::<(), String>(()),
-        }
-    })?;
-    let _ = thread.join();
+        Ok::<_, String>(failure)
+    });
+    drop(runtime);
+    // Finishes queued commands, writes a last snapshot, writes the cache out.
+    let closed = db.close();
+    if let Some(reason) = served? {
+        return Err(format!("the engine stopped: {reason}"));
+    }
+    closed.map_err(|e| format!("closing: {e}"))?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -15,6 +15,7 @@ mod cache;
 mod compat;
 mod crash;
 mod edges;
+mod embedded;
 mod engine;
 mod fuzz;
 mod limits;
