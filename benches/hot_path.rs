@@ -7,7 +7,9 @@
 
 use std::borrow::Cow;
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use spendb::resp::{cmd, encode::encode, frame};
 use spendb::state::{Command, Config, Entry, State, Value};
 use spendb::store::frame::{decode_entry, encode_entry_into};

@@ -2,7 +2,6 @@
 
 pub mod admin;
 pub mod auth;
-pub mod bench;
 pub mod embedded;
 pub mod engine;
 pub mod metrics;

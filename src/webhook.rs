@@ -55,7 +55,10 @@ pub fn backoff(cfg: &WebhookConfig, attempts: u32) -> Duration {
 
 /// Runs the dispatcher until the task is aborted.
 pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
-    let agent = ureq::AgentBuilder::new().timeout(cfg.timeout).build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(cfg.timeout))
+        .build()
+        .into();
     let mut retries: HashMap<u64, Retry> = HashMap::new();
     let mut warned_no_url = false;
     loop {
@@ -101,7 +104,7 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
                 tokio::task::spawn_blocking(move || {
                     agent
                         .post(&url)
-                        .set("X-Spendb-Alert-Id", &id.to_string())
+                        .header("X-Spendb-Alert-Id", id.to_string())
                         .send_json(payload)
                         .map(|_| ())
                         .map_err(|e| e.to_string())

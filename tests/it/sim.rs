@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use spendb::engine::{self, Durability, EngineConfig, EngineHandle, ManualCommitter, Submitted};
 use spendb::resp::cmd;
 use spendb::state::holds::Hold;
@@ -72,13 +72,13 @@ impl Disk {
         let kept = if unsynced == 0 {
             0
         } else {
-            rng.gen_range(0..=unsynced)
+            rng.random_range(0..=unsynced)
         };
         self.log.truncate(self.synced + kept);
         self.synced = self.log.len();
-        if rng.gen_bool(0.2) {
+        if rng.random_bool(0.2) {
             if let Some((_, snap)) = self.snapshots.iter_mut().next_back() {
-                let i = rng.gen_range(0..snap.len());
+                let i = rng.random_range(0..snap.len());
                 snap[i] ^= 0x5a;
             }
         }
@@ -410,14 +410,14 @@ impl Sim {
     }
 
     fn random_command(&mut self) -> String {
-        let r = self.rng.gen_range(0..100);
+        let r = self.rng.random_range(0..100);
         let known: Vec<&String> = self.reserved.keys().collect();
         if r < 45 || known.is_empty() {
             self.next_hold += 1;
-            let scope = SCOPES[self.rng.gen_range(0..SCOPES.len())];
-            let input = self.rng.gen_range(1..1500);
-            let output = self.rng.gen_range(0..500);
-            let ttl = self.rng.gen_range(1_000..40_000);
+            let scope = SCOPES[self.rng.random_range(0..SCOPES.len())];
+            let input = self.rng.random_range(1..1500);
+            let output = self.rng.random_range(0..500);
+            let ttl = self.rng.random_range(1_000..40_000);
             format!(
                 "RESERVE h{} {scope} gpt-4o INPUT {input} OUTPUT {output} TTL {ttl}",
                 self.next_hold
@@ -426,17 +426,17 @@ impl Sim {
             // Pick deterministically: sort the ids first.
             let mut ids: Vec<&String> = known;
             ids.sort();
-            let id = ids[self.rng.gen_range(0..ids.len())].clone();
+            let id = ids[self.rng.random_range(0..ids.len())].clone();
             let (input, output) = self.reserved[&id];
             if r < 80 {
                 // Within what was reserved: no overruns, so the limits hold.
-                let i = self.rng.gen_range(0..=input);
-                let o = self.rng.gen_range(0..=output);
+                let i = self.rng.random_range(0..=input);
+                let o = self.rng.random_range(0..=output);
                 format!("COMMIT {id} INPUT {i} OUTPUT {o}")
             } else if r < 95 {
                 format!("RELEASE {id}")
             } else {
-                format!("BALANCE {}", SCOPES[self.rng.gen_range(0..SCOPES.len())])
+                format!("BALANCE {}", SCOPES[self.rng.random_range(0..SCOPES.len())])
             }
         }
     }
@@ -453,16 +453,16 @@ impl Sim {
     }
 
     fn step(&mut self, n: usize) {
-        let r = self.rng.gen_range(0..1000);
+        let r = self.rng.random_range(0..1000);
         match r {
             0..=449 => {
-                let k = self.rng.gen_range(1..=3);
+                let k = self.rng.random_range(1..=3);
                 let lines = (0..k).map(|_| self.random_command()).collect();
                 self.send(lines);
             }
             450..=799 => self.committer.step(),
             800..=919 => {
-                let ms = self.rng.gen_range(0..3_000);
+                let ms = self.rng.random_range(0..3_000);
                 self.clock.fetch_add(ms, Ordering::SeqCst);
             }
             920..=944 => self.store.disk().tear_next_append = true,

@@ -271,21 +271,29 @@ impl Http {
 
     /// (status, JSON body or the text as a JSON string).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let mut req = ureq::request(method, &format!("{}{path}", self.base));
+        // Every status is an answer here (the tests check 4xx too).
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            // As ureq 2 did: a space in a path is sent percent-encoded.
+            .uri(format!("{}{}", self.base, path.replace(' ', "%20")));
         if let Some(a) = &self.authorization {
-            req = req.set("Authorization", a);
+            req = req.header("Authorization", a);
         }
-        let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let text = resp.into_string().unwrap();
+        if body.is_some() {
+            req = req.header("Content-Type", "application/json");
+        }
+        let req = req
+            .body(body.unwrap_or("").to_string())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let mut resp = agent
+            .run(req)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
         let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         (status, v)
     }

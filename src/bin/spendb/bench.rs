@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 #[derive(Clone, Debug)]
@@ -151,26 +151,32 @@ const PROMPT: &str =
 /// The org of the scope whose budget is spent, for denials.
 const DENY_SCOPE: &str = "org:bench-deny/agent:x";
 
-fn scope(rng: &mut impl Rng, tree: (usize, usize, usize)) -> String {
+fn scope(rng: &mut impl RngExt, tree: (usize, usize, usize)) -> String {
     format!(
         "org:o{}/team:t{}/agent:a{}",
-        rng.gen_range(0..tree.0),
-        rng.gen_range(0..tree.1),
-        rng.gen_range(0..tree.2)
+        rng.random_range(0..tree.0),
+        rng.random_range(0..tree.1),
+        rng.random_range(0..tree.2)
     )
 }
 
 async fn connect(cfg: &BenchConfig) -> Result<redis::aio::MultiplexedConnection, String> {
-    let info = redis::ConnectionInfo {
-        addr: redis::ConnectionAddr::Tcp(cfg.host.clone(), cfg.port),
-        redis: redis::RedisConnectionInfo {
-            password: cfg.password.clone(),
-            ..Default::default()
-        },
-    };
+    use redis::IntoConnectionInfo as _;
+    let mut info = redis::ConnectionAddr::Tcp(cfg.host.clone(), cfg.port)
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = &cfg.password {
+        let settings = info.redis_settings().clone().set_password(p);
+        info = info.set_redis_settings(settings);
+    }
     let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    // redis-rs 1.x gives up on a reply after 500 ms by default; the load
+    // generator measures latency, so it waits (bounded, for a hung server).
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| format!("connecting to {}:{}: {e}", cfg.host, cfg.port))
 }
@@ -323,18 +329,18 @@ impl Worker {
             let mut pre = redis::pipe();
             let (mut counts, mut gets, mut sets) = (0, 0, 0);
             for _ in 0..n {
-                if rng.gen_bool(self.cfg.count_ratio) {
+                if rng.random_bool(self.cfg.count_ratio) {
                     pre.cmd("COUNT").arg(&self.cfg.model).arg(PROMPT);
                     counts += 1;
                 }
-                if rng.gen_bool(self.cfg.cache_ratio) {
-                    let k = rng.gen_range(0..CACHE_KEYS);
+                if rng.random_bool(self.cfg.cache_ratio) {
+                    let k = rng.random_range(0..CACHE_KEYS);
                     pre.cmd("CACHE.GET")
                         .arg("bench")
                         .arg(format!("{PROMPT}{k}"));
                     gets += 1;
                 }
-                if rng.gen_bool(self.cfg.cache_set_ratio) {
+                if rng.random_bool(self.cfg.cache_set_ratio) {
                     churn += 1;
                     pre.cmd("CACHE.SET")
                         .arg("bench-churn")
@@ -372,7 +378,7 @@ impl Worker {
             for _ in 0..n {
                 seq += 1;
                 let id = format!("{}-{}-{}", self.run, self.id, seq);
-                let deny = rng.gen_bool(self.cfg.deny_ratio);
+                let deny = rng.random_bool(self.cfg.deny_ratio);
                 let scope = if deny {
                     DENY_SCOPE.to_string()
                 } else {
@@ -409,9 +415,9 @@ impl Worker {
                 match status_of(reply).as_deref() {
                     Some("granted") => {
                         self.counters.granted.fetch_add(1, Ordering::Relaxed);
-                        if rng.gen_bool(self.cfg.abandon_ratio) {
+                        if rng.random_bool(self.cfg.abandon_ratio) {
                             self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
-                        } else if rng.gen_bool(self.cfg.release_ratio) {
+                        } else if rng.random_bool(self.cfg.release_ratio) {
                             settle.cmd("RELEASE").arg(id);
                             releases += 1;
                         } else {
@@ -421,7 +427,7 @@ impl Worker {
                                 .arg("INPUT")
                                 .arg(self.cfg.input_tokens)
                                 .arg("OUTPUT")
-                                .arg(rng.gen_range(0..=self.cfg.output_tokens));
+                                .arg(rng.random_range(0..=self.cfg.output_tokens));
                             commits += 1;
                         }
                     }

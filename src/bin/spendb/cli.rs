@@ -1,0 +1,304 @@
+//! The command line: clap's definitions of `spendb serve`, `spendb bench`
+//! and `spendb ledger`, and the checks that turn flags into the engine's,
+//! the rules' and the webhooks' settings (durations parsed by clap).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use spendb::engine::Durability;
+use spendb::state::limit::parse_duration_ms;
+use spendb::state::money::parse_usd;
+use spendb::state::price::Price;
+use spendb::state::runs::MAX_WINDOW;
+use spendb::state::Config;
+
+/// A duration flag ("500ms", "10s", "1m", "24h"), parsed by clap.
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration_ms(s).map(Duration::from_millis)
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+#[derive(Parser)]
+#[command(
+    name = "spendb",
+    version,
+    about = "A spend database server for LLM agents"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Load a running spendb with RESERVE + COMMIT transactions and report
+    /// throughput and latency percentiles (see docs/BENCHMARKS.md).
+    Bench(Box<BenchArgs>),
+    /// Inspect the ledger.
+    Ledger {
+        #[command(subcommand)]
+        cmd: LedgerCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LedgerCmd {
+    /// Replay the whole ledger, check every CRC, and compare the rebuilt state
+    /// with the stored snapshots. Run it on a stopped server's data dir.
+    Verify {
+        #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
+        data_dir: PathBuf,
+    },
+    /// Print ledger entries as JSON lines (archived ones too), oldest first:
+    /// seq, ts, kind and its fields (amounts in nano-USD). Works while the
+    /// server runs (it reads the segment files).
+    Export {
+        #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
+        data_dir: PathBuf,
+        /// Only entries with a seq above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    #[arg(long, short = 'p', default_value_t = 7379)]
+    pub(crate) port: u16,
+    /// Password for AUTH (default user).
+    #[arg(long, env = "SPENDB_BENCH_PASSWORD")]
+    pub(crate) password: Option<String>,
+    /// Connections, each its own task.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    pub(crate) connections: usize,
+    /// Transactions in flight per connection (closed loop only).
+    #[arg(long, short = 'P', default_value_t = 1)]
+    pub(crate) pipeline: usize,
+    /// Open loop: start this many transactions per second over all
+    /// connections, on schedule (latency without coordinated omission).
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// How long to run, e.g. 10s, 1m.
+    #[arg(long, short = 'd', default_value = "10s", value_parser = duration)]
+    pub(crate) duration: Duration,
+    /// Stop after this many transactions (if sooner than --duration).
+    #[arg(long, short = 'n')]
+    pub(crate) transactions: Option<u64>,
+    /// Scope tree as ORGSxTEAMSxAGENTS (teams per org, agents per team).
+    #[arg(long, default_value = "2x4x16")]
+    pub(crate) tree: String,
+    /// Fraction of granted holds released instead of committed.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) release_ratio: f64,
+    /// Fraction of RESERVEs sent to a spent budget (denied).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) deny_ratio: f64,
+    /// Fraction of transactions that COUNT a ~1 KB prompt first.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) count_ratio: f64,
+    /// Fraction of transactions that CACHE.GET a prompt first (hits).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) cache_ratio: f64,
+    /// Fraction of granted holds left to expire (neither committed nor released).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) abandon_ratio: f64,
+    /// TTL of each RESERVE, in ms (default: the server's).
+    #[arg(long)]
+    pub(crate) ttl: Option<u64>,
+    /// Fraction of transactions that CACHE.SET a new key with a 10 s TTL (cache churn).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) cache_set_ratio: f64,
+    #[arg(long, default_value = "gpt-4o")]
+    pub(crate) model: String,
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) input_tokens: u64,
+    #[arg(long, default_value_t = 500)]
+    pub(crate) output_tokens: u64,
+    /// Also write the results as JSON to this file ("-": standard output,
+    /// instead of the table).
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct RulesArgs {
+    /// Price for models the table does not know, as "<input usd/M>:<output usd/M>"
+    /// (default: unknown models get NOPRICE).
+    #[arg(long, env = "SPENDB_DEFAULT_PRICE")]
+    pub(crate) default_price: Option<String>,
+    /// How long settled holds and spend ids are remembered for idempotent replays.
+    #[arg(long, env = "SPENDB_ID_RETENTION", default_value = "10m", value_parser = duration)]
+    pub(crate) id_retention: Duration,
+    /// Hold TTL when RESERVE gives none.
+    #[arg(long, env = "SPENDB_DEFAULT_TTL", default_value = "10m", value_parser = duration)]
+    pub(crate) default_ttl: Duration,
+    /// An agent run (STEP) that has not stepped for this long is forgotten.
+    #[arg(long, env = "SPENDB_RUN_TIMEOUT", default_value = "1h", value_parser = duration)]
+    pub(crate) run_timeout: Duration,
+    /// Loop guard default: steps allowed per run when STEP gives no MAX.
+    #[arg(long, env = "SPENDB_LOOP_MAX_STEPS", default_value_t = 100)]
+    pub(crate) loop_max_steps: u64,
+    /// Loop guard default: a signature seen this many times within the
+    /// window is denied (STEP … REPEATS).
+    #[arg(long, env = "SPENDB_LOOP_REPEATS", default_value_t = 3)]
+    pub(crate) loop_repeats: u64,
+    /// Loop guard default: how many recent steps the repeat rule looks at
+    /// (STEP … WINDOW; at most 100).
+    #[arg(long, env = "SPENDB_LOOP_WINDOW", default_value_t = 5)]
+    pub(crate) loop_window: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Where the ledger and snapshots live.
+    #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Redis-protocol port (0: any free port, printed at start).
+    #[arg(long, env = "SPENDB_PORT", default_value_t = 7379)]
+    pub(crate) port: u16,
+    /// Address to bind.
+    #[arg(long, env = "SPENDB_BIND", default_value = "127.0.0.1")]
+    pub(crate) bind: IpAddr,
+    /// fsync (reply after fsync), interval:<ms> (sync at most every ms), or none.
+    #[arg(long, env = "SPENDB_DURABILITY", default_value = "fsync")]
+    pub(crate) durability: Durability,
+    /// Password clients must give (AUTH / HELLO … AUTH) before any command.
+    #[arg(long, env = "SPENDB_REQUIREPASS", hide_env_values = true)]
+    pub(crate) requirepass: Option<String>,
+    /// Users, their passwords, commands and scope prefixes (TOML; see docs/OPERATIONS.md).
+    #[arg(long, env = "SPENDB_USERS")]
+    pub(crate) users: Option<PathBuf>,
+    /// Allow binding a non-loopback address without a password.
+    #[arg(long, env = "SPENDB_INSECURE_NO_AUTH")]
+    pub(crate) insecure_no_auth: bool,
+    /// Port of the HTTP admin API (same --bind address); 0 picks a free one.
+    #[arg(long, env = "SPENDB_ADMIN_PORT", default_value_t = 7380)]
+    pub(crate) admin_port: u16,
+    /// Bearer token the admin API requires on everything but /healthz and
+    /// /readyz (required when --bind is not a loopback address).
+    #[arg(long, env = "SPENDB_ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+    /// Most client connections at once; more are refused with an error.
+    #[arg(long, env = "SPENDB_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub(crate) max_connections: u64,
+    /// Close connections idle this long (e.g. 300s); 0 never does.
+    #[arg(long, env = "SPENDB_IDLE_TIMEOUT", default_value = "0", value_parser = duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Close connections that do not read their replies for this long.
+    #[arg(long, env = "SPENDB_WRITE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub(crate) write_timeout: Duration,
+    /// Largest single argument, in bytes (checked before it is buffered).
+    #[arg(long, env = "SPENDB_MAX_BULK", default_value_t = 16 * 1024 * 1024)]
+    pub(crate) max_bulk: usize,
+    /// Most arguments in one request.
+    #[arg(long, env = "SPENDB_MAX_ARGS", default_value_t = 1024 * 1024)]
+    pub(crate) max_args: usize,
+    /// Bytes (keys + values) each cache namespace may hold before its least
+    /// recently used entries are evicted.
+    #[arg(long, env = "SPENDB_CACHE_MAX_BYTES", default_value_t = 64 << 20)]
+    pub(crate) cache_max_bytes: u64,
+    /// Largest value CACHE.SET accepts, in bytes.
+    #[arg(long, env = "SPENDB_CACHE_MAX_VALUE", default_value_t = 1 << 20)]
+    pub(crate) cache_max_value: usize,
+    /// Snapshot the state every this many ledger entries, or every as many as
+    /// the records the state holds if that is more (0: only at shutdown).
+    #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
+    pub(crate) snapshot_every: u64,
+    /// Keep this many newest ledger entries live; older 64 MiB segments that
+    /// every snapshot covers move to <data-dir>/archive/ (unset: keep all).
+    #[arg(long, env = "SPENDB_LEDGER_RETAIN")]
+    pub(crate) ledger_retain: Option<u64>,
+    /// Size at which a ledger segment is closed (tests of archiving).
+    #[arg(long, hide = true, default_value_t = spendb::store::log_store::SEGMENT_MAX)]
+    pub(crate) segment_bytes: u64,
+    /// Where alerts are POSTed as JSON (a scope's rules may name their own).
+    #[arg(long, env = "SPENDB_ALERT_WEBHOOK")]
+    pub(crate) alert_webhook: Option<String>,
+    /// First retry of a failed webhook POST after this long; each further
+    /// retry waits twice as long, up to --webhook-max-backoff.
+    #[arg(long, env = "SPENDB_WEBHOOK_BACKOFF", default_value = "500ms", value_parser = duration)]
+    pub(crate) webhook_backoff: Duration,
+    #[arg(long, env = "SPENDB_WEBHOOK_MAX_BACKOFF", default_value = "60s", value_parser = duration)]
+    pub(crate) webhook_max_backoff: Duration,
+    /// Timeout of one webhook POST.
+    #[arg(long, env = "SPENDB_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub(crate) webhook_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) rules: RulesArgs,
+}
+
+pub(crate) fn webhook_config(a: &ServeArgs) -> Result<spendb::webhook::WebhookConfig, String> {
+    let ms = |d: Duration, flag: &str| match d.is_zero() {
+        true => Err(format!("{flag} must be more than 0")),
+        false => Ok(d),
+    };
+    if let Some(u) = &a.alert_webhook {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!(
+                "--alert-webhook '{u}': expected an http:// or https:// URL"
+            ));
+        }
+    }
+    Ok(spendb::webhook::WebhookConfig {
+        default_url: a.alert_webhook.clone(),
+        timeout: ms(a.webhook_timeout, "--webhook-timeout")?,
+        base_backoff: ms(a.webhook_backoff, "--webhook-backoff")?,
+        max_backoff: ms(a.webhook_max_backoff, "--webhook-max-backoff")?,
+        ..Default::default()
+    })
+}
+
+pub(crate) fn rules(a: &RulesArgs) -> Result<Config, String> {
+    let default_price = match &a.default_price {
+        None => None,
+        Some(s) => {
+            let (i, o) = s
+                .split_once(':')
+                .ok_or("--default-price: expected <input usd/M>:<output usd/M>")?;
+            let input = parse_usd(i).map_err(|e| format!("--default-price: {e}"))?;
+            let output = parse_usd(o).map_err(|e| format!("--default-price: {e}"))?;
+            Some(Price::new(input, output, None, None))
+        }
+    };
+    let default_ttl_ms = millis(a.default_ttl);
+    let base = Config::default();
+    if default_ttl_ms == 0 || default_ttl_ms > base.max_ttl_ms {
+        return Err("--default-ttl must be between 1ms and 24h".into());
+    }
+    Ok(Config {
+        default_price,
+        id_retention_ms: millis(a.id_retention),
+        default_ttl_ms,
+        run_timeout_ms: match millis(a.run_timeout) {
+            0 => return Err("--run-timeout must be more than 0".into()),
+            ms => ms,
+        },
+        loop_max_steps: match a.loop_max_steps {
+            0 => return Err("--loop-max-steps must be at least 1".into()),
+            n => n,
+        },
+        loop_repeats: a.loop_repeats,
+        loop_window: a.loop_window,
+        ..base
+    })
+    .and_then(|c: Config| {
+        if c.loop_repeats < 2 || c.loop_window < c.loop_repeats || c.loop_window > MAX_WINDOW {
+            return Err(format!(
+                "--loop-repeats must be at least 2 and --loop-window from it to {MAX_WINDOW}"
+            ));
+        }
+        Ok(c)
+    })
+}

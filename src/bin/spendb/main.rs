@@ -1,0 +1,331 @@
+//! The spendb binary: `spendb serve` (the server, on the embedded API),
+//! `spendb bench` (the load generator, with the default `bench` feature) and
+//! `spendb ledger verify` / `export`. Flags: `cli.rs`.
+
+#[cfg(feature = "bench")]
+mod bench;
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cli::{rules, webhook_config, Cli, Cmd, LedgerCmd, ServeArgs};
+use spendb::embedded::{Options, Spendb};
+use spendb::engine::EngineConfig;
+use spendb::resp::{self, frame::FrameLimits, ServerCtx};
+use spendb::state::Config;
+use spendb::store::cache::CacheLimits;
+use spendb::store::{reader::LedgerReader, recovery};
+
+#[cfg(feature = "bench")]
+fn bench(a: cli::BenchArgs) -> Result<(), String> {
+    let tree: Vec<usize> = a
+        .tree
+        .split('x')
+        .map(|n| n.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            format!(
+                "--tree '{}': expected ORGSxTEAMSxAGENTS, e.g. 2x4x16",
+                a.tree
+            )
+        })?;
+    let [orgs, teams, agents] = tree[..] else {
+        return Err(format!(
+            "--tree '{}': expected ORGSxTEAMSxAGENTS, e.g. 2x4x16",
+            a.tree
+        ));
+    };
+    let duration = a.duration;
+    let cfg = bench::BenchConfig {
+        host: a.host,
+        port: a.port,
+        password: a.password,
+        connections: a.connections,
+        pipeline: a.pipeline,
+        rate: a.rate,
+        duration,
+        transactions: a.transactions,
+        tree: (orgs, teams, agents),
+        release_ratio: a.release_ratio,
+        deny_ratio: a.deny_ratio,
+        count_ratio: a.count_ratio,
+        cache_ratio: a.cache_ratio,
+        abandon_ratio: a.abandon_ratio,
+        ttl_ms: a.ttl,
+        cache_set_ratio: a.cache_set_ratio,
+        model: a.model,
+        input_tokens: a.input_tokens,
+        output_tokens: a.output_tokens,
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let report = runtime.block_on(bench::run(cfg))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    match a.json.as_deref() {
+        Some(p) if p == std::path::Path::new("-") => println!("{json}"),
+        Some(p) => {
+            std::fs::write(p, json + "\n").map_err(|e| format!("writing {}: {e}", p.display()))?;
+            print!("{}", bench::format_report(&report));
+        }
+        None => print!("{}", bench::format_report(&report)),
+    }
+    if report.errors > 0 {
+        return Err(format!(
+            "{} errors; first: {}",
+            report.errors,
+            report.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPENDB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve(a) => serve(*a),
+        Cmd::Bench(a) => bench(*a),
+        Cmd::Ledger {
+            cmd: LedgerCmd::Verify { data_dir },
+        } => verify(&data_dir),
+        Cmd::Ledger {
+            cmd: LedgerCmd::Export { data_dir, after },
+        } => export(&data_dir, after),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spendb: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(dir: &std::path::Path) -> Result<(), String> {
+    // Read-only: no sled, nothing created or removed.
+    let reader = LedgerReader::open(dir)?;
+    let r = recovery::verify(&reader, Config::default())
+        .map_err(|e| format!("ledger verify FAILED: {e}"))?;
+    let from = match r.from_snapshot {
+        Some(seq) => format!(
+            " (older entries are archived elsewhere: replayed from the snapshot at entry {seq})"
+        ),
+        None => String::new(),
+    };
+    println!(
+        "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds{from}",
+        r.entries, r.snapshots_compared, r.scopes, r.open_holds
+    );
+    Ok(())
+}
+
+fn export(dir: &std::path::Path, mut after: u64) -> Result<(), String> {
+    use std::io::Write as _;
+    let reader = LedgerReader::open(dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let page = reader
+            .page(after, 65_536, |_| true)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            let line = spendb::admin::entry_json(e).to_string();
+            if writeln!(out, "{line}").is_err() {
+                return Ok(()); // the reader went away (e.g. `| head`)
+            }
+        }
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// Keeps glibc's mmap threshold at its default 128 KiB instead of letting
+/// it rise. The hold table's copy-on-write chunks (~320 KiB) are copied and
+/// freed around every snapshot. With the dynamic threshold, the first free
+/// raised it, later chunks came from the heap, and RSS crept up ~1 MiB a
+/// minute in the soak. Pinned, each chunk is its own mapping and goes back
+/// to the OS when freed: RSS stayed flat (41 MiB against 57 → 64 MiB over 5
+/// minutes; docs/BENCHMARKS.md, "Soak").
+fn pin_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<(), String> {
+    pin_mmap_threshold();
+    let rules = rules(&a.rules)?;
+    let webhooks = webhook_config(&a)?;
+    let users = match &a.users {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--users {}: {e}", path.display()))?;
+            spendb::auth::parse_users(&text)?
+        }
+        None => Vec::new(),
+    };
+    let auth = Arc::new(spendb::auth::Auth::new(a.requirepass.clone(), users));
+    let has_password = auth.required();
+    if !a.bind.is_loopback() && !has_password && !a.insecure_no_auth {
+        return Err(format!(
+            "refusing to serve on {} without a password: set --requirepass, or bind 127.0.0.1, \
+             or pass --insecure-no-auth if the network is trusted",
+            a.bind
+        ));
+    }
+    // Off loopback there is always a password by now, and the admin API
+    // then takes the same credentials (HTTP Basic) or --admin-token.
+    let idle_timeout = (!a.idle_timeout.is_zero()).then_some(a.idle_timeout);
+    let write_timeout = a.write_timeout.max(Duration::from_millis(1));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let started = Instant::now();
+    let options = Options {
+        engine: EngineConfig {
+            durability: a.durability,
+            rules,
+            snapshot_every: a.snapshot_every,
+            retain_entries: a.ledger_retain,
+        },
+        segment_bytes: a.segment_bytes,
+        cache: CacheLimits {
+            max_bytes: a.cache_max_bytes,
+            max_value: a.cache_max_value,
+        },
+    };
+    // The server is a user of the embedded API: the same engine, store and
+    // cache, with the Redis and HTTP front ends in front of them.
+    let db = Spendb::open(&a.data_dir, options).map_err(|e| e.to_string())?;
+    let rec = *db.recovered();
+    let (handle, cache) = (db.engine().clone(), db.cache().clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "recovered {} ledger entries in {:?} (snapshot at {:?}, replayed {}{})",
+        rec.last_seq,
+        started.elapsed(),
+        rec.snapshot_seq,
+        rec.replayed,
+        rec.cut_tail
+            .map_or(String::new(), |s| format!(", cut a damaged tail at {s}")),
+    );
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((a.bind, a.port))
+            .await
+            .map_err(|e| format!("binding {}:{}: {e}", a.bind, a.port))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Expired cache entries are reclaimed every second, and the cache
+        // is written out (sled's flush) at the same time.
+        let sweeper = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let cache = cache.clone();
+                    let swept = tokio::task::spawn_blocking(move || {
+                        cache.sweep(now_ms()).and_then(|n| cache.flush().map(|_| n))
+                    })
+                    .await;
+                    if let Ok(Err(e)) = swept {
+                        tracing::warn!("cache sweep failed: {e}");
+                    }
+                }
+            })
+        };
+        let auth_for_admin = auth.clone();
+        let ctx = Arc::new(ServerCtx {
+            engine: handle.clone(),
+            cache: cache.clone(),
+            limits: FrameLimits {
+                max_bulk: a.max_bulk,
+                max_args: a.max_args,
+                ..FrameLimits::default()
+            },
+            next_client_id: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            started,
+            port: addr.port(),
+            durability: a.durability,
+            auth,
+            max_connections: a.max_connections,
+            idle_timeout,
+            write_timeout,
+        });
+        tracing::info!(
+            "serving the Redis protocol on {addr} (durability {:?})",
+            a.durability
+        );
+        let admin_listener = tokio::net::TcpListener::bind((a.bind, a.admin_port))
+            .await
+            .map_err(|e| format!("binding the admin API on {}:{}: {e}", a.bind, a.admin_port))?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        let admin_ctx = Arc::new(spendb::admin::AdminCtx {
+            engine: handle.clone(),
+            cache: cache.clone(),
+            token: a.admin_token.clone(),
+            auth: auth_for_admin,
+            ledger: Arc::new(
+                spendb::store::reader::LedgerReader::open(&a.data_dir)
+                    .map_err(|e| format!("--data-dir: {e}"))?,
+            ),
+        });
+        let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
+        let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);
+        tracing::info!("serving the admin API on http://{admin_addr}");
+        // Tests and scripts read this line to learn the ports.
+        println!("spendb ready resp={addr} admin={admin_addr}");
+        let _ = std::io::stdout().flush();
+        let mut failure = None;
+        tokio::select! {
+            _ = resp::run(listener, ctx) => {}
+            _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
+            reason = handle.stopped_on_failure() => failure = Some(reason),
+        }
+        admin.abort();
+        webhooks.abort();
+        sweeper.abort();
+        Ok::<_, String>(failure)
+    });
+    drop(runtime);
+    // Finishes queued commands, writes a last snapshot, writes the cache out.
+    let closed = db.close();
+    if let Some(reason) = served? {
+        return Err(format!("the engine stopped: {reason}"));
+    }
+    closed.map_err(|e| format!("closing: {e}"))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
