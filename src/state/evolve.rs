@@ -5,6 +5,36 @@
 use super::*;
 
 impl State {
+    /// Whether `e` can be applied next: the invariants `apply_entry`
+    /// asserts, checked first when the entry comes from disk (recovery,
+    /// `ledger verify`), so a ledger that breaks them is refused with what
+    /// and where instead of stopping the process.
+    pub fn check_entry(&self, e: &Entry) -> Result<(), String> {
+        if e.seq != self.next_seq {
+            return Err(format!(
+                "entry {} where entry {} was expected",
+                e.seq, self.next_seq
+            ));
+        }
+        let open = |id: &str| self.holds.get(id).map(|h| h.status == HoldStatus::Open);
+        match &e.kind {
+            EntryKind::Commit { id, late, .. } => match open(id) {
+                None => Err(format!("entry {}: commit of unknown hold {id}", e.seq)),
+                Some(o) if o == *late => Err(format!(
+                    "entry {}: commit of hold {id} marked late={late} while the hold is {}",
+                    e.seq,
+                    if o { "open" } else { "ended" }
+                )),
+                Some(_) => Ok(()),
+            },
+            EntryKind::Release { id } | EntryKind::Expire { id } => match open(id) {
+                Some(true) => Ok(()),
+                _ => Err(format!("entry {}: hold {id} is not open", e.seq)),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// Applies one ledger entry. The only place balances change.
     pub fn apply_entry(&mut self, e: &Entry) {
         assert_eq!(
@@ -236,5 +266,82 @@ impl State {
                 l.counter.charge(l.spec.window, ts, actual.get(l.spec.dim));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, kind: EntryKind) -> Entry {
+        Entry {
+            seq,
+            ts: 1_000,
+            kind,
+        }
+    }
+
+    #[test]
+    fn entries_from_disk_are_checked_before_they_are_applied() {
+        let mut st = State::new(Config::default());
+        let hold = EntryKind::Hold {
+            id: "h1".into(),
+            scope: "org:a".into(),
+            model: "gpt-4o".into(),
+            input: 1,
+            output: 1,
+            ttl_ms: None,
+            amounts: Dims::call(1, 1, 1),
+            expires_at: 5_000,
+        };
+        assert!(st
+            .check_entry(&entry(2, hold.clone()))
+            .unwrap_err()
+            .contains("expected"));
+        st.check_entry(&entry(1, hold.clone())).unwrap();
+        st.apply_entry(&entry(1, hold));
+        let usage = Usage::default();
+        let late = EntryKind::Commit {
+            id: "h1".into(),
+            usage,
+            cost: 0,
+            late: true,
+        };
+        assert!(st
+            .check_entry(&entry(2, late))
+            .unwrap_err()
+            .contains("late=true"));
+        let unknown = EntryKind::Release { id: "nope".into() };
+        assert!(st
+            .check_entry(&entry(2, unknown))
+            .unwrap_err()
+            .contains("not open"));
+        let release = EntryKind::Release { id: "h1".into() };
+        st.check_entry(&entry(2, release.clone())).unwrap();
+        st.apply_entry(&entry(2, release.clone()));
+        // Released: neither released again, expired, nor committed on time.
+        assert!(st.check_entry(&entry(3, release)).is_err());
+        let expire = EntryKind::Expire { id: "h1".into() };
+        assert!(st.check_entry(&entry(3, expire)).is_err());
+        let on_time = EntryKind::Commit {
+            id: "h1".into(),
+            usage,
+            cost: 0,
+            late: false,
+        };
+        assert!(st
+            .check_entry(&entry(3, on_time))
+            .unwrap_err()
+            .contains("ended"));
+        let gone = EntryKind::Commit {
+            id: "x".into(),
+            usage,
+            cost: 0,
+            late: false,
+        };
+        assert!(st
+            .check_entry(&entry(3, gone))
+            .unwrap_err()
+            .contains("unknown hold"));
     }
 }

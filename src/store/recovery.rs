@@ -83,6 +83,9 @@ pub fn recover(store: &mut dyn Storage, config: Config) -> Result<Recovered, Sto
                         what: format!("missing: the ledger jumps to {}", e.seq),
                     });
                 }
+                if let Err(what) = state.check_entry(&e) {
+                    return Err(StoreError::Corrupt { seq: e.seq, what });
+                }
                 state.apply_entry(&e);
                 replayed += 1;
             }
@@ -179,6 +182,7 @@ pub fn verify(store: &dyn LedgerRead, config: Config) -> Result<VerifyReport, St
                 state.next_seq, e.seq
             ));
         }
+        state.check_entry(&e)?;
         state.apply_entry(&e);
         compare(&state, &mut pending)?;
     }

@@ -87,3 +87,48 @@ fn a_damaged_last_record_is_cut_back_at_start() {
     drop(store);
     assert!(verify(&s.dir).0);
 }
+
+/// A ledger whose records are intact (CRCs good) but break an invariant —
+/// a hold released twice — is refused by `ledger verify` and by start-up
+/// with what and where, instead of stopping the process in `apply_entry`.
+#[test]
+fn a_ledger_that_breaks_an_invariant_is_refused_with_a_message() {
+    use spendb::state::limit::Dims;
+    use spendb::state::{Entry, EntryKind};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut store = LogStore::open(&dir).unwrap();
+    let e = |seq, kind| Entry {
+        seq,
+        ts: 1_000,
+        kind,
+    };
+    let hold = EntryKind::Hold {
+        id: "h1".into(),
+        scope: "org:bad".into(),
+        model: "gpt-4o".into(),
+        input: 1,
+        output: 1,
+        ttl_ms: None,
+        amounts: Dims::call(1, 1, 1),
+        expires_at: 9_000_000_000_000,
+    };
+    let release = EntryKind::Release { id: "h1".into() };
+    store
+        .append(&[e(1, hold), e(2, release.clone()), e(3, release)])
+        .unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let (ok, out) = verify(&dir);
+    assert!(!ok, "{out}");
+    assert!(out.contains("entry 3: hold h1 is not open"), "{out}");
+    let mut store = LogStore::open(&dir).unwrap();
+    let err = match recovery::recover(&mut store, Config::default()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("recovered a ledger that releases a hold twice"),
+    };
+    assert!(
+        err.contains("ledger record 3: entry 3: hold h1 is not open"),
+        "{err}"
+    );
+}
