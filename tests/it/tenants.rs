@@ -101,6 +101,12 @@ fn holds_and_spend_ids_live_in_each_tenants_keyspace() {
     let bal_b = q(&mut ops, "BALANCE org:b");
     assert_eq!(dim(&bal_a, "spent", "input"), "100");
     assert_eq!(dim(&bal_b, "spent", "input"), "27");
+    // Lists are filtered to the tenant's scopes only where items have one:
+    // the price table is everyone's.
+    let Ok(redis::Value::Array(prices)) = raw(&mut a, "PRICE.LIST") else {
+        panic!("PRICE.LIST is an array")
+    };
+    assert!(prices.len() > 10, "a tenant sees the whole price table");
     // Tenants never see each other's ids in the ledger's hold ids either.
     let held = q(&mut ops, "HOLD.GET {org:a}only-a");
     assert_eq!(held.s("hold"), "{org:a}only-a");
