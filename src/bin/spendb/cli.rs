@@ -50,8 +50,9 @@ pub(crate) enum Cmd {
 
 #[derive(Subcommand)]
 pub(crate) enum LedgerCmd {
-    /// Replay the whole ledger, check every CRC, and compare the rebuilt state
-    /// with the stored snapshots. Run it on a stopped server's data dir.
+    /// Replay the whole ledger, check every CRC and entry, and compare the
+    /// rebuilt state with the stored snapshots. Read-only; for a complete
+    /// answer run it on a stopped server's data dir.
     Verify {
         #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
         data_dir: PathBuf,
