@@ -207,15 +207,45 @@ async fn require_token(State(ctx): State<Ctx>, req: Request, next: Next) -> Resp
 }
 
 /// The command a user must be allowed to run for a request (see
-/// `require_token`); `admin` is only granted by @admin (`*`).
+/// `require_token`): a row of the command table (`state::commands`), or
+/// `admin`, which only @admin (`*`) grants.
 fn needed_right(method: &axum::http::Method, path: &str) -> &'static str {
     use axum::http::Method;
+    let row = |name: &str| {
+        crate::state::commands::spec(name)
+            .expect("an admin right is a command of the table")
+            .name
+    };
     match *method {
-        Method::GET | Method::HEAD => "budget.get",
-        Method::PUT if path.starts_with("/v1/budgets/") => "budget.set",
-        Method::DELETE if path.starts_with("/v1/budgets/") => "budget.del",
-        Method::PUT if path.starts_with("/v1/prices/") => "price.set",
+        Method::GET | Method::HEAD => row("budget.get"),
+        Method::PUT if path.starts_with("/v1/budgets/") => row("budget.set"),
+        Method::DELETE if path.starts_with("/v1/budgets/") => row("budget.del"),
+        Method::PUT if path.starts_with("/v1/prices/") => row("price.set"),
         _ => "admin",
+    }
+}
+
+#[cfg(test)]
+mod rights_tests {
+    use super::needed_right;
+    use axum::http::Method;
+
+    #[test]
+    fn every_right_is_a_command_of_the_table_or_admin() {
+        assert_eq!(needed_right(&Method::GET, "/v1/holds"), "budget.get");
+        assert_eq!(
+            needed_right(&Method::PUT, "/v1/budgets/org:a"),
+            "budget.set"
+        );
+        assert_eq!(
+            needed_right(&Method::DELETE, "/v1/budgets/org:a"),
+            "budget.del"
+        );
+        assert_eq!(needed_right(&Method::PUT, "/v1/prices/m"), "price.set");
+        assert_eq!(
+            needed_right(&Method::PUT, "/v1/alerts/rules/org:a"),
+            "admin"
+        );
     }
 }
 
