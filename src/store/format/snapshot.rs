@@ -632,6 +632,39 @@ mod tests {
     use crate::state::limit::Dims;
     use crate::state::Hold;
 
+    #[test]
+    fn idd_spends_are_forgotten_after_a_snapshot_as_they_would_have_been() {
+        use crate::state::price::Usage;
+        use crate::state::Command;
+        let config = Config::default();
+        let mut st = State::new(config.clone());
+        let mut out = Vec::new();
+        let t0 = 1_795_305_600_000;
+        for (i, id) in ["s1", "s2"].iter().enumerate() {
+            let spend = Command::Spend {
+                scope: "org:a".into(),
+                model: "gpt-4o".into(),
+                usage: Usage {
+                    input: 10,
+                    output: 1,
+                    ..Usage::default()
+                },
+                id: Some(id.to_string()),
+            };
+            st.apply(t0 + i as u64 * 60_000, &spend, &mut out);
+        }
+        let seq = st.next_seq - 1;
+        let mut back = decode(seq, &encode(&st), &config).unwrap();
+        assert_eq!(back.spends_seen(), st.spends_seen());
+        assert_eq!(back.spends.len(), 2);
+        // Past the retention of the first only: it alone is forgotten.
+        let t = t0 + config.id_retention_ms + 30_000;
+        back.tick(t, &mut out);
+        st.tick(t, &mut out);
+        assert!(!back.spends.contains_key("s1") && back.spends.contains_key("s2"));
+        assert_eq!(back.spends_seen(), st.spends_seen());
+    }
+
     /// The hold table as the snapshot reads it.
     #[derive(Deserialize)]
     struct HoldsIn(#[serde(deserialize_with = "holds_in")] HoldTable);
