@@ -521,6 +521,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_next_expiry_is_the_earliest_open_hold_and_a_scope_takes_at_most_16_limits() {
+        use limit::{LimitSpec, Window};
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let now = 1_795_305_600_000;
+        assert_eq!(st.next_expiry(), None);
+        for (id, ttl) in [("late", 9_000), ("soon", 2_000), ("mid", 5_000)] {
+            let r = Command::Reserve(ReserveArgs {
+                hold: id.into(),
+                scope: "org:a".into(),
+                model: "gpt-4o".into(),
+                input: 1,
+                output: 0,
+                ttl_ms: Some(ttl),
+            });
+            st.apply(now, &r, &mut out);
+        }
+        assert_eq!(st.next_expiry(), Some(now + 2_000));
+        // Cleaned lazily: after a release the time may be a stale earlier
+        // one (the committer then wakes early), never a later one.
+        st.apply(
+            now + 1,
+            &Command::Release {
+                hold: "soon".into(),
+            },
+            &mut out,
+        );
+        assert!(st.next_expiry().is_some_and(|t| t <= now + 5_000));
+
+        let limits = |n: usize| Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: (0..n as u64)
+                .map(|i| LimitSpec {
+                    dim: Dim::Tokens,
+                    window: Window::Rolling(1_000 + i),
+                    amount: 10,
+                })
+                .collect(),
+        };
+        assert_eq!(
+            st.apply(now, &limits(MAX_LIMITS_PER_SCOPE), &mut out),
+            Value::Ok
+        );
+        let v = st.apply(now, &limits(MAX_LIMITS_PER_SCOPE + 1), &mut out);
+        assert!(
+            matches!(&v, Value::Error { msg, .. } if msg.contains("at most 16 limits")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn spend_series_are_bounded() {
         let mut s = SpendSeries::default();
         for i in 0..MAX_SERIES_SCOPES + 10 {

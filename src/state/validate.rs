@@ -93,3 +93,147 @@ pub fn check(cmd: &Command) -> Result<(), String> {
         | Command::AlertDelivered { .. } => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::bounds::{MAX_ID_LEN, MAX_MODEL_LEN, MAX_TOKENS, MAX_USD};
+    use crate::state::limit::{LimitSpec, Window};
+    use crate::state::ReserveArgs;
+
+    fn usage(input: u64, output: u64, cached: u64, cache_write: u64) -> Usage {
+        Usage {
+            input,
+            output,
+            cached,
+            cache_write,
+        }
+    }
+
+    fn reserve(hold: &str, model: &str, input: u64, output: u64) -> Command {
+        Command::Reserve(ReserveArgs {
+            hold: hold.into(),
+            scope: "org:a".into(),
+            model: model.into(),
+            input,
+            output,
+            ttl_ms: None,
+        })
+    }
+
+    #[test]
+    fn every_bound_admits_its_maximum_and_refuses_one_more() {
+        let id = "h".repeat(MAX_ID_LEN);
+        let long_id = "h".repeat(MAX_ID_LEN + 1);
+        let model = "m".repeat(MAX_MODEL_LEN);
+        let long_model = "m".repeat(MAX_MODEL_LEN + 1);
+        assert!(check(&reserve(&id, &model, MAX_TOKENS, MAX_TOKENS)).is_ok());
+        for bad in [
+            reserve(&long_id, "gpt-4o", 1, 1),
+            reserve("h", &long_model, 1, 1),
+            reserve("h", "gpt-4o", MAX_TOKENS + 1, 1),
+            reserve("h", "gpt-4o", 1, MAX_TOKENS + 1),
+        ] {
+            assert!(check(&bad).is_err(), "{bad:?}");
+        }
+        let commit = |u| Command::Commit {
+            hold: "h".into(),
+            usage: u,
+        };
+        assert!(check(&commit(usage(
+            MAX_TOKENS,
+            MAX_TOKENS,
+            MAX_TOKENS / 2,
+            MAX_TOKENS / 2
+        )))
+        .is_ok());
+        for u in [
+            usage(MAX_TOKENS + 1, 0, 0, 0),
+            usage(0, MAX_TOKENS + 1, 0, 0),
+            usage(MAX_TOKENS, 0, MAX_TOKENS + 1, 0),
+            usage(MAX_TOKENS, 0, 0, MAX_TOKENS + 1),
+            usage(10, 0, 6, 5), // cached + cache write > input
+        ] {
+            assert!(check(&commit(u)).is_err(), "{u:?}");
+        }
+        let spend = |id: Option<&str>, model: &str, u| Command::Spend {
+            scope: "org:a".into(),
+            model: model.into(),
+            usage: u,
+            id: id.map(str::to_string),
+        };
+        assert!(check(&spend(Some(&id), &model, usage(1, 1, 0, 0))).is_ok());
+        assert!(check(&spend(Some(&long_id), "m", usage(1, 1, 0, 0))).is_err());
+        assert!(check(&spend(None, &long_model, usage(1, 1, 0, 0))).is_err());
+        assert!(check(&spend(None, "m", usage(MAX_TOKENS + 1, 1, 0, 0))).is_err());
+        for hold in [
+            Command::Release {
+                hold: long_id.clone(),
+            },
+            Command::HoldGet {
+                hold: long_id.clone(),
+            },
+        ] {
+            assert!(check(&hold).is_err());
+        }
+        assert!(check(&Command::Release { hold: id.clone() }).is_ok());
+        assert!(check(&Command::RunEnd {
+            run: long_id.clone()
+        })
+        .is_err());
+        assert!(check(&Command::RunEnd { run: id.clone() }).is_ok());
+        let step = |run: &str, max| Command::Step {
+            run: run.into(),
+            signature: b"s".to_vec(),
+            scope: None,
+            max,
+            repeats: None,
+            window: None,
+        };
+        assert!(check(&step(&id, Some(MAX_RUN_STEPS))).is_ok());
+        assert!(check(&step(&id, Some(MAX_RUN_STEPS + 1))).is_err());
+        assert!(check(&step(&long_id, None)).is_err());
+        let budget = |dim, amount| Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![LimitSpec {
+                dim,
+                window: Window::Total,
+                amount,
+            }],
+        };
+        assert!(check(&budget(Dim::Cost, MAX_USD)).is_ok());
+        assert!(check(&budget(Dim::Cost, MAX_USD + 1)).is_err());
+        for dim in [Dim::Tokens, Dim::Input, Dim::Output, Dim::Requests] {
+            assert!(check(&budget(dim, MAX_LIMIT_AMOUNT)).is_ok());
+            assert!(
+                check(&budget(dim, MAX_LIMIT_AMOUNT + 1)).is_err(),
+                "{dim:?}"
+            );
+        }
+        let price = |model: &str, p: [Option<u64>; 4]| Command::PriceSet {
+            model: model.into(),
+            input: p[0].unwrap_or(0),
+            output: p[1].unwrap_or(0),
+            cached: p[2],
+            cache_write: p[3],
+        };
+        assert!(check(&price(&model, [Some(MAX_PRICE); 4])).is_ok());
+        for i in 0..4 {
+            let mut p = [None; 4];
+            p[i] = Some(MAX_PRICE + 1);
+            assert!(check(&price("m", p)).is_err(), "price field {i}");
+        }
+        assert!(check(&price(&long_model, [None; 4])).is_err());
+        assert!(check(&Command::PriceGet {
+            model: long_model.clone()
+        })
+        .is_err());
+        assert!(check(&Command::PriceGet { model }).is_ok());
+        let saved = |cost| Command::CacheSaved {
+            scope: "org:a".into(),
+            cost,
+        };
+        assert!(check(&saved(MAX_USD)).is_ok());
+        assert!(check(&saved(MAX_USD + 1)).is_err());
+    }
+}

@@ -85,3 +85,84 @@ impl State {
         Outcome::Done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::bounds::{MAX_PRICE, MAX_USD};
+    use crate::state::price::Usage;
+    use crate::state::*;
+
+    /// The most one call may cost, booked until the counters are full: the
+    /// call that would take them past 2^63 − 1 is refused and changes
+    /// nothing; savings likewise.
+    #[test]
+    fn a_call_that_would_overflow_a_counter_is_refused_before_anything_changes() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let now = 1_795_305_600_000;
+        let price = Command::PriceSet {
+            model: "dear".into(),
+            input: MAX_PRICE,
+            output: MAX_PRICE,
+            cached: None,
+            cache_write: None,
+        };
+        assert_eq!(st.apply(now, &price, &mut out), Value::Ok);
+        // 10^9 tokens at $10^6 per million: $10^9, the most one call may cost.
+        let spend = Command::Spend {
+            scope: "org:a/team:b".into(),
+            model: "dear".into(),
+            usage: Usage {
+                input: 1_000_000_000,
+                ..Usage::default()
+            },
+            id: None,
+        };
+        let full = bounds::MAX_COUNTER / MAX_USD; // 9 such calls fit
+        for _ in 0..full {
+            let v = st.apply(now, &spend, &mut out);
+            assert_eq!(v.field("status"), Some(&Value::str("spent")), "{v:?}");
+        }
+        let before = (st.digest(), st.next_seq);
+        let v = st.apply(now, &spend, &mut out);
+        let Value::Error { code, msg } = v else {
+            panic!("the 10th call was booked: {v:?}")
+        };
+        assert_eq!(code, ErrorCode::Err);
+        assert!(
+            msg.contains("org:a/team:b's COST past the counter maximum"),
+            "{msg}"
+        );
+        assert!(
+            (st.digest(), st.next_seq) == before,
+            "a refusal changed the state"
+        );
+        // Savings: the same bound.
+        let saved = Command::CacheSaved {
+            scope: "org:x".into(),
+            cost: MAX_USD,
+        };
+        for _ in 0..full {
+            assert_eq!(st.apply(now, &saved, &mut out), Value::Ok);
+        }
+        let v = st.apply(now, &saved, &mut out);
+        assert!(
+            matches!(&v, Value::Error { msg, .. } if msg.contains("saved past the counter maximum")),
+            "{v:?}"
+        );
+        // And a hold is sized against the same counters.
+        let reserve = Command::Reserve(ReserveArgs {
+            hold: "h".into(),
+            scope: "org:a".into(),
+            model: "dear".into(),
+            input: 1_000_000_000,
+            output: 0,
+            ttl_ms: None,
+        });
+        let v = st.apply(now, &reserve, &mut out);
+        assert!(
+            matches!(&v, Value::Error { msg, .. } if msg.contains("counter maximum")),
+            "{v:?}"
+        );
+    }
+}
