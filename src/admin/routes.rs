@@ -201,7 +201,8 @@ pub async fn list_holds(State(ctx): State<Ctx>, q: QueryResult<HoldsQuery>) -> R
 
 /// One hold and its state (HOLD.GET).
 #[utoipa::path(get, path = "/v1/holds/{id}", params(("id" = String, Path, description = "the hold id")),
-    security(("bearer" = [])), responses((status = 200, description = "the hold", body = Object), (status = 404, description = "unknown hold", body = Object)))]
+    security(("bearer" = [])), responses((status = 200, description = "the hold", body = Object), (status = 404, description = "unknown hold", body = Object),
+        (status = 422, description = "a hold id longer than 64 bytes", body = Object)))]
 pub async fn get_hold(State(ctx): State<Ctx>, Path(id): Path<String>) -> Reply {
     run(&ctx, Command::HoldGet { hold: id }).await
 }
