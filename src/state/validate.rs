@@ -9,6 +9,7 @@ use super::bounds::{
 use super::command::Command;
 use super::limit::Dim;
 use super::price::Usage;
+use super::scope::MAX_SCOPE_LEN;
 
 fn check_usage(u: &Usage) -> Result<(), String> {
     check_tokens(u.input, "INPUT")?;
@@ -18,9 +19,34 @@ fn check_usage(u: &Usage) -> Result<(), String> {
     u.check()
 }
 
+/// A scope or scope prefix is at most [`MAX_SCOPE_LEN`] bytes in every
+/// command (the families check the rest of a scope's syntax).
+fn check_scope_len(scope: &str) -> Result<(), String> {
+    if scope.len() > MAX_SCOPE_LEN {
+        return Err(format!("scope is longer than {MAX_SCOPE_LEN} bytes"));
+    }
+    Ok(())
+}
+
 /// Checks every bounded argument of `cmd`; the error is the message of an
 /// `ERR` reply.
 pub fn check(cmd: &Command) -> Result<(), String> {
+    let prefix = match cmd {
+        Command::BudgetList { prefix }
+        | Command::HoldList { prefix, .. }
+        | Command::AlertRulesList { prefix }
+        | Command::AlertList { prefix, .. } => prefix.as_deref(),
+        _ => cmd.scope(),
+    };
+    if let Some(scope) = prefix {
+        check_scope_len(scope)?;
+    }
+    if let Command::Step {
+        scope: Some(scope), ..
+    } = cmd
+    {
+        check_scope_len(scope)?;
+    }
     match cmd {
         Command::Reserve(a) => {
             check_id(&a.hold, "hold id")?;
@@ -235,5 +261,41 @@ mod tests {
         };
         assert!(check(&saved(MAX_USD)).is_ok());
         assert!(check(&saved(MAX_USD + 1)).is_err());
+        // Scopes and prefixes, in every command that takes one.
+        let scope = "s".repeat(MAX_SCOPE_LEN);
+        let long = "s".repeat(MAX_SCOPE_LEN + 1);
+        for (ok, s) in [(true, &scope), (false, &long)] {
+            let cmds = [
+                Command::BudgetGet { scope: s.clone() },
+                Command::BudgetList {
+                    prefix: Some(s.clone()),
+                },
+                Command::HoldList {
+                    prefix: Some(s.clone()),
+                    limit: 1,
+                },
+                Command::AlertRulesList {
+                    prefix: Some(s.clone()),
+                },
+                Command::AlertList {
+                    after: 0,
+                    limit: 1,
+                    undelivered: false,
+                    prefix: Some(s.clone()),
+                },
+                Command::Balance { scope: s.clone() },
+                Command::Step {
+                    run: "r".into(),
+                    signature: vec![],
+                    scope: Some(s.clone()),
+                    max: None,
+                    repeats: None,
+                    window: None,
+                },
+            ];
+            for c in cmds {
+                assert_eq!(check(&c).is_ok(), ok, "{c:?}");
+            }
+        }
     }
 }
