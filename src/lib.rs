@@ -1,4 +1,7 @@
-//! spendb: a spend database server for LLM agents. See docs/ARCHITECTURE.md.
+//! spendb: a spend database for LLM agents, as a server (`spendb serve`:
+//! the Redis protocol in `resp`, the HTTP admin API in `admin`) or embedded
+//! ([`Spendb`]). Layers: `state` (the rules, pure) under `engine` (the one
+//! owner of state and `store`) under the front ends. See docs/ARCHITECTURE.md.
 
 pub mod admin;
 pub mod auth;

@@ -1,13 +1,18 @@
-//! The pure state machine: scopes, limits, windows, holds, prices and the
-//! ledger entries that change them. No I/O, no clock reads, no randomness:
-//! time is an argument. Every business rule of spendb lives here.
+//! The pure state machine: scopes, limits, windows, holds, prices, runs,
+//! alerts and the ledger entries that change them. No I/O, no clock reads,
+//! no threads, no randomness, no serde: time is an argument. Every business
+//! rule of spendb lives here (docs/ARCHITECTURE.md, "Architecture
+//! invariants").
 //!
 //! Two functions carry it all:
-//! - [`State::apply`] decides: it reads the state, validates a command and
-//!   emits ledger entries (or none: reads, replays, denials);
-//! - [`State::apply_entry`] evolves: the only code that changes balances, used
-//!   both for entries just emitted and for entries replayed from the ledger, so
-//!   a replay rebuilds exactly the state that was live.
+//! - [`State::decide`] decides (this file): it checks the command's bounds
+//!   (`validate.rs`), puts a tenant's ids in its keyspace (`access.rs`),
+//!   refuses scopes outside the caller's, and hands the command to its family
+//!   (`family/`), which emits ledger entries (or none: reads, replays,
+//!   denials) and returns a typed [`Outcome`];
+//! - [`State::apply_entry`] evolves (`evolve.rs`): the only code that changes
+//!   balances, used both for entries just emitted and for entries replayed
+//!   from the ledger, so a replay rebuilds exactly the state that was live.
 
 pub mod access;
 pub mod alerts;
