@@ -110,3 +110,76 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::alerts::AlertEvent;
+    use crate::state::*;
+
+    fn fire(st: &mut State, scope: &str) -> u64 {
+        let seq = st.next_seq;
+        let event = AlertEvent {
+            scope: scope.into(),
+            rule: "threshold".into(),
+            key: format!("k{seq}"),
+            period: 0,
+            dim: None,
+            observed: 1,
+            bound: 1,
+            message: "m".into(),
+            webhook: None,
+        };
+        st.apply_entry(&Entry {
+            seq,
+            ts: 1_000 + seq,
+            kind: EntryKind::Alert(event),
+        });
+        seq
+    }
+
+    fn ids(v: &Value) -> Vec<i64> {
+        let Value::Array(items) = v else {
+            panic!("{v:?}")
+        };
+        items
+            .iter()
+            .map(|a| match a.field("id") {
+                Some(Value::Int(n)) => *n,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn alert_pages_start_after_the_cursor_and_a_delivery_is_recorded_once() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let (a, b) = (fire(&mut st, "org:a"), fire(&mut st, "org:b"));
+        let list = |after| Command::AlertList {
+            after,
+            limit: 10,
+            undelivered: false,
+            prefix: None,
+        };
+        assert_eq!(
+            ids(&st.apply(5_000, &list(0), &mut out)),
+            [a as i64, b as i64]
+        );
+        // The cursor is the last id seen: the next page starts after it.
+        assert_eq!(ids(&st.apply(5_000, &list(a), &mut out)), [b as i64]);
+        assert!(ids(&st.apply(5_000, &list(b), &mut out)).is_empty());
+
+        let delivered = Command::AlertDelivered { id: a };
+        assert_eq!(st.apply(5_000, &delivered, &mut out), Value::Ok);
+        assert_eq!(out.len(), 1, "the first delivery is a ledger entry");
+        assert_eq!(st.apply(6_000, &delivered, &mut out), Value::Ok);
+        assert_eq!(out.len(), 1, "a repeated delivery writes nothing");
+        let undelivered = Command::AlertList {
+            after: 0,
+            limit: 10,
+            undelivered: true,
+            prefix: None,
+        };
+        assert_eq!(ids(&st.apply(6_000, &undelivered, &mut out)), [b as i64]);
+    }
+}

@@ -243,3 +243,38 @@ mod forecast_tests {
         assert!(st.apply(now, &none, &mut out).is_error());
     }
 }
+
+#[cfg(test)]
+mod get_tests {
+    use crate::state::*;
+
+    #[test]
+    fn a_scope_with_holds_but_no_limits_has_no_budget() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let r = Command::Reserve(ReserveArgs {
+            hold: "h".into(),
+            scope: "org:a/team:t".into(),
+            model: "gpt-4o".into(),
+            input: 1,
+            output: 0,
+            ttl_ms: None,
+        });
+        st.apply(1_000, &r, &mut out);
+        // org:a carries the hold (a node) but no limits: no budget.
+        let get = Command::BudgetGet {
+            scope: "org:a".into(),
+        };
+        let v = st.apply(1_000, &get, &mut out);
+        assert!(
+            matches!(
+                &v,
+                Value::Error {
+                    code: ErrorCode::Unknown,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+    }
+}
