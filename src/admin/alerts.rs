@@ -83,7 +83,8 @@ pub struct RulesQuery {
 
 /// Every scope's alert rules.
 #[utoipa::path(get, path = "/v1/alerts/rules", params(RulesQuery), security(("bearer" = [])),
-    responses((status = 200, description = "rules per scope", body = Object), (status = 400, description = "bad query", body = Object)))]
+    responses((status = 200, description = "rules per scope", body = Object), (status = 400, description = "bad query", body = Object),
+        (status = 422, description = "a scope longer than 256 bytes", body = Object)))]
 pub async fn list_rules(State(ctx): State<Ctx>, q: QueryResult<RulesQuery>) -> Reply {
     let q = query(q)?;
     let Json(v) = run(&ctx, Command::AlertRulesList { prefix: q.prefix }).await?;

@@ -76,7 +76,8 @@ pub struct PrefixQuery {
 
 /// Scopes that have limits, sorted.
 #[utoipa::path(get, path = "/v1/budgets", params(PrefixQuery), security(("bearer" = [])),
-    responses((status = 200, description = "scopes", body = Object), (status = 400, description = "bad query string", body = Object)))]
+    responses((status = 200, description = "scopes", body = Object), (status = 400, description = "bad query string", body = Object),
+        (status = 422, description = "a scope longer than 256 bytes", body = Object)))]
 pub async fn list_budgets(State(ctx): State<Ctx>, q: QueryResult<PrefixQuery>) -> Reply {
     let q = query(q)?;
     let Json(v) = run(&ctx, Command::BudgetList { prefix: q.prefix }).await?;
@@ -86,7 +87,8 @@ pub async fn list_budgets(State(ctx): State<Ctx>, q: QueryResult<PrefixQuery>) -
 /// A scope's limits with used, held, remaining and resets_at.
 #[utoipa::path(get, path = "/v1/budgets/{scope}", params(("scope" = String, Path, description = "e.g. org:acme/team:search")),
     security(("bearer" = [])),
-    responses((status = 200, description = "the budget", body = Object), (status = 404, description = "no limits on the scope", body = Object)))]
+    responses((status = 200, description = "the budget", body = Object), (status = 404, description = "no limits on the scope", body = Object),
+        (status = 422, description = "a scope longer than 256 bytes", body = Object)))]
 pub async fn get_budget(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Reply {
     run(&ctx, Command::BudgetGet { scope }).await
 }
@@ -154,7 +156,8 @@ pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: 
 
 /// Removes a scope's limits (BUDGET.DEL): `{"deleted": true|false}`.
 #[utoipa::path(delete, path = "/v1/budgets/{scope}", params(("scope" = String, Path, description = "e.g. org:acme")),
-    security(("bearer" = [])), responses((status = 200, description = "deleted or not", body = Object)))]
+    security(("bearer" = [])), responses((status = 200, description = "deleted or not", body = Object),
+        (status = 422, description = "a scope longer than 256 bytes", body = Object)))]
 pub async fn delete_budget(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Reply {
     let Json(v) = run(&ctx, Command::BudgetDel { scope }).await?;
     Ok(Json(
