@@ -215,3 +215,34 @@ impl State {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::*;
+
+    #[test]
+    fn a_ttl_of_exactly_the_maximum_is_accepted_and_one_more_refused() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let max = st.config.max_ttl_ms;
+        let reserve = |hold: &str, ttl| {
+            Command::Reserve(ReserveArgs {
+                hold: hold.into(),
+                scope: "org:a".into(),
+                model: "gpt-4o".into(),
+                input: 1,
+                output: 0,
+                ttl_ms: Some(ttl),
+            })
+        };
+        let v = st.apply(1_000, &reserve("at-max", max), &mut out);
+        assert_eq!(v.field("status"), Some(&Value::str("granted")), "{v:?}");
+        let v = st.apply(1_000, &reserve("past-max", max + 1), &mut out);
+        assert!(
+            matches!(&v, Value::Error { msg, .. } if msg.contains("TTL must be between")),
+            "{v:?}"
+        );
+        let v = st.apply(1_000, &reserve("zero", 0), &mut out);
+        assert!(v.is_error(), "{v:?}");
+    }
+}
