@@ -538,22 +538,29 @@ impl HoldTable {
     }
 }
 
+/// An open hold of 10 input and 5 output tokens on `gpt-4o` (the hold
+/// table's tests and the snapshot format's).
+#[cfg(test)]
+pub(crate) fn open_hold_for_tests(scope: &str, expires_at: u64) -> Hold {
+    Hold {
+        scope: scope.into(),
+        model: "gpt-4o".into(),
+        input: 10,
+        output: 5,
+        ttl_ms: None,
+        amounts: Dims::call(10, 5, 7),
+        created_at: 0,
+        expires_at,
+        status: HoldStatus::Open,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn open(scope: &str, expires_at: u64) -> Hold {
-        Hold {
-            scope: scope.into(),
-            model: "gpt-4o".into(),
-            input: 10,
-            output: 5,
-            ttl_ms: None,
-            amounts: Dims::call(10, 5, 7),
-            created_at: 0,
-            expires_at,
-            status: HoldStatus::Open,
-        }
+        open_hold_for_tests(scope, expires_at)
     }
 
     #[test]

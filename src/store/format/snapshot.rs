@@ -629,7 +629,6 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::limit::Dims;
     use crate::state::Hold;
 
     #[test]
@@ -670,17 +669,7 @@ mod tests {
     struct HoldsIn(#[serde(deserialize_with = "holds_in")] HoldTable);
 
     fn open(scope: &str, expires_at: u64) -> Hold {
-        Hold {
-            scope: scope.into(),
-            model: "gpt-4o".into(),
-            input: 10,
-            output: 5,
-            ttl_ms: None,
-            amounts: Dims::call(10, 5, 7),
-            created_at: 0,
-            expires_at,
-            status: HoldStatus::Open,
-        }
+        crate::state::holds::open_hold_for_tests(scope, expires_at)
     }
 
     #[test]
