@@ -406,6 +406,17 @@ pub struct HoldRecord {
     pub status: HoldStatus,
 }
 
+impl HoldRecord {
+    /// Whether its scope and model are in a string table of `strings`.
+    pub fn check(&self, strings: usize) -> Result<(), String> {
+        let n = strings as u64;
+        if u64::from(self.scope) >= n || u64::from(self.model) >= n {
+            return Err("a hold names an unknown string".into());
+        }
+        Ok(())
+    }
+}
+
 /// What a snapshot stores of the table, read from it without copying it:
 /// the string table, then the open holds (in slot order), then the settled
 /// ones in the order they ended (each once, at its latest end).
@@ -499,11 +510,7 @@ impl HoldTable {
 
     /// Checks a record read from a snapshot against the string table.
     pub fn check_record(&self, rec: &HoldRecord) -> Result<(), String> {
-        let strings = self.strings.all.len() as u32;
-        if rec.scope >= strings || rec.model >= strings {
-            return Err("a hold names an unknown string".into());
-        }
-        Ok(())
+        rec.check(self.strings.all.len())
     }
 
     /// Adds a record read from a snapshot (checked with

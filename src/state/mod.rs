@@ -232,6 +232,9 @@ struct Denial {
     retry_after: Option<u64>,
 }
 
+/// Whether a scope is inside the caller's (lists show only those).
+type Visible<'a> = &'a dyn Fn(&str) -> bool;
+
 /// A refusal for bad syntax or a value out of bounds (`ERR`).
 fn refuse(msg: impl Into<String>) -> Outcome {
     Outcome::refused(ErrorCode::Err, msg)
@@ -286,7 +289,7 @@ impl State {
             return refuse(e);
         }
         let Some(a) = access else {
-            return self.dispatch(now, cmd, out);
+            return self.dispatch(now, cmd, None, out);
         };
         match cmd.qualified(a) {
             Some(q) => {
@@ -328,45 +331,36 @@ impl State {
                 return Outcome::refused(ErrorCode::Unknown, format!("run {run}"));
             }
         }
-        let listing = matches!(
-            cmd,
-            Command::BudgetList { .. }
-                | Command::HoldList { .. }
-                | Command::AlertRulesList { .. }
-                | Command::AlertList { .. }
-        );
-        match self.dispatch(now, cmd, out) {
-            // Lists show only what lies inside the caller's scopes: scope
-            // names (BUDGET.LIST) or items with a `scope` field.
-            Outcome::Reply(Value::Array(all)) if listing => Outcome::Reply(Value::Array(
-                all.into_iter()
-                    .filter(|v| match v {
-                        Value::Str(s) => a.allows(s),
-                        _ => matches!(v.field("scope"), Some(Value::Str(s)) if a.allows(s)),
-                    })
-                    .collect(),
-            )),
-            o => o,
-        }
+        self.dispatch(now, cmd, Some(a), out)
     }
 
     /// Expires what fell due, then hands the command to its family
-    /// (`state/family/`). Reads answer with their reply value.
-    fn dispatch(&mut self, now: u64, cmd: &Command, out: &mut Vec<Entry>) -> Outcome {
+    /// (`state/family/`). Reads answer with their reply value; lists show
+    /// only what lies inside `access`'s scopes.
+    fn dispatch(
+        &mut self,
+        now: u64,
+        cmd: &Command,
+        access: Option<&Access>,
+        out: &mut Vec<Entry>,
+    ) -> Outcome {
+        let visible = |scope: &str| access.is_none_or(|a| a.allows(scope));
         let now = now.max(self.last_ts);
         self.expire_due(now, out);
         match cmd {
             Command::BudgetSet { scope, limits } => self.budget_set(now, scope, limits, out).into(),
             Command::BudgetGet { scope } => self.budget_get(now, scope).into(),
             Command::BudgetDel { scope } => self.budget_del(now, scope, out).into(),
-            Command::BudgetList { prefix } => self.budget_list(prefix.as_deref()).into(),
+            Command::BudgetList { prefix } => self.budget_list(prefix.as_deref(), &visible).into(),
             Command::Balance { scope } => self.balance(now, scope).into(),
             Command::Forecast { scope } => self.forecast(now, scope).into(),
             Command::Reserve(a) => self.reserve(now, a, out),
             Command::Commit { hold, usage } => self.commit(now, hold, usage, out),
             Command::Release { hold } => self.release(now, hold, out),
             Command::HoldGet { hold } => self.hold_get(hold).into(),
-            Command::HoldList { prefix, limit } => self.hold_list(prefix.as_deref(), *limit).into(),
+            Command::HoldList { prefix, limit } => {
+                self.hold_list(prefix.as_deref(), *limit, &visible).into()
+            }
             Command::Spend {
                 scope,
                 model,
@@ -403,14 +397,16 @@ impl State {
             Command::AlertRulesSet { scope, rules } => {
                 self.alert_rules_set(now, scope, rules, out).into()
             }
-            Command::AlertRulesList { prefix } => self.alert_rules_list(prefix.as_deref()).into(),
+            Command::AlertRulesList { prefix } => {
+                self.alert_rules_list(prefix.as_deref(), &visible).into()
+            }
             Command::AlertList {
                 after,
                 limit,
                 undelivered,
                 prefix,
             } => self
-                .alert_list(*after, *limit, *undelivered, prefix.as_deref())
+                .alert_list(*after, *limit, *undelivered, prefix.as_deref(), &visible)
                 .into(),
             Command::AlertDelivered { id } => self.alert_delivered(now, *id, out),
         }

@@ -59,12 +59,16 @@ impl State {
     }
 
     /// Every scope's alert rules at or below `prefix`.
-    pub(in crate::state) fn alert_rules_list(&self, prefix: Option<&str>) -> Value {
+    pub(in crate::state) fn alert_rules_list(
+        &self,
+        prefix: Option<&str>,
+        visible: Visible,
+    ) -> Value {
         Value::Array(
             self.alerts
                 .scopes
                 .iter()
-                .filter(|(s, _)| prefix.is_none_or(|p| scope::is_within(s, p)))
+                .filter(|(s, _)| visible(s) && prefix.is_none_or(|p| scope::is_within(s, p)))
                 .map(|(s, a)| alert_rules_value(s, &a.rules))
                 .collect(),
         )
@@ -77,6 +81,7 @@ impl State {
         limit: usize,
         undelivered: bool,
         prefix: Option<&str>,
+        visible: Visible,
     ) -> Value {
         Value::Array(
             self.alerts
@@ -84,6 +89,7 @@ impl State {
                 .iter()
                 .filter(|r| {
                     r.id > after
+                        && visible(&r.event.scope)
                         && (!undelivered || r.delivered_at.is_none())
                         && prefix.is_none_or(|p| scope::is_within(&r.event.scope, p))
                 })

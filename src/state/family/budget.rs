@@ -82,11 +82,13 @@ impl State {
         }
     }
 
-    pub(in crate::state) fn budget_list(&self, prefix: Option<&str>) -> Value {
+    pub(in crate::state) fn budget_list(&self, prefix: Option<&str>, visible: Visible) -> Value {
         let mut scopes: Vec<&String> = self
             .nodes
             .iter()
-            .filter(|(s, n)| !n.limits.is_empty() && prefix.is_none_or(|p| scope::is_within(s, p)))
+            .filter(|(s, n)| {
+                !n.limits.is_empty() && visible(s) && prefix.is_none_or(|p| scope::is_within(s, p))
+            })
             .map(|(s, _)| s)
             .collect();
         scopes.sort();

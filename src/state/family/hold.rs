@@ -198,12 +198,19 @@ impl State {
     }
 
     /// Open holds at or below `prefix`, oldest first (the admin API).
-    pub(in crate::state) fn hold_list(&self, prefix: Option<&str>, limit: usize) -> Value {
+    pub(in crate::state) fn hold_list(
+        &self,
+        prefix: Option<&str>,
+        limit: usize,
+        visible: Visible,
+    ) -> Value {
         let mut open: Vec<(&str, Hold)> = self
             .holds
             .iter()
             .filter(|(_, h)| {
-                h.status == HoldStatus::Open && prefix.is_none_or(|p| scope::is_within(&h.scope, p))
+                h.status == HoldStatus::Open
+                    && visible(&h.scope)
+                    && prefix.is_none_or(|p| scope::is_within(&h.scope, p))
             })
             .collect();
         open.sort_by(|a, b| (a.1.created_at, a.0).cmp(&(b.1.created_at, b.0)));
@@ -219,6 +226,35 @@ impl State {
 #[cfg(test)]
 mod tests {
     use crate::state::*;
+
+    #[test]
+    fn a_callers_hold_list_is_filtered_before_its_limit() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        for (i, scope) in ["org:other", "org:a"].iter().enumerate() {
+            let r = Command::Reserve(ReserveArgs {
+                hold: format!("h{i}"),
+                scope: scope.to_string(),
+                model: "gpt-4o".into(),
+                input: 1,
+                output: 0,
+                ttl_ms: None,
+            });
+            st.apply(1_000 + i as u64, &r, &mut out);
+        }
+        let list = Command::HoldList {
+            prefix: None,
+            limit: 1,
+        };
+        let a = Access::new(vec!["org:a".into()]);
+        // The oldest hold is another tenant's: the page of one is still full.
+        let v = st.apply_as(2_000, &list, Some(&a), &mut out);
+        let Value::Array(items) = &v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(items.len(), 1, "{v:?}");
+        assert_eq!(items[0].field("scope"), Some(&Value::str("org:a")));
+    }
 
     #[test]
     fn a_ttl_of_exactly_the_maximum_is_accepted_and_one_more_refused() {

@@ -439,7 +439,7 @@ impl<'de> Visitor<'de> for RecsInto<'_> {
         }
         // One consumer, in order: the same table as loading on one thread.
         let table = self.0;
-        let strings = table.strings().len() as u32;
+        let strings = table.strings().len();
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<HoldRecord>>(4);
             let inserter = scope.spawn(move || {
@@ -453,9 +453,7 @@ impl<'de> Visitor<'de> for RecsInto<'_> {
             let decoded = (|| {
                 while let Some(rec) = seq.next_element::<RecV3>()? {
                     let rec = record_in(rec);
-                    if rec.scope >= strings || rec.model >= strings {
-                        return Err(A::Error::custom("a hold names an unknown string"));
-                    }
+                    rec.check(strings).map_err(A::Error::custom)?;
                     chunk.push(rec);
                     if chunk.len() == PIPELINE_CHUNK {
                         let full =
