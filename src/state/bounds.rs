@@ -29,6 +29,10 @@ pub const MAX_MODEL_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 64;
 /// STEP's MAX (steps in one run).
 pub const MAX_RUN_STEPS: u64 = 1_000_000_000;
+/// Open holds a denial reads to say when their expiry makes room; with
+/// more, it answers the earliest expiry of any (a lower bound) instead of
+/// scanning them all on every denial.
+pub const MAX_EXPIRY_SCAN: usize = 16_384;
 
 // Every single amount fits a counter with room for many more.
 const _: () = assert!(MAX_USD < MAX_COUNTER / 8 && MAX_LIMIT_AMOUNT < MAX_COUNTER / 8);

@@ -2,6 +2,7 @@
 //! go through it too (`State::emit`), so replaying the ledger rebuilds the
 //! live state exactly.
 
+use super::limit::Window;
 use super::*;
 
 impl State {
@@ -46,6 +47,8 @@ impl State {
             EntryKind::BudgetSet { scope, limits } => {
                 let node = self.nodes.entry(scope.clone()).or_default();
                 let mut old = std::mem::take(&mut node.limits);
+                let old_windows: Vec<(Dim, Window)> =
+                    old.iter().map(|l| (l.spec.dim, l.spec.window)).collect();
                 node.limits = limits
                     .iter()
                     .map(|spec| {
@@ -63,6 +66,20 @@ impl State {
                         }
                     })
                     .collect();
+                // A new rolling limit counts the requests still open, as if
+                // it had been there when they were made.
+                let fresh: Vec<usize> = limits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, spec)| {
+                        matches!(spec.window, Window::Rolling(_))
+                            && !old_windows.contains(&(spec.dim, spec.window))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                if !fresh.is_empty() {
+                    self.count_open_holds(scope, &fresh, ts);
+                }
             }
             EntryKind::BudgetDel { scope } => {
                 if let Some(n) = self.nodes.get_mut(scope) {
@@ -83,6 +100,12 @@ impl State {
                     let n = self.node_mut(s);
                     n.held.add(amounts);
                     n.open_holds += 1;
+                    // A request counts in rolling windows when it is made.
+                    for l in &mut n.limits {
+                        if let Counter::Rolling(r) = &mut l.counter {
+                            r.add(ts, amounts.get(l.spec.dim));
+                        }
+                    }
                 }
                 let hold = Hold {
                     scope: scope.as_str().into(),
@@ -104,14 +127,14 @@ impl State {
                 late,
             } => {
                 let h = self.hold(id);
-                let (held, model) = (h.amounts, h.model);
+                let (held, model) = (h.amounts, h.model.clone());
                 let (scope, was_open) = self.end_hold(id);
                 assert_eq!(
                     was_open, !late,
                     "a commit is late exactly when its hold had ended"
                 );
                 let actual = Dims::call(usage.input, usage.output, *cost);
-                self.charge(&scope, ts, &actual);
+                self.settle(&h, ts, Some(&actual));
                 self.series.add(
                     &scope,
                     &model,
@@ -132,7 +155,9 @@ impl State {
                 self.holds.set_status(id, settled);
             }
             EntryKind::Release { id } | EntryKind::Expire { id } => {
+                let h = self.hold(id);
                 let (_, was_open) = self.end_hold(id);
+                self.settle(&h, ts, None);
                 assert!(was_open, "only an open hold is released or expires");
                 let ended = match e.kind {
                     EntryKind::Release { .. } => HoldStatus::Released { at: ts },
@@ -254,6 +279,85 @@ impl State {
             n.open_holds -= 1;
         }
         (h.scope, true)
+    }
+
+    /// Settles hold `h` (as it was before this entry) at `ts`: books its
+    /// `actual` usage (None: released or expired, nothing used) on its
+    /// scope and every ancestor, into their calendar and TOTAL limits, and
+    /// corrects their rolling windows, which counted it when it was made
+    /// (`Ring::settle`: the bucket of its reservation while that is still
+    /// in the window, an overrun in the current one after).
+    pub(in crate::state) fn settle(&mut self, h: &Hold, ts: u64, actual: Option<&Dims>) {
+        for s in chain(&h.scope) {
+            let n = self.node_mut(s);
+            if let Some(a) = actual {
+                n.spent.add(a);
+            }
+            for l in &mut n.limits {
+                let dim = l.spec.dim;
+                let used = actual.map_or(0, |a| a.get(dim));
+                match &mut l.counter {
+                    Counter::Rolling(r) => {
+                        // What the window counts of it now: all it held while
+                        // open; after an expiry, nothing if the expiry gave it
+                        // back, all of it if it had rolled off first.
+                        let held = h.amounts.get(dim);
+                        let counted = match h.status {
+                            HoldStatus::Open => held,
+                            HoldStatus::Expired { at } if r.counts(h.created_at, at) => 0,
+                            HoldStatus::Expired { .. } => held,
+                            _ => unreachable!("only open or expired holds are settled"),
+                        };
+                        r.settle(h.created_at, ts, counted, used);
+                    }
+                    c => {
+                        if actual.is_some() {
+                            c.charge(l.spec.window, ts, used);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the open holds at or below `scope` in the rolling limits
+    /// `which` (indexes into its limits), made at `ts`.
+    fn count_open_holds(&mut self, scope: &str, which: &[usize], ts: u64) {
+        let Some(open) = self.holds.open_made(|s| scope::is_within(s, scope)) else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(scope) else {
+            return;
+        };
+        for &i in which {
+            let l = &mut node.limits[i];
+            if let Counter::Rolling(r) = &mut l.counter {
+                for (made, amounts) in &open {
+                    r.add_at(*made, ts, amounts.get(l.spec.dim));
+                }
+            }
+        }
+    }
+
+    /// Counts every open hold in every rolling window: for a state from a
+    /// snapshot written before rolling windows counted holds when made
+    /// (snapshot layout 3), at `now`.
+    pub fn count_open_holds_in_rolling_windows(&mut self, now: u64) {
+        let scopes: Vec<(String, Vec<usize>)> = self
+            .nodes
+            .iter()
+            .map(|(s, n)| {
+                let which = (n.limits.iter().enumerate())
+                    .filter(|(_, l)| l.is_rolling())
+                    .map(|(i, _)| i)
+                    .collect();
+                (s.clone(), which)
+            })
+            .filter(|(_, w): &(String, Vec<usize>)| !w.is_empty())
+            .collect();
+        for (s, which) in scopes {
+            self.count_open_holds(&s, &which, now);
+        }
     }
 
     /// Books settled usage on the scope and every ancestor, and into every

@@ -377,20 +377,61 @@ impl Ring {
     }
 
     pub fn add(&mut self, now: u64, amount: u64) {
+        self.add_at(now, now, amount);
+    }
+
+    /// Moves the ring to `now`: zeroes the buckets between the newest
+    /// written and now, which hold usage from a lap ago (at most one full
+    /// lap needs wiping).
+    fn advance(&mut self, now: u64) {
         let cur = now / self.width;
         if cur > self.newest {
-            // Zero the buckets between the newest written and now: they hold
-            // usage from a lap ago (at most one full lap needs wiping).
             for k in 0..(cur - self.newest).min(self.len()) {
                 let slot = ((cur - k) % self.len()) as usize;
                 self.buckets[slot] = 0;
             }
             self.newest = cur;
-        } else if cur + self.len() <= self.newest {
-            return; // older than the whole window (time never runs backwards here)
         }
-        let slot = (cur % self.len()) as usize;
-        self.buckets[slot] = self.buckets[slot].saturating_add(amount);
+    }
+
+    /// Whether usage recorded at time `t` still counts at `now`.
+    pub fn counts(&self, t: u64, now: u64) -> bool {
+        t / self.width + self.len() > now / self.width
+    }
+
+    /// Adds `amount` to the bucket of time `t` (at or before `now`) if it
+    /// still counts at `now`; usage older than the window is dropped.
+    pub fn add_at(&mut self, t: u64, now: u64, amount: u64) {
+        if let Some(slot) = self.slot_of(t, now) {
+            self.buckets[slot] = self.buckets[slot].saturating_add(amount);
+        }
+    }
+
+    /// Moves the ring to `now` and gives the slot of time `t`'s bucket, if
+    /// that bucket is still in the window (after the newest written: never,
+    /// as time does not run backwards here).
+    fn slot_of(&mut self, t: u64, now: u64) -> Option<usize> {
+        self.advance(now);
+        let i = t / self.width;
+        (i + self.len() > self.newest && i <= self.newest).then(|| (i % self.len()) as usize)
+    }
+
+    /// Settles a request counted in the bucket of time `made`: `counted` of
+    /// it is in the window now, `actual` is what it used. While that bucket
+    /// is still in the window it is corrected (the unused part comes back
+    /// at once, an overrun joins the request); once it has rolled off, only
+    /// an overrun counts, in the current bucket.
+    pub fn settle(&mut self, made: u64, now: u64, counted: u64, actual: u64) {
+        if let Some(slot) = self.slot_of(made, now) {
+            let b = &mut self.buckets[slot];
+            *b = if actual >= counted {
+                b.saturating_add(actual - counted)
+            } else {
+                b.saturating_sub(counted - actual)
+            };
+        } else if actual > counted {
+            self.add(now, actual - counted);
+        }
     }
 
     /// Milliseconds from `now` until at least `excess` of the recorded usage
@@ -536,25 +577,94 @@ impl Limit {
         })
     }
 
-    /// How long until a request of `amount`, with `held` still held, would
-    /// fit; None when waiting cannot help (larger than the limit, or open
-    /// holds alone leave no room).
-    pub fn retry_after(&self, now: u64, held: u64, amount: u64) -> Option<u64> {
-        if held.saturating_add(amount) > self.spec.amount {
-            return None;
+    /// A rolling limit counts a request in the window when it is made, so
+    /// its ring holds open holds too; calendar and TOTAL limits count open
+    /// holds on top of their usage until they are settled.
+    pub fn is_rolling(&self) -> bool {
+        matches!(self.spec.window, Window::Rolling(_))
+    }
+
+    /// What the scope's open holds (`held` of this limit's dimension) add
+    /// to this limit's usage: all of it, or nothing for a rolling limit,
+    /// whose window already counts them.
+    pub fn held_part(&self, held: u64) -> u64 {
+        if self.is_rolling() {
+            0
+        } else {
+            held
         }
-        let used = self.used(now);
-        let excess = used
-            .saturating_add(held)
-            .saturating_add(amount)
-            .saturating_sub(self.spec.amount);
-        if excess == 0 {
-            return Some(0);
+    }
+
+    /// Why a request of `amount` does not fit, with `held` held by the open
+    /// holds at or below the limit's scope, and when it would (ms since the
+    /// epoch, None when waiting cannot help), if nothing else happens
+    /// meanwhile. `expired_by(need)` answers when those holds have freed
+    /// `need` by expiring. A rolling limit frees room as usage rolls off
+    /// (an open hold settled or expired sooner gives its part back sooner).
+    pub fn blocked(
+        &self,
+        now: u64,
+        held: u64,
+        amount: u64,
+        expired_by: impl Fn(u64) -> Option<u64>,
+    ) -> (Blocker, Option<u64>) {
+        let limit = self.spec.amount;
+        let (used, held) = (self.used(now), self.held_part(held));
+        if amount > limit {
+            return (Blocker::Limit, None);
         }
+        let over = |x: u64| x.saturating_add(amount).saturating_sub(limit);
         match (&self.counter, self.spec.window) {
-            (Counter::Period { .. }, Window::Calendar(p)) => Some(period_end(p, now) - now),
-            (Counter::Rolling(r), _) => r.time_to_free(now, excess),
-            _ => None,
+            (Counter::Rolling(r), _) => (
+                Blocker::Used,
+                r.time_to_free(now, over(used)).map(|t| now + t),
+            ),
+            (_, Window::Rolling(_)) => unreachable!("counter does not match its window"),
+            (_, Window::Total) if used.saturating_add(amount) > limit => (Blocker::Limit, None),
+            (_, Window::Total) => (Blocker::Held, expired_by(over(used.saturating_add(held)))),
+            (_, Window::Calendar(p)) => {
+                // After the period ends only the holds still open count.
+                let end = period_end(p, now);
+                let next_period = if over(held) == 0 {
+                    Some(end)
+                } else {
+                    expired_by(over(held)).map(|t| t.max(end))
+                };
+                if used.saturating_add(amount) <= limit {
+                    let by_expiry = expired_by(over(used.saturating_add(held)));
+                    let at = match (by_expiry, next_period) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    (Blocker::Held, at)
+                } else {
+                    (Blocker::Used, next_period)
+                }
+            }
+        }
+    }
+}
+
+/// What keeps a request from fitting a limit, which says what waiting does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocker {
+    /// The request is larger than the limit, or than what is left of a
+    /// TOTAL limit: waiting cannot help.
+    Limit,
+    /// Usage in the window or period: room comes back as it rolls off or
+    /// when the period ends.
+    Used,
+    /// Open holds: room comes back as they settle, at the latest when they
+    /// expire.
+    Held,
+}
+
+impl Blocker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocker::Limit => "limit",
+            Blocker::Used => "used",
+            Blocker::Held => "held",
         }
     }
 }

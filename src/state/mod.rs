@@ -229,6 +229,8 @@ struct Denial {
     scope: String,
     spec: LimitSpec,
     remaining: i128,
+    held: u64,
+    blocker: limit::Blocker,
     retry_after: Option<u64>,
 }
 

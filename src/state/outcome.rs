@@ -5,7 +5,7 @@
 
 use super::access::Access;
 use super::error::ErrorCode;
-use super::limit::{Dim, LimitSpec};
+use super::limit::{Blocker, Dim, LimitSpec};
 use super::reply::amount_value;
 use super::{Hold, HoldStatus, Settlement, Value};
 
@@ -28,6 +28,11 @@ pub struct Denied {
     pub limit: LimitSpec,
     /// What is left of the limit (negative past an overrun).
     pub remaining: i128,
+    /// What open holds take of a calendar or TOTAL limit (0 for a rolling
+    /// limit, whose window counts them as usage).
+    pub held: u64,
+    /// What keeps the request out: usage, open holds, or the limit itself.
+    pub reason: Blocker,
     /// When waiting lets it through; None: waiting cannot help.
     pub retry_after: Option<u64>,
     /// What the request asked for.
@@ -240,6 +245,8 @@ impl From<Outcome> for Value {
                     )),
                 ),
                 ("remaining", amount_value(d.limit.dim, d.remaining)),
+                ("held", amount_value(d.limit.dim, d.held as i128)),
+                ("reason", Value::str(d.reason.as_str())),
                 (
                     "retry_after_ms",
                     Value::Int(d.retry_after.map_or(-1, |t| t.min(i64::MAX as u64) as i64)),

@@ -33,7 +33,7 @@ pub(in crate::state) fn limit_value(
 ) -> Value {
     let dim = l.spec.dim;
     let used = l.used(now);
-    let held = node.held.get(dim);
+    let held = l.held_part(node.held.get(dim));
     let mut fields = Vec::with_capacity(8);
     if let Some(s) = scope {
         fields.push(("scope", Value::str(s)));

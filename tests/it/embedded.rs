@@ -3,7 +3,7 @@
 //! figures, verifies with `spendb ledger verify`, and serves over RESP.
 
 use spendb::embedded::{Error, Options, Reservation, Spendb};
-use spendb::state::limit::LimitSpec;
+use spendb::state::limit::{Blocker, LimitSpec};
 use spendb::state::price::Usage;
 use spendb::state::{ErrorCode, Value};
 
@@ -58,10 +58,13 @@ fn reserve_commit_release_spend_in_process_then_reopen_verify_and_serve() {
     let Reservation::Denied(d) = db.reserve("h2", "org:e", "gpt-4o", 500, 0).unwrap() else {
         panic!("600 held + 500 > 1000")
     };
+    // The open hold is what blocks: room comes back when it expires.
     assert_eq!(
-        (d.scope.as_str(), d.remaining, d.retry_after),
-        ("org:e", 400, None)
+        (d.scope.as_str(), d.remaining, d.held, d.reason),
+        ("org:e", 400, 600, Blocker::Held)
     );
+    let retry = d.retry_after.expect("waiting for the hold to expire helps");
+    assert!(retry > 0 && retry <= 10 * 60_000, "{retry}");
 
     let c = db
         .commit(

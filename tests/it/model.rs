@@ -5,10 +5,20 @@
 //! figure from scratch. Every reply and every balance must agree, and after
 //! every step:
 //! - held = the sum of the open holds at or below each scope, per dimension;
-//! - used = the sum of the settled amounts in each limit's window;
-//! - no grant takes `used + held` past a limit;
-//! - a denial names a limit that really is exceeded, and its retry_after_ms
-//!   is exact: the request fits at that moment and not a millisecond before.
+//! - a calendar or TOTAL limit's used = the sum of the settled amounts in
+//!   its window, and open holds count on top (`used + held`);
+//! - a rolling limit's used counts each request when it was made: an open
+//!   hold's amounts at its reservation time; a settled one's actual usage
+//!   there while that time is still in the window (the unused part came
+//!   back at once), or, settled after it rolled off, only its overrun, at
+//!   the settlement; an expired hold gives its amounts back if it expired
+//!   while still in the window;
+//! - no grant takes a limit past its amount;
+//! - a denial names a limit that really is exceeded, says why (`reason`:
+//!   the limit itself, usage, or open holds) and its retry_after_ms is
+//!   exact: the request fits at that moment and not a millisecond before,
+//!   if nothing else happens (open holds expiring at their time; a rolling
+//!   window's holds left open).
 //!
 //! At the end, replaying the emitted ledger into a fresh state, and a
 //! snapshot round trip, both give the same state.
@@ -16,9 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
-use spendb::state::limit::{
-    period_end, period_start, Dim, LimitSpec, Period, Window, ROLLING_BUCKETS,
-};
+use spendb::state::limit::{period_start, Dim, LimitSpec, Period, Window, ROLLING_BUCKETS};
 use spendb::state::price::{Price, Usage};
 use spendb::state::{Command, Config, Entry, ReserveArgs, State, Value};
 use spendb::store::recovery::{decode_snapshot, encode_snapshot};
@@ -117,7 +125,7 @@ enum RStatus {
     Open,
     Committed { usage: Usage, cost: u64, late: bool },
     Released,
-    Expired,
+    Expired { at: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +136,7 @@ struct RHold {
     output: u64,
     ttl: Option<u64>,
     amounts: [u64; 5],
+    made: u64,
     expires_at: u64,
     status: RStatus,
 }
@@ -136,8 +145,11 @@ struct RHold {
 struct Reference {
     /// scope → limits with the index of the step that started counting them.
     budgets: BTreeMap<String, Vec<(LimitSpec, u64)>>,
-    /// (scope, ts, step, amounts)
+    /// Settled usage: (scope, ts, step, amounts)
     charges: Vec<(String, u64, u64, [u64; 5])>,
+    /// What rolling windows of each length count besides open holds:
+    /// (window ms, scope, ts, step, amounts).
+    rolling: Vec<(u64, String, u64, u64, [u64; 5])>,
     holds: HashMap<String, RHold>,
     spends: HashMap<String, (String, String, Usage, u64)>,
     prices: HashMap<String, Price>,
@@ -197,6 +209,26 @@ impl Reference {
     }
 
     fn used(&self, scope: &str, spec: &LimitSpec, since_step: u64, now: u64) -> u64 {
+        if let Window::Rolling(ms) = spec.window {
+            let settled: u64 = (self.rolling.iter())
+                .filter(|(w, s, ts, step, _)| {
+                    *w == ms
+                        && within(s, scope)
+                        && *step > since_step
+                        && Self::in_window(spec.window, *ts, now)
+                })
+                .map(|(.., a)| a[spec.dim.index()])
+                .sum();
+            let open: u64 = (self.holds.values())
+                .filter(|h| {
+                    h.status == RStatus::Open
+                        && within(&h.scope, scope)
+                        && Self::in_window(spec.window, h.made, now)
+                })
+                .map(|h| h.amounts[spec.dim.index()])
+                .sum();
+            return settled + open;
+        }
         self.charges
             .iter()
             .filter(|(s, ts, step, _)| {
@@ -206,11 +238,15 @@ impl Reference {
             .sum()
     }
 
-    fn expire(&mut self, now: u64) {
-        for h in self.holds.values_mut() {
-            if h.status == RStatus::Open && h.expires_at <= now {
-                h.status = RStatus::Expired;
-            }
+    fn expire(&mut self, now: u64, step: u64) {
+        let due: Vec<String> = (self.holds.iter())
+            .filter(|(_, h)| h.status == RStatus::Open && h.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let h = self.holds[&id].clone();
+            self.settle_rolling(&h, step, now, [0; 5]);
+            self.holds.get_mut(&id).unwrap().status = RStatus::Expired { at: now };
         }
     }
 
@@ -238,10 +274,71 @@ impl Reference {
         out
     }
 
-    /// Whether `amounts` at `scope`, with `held` extra on top, fit a limit at `now`.
+    /// What open holds add to a limit: their amounts for calendar and TOTAL
+    /// limits; nothing for rolling ones (their windows count them).
+    fn held_part(&self, scope: &str, spec: &LimitSpec) -> u64 {
+        match spec.window {
+            Window::Rolling(_) => 0,
+            _ => self.held(scope)[spec.dim.index()],
+        }
+    }
+
+    /// Whether `amount` fits a limit at `now`.
     fn fits(&self, lscope: &str, spec: &LimitSpec, since: u64, now: u64, amount: u64) -> bool {
-        self.used(lscope, spec, since, now) + self.held(lscope)[spec.dim.index()] + amount
-            <= spec.amount
+        self.used(lscope, spec, since, now) + self.held_part(lscope, spec) + amount <= spec.amount
+    }
+
+    /// Whether `amount` fits a limit at a later time `at` if nothing else
+    /// happens: holds due by then have expired (a calendar or TOTAL limit
+    /// has their amounts back; a rolling window is taken as it is).
+    fn fits_at(&self, lscope: &str, spec: &LimitSpec, since: u64, at: u64, amount: u64) -> bool {
+        let held: u64 = match spec.window {
+            Window::Rolling(_) => 0,
+            _ => (self.holds.values())
+                .filter(|h| {
+                    h.status == RStatus::Open && within(&h.scope, lscope) && h.expires_at > at
+                })
+                .map(|h| h.amounts[spec.dim.index()])
+                .sum(),
+        };
+        self.used(lscope, spec, since, at) + held + amount <= spec.amount
+    }
+
+    /// Whether waiting can never let `amount` through a limit.
+    fn never_fits(
+        &self,
+        lscope: &str,
+        spec: &LimitSpec,
+        since: u64,
+        now: u64,
+        amount: u64,
+    ) -> bool {
+        amount > spec.amount
+            || (spec.window == Window::Total
+                && self.used(lscope, spec, since, now) + amount > spec.amount)
+    }
+
+    /// A hold settles at `now` (step `step`) having used `actual` (zero:
+    /// released or expired): what each rolling window length counts of it
+    /// from now on (see the module's doc).
+    fn settle_rolling(&mut self, h: &RHold, step: u64, now: u64, actual: [u64; 5]) {
+        for w in WINDOWS {
+            let Window::Rolling(ms) = *w else { continue };
+            if Self::in_window(*w, h.made, now) {
+                self.rolling
+                    .push((ms, h.scope.clone(), h.made, step, actual));
+            } else {
+                let counted = match h.status {
+                    RStatus::Expired { at } if Self::in_window(*w, h.made, at) => [0; 5],
+                    _ => h.amounts,
+                };
+                let extra: Vec<u64> = (0..5)
+                    .map(|d| actual[d].saturating_sub(counted[d]))
+                    .collect();
+                self.rolling
+                    .push((ms, h.scope.clone(), now, step, extra.try_into().unwrap()));
+            }
+        }
     }
 }
 
@@ -282,7 +379,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
     for (step, op) in ops.into_iter().enumerate() {
         let step = step as u64 + 1;
-        rf.expire(now);
+        rf.expire(now, step);
         let cmd = match &op {
             Op::BudgetSet(s, limits) => {
                 let mut specs: Vec<LimitSpec> = Vec::new();
@@ -349,7 +446,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             },
             Op::Advance(ms) => {
                 now += ms;
-                rf.expire(now);
+                rf.expire(now, step);
                 // Runs idle since before now - timeout are forgotten by tick.
                 let cutoff = now.saturating_sub(config.run_timeout_ms);
                 rf.runs.retain(|_, r| r.3 >= cutoff);
@@ -447,11 +544,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 output: a.output,
                                 ttl: a.ttl_ms,
                                 amounts,
+                                made: now,
                                 expires_at,
                                 status: RStatus::Open,
                             },
                         );
-                        // No grant takes used + held past a limit.
+                        // No grant takes a limit past its amount.
                         for s in ancestors(&a.scope) {
                             for (spec, since) in rf.budgets.get(&s).into_iter().flatten() {
                                 prop_assert!(
@@ -484,44 +582,52 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         let (s, spec, since) = named.unwrap().clone();
                         let amt = amounts[spec.dim.index()];
                         let retry = int(&reply, "retry_after_ms");
+                        let held = rf.held_part(&s, &spec);
+                        prop_assert_eq!(
+                            reply.field("held"),
+                            Some(&if spec.dim == Dim::Cost {
+                                Value::Money(held as i128)
+                            } else {
+                                Value::Int(held as i64)
+                            })
+                        );
+                        // Why: the limit itself, open holds, or usage.
+                        let used = rf.used(&s, &spec, since, now);
+                        let why = if rf.never_fits(&s, &spec, since, now, amt) {
+                            "limit"
+                        } else if held > 0 && used + amt <= spec.amount {
+                            "held"
+                        } else {
+                            "used"
+                        };
+                        prop_assert_eq!(reply.field("reason"), Some(&Value::str(why)));
                         if retry >= 0 {
                             let at = now + retry as u64;
                             prop_assert!(
-                                rf.fits(&s, &spec, since, at, amt),
+                                rf.fits_at(&s, &spec, since, at, amt),
                                 "still does not fit after retry_after {retry}"
                             );
                             if retry > 0 {
                                 prop_assert!(
-                                    !rf.fits(&s, &spec, since, at - 1, amt),
+                                    !rf.fits_at(&s, &spec, since, at - 1, amt),
                                     "retry_after {retry} is not the earliest"
                                 );
                             }
                             // And every other violated limit needs no longer a wait.
                             for (s2, spec2, since2) in &violated {
                                 let a2 = amounts[spec2.dim.index()];
-                                let can = rf.held(s2)[spec2.dim.index()] + a2 <= spec2.amount;
                                 prop_assert!(
-                                    can,
+                                    !rf.never_fits(s2, spec2, *since2, now, a2),
                                     "named a waitable limit while {s2} {spec2:?} can never fit"
                                 );
-                                if let Window::Calendar(p) = spec2.window {
-                                    prop_assert!(
-                                        period_end(p, now) <= at
-                                            || rf.fits(s2, spec2, *since2, at, a2)
-                                    );
-                                } else {
-                                    prop_assert!(
-                                        rf.fits(s2, spec2, *since2, at, a2),
-                                        "{s2} {spec2:?} not free at retry time"
-                                    );
-                                }
+                                prop_assert!(
+                                    rf.fits_at(s2, spec2, *since2, at, a2),
+                                    "{s2} {spec2:?} not free at retry time"
+                                );
                             }
                         } else {
                             prop_assert_eq!(retry, -1);
-                            prop_assert!(
-                                rf.held(&s)[spec.dim.index()] + amt > spec.amount
-                                    || matches!(spec.window, Window::Total)
-                            );
+                            prop_assert!(rf.never_fits(&s, &spec, since, now, amt));
                         }
                     }
                 } else {
@@ -548,8 +654,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             }
                         }
                         RStatus::Released => prop_assert_eq!(&got, "error:STATE"),
-                        RStatus::Open | RStatus::Expired => {
-                            let late = h.status == RStatus::Expired;
+                        RStatus::Open | RStatus::Expired { .. } => {
+                            let late = h.status != RStatus::Open;
                             let cost = Reference::cost(&rf.price(&h.model).unwrap(), usage);
                             prop_assert_eq!(&got, "committed");
                             prop_assert_eq!(money(&reply, "cost") as u64, cost);
@@ -564,12 +670,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 h.amounts[4].saturating_sub(cost)
                             };
                             prop_assert_eq!(money(&reply, "released") as u64, released);
-                            rf.charges.push((
-                                h.scope.clone(),
-                                now,
-                                step,
-                                call(usage.input, usage.output, cost),
-                            ));
+                            let actual = call(usage.input, usage.output, cost);
+                            rf.charges.push((h.scope.clone(), now, step, actual));
+                            rf.settle_rolling(&h, step, now, actual);
                             rf.holds.get_mut(hold).unwrap().status = RStatus::Committed {
                                 usage: *usage,
                                 cost,
@@ -582,10 +685,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Command::Release { hold } => match rf.holds.get(hold).map(|h| h.status.clone()) {
                 None => prop_assert_eq!(&got, "error:UNKNOWN"),
                 Some(RStatus::Committed { .. }) => prop_assert_eq!(&got, "error:STATE"),
-                Some(RStatus::Expired) => prop_assert_eq!(&got, "expired"),
+                Some(RStatus::Expired { .. }) => prop_assert_eq!(&got, "expired"),
                 Some(RStatus::Released) => prop_assert_eq!(&got, "released"),
                 Some(RStatus::Open) => {
                     prop_assert_eq!(&got, "released");
+                    let h = rf.holds[hold].clone();
+                    rf.settle_rolling(&h, step, now, [0; 5]);
                     rf.holds.get_mut(hold).unwrap().status = RStatus::Released;
                 }
             },
@@ -610,12 +715,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let cost = Reference::cost(&p, usage);
                     prop_assert_eq!(&got, "spent");
                     prop_assert_eq!(money(&reply, "cost") as u64, cost);
-                    rf.charges.push((
-                        scope.clone(),
-                        now,
-                        step,
-                        call(usage.input, usage.output, cost),
-                    ));
+                    let actual = call(usage.input, usage.output, cost);
+                    rf.charges.push((scope.clone(), now, step, actual));
+                    for w in WINDOWS {
+                        if let Window::Rolling(ms) = *w {
+                            rf.rolling.push((ms, scope.clone(), now, step, actual));
+                        }
+                    }
                     if let Some(i) = id {
                         rf.spends
                             .insert(i.clone(), (scope.clone(), model.clone(), *usage, cost));

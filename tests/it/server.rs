@@ -142,8 +142,12 @@ fn denials_carry_reasons_and_leave_nothing() {
     assert_eq!(d.s("scope"), "org:d");
     assert_eq!(d.s("limit"), "TOKENS PER DAY");
     assert_eq!(d.i("remaining"), 400);
-    // Open holds alone leave no room: waiting for the day to end cannot help.
-    assert_eq!(d.i("retry_after_ms"), -1);
+    // The open hold is what blocks: the denial says so, and the wait is
+    // until it expires (the default TTL, 10 minutes), not the day's end.
+    assert_eq!(d.i("held"), 600);
+    assert_eq!(d.s("reason"), "held");
+    let retry = d.i("retry_after_ms");
+    assert!(retry > 590_000 && retry <= 600_000, "{retry}");
     // The denial created no hold and claimed no id.
     assert!(err(&mut c, "HOLD.GET b").starts_with("UNKNOWN hold b"));
     assert_eq!(
@@ -155,8 +159,15 @@ fn denials_carry_reasons_and_leave_nothing() {
     q(&mut c, "COMMIT a INPUT 600 OUTPUT 0");
     let d = q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500");
     assert_eq!(d.s("status"), "denied");
+    assert_eq!((d.s("reason"), d.i("held")), ("used".to_string(), 0));
     let retry = d.i("retry_after_ms");
     assert!(retry > 0 && retry <= 86_400_000, "{retry}");
+    // Larger than the limit itself: waiting cannot help.
+    let d = q(&mut c, "RESERVE big org:d gpt-4o INPUT 1001");
+    assert_eq!(
+        (d.s("reason"), d.i("retry_after_ms")),
+        ("limit".to_string(), -1)
+    );
     let resets = limit(&q(&mut c, "BUDGET.GET org:d"), "TOKENS", "PER DAY").i("resets_at");
     assert_eq!(resets % 86_400_000, 0, "a day resets at UTC midnight");
 
@@ -376,6 +387,54 @@ fn rolling_windows_give_precise_retry_after() {
         q(&mut c, "RESERVE w3 agent:r gpt-4o INPUT 1").s("status"),
         "granted"
     );
+}
+
+#[test]
+fn rolling_windows_count_a_request_when_it_is_made() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    raw(&mut c, "BUDGET.SET org:r REQUESTS 5 ROLLING 2s").unwrap();
+    for i in 1..=5 {
+        let g = q(
+            &mut c,
+            &format!("RESERVE a{i} org:r gpt-4o INPUT 1 OUTPUT 1 TTL 60000"),
+        );
+        assert_eq!(g.s("status"), "granted");
+    }
+    // Five requests in the window, all still open: the sixth waits for the
+    // first to leave the window, not for any of them to finish.
+    let d = q(&mut c, "RESERVE a6 org:r gpt-4o INPUT 1 OUTPUT 1");
+    assert_eq!(
+        (d.s("status"), d.s("reason")),
+        ("denied".into(), "used".into())
+    );
+    assert_eq!(d.i("held"), 0);
+    let retry = d.i("retry_after_ms");
+    assert!(retry > 0 && retry <= 2_000, "{retry}");
+    let got = limit(&q(&mut c, "BUDGET.GET org:r"), "REQUESTS", "ROLLING 2s");
+    assert_eq!(
+        (got.i("used"), got.i("held"), got.i("remaining")),
+        (5, 0, 0)
+    );
+    std::thread::sleep(Duration::from_millis(retry as u64 + 50));
+    assert_eq!(
+        q(&mut c, "RESERVE a6 org:r gpt-4o INPUT 1 OUTPUT 1 TTL 60000").s("status"),
+        "granted",
+        "a1..a5 are still open, but they have left the window"
+    );
+    // A request released while still in the window gives its room back at
+    // once; one committed keeps its actual usage there.
+    raw(&mut c, "BUDGET.SET org:t TOKENS 100 ROLLING 1h").unwrap();
+    q(&mut c, "RESERVE t1 org:t gpt-4o INPUT 50 OUTPUT 50");
+    let d = q(&mut c, "RESERVE t2 org:t gpt-4o INPUT 10 OUTPUT 0");
+    assert_eq!(d.s("status"), "denied");
+    q(&mut c, "COMMIT t1 INPUT 50 OUTPUT 10");
+    let got = limit(&q(&mut c, "BUDGET.GET org:t"), "TOKENS", "ROLLING 1h");
+    assert_eq!(got.i("used"), 60);
+    q(&mut c, "RESERVE t2 org:t gpt-4o INPUT 20 OUTPUT 20");
+    q(&mut c, "RELEASE t2");
+    let got = limit(&q(&mut c, "BUDGET.GET org:t"), "TOKENS", "ROLLING 1h");
+    assert_eq!(got.i("used"), 60);
 }
 
 #[test]

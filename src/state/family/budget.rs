@@ -140,7 +140,7 @@ impl State {
             .iter()
             .map(|l| {
                 let dim = l.spec.dim;
-                let (used, held) = (l.used(now) as u128, node.held.get(dim) as u128);
+                let (used, held) = (l.used(now) as u128, l.held_part(node.held.get(dim)) as u128);
                 let mut f = vec![
                     ("dim", Value::str(dim.name())),
                     ("window", Value::Str(l.spec.window.describe())),

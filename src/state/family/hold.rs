@@ -54,6 +54,8 @@ impl State {
                 scope: d.scope,
                 limit: d.spec,
                 remaining: d.remaining,
+                held: d.held,
+                reason: d.blocker,
                 retry_after: d.retry_after,
                 tokens: amounts.get(Dim::Tokens),
                 cost,
@@ -84,15 +86,20 @@ impl State {
             };
             for l in &node.limits {
                 let dim = l.spec.dim;
-                let (amt, held, used) = (amounts.get(dim), node.held.get(dim), l.used(now));
+                let (amt, used) = (amounts.get(dim), l.used(now));
+                let held = l.held_part(node.held.get(dim));
                 if (used as u128) + (held as u128) + (amt as u128) <= l.spec.amount as u128 {
                     continue;
                 }
+                let (blocker, at) =
+                    l.blocked(now, held, amt, |need| self.expired_by(now, s, dim, need));
                 let d = Denial {
                     scope: s.to_string(),
                     spec: l.spec,
                     remaining: l.spec.amount as i128 - used as i128 - held as i128,
-                    retry_after: l.retry_after(now, held, amt),
+                    held,
+                    blocker,
+                    retry_after: at.map(|t| t.saturating_sub(now)),
                 };
                 let worse = match (&worst, d.retry_after) {
                     (None, _) => true,
@@ -105,6 +112,32 @@ impl State {
             }
         }
         worst
+    }
+
+    /// When the open holds at or below `scope` have freed `need` of `dim`
+    /// by expiring (none settling first): the earliest expiry that does it.
+    /// With more open holds than [`bounds::MAX_EXPIRY_SCAN`] it answers the
+    /// earliest expiry of any open hold, a lower bound, rather than scan
+    /// them all on every denial.
+    fn expired_by(&self, now: u64, scope: &str, dim: Dim, need: u64) -> Option<u64> {
+        if need == 0 {
+            return Some(now);
+        }
+        let Some(mut open) = self
+            .holds
+            .open_expiries(|s| scope::is_within(s, scope), bounds::MAX_EXPIRY_SCAN)
+        else {
+            return self.holds.next_expiry().map(|t| t.max(now));
+        };
+        open.sort_unstable_by_key(|(t, _)| *t);
+        let mut freed = 0u64;
+        for (t, a) in open {
+            freed = freed.saturating_add(a.get(dim));
+            if freed >= need {
+                return Some(t.max(now));
+            }
+        }
+        None
     }
 
     pub(in crate::state) fn commit(

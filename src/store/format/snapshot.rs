@@ -1,4 +1,4 @@
-//! Snapshot layout 3: the state at a ledger position, as `[crc32][bincode 2
+//! Snapshot layout 4: the state at a ledger position, as `[crc32][bincode 2
 //! of (layout, state)]`. The state's parts in order: next seq, last time,
 //! scopes (limits with their counters, held, spent, open holds, loop-guard
 //! denials, savings), the hold table (string table, open holds, settled
@@ -10,7 +10,12 @@
 //! records) are refused by number; 3 added the calendar limits' recent
 //! usage. Layout 3 was first written by serde derives on the state's own
 //! types (until issue #13); these types reproduce it byte for byte
-//! (`tests/it/compat.rs` reads a data dir of that release).
+//! (`tests/it/compat.rs` reads a data dir of that release). Layout 4 has
+//! the same bytes with a new meaning: rolling windows count open holds
+//! from when they were made (issue #14). A layout 3 snapshot is read and
+//! its open holds are then counted in its rolling windows at its last time
+//! (`State::count_open_holds_in_rolling_windows`); `ledger verify`
+//! compares such a snapshot with the replay leaving rolling windows out.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -33,7 +38,15 @@ use crate::store::frame;
 
 /// Written first, so a snapshot of another layout is refused by number
 /// (recovery then falls back to an older one or to the whole ledger).
-pub const SNAPSHOT_LAYOUT: u32 = 0x5350_4433;
+pub const SNAPSHOT_LAYOUT: u32 = 0x5350_4434;
+/// The layout before rolling windows counted holds when made: read, then
+/// brought to layout 4's meaning.
+pub const SNAPSHOT_LAYOUT_3: u32 = 0x5350_4433;
+
+/// The layout number a snapshot was written with.
+pub fn layout(bytes: &[u8]) -> Result<u32, String> {
+    frame::decode_prefix(bytes)
+}
 
 type Text<'a> = Cow<'a, str>;
 
@@ -608,10 +621,10 @@ fn state_in(s: StateIn, config: &Config) -> State {
 /// Reads a snapshot stored at ledger position `seq`: refused when its
 /// layout is not this build's, its CRC fails, or it holds another position.
 pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> {
-    let layout: u32 = frame::decode_prefix(bytes)?;
-    if layout != SNAPSHOT_LAYOUT {
+    let layout = layout(bytes)?;
+    if layout != SNAPSHOT_LAYOUT && layout != SNAPSHOT_LAYOUT_3 {
         return Err(format!(
-            "snapshot layout {layout:#x}, this build reads {SNAPSHOT_LAYOUT:#x}"
+            "snapshot layout {layout:#x}, this build reads {SNAPSHOT_LAYOUT:#x} and {SNAPSHOT_LAYOUT_3:#x}"
         ));
     }
     let (_, s): (u32, StateIn) = frame::decode(bytes)?;
@@ -621,13 +634,61 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
             s.next_seq - 1
         ));
     }
-    Ok(state_in(s, config))
+    let mut state = state_in(s, config);
+    if layout == SNAPSHOT_LAYOUT_3 {
+        let now = state.last_ts;
+        state.count_open_holds_in_rolling_windows(now);
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::Hold;
+
+    #[test]
+    fn a_layout_3_snapshot_counts_its_open_holds_in_rolling_windows() {
+        use crate::state::limit::{Counter, Ring, Window};
+        use crate::state::{Command, ReserveArgs};
+        let config = Config::default();
+        let mut st = State::new(config.clone());
+        let mut out = Vec::new();
+        let t0 = 1_795_305_600_000;
+        let budget = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![crate::state::limit::LimitSpec {
+                dim: crate::state::limit::Dim::Requests,
+                window: Window::Rolling(60_000),
+                amount: 10,
+            }],
+        };
+        st.apply(t0, &budget, &mut out);
+        let reserve = Command::Reserve(ReserveArgs {
+            hold: "h".into(),
+            scope: "org:a/agent:x".into(),
+            model: "gpt-4o".into(),
+            input: 1,
+            output: 1,
+            ttl_ms: None,
+        });
+        st.apply(t0 + 1_000, &reserve, &mut out);
+        let used = |s: &State| s.nodes.get("org:a").unwrap().limits[0].used(t0 + 2_000);
+        assert_eq!(used(&st), 1);
+        // What the release before issue #14 wrote: the hold open, the window
+        // empty (it counted holds when settled).
+        let mut old = st.clone();
+        old.nodes.get_mut("org:a").unwrap().limits[0].counter = Counter::Rolling(Ring::new(60_000));
+        let bytes = frame::encode(&(SNAPSHOT_LAYOUT_3, state_out(&old)));
+        assert_eq!(layout(&bytes).unwrap(), SNAPSHOT_LAYOUT_3);
+        let back = decode(st.next_seq - 1, &bytes, &config).unwrap();
+        assert_eq!(used(&back), 1, "the open hold counts in the window again");
+        // Another layout is refused by number.
+        let other = frame::encode(&(0x5350_4432u32, state_out(&st)));
+        assert!(decode(st.next_seq - 1, &other, &config)
+            .unwrap_err()
+            .contains("layout 0x53504432"));
+    }
 
     #[test]
     fn idd_spends_are_forgotten_after_a_snapshot_as_they_would_have_been() {
