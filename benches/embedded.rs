@@ -63,7 +63,7 @@ fn reserve_commit(c: &mut Criterion) {
                         scope: "org:bench/agent:a".into(),
                         model: "gpt-4o".into(),
                         input: 100,
-                        output: 50,
+                        output: 50.into(),
                         ttl_ms: None,
                     }));
                     batch.push(Command::Commit { hold, usage });

@@ -40,7 +40,7 @@ use crate::state::limit::LimitSpec;
 use crate::state::money::Nanos;
 use crate::state::outcome::{Committed, Denied, Granted, Released, Spent};
 use crate::state::price::Usage;
-use crate::state::{Command, ErrorCode, Outcome, ReserveArgs, Value};
+use crate::state::{Command, ErrorCode, Outcome, OutputAsk, ReserveArgs, Value};
 use crate::store::cache::{Cache, CacheLimits};
 use crate::store::recovery::RecoveryInfo;
 use crate::store::LogStore;
@@ -185,14 +185,14 @@ impl Spendb {
         scope: &str,
         model: &str,
         input: u64,
-        output: u64,
+        output: impl Into<OutputAsk>,
     ) -> Result<Reservation, Error> {
         self.reserve_with(ReserveArgs {
             hold: hold.into(),
             scope: scope.into(),
             model: model.into(),
             input,
-            output,
+            output: output.into(),
             ttl_ms: None,
         })
     }
@@ -276,6 +276,7 @@ impl Spendb {
             output,
             cached: None,
             cache_write: None,
+            max_output: None,
         })
     }
 

@@ -229,6 +229,10 @@ pub struct PriceBody {
     cached: Option<serde_json::Value>,
     #[schema(value_type = Option<String>)]
     cache_write: Option<serde_json::Value>,
+    /// The model's maximum output tokens (a RESERVE without OUTPUT holds
+    /// this many); omitted: what is known stays.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000u64)]
+    max_output: Option<u64>,
 }
 
 /// Sets a model's price (PRICE.SET).
@@ -252,6 +256,7 @@ pub async fn put_price(State(ctx): State<Ctx>, Path(model): Path<String>, raw: B
             .as_ref()
             .map(|c| usd(c, "CACHEWRITE"))
             .transpose()?,
+        max_output: p.max_output,
     };
     run(&ctx, cmd).await
 }

@@ -7,7 +7,7 @@ use crate::state::commands::{self, CommandSpec};
 use crate::state::limit::{parse_count, LimitSpec};
 use crate::state::money::parse_usd;
 use crate::state::price::Usage;
-use crate::state::{Command, ErrorCode, ReserveArgs, Value};
+use crate::state::{Command, ErrorCode, OutputAsk, ReserveArgs, Value};
 
 pub type Args<'a> = [Cow<'a, [u8]>];
 
@@ -146,7 +146,11 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                 scope: arg(1, "scope")?,
                 model: arg(2, "model")?,
                 input: uint(input, "INPUT")?,
-                output: o[1].map(|v| uint(v, "OUTPUT")).transpose()?.unwrap_or(0),
+                output: match o[1] {
+                    None => OutputAsk::Max,
+                    Some(v) if v.eq_ignore_ascii_case(b"AUTO") => OutputAsk::Auto,
+                    Some(v) => OutputAsk::Tokens(uint(v, "OUTPUT")?),
+                },
                 ttl_ms: o[2].map(|v| uint(v, "TTL")).transpose()?,
             })
         }
@@ -202,7 +206,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
             let o = options(
                 name,
                 &args[1..],
-                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE"],
+                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE", "MAXOUTPUT"],
             )?;
             let (Some(i), Some(out)) = (o[0], o[1]) else {
                 return Err(syntax(name));
@@ -213,6 +217,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                 output: usd(out, "OUTPUT")?,
                 cached: o[2].map(|v| usd(v, "CACHED")).transpose()?,
                 cache_write: o[3].map(|v| usd(v, "CACHEWRITE")).transpose()?,
+                max_output: o[4].map(|v| uint(v, "MAXOUTPUT")).transpose()?,
             }
         }
         "price.get" => Command::PriceGet {
@@ -274,7 +279,7 @@ mod tests {
                 scope: "org:a".into(),
                 model: "gpt-4o".into(),
                 input: 10,
-                output: 20,
+                output: crate::state::OutputAsk::Tokens(20),
                 ttl_ms: Some(5000)
             })
         );

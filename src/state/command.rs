@@ -14,10 +14,59 @@ pub struct ReserveArgs {
     pub scope: String,
     pub model: String,
     pub input: u64,
-    /// Cap on output tokens (max_tokens); 0 when not given.
-    pub output: u64,
+    /// How many output tokens to hold.
+    pub output: OutputAsk,
     /// As the client gave it; None means the default TTL.
     pub ttl_ms: Option<u64>,
+}
+
+/// How a RESERVE sizes its hold's output tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputAsk {
+    /// `OUTPUT <n>` (the call's max_tokens): n, clamped to the model's
+    /// maximum output.
+    Tokens(u64),
+    /// No OUTPUT: the model's maximum output, or the server's default
+    /// output (`--default-output`) when the price table does not know it.
+    Max,
+    /// `OUTPUT AUTO`: as `Max`, or less: the most the scope's limits still
+    /// have room for, when that is smaller (at least 1).
+    Auto,
+}
+
+/// `OUTPUT <n>`.
+impl From<u64> for OutputAsk {
+    fn from(n: u64) -> OutputAsk {
+        OutputAsk::Tokens(n)
+    }
+}
+
+/// How the output tokens a hold took were chosen (`output_from` in the
+/// reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFrom {
+    /// OUTPUT as given.
+    Given,
+    /// OUTPUT was above the model's maximum output: clamped to it.
+    Clamped,
+    /// No OUTPUT: the model's maximum output.
+    Model,
+    /// No OUTPUT, no maximum known: `--default-output`.
+    Default,
+    /// OUTPUT AUTO: the room left by the limits, below the maximum.
+    Room,
+}
+
+impl OutputFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFrom::Given => "given",
+            OutputFrom::Clamped => "clamped",
+            OutputFrom::Model => "model",
+            OutputFrom::Default => "default",
+            OutputFrom::Room => "room",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +121,8 @@ pub enum Command {
         output: u64,
         cached: Option<u64>,
         cache_write: Option<u64>,
+        /// The model's maximum output tokens; None keeps what is known.
+        max_output: Option<u64>,
     },
     PriceGet {
         model: String,

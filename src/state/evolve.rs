@@ -196,7 +196,11 @@ impl State {
                 }
             }
             EntryKind::PriceSet { model, price } => {
-                self.prices.insert(model.clone(), *price);
+                // An entry without a maximum output (written before there
+                // were any) keeps the one the model had.
+                let known = self.prices.get(model).and_then(|p| p.max_output);
+                let price = price.with_max_output(price.max_output.or(known));
+                self.prices.insert(model.clone(), price);
             }
             EntryKind::Step { run, scope, sig } => {
                 self.runs.step(run, scope.as_deref(), *sig, ts);

@@ -67,7 +67,7 @@ impl std::hash::BuildHasher for FixedHasher {
 
 pub use access::Access;
 pub use audit::Digest;
-pub use command::{Command, ReserveArgs, Value};
+pub use command::{Command, OutputAsk, OutputFrom, ReserveArgs, Value};
 pub use entry::{Entry, EntryKind};
 pub use error::ErrorCode;
 pub use holds::{Hold, HoldTable};
@@ -85,6 +85,9 @@ pub use bounds::MAX_MODEL_LEN;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub default_ttl_ms: u64,
+    /// Output tokens a RESERVE without OUTPUT holds when the model's
+    /// maximum output is not known (`--default-output`).
+    pub default_output: u64,
     pub max_ttl_ms: u64,
     /// How long a settled hold or an ID'd spend is remembered, so a retried
     /// RESERVE / COMMIT / SPEND gets its first answer back.
@@ -103,6 +106,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             default_ttl_ms: 10 * 60_000,
+            default_output: 4096,
             max_ttl_ms: 24 * 3_600_000,
             id_retention_ms: 10 * 60_000,
             default_price: None,
@@ -376,7 +380,11 @@ impl State {
                 output,
                 cached,
                 cache_write,
-            } => self.price_set(now, model, (*input, *output, *cached, *cache_write), out),
+                max_output,
+            } => {
+                let price = Price::new(*input, *output, *cached, *cache_write);
+                self.price_set(now, model, price, *max_output, out)
+            }
             Command::PriceGet { model } => self.price_get(model).into(),
             Command::PriceList => self.price_list().into(),
             Command::Step {
@@ -536,7 +544,7 @@ mod tests {
                 scope: "org:a".into(),
                 model: "gpt-4o".into(),
                 input: 1,
-                output: 0,
+                output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: Some(ttl),
             });
             st.apply(now, &r, &mut out);

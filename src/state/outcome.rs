@@ -7,13 +7,16 @@ use super::access::Access;
 use super::error::ErrorCode;
 use super::limit::{Blocker, Dim, LimitSpec};
 use super::reply::amount_value;
-use super::{Hold, HoldStatus, Settlement, Value};
+use super::{Hold, HoldStatus, OutputFrom, Settlement, Value};
 
 /// A RESERVE granted (or replayed: the same hold again).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Granted {
     pub hold: String,
     pub tokens: u64,
+    /// Output tokens held, and how they were chosen.
+    pub output: u64,
+    pub output_from: OutputFrom,
     /// nano-USD held.
     pub cost: u64,
     pub expires_at: u64,
@@ -124,10 +127,12 @@ impl Outcome {
     }
 
     /// A RESERVE's grant of hold `id` (new or replayed).
-    pub fn granted(id: &str, h: &Hold) -> Outcome {
+    pub fn granted(id: &str, h: &Hold, output_from: OutputFrom) -> Outcome {
         Outcome::Granted(Granted {
             hold: id.to_string(),
             tokens: h.amounts.get(Dim::Tokens),
+            output: h.output,
+            output_from,
             cost: h.amounts.get(Dim::Cost),
             expires_at: h.expires_at,
         })
@@ -229,6 +234,8 @@ impl From<Outcome> for Value {
                 ("status", Value::str("granted")),
                 ("hold", Value::Str(g.hold)),
                 ("tokens", int(g.tokens)),
+                ("output", int(g.output)),
+                ("output_from", Value::str(g.output_from.as_str())),
                 ("cost", money(g.cost)),
                 ("expires_at", int(g.expires_at)),
             ]),

@@ -16,6 +16,9 @@ pub struct Price {
     pub output: Nanos,
     pub cached: Nanos,
     pub cache_write: Nanos,
+    /// The most output tokens one call of the model can produce, when
+    /// known: what a RESERVE without OUTPUT holds, and the cap on OUTPUT.
+    pub max_output: Option<u64>,
 }
 
 /// Token counts of one settled call. `cached` and `cache_write` are the parts
@@ -51,7 +54,13 @@ impl Price {
             output,
             cached: cached.unwrap_or(input),
             cache_write: cache_write.unwrap_or(input),
+            max_output: None,
         }
+    }
+
+    /// The same price with the model's maximum output tokens.
+    pub fn with_max_output(self, max_output: Option<u64>) -> Price {
+        Price { max_output, ..self }
     }
 
     /// What a settled call cost, rounded up to the nano-dollar.
@@ -93,6 +102,8 @@ struct PriceRow {
     output: String,
     cached: Option<String>,
     cachewrite: Option<String>,
+    /// Maximum output tokens of one call.
+    max_output: Option<u64>,
 }
 
 pub const DEFAULT_PRICES_TOML: &str = include_str!("../../data/prices.toml");
@@ -108,7 +119,14 @@ pub fn parse_price_table(text: &str) -> Result<super::Map<String, Price>, String
             p(&row.output)?,
             row.cached.as_deref().map(p).transpose()?,
             row.cachewrite.as_deref().map(p).transpose()?,
-        );
+        )
+        .with_max_output(row.max_output);
+        if let Some(m) = row.max_output {
+            super::bounds::check_tokens(m, &format!("max_output of {model}"))?;
+            if m == 0 {
+                return Err(format!("max_output of {model} must be at least 1"));
+            }
+        }
         out.insert(model.to_ascii_lowercase(), price);
     }
     Ok(out)
@@ -221,6 +239,7 @@ mod tests {
             output: 15_000_000_000,
             cached: 300_000_000,
             cache_write: 3_750_000_000,
+            max_output: None,
         };
         let u = Usage {
             input: 1_000_000,

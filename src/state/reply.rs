@@ -151,5 +151,9 @@ pub(in crate::state) fn price_value(model: &str, matched: &str, p: &Price) -> Va
         ("matched", Value::str(matched)),
     ];
     f.extend(p.describe().into_iter().map(|(k, v)| (k, Value::Str(v))));
+    f.push((
+        "max_output",
+        p.max_output.map_or(Value::Null, |m| Value::Int(m as i64)),
+    ));
     Value::Map(f)
 }

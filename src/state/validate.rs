@@ -6,7 +6,7 @@
 use super::bounds::{
     check_id, check_model, check_tokens, check_usd, MAX_LIMIT_AMOUNT, MAX_PRICE, MAX_RUN_STEPS,
 };
-use super::command::Command;
+use super::command::{Command, OutputAsk};
 use super::limit::Dim;
 use super::price::Usage;
 use super::scope::MAX_SCOPE_LEN;
@@ -52,7 +52,10 @@ pub fn check(cmd: &Command) -> Result<(), String> {
             check_id(&a.hold, "hold id")?;
             check_model(&a.model)?;
             check_tokens(a.input, "INPUT")?;
-            check_tokens(a.output, "OUTPUT")
+            match a.output {
+                OutputAsk::Tokens(n) => check_tokens(n, "OUTPUT"),
+                OutputAsk::Max | OutputAsk::Auto => Ok(()),
+            }
         }
         Command::Commit { hold, usage } => {
             check_id(hold, "hold id")?;
@@ -87,8 +90,15 @@ pub fn check(cmd: &Command) -> Result<(), String> {
             output,
             cached,
             cache_write,
+            max_output,
         } => {
             check_model(model)?;
+            if let Some(m) = max_output {
+                check_tokens(*m, "MAXOUTPUT")?;
+                if *m == 0 {
+                    return Err("MAXOUTPUT must be at least 1".into());
+                }
+            }
             let prices = [Some(*input), Some(*output), *cached, *cache_write];
             if prices.into_iter().flatten().any(|p| p > MAX_PRICE) {
                 return Err("a price must be at most $1000000 per million tokens".into());
@@ -142,7 +152,7 @@ mod tests {
             scope: "org:a".into(),
             model: model.into(),
             input,
-            output,
+            output: crate::state::OutputAsk::Tokens(output),
             ttl_ms: None,
         })
     }
@@ -242,6 +252,7 @@ mod tests {
             output: p[1].unwrap_or(0),
             cached: p[2],
             cache_write: p[3],
+            max_output: None,
         };
         assert!(check(&price(&model, [Some(MAX_PRICE); 4])).is_ok());
         for i in 0..4 {

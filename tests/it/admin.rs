@@ -41,7 +41,10 @@ fn budgets_balances_holds_prices_and_cache_stats() {
         &mut c,
         "RESERVE h1 org:acme/team:search/agent:a gpt-4o INPUT 1000 OUTPUT 500",
     );
-    q(&mut c, "RESERVE h2 org:acme/agent:b gpt-4o INPUT 100");
+    q(
+        &mut c,
+        "RESERVE h2 org:acme/agent:b gpt-4o INPUT 100 OUTPUT 0",
+    );
     let (st, v) = h.get("/v1/balances/org:acme/team:search");
     assert_eq!(st, 200);
     assert_eq!(v["held"]["tokens"], json!(1500));
@@ -257,9 +260,9 @@ fn metrics_and_the_openapi_document() {
     let h = Http::new(&s, None);
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET org:m TOKENS 100 PER DAY").unwrap();
-    q(&mut c, "RESERVE m1 org:m gpt-4o INPUT 10");
+    q(&mut c, "RESERVE m1 org:m gpt-4o INPUT 10 OUTPUT 0");
     assert_eq!(
-        q(&mut c, "RESERVE m2 org:m gpt-4o INPUT 1000").s("status"),
+        q(&mut c, "RESERVE m2 org:m gpt-4o INPUT 1000 OUTPUT 0").s("status"),
         "denied"
     );
     // Settled spend by top-level scope and model (1M gpt-4o input = $2.50).
@@ -341,8 +344,8 @@ fn the_ledger_in_pages_with_filters() {
     let h = Http::new(&s, None);
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET org:a TOKENS 100000 PER DAY").unwrap(); // 1
-    q(&mut c, "RESERVE l1 org:a/agent:x gpt-4o INPUT 10"); // 2
-    q(&mut c, "RESERVE l2 org:b gpt-4o INPUT 10"); // 3
+    q(&mut c, "RESERVE l1 org:a/agent:x gpt-4o INPUT 10 OUTPUT 0"); // 2
+    q(&mut c, "RESERVE l2 org:b gpt-4o INPUT 10 OUTPUT 0"); // 3
     q(&mut c, "COMMIT l1 INPUT 10 OUTPUT 1"); // 4
     q(&mut c, "RELEASE l2"); // 5
 
@@ -427,10 +430,13 @@ fn spend_reports_by_scope_model_and_time() {
         "RESERVE r1 org:a/team:x/agent:1 gpt-4o INPUT 1000 OUTPUT 1000",
     );
     q(&mut c, "COMMIT r1 INPUT 1000 OUTPUT 500"); // 0.0025 + 0.005 = 0.0075
-    q(&mut c, "RESERVE r2 org:b/agent:2 gpt-4o-mini INPUT 1000");
+    q(
+        &mut c,
+        "RESERVE r2 org:b/agent:2 gpt-4o-mini INPUT 1000 OUTPUT 0",
+    );
     q(&mut c, "COMMIT r2 INPUT 1000 OUTPUT 0"); // gpt-4o-mini: $0.15/M → 0.00015
     q(&mut c, "SPEND org:a/team:y gpt-4o INPUT 2000 OUTPUT 0"); // 0.005
-    q(&mut c, "RESERVE r3 org:a gpt-4o INPUT 50"); // open: not spend
+    q(&mut c, "RESERVE r3 org:a gpt-4o INPUT 50 OUTPUT 0"); // open: not spend
     raw(&mut c, "CACHE.SET llm k v COST 0.25").unwrap();
     raw(&mut c, "CACHE.GET llm k SCOPE org:b/agent:2").unwrap();
 

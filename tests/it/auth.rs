@@ -113,8 +113,8 @@ fn non_loopback_bind_needs_a_password_or_an_explicit_opt_out() {
 fn dbsize_time_and_client_info() {
     let s = Server::start(&[]);
     let mut c = s.conn();
-    q(&mut c, "RESERVE t1 org:t gpt-4o INPUT 1");
-    q(&mut c, "RESERVE t2 org:t gpt-4o INPUT 1");
+    q(&mut c, "RESERVE t1 org:t gpt-4o INPUT 1 OUTPUT 0");
+    q(&mut c, "RESERVE t2 org:t gpt-4o INPUT 1 OUTPUT 0");
     assert_eq!(raw(&mut c, "DBSIZE").unwrap(), redis::Value::Int(2));
     let redis::Value::Array(t) = raw(&mut c, "TIME").unwrap() else {
         panic!()
@@ -137,7 +137,7 @@ fn dbsize_time_and_client_info() {
 fn info_sections() {
     let s = Server::start(&["--durability", "interval:100"]);
     let mut c = s.conn();
-    q(&mut c, "RESERVE i1 org:i gpt-4o INPUT 1");
+    q(&mut c, "RESERVE i1 org:i gpt-4o INPUT 1 OUTPUT 0");
     let all = string(&raw(&mut c, "INFO").unwrap());
     for section in [
         "# Server",
@@ -196,11 +196,18 @@ fn users_are_confined_to_their_commands_and_scopes() {
     let mut ops = conn("ops", "ops-pass");
     raw(&mut ops, "BUDGET.SET org:acme TOKENS 1000 PER DAY").unwrap();
     raw(&mut ops, "BUDGET.SET org:other TOKENS 1000 PER DAY").unwrap();
-    q(&mut ops, "RESERVE other-hold org:other gpt-4o INPUT 10");
+    q(
+        &mut ops,
+        "RESERVE other-hold org:other gpt-4o INPUT 10 OUTPUT 0",
+    );
 
     let mut agent = conn("acme-agent", "acme-pass");
     assert_eq!(
-        q(&mut agent, "RESERVE a1 org:acme/agent:x gpt-4o INPUT 10").s("status"),
+        q(
+            &mut agent,
+            "RESERVE a1 org:acme/agent:x gpt-4o INPUT 10 OUTPUT 0"
+        )
+        .s("status"),
         "granted"
     );
     assert_eq!(
@@ -208,10 +215,14 @@ fn users_are_confined_to_their_commands_and_scopes() {
         "committed"
     );
     // Another org: neither reserve, nor read, nor touch its holds.
-    assert!(err(&mut agent, "RESERVE a2 org:other gpt-4o INPUT 10")
-        .starts_with("NOPERM scope org:other is outside"));
-    assert!(err(&mut agent, "RESERVE a2 org:acme2 gpt-4o INPUT 10")
-        .starts_with("NOPERM scope org:acme2"));
+    assert!(
+        err(&mut agent, "RESERVE a2 org:other gpt-4o INPUT 10 OUTPUT 0")
+            .starts_with("NOPERM scope org:other is outside")
+    );
+    assert!(
+        err(&mut agent, "RESERVE a2 org:acme2 gpt-4o INPUT 10 OUTPUT 0")
+            .starts_with("NOPERM scope org:acme2")
+    );
     assert!(err(&mut agent, "BALANCE org:other").starts_with("NOPERM"));
     assert!(err(&mut agent, "SPEND org:other gpt-4o INPUT 1 OUTPUT 1").starts_with("NOPERM"));
     assert!(err(&mut agent, "HOLD.GET other-hold").starts_with("UNKNOWN hold other-hold"));
@@ -231,8 +242,10 @@ fn users_are_confined_to_their_commands_and_scopes() {
         redis::Value::Array(vec![redis::Value::BulkString(b"org:acme".to_vec())])
     );
     assert!(err(&mut viewer, "BUDGET.GET org:other").starts_with("NOPERM"));
-    assert!(err(&mut viewer, "RESERVE v1 org:acme gpt-4o INPUT 1")
-        .starts_with("NOPERM this user has no permissions"));
+    assert!(
+        err(&mut viewer, "RESERVE v1 org:acme gpt-4o INPUT 1 OUTPUT 0")
+            .starts_with("NOPERM this user has no permissions")
+    );
     // Wrong password, unknown user.
     assert!(
         redis::Client::open(format!("redis://acme-agent:ops-pass@127.0.0.1:{}/", s.port))

@@ -70,7 +70,11 @@ fn a_data_dir_of_the_previous_release_verifies_exports_and_serves() {
     assert!(err(&mut c, "RUN.END run-1").starts_with("UNKNOWN"));
     assert_eq!(q(&mut c, "RUN.END run-2").i("steps"), 1);
     assert_eq!(
-        q(&mut c, "RESERVE new-1 org:old/team:a gpt-4o INPUT 1").s("status"),
+        q(
+            &mut c,
+            "RESERVE new-1 org:old/team:a gpt-4o INPUT 1 OUTPUT 0"
+        )
+        .s("status"),
         "granted"
     );
     assert!(s.stop().success());

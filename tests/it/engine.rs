@@ -128,14 +128,14 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
     assert!(matches!(ok, Value::Ok), "{ok:?}");
 
     fail.store(true, Ordering::SeqCst);
-    let lost = run(&engine, "RESERVE lost org:f gpt-4o INPUT 600").await;
+    let lost = run(&engine, "RESERVE lost org:f gpt-4o INPUT 600 OUTPUT 0").await;
     assert!(is_err(&lost, "IOERR"), "{lost:?}");
     fail.store(false, Ordering::SeqCst);
     // Nothing of it in the state: the hold is unknown and its 600 tokens
     // are not held, so a second 600 fits (once writes resume).
     let gone = run(&engine, "HOLD.GET lost").await;
     assert!(is_err(&gone, "UNKNOWN"), "{gone:?}");
-    let kept = until_written(&engine, "RESERVE kept org:f gpt-4o INPUT 600").await;
+    let kept = until_written(&engine, "RESERVE kept org:f gpt-4o INPUT 600 OUTPUT 0").await;
     assert!(matches!(kept, Value::Map(_)), "{kept:?}");
     assert_eq!(engine.stats.write_errors.load(Ordering::Relaxed), 1);
     engine.shutdown().await;
@@ -154,18 +154,18 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
 async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
     let (dir, fail, engine, thread) = start_failing();
     run(&engine, "BUDGET.SET org:d TOKENS 1000 PER DAY").await;
-    let before = run(&engine, "RESERVE before org:d gpt-4o INPUT 100").await;
+    let before = run(&engine, "RESERVE before org:d gpt-4o INPUT 100 OUTPUT 0").await;
     assert!(matches!(before, Value::Map(_)), "{before:?}");
 
     fail.store(true, Ordering::SeqCst);
-    let first = run(&engine, "RESERVE a org:d gpt-4o INPUT 100").await;
+    let first = run(&engine, "RESERVE a org:d gpt-4o INPUT 100 OUTPUT 0").await;
     assert!(is_err(&first, "IOERR"), "{first:?}");
     assert!(engine.stats.degraded.load(Ordering::Relaxed));
     // Past the probe interval the disk still fails: writes are refused up
     // front (no second failed write), with a message that says so.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for line in [
-        "RESERVE b org:d gpt-4o INPUT 100",
+        "RESERVE b org:d gpt-4o INPUT 100 OUTPUT 0",
         "COMMIT before INPUT 10 OUTPUT 0",
         "BUDGET.SET org:d TOKENS 5 PER DAY",
     ] {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 use spendb::state::limit::{period_start, Dim, LimitSpec, Period, Window, ROLLING_BUCKETS};
 use spendb::state::price::{Price, Usage};
-use spendb::state::{Command, Config, Entry, ReserveArgs, State, Value};
+use spendb::state::{Command, Config, Entry, OutputAsk, ReserveArgs, State, Value};
 use spendb::store::recovery::{decode_snapshot, encode_snapshot};
 
 const T0: u64 = 1_795_305_600_000; // 2026-11-22T00:00:00Z
@@ -58,7 +58,7 @@ enum Op {
         scope: usize,
         model: usize,
         input: u64,
-        output: u64,
+        output: OutputAsk,
         ttl: Option<u64>,
     },
     Commit {
@@ -72,7 +72,7 @@ enum Op {
         usage: Usage,
         id: Option<usize>,
     },
-    PriceSet(usize, u64, u64),
+    PriceSet(usize, u64, u64, Option<u64>),
     Advance(u64),
     /// STEP run sig [SCOPE scope] [MAX max]
     Step {
@@ -103,14 +103,17 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..SCOPES.len(), prop::collection::vec(limit, 1..4)).prop_map(|(s, l)| Op::BudgetSet(s, l)),
         1 => (0..SCOPES.len()).prop_map(Op::BudgetDel),
-        8 => (0usize..10, 0..SCOPES.len(), 0..MODELS.len(), 0u64..300, 0u64..300,
+        8 => (0usize..10, 0..SCOPES.len(), 0..MODELS.len(), 0u64..300,
+              prop_oneof![6 => (0u64..300).prop_map(OutputAsk::Tokens), 1 => (4_000u64..20_000).prop_map(OutputAsk::Tokens),
+                          1 => Just(OutputAsk::Max), 2 => Just(OutputAsk::Auto)],
               prop::option::of(prop::sample::select(vec![1u64, 500, 3_000, 60_000, 90_000_000])))
             .prop_map(|(hold, scope, model, input, output, ttl)| Op::Reserve { hold, scope, model, input, output, ttl }),
         5 => (0usize..10, usage()).prop_map(|(hold, usage)| Op::Commit { hold, usage }),
         2 => (0usize..10).prop_map(Op::Release),
         2 => (0..SCOPES.len(), 0..MODELS.len(), usage(), prop::option::of(0usize..4))
             .prop_map(|(scope, model, usage, id)| Op::Spend { scope, model, usage, id }),
-        1 => (0..3usize, 0u64..20_000_000_000, 0u64..80_000_000_000).prop_map(|(m, i, o)| Op::PriceSet(m, i, o)),
+        1 => (0..3usize, 0u64..20_000_000_000, 0u64..80_000_000_000, prop::option::of(1u64..5_000))
+            .prop_map(|(m, i, o, max)| Op::PriceSet(m, i, o, max)),
         5 => prop_oneof![0u64..50, 0u64..3_000, Just(60_000u64), Just(3_600_000u64), Just(86_400_000u64)].prop_map(Op::Advance),
         4 => (0usize..3, 0usize..4, prop::option::of(0..SCOPES.len()), prop::option::of(1u64..6))
             .prop_map(|(run, sig, scope, max)| Op::Step { run, sig, scope, max }),
@@ -304,6 +307,62 @@ impl Reference {
         self.used(lscope, spec, since, at) + held + amount <= spec.amount
     }
 
+    /// Whether `amounts` fit every limit of the given dimensions on the
+    /// scope and its ancestors.
+    fn fits_all(&self, scope: &str, amounts: &[u64; 5], now: u64, dims: &[Dim]) -> bool {
+        ancestors(scope).iter().all(|s| {
+            (self.budgets.get(s).into_iter().flatten())
+                .filter(|(spec, _)| dims.contains(&spec.dim))
+                .all(|(spec, since)| self.fits(s, spec, *since, now, amounts[spec.dim.index()]))
+        })
+    }
+
+    /// OUTPUT AUTO's room: the most output tokens (up to `max`) a call of
+    /// `input` tokens at `p` fits in the limits that output counts in,
+    /// found by trying (the state computes it).
+    fn output_room(&self, scope: &str, input: u64, p: &Price, max: u64, now: u64) -> u64 {
+        let fits = |o: u64| {
+            let u = Usage {
+                input,
+                output: o,
+                ..Default::default()
+            };
+            let a = call(input, o, Self::cost(p, &u));
+            self.fits_all(scope, &a, now, &[Dim::Tokens, Dim::Output, Dim::Cost])
+        };
+        if !fits(0) {
+            return 0;
+        }
+        let (mut lo, mut hi) = (0, max);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) {
+                lo = mid
+            } else {
+                hi = mid - 1
+            }
+        }
+        lo
+    }
+
+    /// How a hold's output was chosen (`output_from`).
+    fn output_from(
+        &self,
+        ask: OutputAsk,
+        output: u64,
+        max: Option<u64>,
+        c: &Config,
+    ) -> &'static str {
+        let chosen = if max.is_some() { "model" } else { "default" };
+        match ask {
+            OutputAsk::Tokens(n) if n > output => "clamped",
+            OutputAsk::Tokens(_) => "given",
+            OutputAsk::Max => chosen,
+            OutputAsk::Auto if output < max.unwrap_or(c.default_output) => "room",
+            OutputAsk::Auto => chosen,
+        }
+    }
+
     /// Whether waiting can never let `amount` through a limit.
     fn never_fits(
         &self,
@@ -437,12 +496,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 usage: *usage,
                 id: id.map(|i| format!("s{i}")),
             },
-            Op::PriceSet(m, i, o) => Command::PriceSet {
+            Op::PriceSet(m, i, o, max) => Command::PriceSet {
                 model: MODELS[*m].into(),
                 input: *i,
                 output: *o,
                 cached: Some(*i / 10),
                 cache_write: None,
+                max_output: *max,
             },
             Op::Advance(ms) => {
                 now += ms;
@@ -497,31 +557,65 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Command::Reserve(a) => {
                 if let Some(h) = rf.holds.get(&a.hold) {
+                    // The output the server chose matches any replay; a
+                    // given one matches itself or what it was clamped to.
+                    let max = rf.price(&h.model).and_then(|p| p.max_output);
+                    let same_output = match a.output {
+                        OutputAsk::Tokens(n) => {
+                            n == h.output || (n > h.output && max.is_some_and(|m| m <= h.output))
+                        }
+                        _ => true,
+                    };
                     let same = h.scope == a.scope
                         && h.model == a.model
                         && h.input == a.input
-                        && h.output == a.output
+                        && same_output
                         && h.ttl == a.ttl_ms;
                     if same {
                         prop_assert_eq!(&got, "granted");
                         prop_assert_eq!(int(&reply, "expires_at") as u64, h.expires_at);
                         prop_assert_eq!(money(&reply, "cost") as u64, h.amounts[4]);
+                        prop_assert_eq!(int(&reply, "output") as u64, h.output);
+                        let from = rf.output_from(a.output, h.output, max, &config);
+                        prop_assert_eq!(reply.field("output_from"), Some(&Value::str(from)));
                     } else {
                         prop_assert_eq!(&got, "error:EXISTS");
                     }
                 } else if a.ttl_ms.is_some_and(|t| t > config.max_ttl_ms) {
                     prop_assert_eq!(&got, "error:ERR");
                 } else if let Some(p) = rf.price(&a.model) {
-                    // A hold reserves all input at the full input price plus the output cap.
-                    let cost = Reference::cost(
-                        &p,
-                        &Usage {
+                    // A hold reserves all input at the full input price plus
+                    // the output it holds: as given (at most the model's
+                    // maximum), the maximum (or the default), or with AUTO
+                    // the most the limits have room for (at least 1).
+                    let max = p.max_output.unwrap_or(config.default_output);
+                    let output = match a.output {
+                        OutputAsk::Tokens(n) => p.max_output.map_or(n, |m| n.min(m)),
+                        OutputAsk::Max => max,
+                        OutputAsk::Auto => rf.output_room(&a.scope, a.input, &p, max, now).max(1),
+                    };
+                    let hold_amounts = |output: u64| {
+                        let u = Usage {
                             input: a.input,
-                            output: a.output,
+                            output,
                             ..Default::default()
-                        },
-                    );
-                    let amounts = call(a.input, a.output, cost);
+                        };
+                        call(a.input, output, Reference::cost(&p, &u))
+                    };
+                    let amounts = hold_amounts(output);
+                    let cost = amounts[4];
+                    if a.output == OutputAsk::Auto && output > 1 {
+                        // The room is the most: one more token would not fit.
+                        let more = hold_amounts(output + 1);
+                        let fits_more = output < max
+                            && rf.fits_all(
+                                &a.scope,
+                                &more,
+                                now,
+                                &[Dim::Tokens, Dim::Output, Dim::Cost],
+                            );
+                        prop_assert!(!fits_more, "AUTO held {output} with room for more");
+                    }
                     let mut violated = Vec::new();
                     for s in ancestors(&a.scope) {
                         for (spec, since) in rf.budgets.get(&s).into_iter().flatten() {
@@ -533,6 +627,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     if violated.is_empty() {
                         prop_assert_eq!(&got, "granted", "reply {:?}", reply);
                         prop_assert_eq!(money(&reply, "cost") as u64, cost);
+                        prop_assert_eq!(int(&reply, "output") as u64, output);
+                        let from = rf.output_from(a.output, output, p.max_output, &config);
+                        prop_assert_eq!(reply.field("output_from"), Some(&Value::str(from)));
                         let expires_at = now + a.ttl_ms.unwrap_or(config.default_ttl_ms);
                         prop_assert_eq!(int(&reply, "expires_at") as u64, expires_at);
                         rf.holds.insert(
@@ -541,7 +638,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 scope: a.scope.clone(),
                                 model: a.model.clone(),
                                 input: a.input,
-                                output: a.output,
+                                output,
                                 ttl: a.ttl_ms,
                                 amounts,
                                 made: now,
@@ -736,13 +833,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 output,
                 cached,
                 cache_write,
+                max_output,
             } => {
                 prop_assert_eq!(reply, Value::Ok);
+                // Without a maximum output, the one known for the model stays.
+                let known = rf.price(model).and_then(|p| p.max_output);
                 let price = Price {
                     input: *input,
                     output: *output,
                     cached: cached.unwrap_or(*input),
                     cache_write: cache_write.unwrap_or(*input),
+                    max_output: max_output.or(known),
                 };
                 rf.prices.insert(model.clone(), price);
             }

@@ -109,7 +109,7 @@ fn idempotent_replays_and_conflicts() {
     );
 
     // RELEASE is idempotent; COMMIT after RELEASE and RELEASE after COMMIT are refused.
-    q(&mut c, "RESERVE r2 org:x gpt-4o INPUT 10");
+    q(&mut c, "RESERVE r2 org:x gpt-4o INPUT 10 OUTPUT 0");
     assert_eq!(q(&mut c, "RELEASE r2").s("status"), "released");
     assert_eq!(q(&mut c, "RELEASE r2").s("status"), "released");
     assert!(err(&mut c, "COMMIT r2 INPUT 1 OUTPUT 1").starts_with("STATE hold r2 was released"));
@@ -136,8 +136,8 @@ fn denials_carry_reasons_and_leave_nothing() {
     let s = Server::start(&[]);
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET org:d TOKENS 1000 PER DAY").unwrap();
-    q(&mut c, "RESERVE a org:d gpt-4o INPUT 600");
-    let d = q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500");
+    q(&mut c, "RESERVE a org:d gpt-4o INPUT 600 OUTPUT 0");
+    let d = q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500 OUTPUT 0");
     assert_eq!(d.s("status"), "denied");
     assert_eq!(d.s("scope"), "org:d");
     assert_eq!(d.s("limit"), "TOKENS PER DAY");
@@ -157,13 +157,13 @@ fn denials_carry_reasons_and_leave_nothing() {
 
     // Once usage (not holds) is what blocks, the wait is until the period ends.
     q(&mut c, "COMMIT a INPUT 600 OUTPUT 0");
-    let d = q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500");
+    let d = q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500 OUTPUT 0");
     assert_eq!(d.s("status"), "denied");
     assert_eq!((d.s("reason"), d.i("held")), ("used".to_string(), 0));
     let retry = d.i("retry_after_ms");
     assert!(retry > 0 && retry <= 86_400_000, "{retry}");
     // Larger than the limit itself: waiting cannot help.
-    let d = q(&mut c, "RESERVE big org:d gpt-4o INPUT 1001");
+    let d = q(&mut c, "RESERVE big org:d gpt-4o INPUT 1001 OUTPUT 0");
     assert_eq!(
         (d.s("reason"), d.i("retry_after_ms")),
         ("limit".to_string(), -1)
@@ -174,7 +174,7 @@ fn denials_carry_reasons_and_leave_nothing() {
     // Raising the budget: the same id is judged afresh.
     raw(&mut c, "BUDGET.SET org:d TOKENS 2000 PER DAY").unwrap();
     assert_eq!(
-        q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500").s("status"),
+        q(&mut c, "RESERVE b org:d/user:1 gpt-4o INPUT 500 OUTPUT 0").s("status"),
         "granted"
     );
     // The usage carried over: the limit kept its window.
@@ -192,24 +192,35 @@ fn hierarchy_every_ancestor_is_checked() {
     raw(&mut c, "BUDGET.SET org:h/team:a REQUESTS 10 PER DAY").unwrap();
     raw(&mut c, "BUDGET.SET org:h/team:b REQUESTS 1 PER DAY").unwrap();
     assert_eq!(
-        q(&mut c, "RESERVE b1 org:h/team:b/user:1 gpt-4o INPUT 1").s("status"),
+        q(
+            &mut c,
+            "RESERVE b1 org:h/team:b/user:1 gpt-4o INPUT 1 OUTPUT 0"
+        )
+        .s("status"),
         "granted"
     );
-    let d = q(&mut c, "RESERVE b2 org:h/team:b/user:2 gpt-4o INPUT 1");
+    let d = q(
+        &mut c,
+        "RESERVE b2 org:h/team:b/user:2 gpt-4o INPUT 1 OUTPUT 0",
+    );
     assert_eq!(
         (d.s("status"), d.s("scope")),
         ("denied".into(), "org:h/team:b".into())
     );
     assert_eq!(
-        q(&mut c, "RESERVE a1 org:h/team:a gpt-4o INPUT 1").s("status"),
+        q(&mut c, "RESERVE a1 org:h/team:a gpt-4o INPUT 1 OUTPUT 0").s("status"),
         "granted"
     );
     assert_eq!(
-        q(&mut c, "RESERVE a2 org:h/team:a/agent:x gpt-4o INPUT 1").s("status"),
+        q(
+            &mut c,
+            "RESERVE a2 org:h/team:a/agent:x gpt-4o INPUT 1 OUTPUT 0"
+        )
+        .s("status"),
         "granted"
     );
     // team:a allows 10, but the org allows only 3 in all: all or nothing.
-    let d = q(&mut c, "RESERVE a3 org:h/team:a gpt-4o INPUT 1");
+    let d = q(&mut c, "RESERVE a3 org:h/team:a gpt-4o INPUT 1 OUTPUT 0");
     assert_eq!(
         (d.s("status"), d.s("scope")),
         ("denied".into(), "org:h".into())
@@ -238,7 +249,7 @@ fn hierarchy_every_ancestor_is_checked() {
         redis::Value::Int(0)
     );
     assert_eq!(
-        q(&mut c, "RESERVE a3 org:h/team:a gpt-4o INPUT 1").s("status"),
+        q(&mut c, "RESERVE a3 org:h/team:a gpt-4o INPUT 1 OUTPUT 0").s("status"),
         "granted"
     );
 }
@@ -289,7 +300,8 @@ fn cost_budgets_from_prices() {
         q(&mut c, "SPEND proj:p my-model INPUT 1000 OUTPUT 1000").s("cost"),
         "0.003"
     );
-    assert!(err(&mut c, "RESERVE c4 proj:p llama-9 INPUT 1").starts_with("NOPRICE model llama-9"));
+    assert!(err(&mut c, "RESERVE c4 proj:p llama-9 INPUT 1 OUTPUT 0")
+        .starts_with("NOPRICE model llama-9"));
     assert!(err(&mut c, "PRICE.SET bad INPUT x OUTPUT 1").starts_with("ERR INPUT"));
     let list = raw(&mut c, "PRICE.LIST").unwrap();
     let redis::Value::Array(items) = list else {
@@ -318,9 +330,9 @@ fn holds_expire_and_late_commits_still_charge() {
     let s = Server::start(&[]);
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET org:e TOKENS 1000 PER DAY").unwrap();
-    q(&mut c, "RESERVE e1 org:e gpt-4o INPUT 900 TTL 200");
+    q(&mut c, "RESERVE e1 org:e gpt-4o INPUT 900 OUTPUT 0 TTL 200");
     assert_eq!(
-        q(&mut c, "RESERVE e2 org:e gpt-4o INPUT 900").s("status"),
+        q(&mut c, "RESERVE e2 org:e gpt-4o INPUT 900 OUTPUT 0").s("status"),
         "denied"
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -344,8 +356,12 @@ fn holds_expire_and_late_commits_still_charge() {
     );
     let l = limit(&q(&mut c, "BUDGET.GET org:e"), "TOKENS", "PER DAY");
     assert_eq!((l.i("used"), l.i("held")), (950, 0));
-    assert!(err(&mut c, "RESERVE e3 org:e gpt-4o INPUT 1 TTL 0").starts_with("ERR TTL"));
-    assert!(err(&mut c, "RESERVE e3 org:e gpt-4o INPUT 1 TTL 86400001").starts_with("ERR TTL"));
+    assert!(err(&mut c, "RESERVE e3 org:e gpt-4o INPUT 1 OUTPUT 0 TTL 0").starts_with("ERR TTL"));
+    assert!(err(
+        &mut c,
+        "RESERVE e3 org:e gpt-4o INPUT 1 OUTPUT 0 TTL 86400001"
+    )
+    .starts_with("ERR TTL"));
 }
 
 #[test]
@@ -360,7 +376,7 @@ fn overrun_is_charged_in_full_and_blocks_until_reset() {
     let l = limit(&q(&mut c, "BUDGET.GET org:o"), "TOKENS", "PER DAY");
     assert_eq!((l.i("used"), l.i("remaining")), (1500, -500));
     assert_eq!(
-        q(&mut c, "RESERVE o2 org:o gpt-4o INPUT 1").s("status"),
+        q(&mut c, "RESERVE o2 org:o gpt-4o INPUT 1 OUTPUT 0").s("status"),
         "denied"
     );
 }
@@ -371,10 +387,13 @@ fn rolling_windows_give_precise_retry_after() {
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET agent:r REQUESTS 2 ROLLING 1s").unwrap();
     for id in ["w1", "w2"] {
-        q(&mut c, &format!("RESERVE {id} agent:r gpt-4o INPUT 1"));
+        q(
+            &mut c,
+            &format!("RESERVE {id} agent:r gpt-4o INPUT 1 OUTPUT 0"),
+        );
         q(&mut c, &format!("COMMIT {id} INPUT 1 OUTPUT 1"));
     }
-    let d = q(&mut c, "RESERVE w3 agent:r gpt-4o INPUT 1");
+    let d = q(&mut c, "RESERVE w3 agent:r gpt-4o INPUT 1 OUTPUT 0");
     assert_eq!(
         (d.s("status"), d.s("limit")),
         ("denied".into(), "REQUESTS ROLLING 1s".into())
@@ -384,7 +403,7 @@ fn rolling_windows_give_precise_retry_after() {
     assert!(retry > 0 && retry <= 1003, "{retry}");
     std::thread::sleep(Duration::from_millis(retry as u64 + 5));
     assert_eq!(
-        q(&mut c, "RESERVE w3 agent:r gpt-4o INPUT 1").s("status"),
+        q(&mut c, "RESERVE w3 agent:r gpt-4o INPUT 1 OUTPUT 0").s("status"),
         "granted"
     );
 }
@@ -438,12 +457,70 @@ fn rolling_windows_count_a_request_when_it_is_made() {
 }
 
 #[test]
+fn holds_without_output_are_sized_by_the_model_maximum() {
+    let s = Server::start(&["--default-output", "1000"]);
+    let mut c = s.conn();
+    // The price table knows gpt-4o's maximum output.
+    assert_eq!(q(&mut c, "PRICE.GET gpt-4o").i("max_output"), 16_384);
+    let g = q(&mut c, "RESERVE m1 org:o gpt-4o INPUT 100");
+    assert_eq!(
+        (g.i("output"), g.s("output_from")),
+        (16_384, "model".into())
+    );
+    assert_eq!(g.i("tokens"), 100 + 16_384);
+    assert_eq!(q(&mut c, "HOLD.GET m1").i("output"), 16_384);
+    // A replay is the same grant.
+    let again = q(&mut c, "RESERVE m1 org:o gpt-4o INPUT 100");
+    assert_eq!(
+        (again.i("output"), again.s("output_from")),
+        (16_384, "model".into())
+    );
+    // OUTPUT above the maximum is clamped, and the reply says so.
+    let g = q(&mut c, "RESERVE m2 org:o gpt-4o INPUT 1 OUTPUT 1000000");
+    assert_eq!(
+        (g.i("output"), g.s("output_from")),
+        (16_384, "clamped".into())
+    );
+    let g = q(&mut c, "RESERVE m3 org:o gpt-4o INPUT 1 OUTPUT 10");
+    assert_eq!((g.i("output"), g.s("output_from")), (10, "given".into()));
+    // A model whose maximum is not known: --default-output.
+    raw(&mut c, "PRICE.SET house INPUT 1 OUTPUT 2").unwrap();
+    assert_eq!(string(&q(&mut c, "PRICE.GET house")["max_output"]), "nil");
+    let g = q(&mut c, "RESERVE m4 org:o house INPUT 1");
+    assert_eq!(
+        (g.i("output"), g.s("output_from")),
+        (1000, "default".into())
+    );
+    raw(&mut c, "PRICE.SET house INPUT 1 OUTPUT 2 MAXOUTPUT 300").unwrap();
+    let g = q(&mut c, "RESERVE m5 org:o house INPUT 1");
+    assert_eq!((g.i("output"), g.s("output_from")), (300, "model".into()));
+    // A price set again without MAXOUTPUT keeps the maximum.
+    raw(&mut c, "PRICE.SET house INPUT 2 OUTPUT 4").unwrap();
+    assert_eq!(q(&mut c, "PRICE.GET house").i("max_output"), 300);
+    // OUTPUT AUTO: the room the budget leaves when that is smaller.
+    raw(&mut c, "BUDGET.SET org:auto TOKENS 5000 PER DAY").unwrap();
+    let g = q(&mut c, "RESERVE a1 org:auto gpt-4o INPUT 1000 OUTPUT AUTO");
+    assert_eq!((g.i("output"), g.s("output_from")), (4000, "room".into()));
+    let d = q(&mut c, "RESERVE a2 org:auto gpt-4o INPUT 1 OUTPUT AUTO");
+    assert_eq!((d.s("status"), d.i("tokens")), ("denied".into(), 2));
+    // Without OUTPUT the whole maximum must fit: the hold that would let
+    // a call overrun is refused instead.
+    raw(&mut c, "BUDGET.SET org:small TOKENS 10000 PER DAY").unwrap();
+    assert_eq!(
+        q(&mut c, "RESERVE s1 org:small gpt-4o INPUT 10").s("status"),
+        "denied"
+    );
+    assert!(err(&mut c, "RESERVE s2 org:small gpt-4o INPUT 1 OUTPUT lots").contains("OUTPUT"));
+    assert!(err(&mut c, "PRICE.SET house INPUT 1 OUTPUT 1 MAXOUTPUT 0").contains("MAXOUTPUT"));
+}
+
+#[test]
 fn bad_input_gets_clear_errors_and_the_connection_lives() {
     let s = Server::start(&[]);
     let mut c = s.conn();
     assert!(err(&mut c, "RESERVE").starts_with("ERR syntax: RESERVE <hold>"));
     assert!(err(&mut c, "RESERVE h org:x gpt-4o INPUT -5").starts_with("ERR INPUT must be"));
-    assert!(err(&mut c, "RESERVE h org//x gpt-4o INPUT 5").contains("empty segment"));
+    assert!(err(&mut c, "RESERVE h org//x gpt-4o INPUT 5 OUTPUT 0").contains("empty segment"));
     assert!(err(&mut c, "BUDGET.SET org:x TOKENS 1 PER FORTNIGHT").contains("unknown period"));
     assert!(
         err(&mut c, "BUDGET.SET org:x TOKENS 1 PER DAY TOKENS 2 PER DAY").contains("given twice")
@@ -452,7 +529,11 @@ fn bad_input_gets_clear_errors_and_the_connection_lives() {
     assert!(err(&mut c, "BUDGET.GET org:none").starts_with("UNKNOWN budget"));
     assert!(err(&mut c, "NOSUCH").contains("unknown command"));
     let long = "x".repeat(65);
-    assert!(err(&mut c, &format!("RESERVE {long} org:x gpt-4o INPUT 1")).contains("hold id"));
+    assert!(err(
+        &mut c,
+        &format!("RESERVE {long} org:x gpt-4o INPUT 1 OUTPUT 0")
+    )
+    .contains("hold id"));
     // Still serving on the same connection.
     assert_eq!(
         raw(&mut c, "PING").unwrap(),
@@ -523,7 +604,7 @@ fn resp3_clients_get_maps() {
     let client =
         redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", s.port)).unwrap();
     let mut c = client.get_connection().unwrap();
-    let v = raw(&mut c, "RESERVE m1 org:m gpt-4o INPUT 10").unwrap();
+    let v = raw(&mut c, "RESERVE m1 org:m gpt-4o INPUT 10 OUTPUT 0").unwrap();
     assert!(matches!(v, redis::Value::Map(_)), "{v:?}");
     assert_eq!(fields(v).s("status"), "granted");
 }
@@ -540,7 +621,7 @@ fn state_survives_restart_and_verify_passes() {
     raw(&mut c, "PRICE.SET house INPUT 1 OUTPUT 1").unwrap();
     q(&mut c, "RESERVE s1 org:s/u:1 gpt-4o INPUT 100 OUTPUT 100");
     let committed = q(&mut c, "COMMIT s1 INPUT 100 OUTPUT 20");
-    q(&mut c, "RESERVE s2 org:s/u:2 house INPUT 300");
+    q(&mut c, "RESERVE s2 org:s/u:2 house INPUT 300 OUTPUT 0");
     let before = q(&mut c, "BALANCE org:s/u:1");
     let before_root = q(&mut c, "BUDGET.GET org:s");
     assert!(s.stop().success(), "clean shutdown exits 0");
@@ -576,7 +657,7 @@ fn interval_and_none_durability_serve_and_recover_after_clean_shutdown() {
         let mut s = Server::start(&["--durability", mode]);
         let mut c = s.conn();
         raw(&mut c, "BUDGET.SET org:dm TOKENS 1000 PER DAY").unwrap();
-        q(&mut c, "RESERVE d1 org:dm gpt-4o INPUT 100");
+        q(&mut c, "RESERVE d1 org:dm gpt-4o INPUT 100 OUTPUT 0");
         let committed = q(&mut c, "COMMIT d1 INPUT 100 OUTPUT 7");
         assert!(s.stop().success(), "{mode}");
         let (ok, out) = verify(&s.dir);
@@ -609,7 +690,10 @@ fn settings_come_from_spendb_environment_variables() {
         .unwrap()
         .get_connection()
         .unwrap();
-    let r = q(&mut c, "RESERVE x1 org:env unpriced-model INPUT 1000000");
+    let r = q(
+        &mut c,
+        "RESERVE x1 org:env unpriced-model INPUT 1000000 OUTPUT 0",
+    );
     assert_eq!(r.s("cost"), "2");
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(q(&mut c, "HOLD.GET x1").s("status"), "expired");
@@ -646,14 +730,27 @@ fn command_docs_are_what_redis_cli_builds_hints_from() {
         panic!()
     };
     let names: Vec<String> = args.iter().map(|a| fields(a.clone()).s("name")).collect();
-    assert_eq!(names, ["hold", "scope", "model", "n", "max", "ms"]);
+    assert_eq!(names, ["hold", "scope", "model", "n", "block", "ms"]);
+    // [OUTPUT (<max> | AUTO)]: an optional block of the OUTPUT token and a
+    // choice of a count or AUTO.
     let output = fields(args[4].clone());
-    assert_eq!(output.s("token"), "OUTPUT");
+    assert_eq!(output.s("type"), "block");
     // redis-cli asserts that flags are simple strings, and aborts otherwise.
     assert_eq!(
         output["flags"],
         redis::Value::Array(vec![redis::Value::SimpleString("optional".into())])
     );
+    let redis::Value::Array(parts) = output["arguments"].clone() else {
+        panic!("{output:?}")
+    };
+    assert_eq!(fields(parts[0].clone()).s("token"), "OUTPUT");
+    let choice = fields(parts[1].clone());
+    assert_eq!(choice.s("type"), "oneof");
+    let redis::Value::Array(alts) = choice["arguments"].clone() else {
+        panic!("{choice:?}")
+    };
+    let alts: Vec<String> = alts.iter().map(|a| fields(a.clone()).s("name")).collect();
+    assert_eq!(alts, ["max", "auto"]);
     // All of spendb's commands are documented.
     let all = fields(raw(&mut c, "COMMAND DOCS").unwrap());
     assert_eq!(
@@ -682,7 +779,9 @@ fn redis_crate_pipelines_keep_request_order() {
             .arg("org:pp")
             .arg("gpt-4o")
             .arg("INPUT")
-            .arg(1);
+            .arg(1)
+            .arg("OUTPUT")
+            .arg(0);
     }
     p.cmd("BUDGET.GET").arg("org:pp");
     let replies: Vec<redis::Value> = p.query(&mut c).unwrap();
@@ -723,7 +822,7 @@ fn concurrent_reservations_never_overspend() {
                 for i in 0..40 {
                     let r = q(
                         &mut c,
-                        &format!("RESERVE r{t}-{i} org:race/agent:a{t} gpt-4o INPUT 100"),
+                        &format!("RESERVE r{t}-{i} org:race/agent:a{t} gpt-4o INPUT 100 OUTPUT 0"),
                     );
                     if r.s("status") == "granted" {
                         granted += 1;

@@ -67,7 +67,7 @@ fn holds_and_spend_ids_live_in_each_tenants_keyspace() {
     assert_eq!(q(&mut a2, "HOLD.GET same-id").s("scope"), "org:a");
     // b's COMMIT settles b's hold, not a's; b's RELEASE of an id only a has
     // is unknown.
-    q(&mut a, "RESERVE only-a org:a gpt-4o INPUT 1");
+    q(&mut a, "RESERVE only-a org:a gpt-4o INPUT 1 OUTPUT 0");
     assert!(err(&mut b, "RELEASE only-a").starts_with("UNKNOWN hold only-a"));
     assert!(err(&mut b, "COMMIT only-a INPUT 1 OUTPUT 1").starts_with("UNKNOWN hold only-a"));
     assert!(err(&mut b, "HOLD.GET only-a").starts_with("UNKNOWN hold only-a"));

@@ -112,7 +112,10 @@ fn reserve_text_holds_the_counted_prompt() {
     // A repeat with the same text is the same request (idempotent).
     let again = fields(cmd(&mut c, &reserve));
     assert_eq!(again.s("status"), "granted");
-    let both = err(&mut c, "RESERVE t2 org:t gpt-4o INPUT 5 TEXT hello");
+    let both = err(
+        &mut c,
+        "RESERVE t2 org:t gpt-4o INPUT 5 OUTPUT 0 TEXT hello",
+    );
     assert!(
         both.contains("INPUT <n> or TEXT <prompt>, not both"),
         "{both}"

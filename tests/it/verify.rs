@@ -11,9 +11,9 @@ fn populated() -> Server {
     let mut s = Server::start(&[]);
     let mut c = s.conn();
     raw(&mut c, "BUDGET.SET org:v TOKENS 5000 PER DAY").unwrap();
-    q(&mut c, "RESERVE v1 org:v gpt-4o INPUT 100");
+    q(&mut c, "RESERVE v1 org:v gpt-4o INPUT 100 OUTPUT 0");
     q(&mut c, "COMMIT v1 INPUT 100 OUTPUT 5");
-    q(&mut c, "RESERVE v2 org:v gpt-4o INPUT 100");
+    q(&mut c, "RESERVE v2 org:v gpt-4o INPUT 100 OUTPUT 0");
     assert!(s.stop().success());
     s
 }

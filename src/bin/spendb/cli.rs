@@ -145,6 +145,10 @@ pub(crate) struct RulesArgs {
     /// Hold TTL when RESERVE gives none.
     #[arg(long, env = "SPENDB_DEFAULT_TTL", default_value = "10m", value_parser = duration)]
     pub(crate) default_ttl: Duration,
+    /// Output tokens a RESERVE without OUTPUT holds for a model whose
+    /// maximum output the price table does not know.
+    #[arg(long, env = "SPENDB_DEFAULT_OUTPUT", default_value_t = 4096)]
+    pub(crate) default_output: u64,
     /// An agent run (STEP) that has not stepped for this long is forgotten.
     #[arg(long, env = "SPENDB_RUN_TIMEOUT", default_value = "1h", value_parser = duration)]
     pub(crate) run_timeout: Duration,
@@ -282,6 +286,15 @@ pub(crate) fn rules(a: &RulesArgs) -> Result<Config, String> {
         default_price,
         id_retention_ms: millis(a.id_retention),
         default_ttl_ms,
+        default_output: match a.default_output {
+            n if n == 0 || n > spendb::state::bounds::MAX_TOKENS => {
+                return Err(format!(
+                    "--default-output must be between 1 and {}",
+                    spendb::state::bounds::MAX_TOKENS
+                ))
+            }
+            n => n,
+        },
         run_timeout_ms: match millis(a.run_timeout) {
             0 => return Err("--run-timeout must be more than 0".into()),
             ms => ms,

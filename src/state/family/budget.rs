@@ -259,7 +259,7 @@ mod get_tests {
             scope: "org:a/team:t".into(),
             model: "gpt-4o".into(),
             input: 1,
-            output: 0,
+            output: crate::state::OutputAsk::Tokens(0),
             ttl_ms: None,
         });
         st.apply(1_000, &r, &mut out);

@@ -12,13 +12,23 @@ impl State {
         out: &mut Vec<Entry>,
     ) -> Outcome {
         if let Some(h) = self.holds.get(&a.hold) {
+            // The output the server chose (no OUTPUT, or AUTO) matches any;
+            // a given one matches itself or what it was clamped to.
+            let max = self.price_of(&h.model).and_then(|p| p.max_output);
+            let same_output = match a.output {
+                OutputAsk::Tokens(n) => {
+                    n == h.output || (n > h.output && max.is_some_and(|m| m <= h.output))
+                }
+                OutputAsk::Max | OutputAsk::Auto => true,
+            };
             let same = *h.scope == *a.scope
                 && *h.model == *a.model
                 && h.input == a.input
-                && h.output == a.output
+                && same_output
                 && h.ttl_ms == a.ttl_ms;
             return if same {
-                Outcome::granted(&a.hold, &h)
+                let from = self.output_from(a.output, h.output, max);
+                Outcome::granted(&a.hold, &h, from)
             } else {
                 Outcome::refused(
                     ErrorCode::Exists,
@@ -39,11 +49,12 @@ impl State {
         let Some(price) = self.price_of(&a.model) else {
             return Outcome::refused(ErrorCode::NoPrice, format!("model {}", a.model));
         };
-        let cost = price.max_cost(a.input, a.output);
+        let output = self.output_to_hold(now, a, &price);
+        let cost = price.max_cost(a.input, output);
         if let Err(e) = bounds::check_usd(cost, "the most this call can cost") {
             return refuse(e);
         }
-        let amounts = Dims::call(a.input, a.output, cost);
+        let amounts = Dims::call(a.input, output, cost);
         if let Err(e) = self.headroom(&a.scope, &amounts, 0) {
             return refuse(e);
         }
@@ -66,13 +77,82 @@ impl State {
             scope: a.scope.clone(),
             model: a.model.clone(),
             input: a.input,
-            output: a.output,
+            output,
             ttl_ms: a.ttl_ms,
             amounts,
             expires_at: now.saturating_add(ttl),
         };
         self.emit(now, kind, out);
-        Outcome::granted(&a.hold, &self.hold(&a.hold))
+        let from = self.output_from(a.output, output, price.max_output);
+        Outcome::granted(&a.hold, &self.hold(&a.hold), from)
+    }
+
+    /// The output tokens a RESERVE holds (see [`OutputAsk`]).
+    fn output_to_hold(&self, now: u64, a: &ReserveArgs, price: &Price) -> u64 {
+        let max = price.max_output.unwrap_or(self.config.default_output);
+        match a.output {
+            OutputAsk::Tokens(n) => price.max_output.map_or(n, |m| n.min(m)),
+            OutputAsk::Max => max,
+            OutputAsk::Auto => self.output_room(now, &a.scope, a.input, price, max).max(1),
+        }
+    }
+
+    /// The most output tokens (up to `max`) a call of `input` tokens at
+    /// `price` fits in every limit on the scope and its ancestors.
+    fn output_room(&self, now: u64, scope: &str, input: u64, price: &Price, max: u64) -> u64 {
+        let mut room = max;
+        for s in chain(scope) {
+            let Some(node) = self.nodes.get(s) else {
+                continue;
+            };
+            for l in &node.limits {
+                let dim = l.spec.dim;
+                let taken = (l.used(now) as u128) + (l.held_part(node.held.get(dim)) as u128);
+                let left = (l.spec.amount as u128).saturating_sub(taken) as u64;
+                room = room.min(match dim {
+                    Dim::Output => left,
+                    Dim::Tokens => left.saturating_sub(input),
+                    Dim::Cost => {
+                        // The largest output whose hold cost fits: the cost
+                        // rounds up, so search rather than divide.
+                        let (mut lo, mut hi) = (0u64, room);
+                        if price.max_cost(input, 0) > left {
+                            0
+                        } else {
+                            while lo < hi {
+                                let mid = lo + (hi - lo).div_ceil(2);
+                                if price.max_cost(input, mid) <= left {
+                                    lo = mid;
+                                } else {
+                                    hi = mid - 1;
+                                }
+                            }
+                            lo
+                        }
+                    }
+                    Dim::Input | Dim::Requests => continue,
+                });
+            }
+        }
+        room
+    }
+
+    /// How a hold's `output` tokens were chosen, for its grant's reply.
+    fn output_from(&self, ask: OutputAsk, output: u64, max: Option<u64>) -> OutputFrom {
+        let chosen = if max.is_some() {
+            OutputFrom::Model
+        } else {
+            OutputFrom::Default
+        };
+        match ask {
+            OutputAsk::Tokens(n) if n > output => OutputFrom::Clamped,
+            OutputAsk::Tokens(_) => OutputFrom::Given,
+            OutputAsk::Max => chosen,
+            OutputAsk::Auto if output < max.unwrap_or(self.config.default_output) => {
+                OutputFrom::Room
+            }
+            OutputAsk::Auto => chosen,
+        }
     }
 
     /// Checks `amounts` against every limit on the scope and its ancestors.
@@ -270,7 +350,7 @@ mod tests {
                 scope: scope.to_string(),
                 model: "gpt-4o".into(),
                 input: 1,
-                output: 0,
+                output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: None,
             });
             st.apply(1_000 + i as u64, &r, &mut out);
@@ -300,7 +380,7 @@ mod tests {
                 scope: "org:a".into(),
                 model: "gpt-4o".into(),
                 input: 1,
-                output: 0,
+                output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: Some(ttl),
             })
         };

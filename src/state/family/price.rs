@@ -23,14 +23,18 @@ impl State {
 
     /// PRICE.SET: USD per million tokens as nano-USD; the cache rates
     /// default to the input rate (no discount assumed).
+    /// A price set without a maximum output keeps the one known for the
+    /// model (its own or its family's).
     pub(in crate::state) fn price_set(
         &mut self,
         now: u64,
         model: &str,
-        (input, output, cached, cache_write): (u64, u64, Option<u64>, Option<u64>),
+        price: Price,
+        max_output: Option<u64>,
         out: &mut Vec<Entry>,
     ) -> Outcome {
-        let price = Price::new(input, output, cached, cache_write);
+        let known = price::lookup(&self.prices, None, model).and_then(|p| p.max_output);
+        let price = price.with_max_output(max_output.or(known));
         let kind = EntryKind::PriceSet {
             model: model.to_ascii_lowercase(),
             price,

@@ -106,6 +106,7 @@ mod tests {
             output: MAX_PRICE,
             cached: None,
             cache_write: None,
+            max_output: None,
         };
         assert_eq!(st.apply(now, &price, &mut out), Value::Ok);
         // 10^9 tokens at $10^6 per million: $10^9, the most one call may cost.
@@ -156,7 +157,7 @@ mod tests {
             scope: "org:a".into(),
             model: "dear".into(),
             input: 1_000_000_000,
-            output: 0,
+            output: crate::state::OutputAsk::Tokens(0),
             ttl_ms: None,
         });
         let v = st.apply(now, &reserve, &mut out);

@@ -91,6 +91,14 @@ pub enum KindV1<'a> {
     AlertDelivered {
         id: u64,
     },
+    /// A price with the model's maximum output tokens (issue #14); one
+    /// without is still written as `PriceSet`. Its JSON view is a
+    /// `price_set` with a `max_output` field.
+    PriceSetMax {
+        model: Text<'a>,
+        price: PriceV1,
+        max_output: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,9 +349,16 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
                 usage: (*usage).into(),
                 cost: *cost,
             },
-            EntryKind::PriceSet { model, price } => KindV1::PriceSet {
-                model: text(model),
-                price: (*price).into(),
+            EntryKind::PriceSet { model, price } => match price.max_output {
+                None => KindV1::PriceSet {
+                    model: text(model),
+                    price: (*price).into(),
+                },
+                Some(max_output) => KindV1::PriceSetMax {
+                    model: text(model),
+                    price: (*price).into(),
+                    max_output,
+                },
             },
             EntryKind::Step { run, scope, sig } => KindV1::Step {
                 run: text(run),
@@ -432,6 +447,7 @@ impl From<PriceV1> for Price {
             output: p.output,
             cached: p.cached,
             cache_write: p.cache_write,
+            max_output: None,
         }
     }
 }
@@ -535,6 +551,14 @@ impl From<EntryV1<'_>> for Entry {
                 model: owned(model),
                 price: price.into(),
             },
+            KindV1::PriceSetMax {
+                model,
+                price,
+                max_output,
+            } => EntryKind::PriceSet {
+                model: owned(model),
+                price: Price::from(price).with_max_output(Some(max_output)),
+            },
             KindV1::Step { run, scope, sig } => EntryKind::Step {
                 run: owned(run),
                 scope: scope.map(owned),
@@ -575,7 +599,7 @@ impl KindV1<'_> {
             KindV1::Release { .. } => "release",
             KindV1::Expire { .. } => "expire",
             KindV1::Spend { .. } => "spend",
-            KindV1::PriceSet { .. } => "price_set",
+            KindV1::PriceSet { .. } | KindV1::PriceSetMax { .. } => "price_set",
             KindV1::Step { .. } => "step",
             KindV1::StepDenied { .. } => "step_denied",
             KindV1::RunEnd { .. } => "run_end",
@@ -605,4 +629,52 @@ pub fn entry_json(e: &Entry) -> serde_json::Value {
     fields.insert("seq".into(), e.seq.into());
     fields.insert("ts".into(), e.ts.into());
     serde_json::Value::Object(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::frame;
+
+    fn round_trip(e: &Entry) -> Entry {
+        let bytes = frame::encode(&EntryV1::from(e));
+        let back: EntryV1 = frame::decode(&bytes).unwrap();
+        back.into()
+    }
+
+    #[test]
+    fn a_price_with_a_maximum_output_is_its_own_kind_and_reads_back() {
+        let price = Price::new(1, 2, None, None);
+        let plain = Entry {
+            seq: 1,
+            ts: 5,
+            kind: EntryKind::PriceSet {
+                model: "m".into(),
+                price,
+            },
+        };
+        let capped = Entry {
+            seq: 2,
+            ts: 6,
+            kind: EntryKind::PriceSet {
+                model: "m".into(),
+                price: price.with_max_output(Some(300)),
+            },
+        };
+        // Without a maximum the entry is written as before (same bytes).
+        assert!(matches!(
+            EntryV1::from(&plain).kind,
+            KindV1::PriceSet { .. }
+        ));
+        assert!(matches!(
+            EntryV1::from(&capped).kind,
+            KindV1::PriceSetMax { .. }
+        ));
+        assert_eq!(round_trip(&plain), plain);
+        assert_eq!(round_trip(&capped), capped);
+        let json = entry_json(&capped);
+        assert_eq!(json["kind"], "price_set");
+        assert_eq!(json["max_output"], 300);
+        assert!(entry_json(&plain).get("max_output").is_none());
+    }
 }

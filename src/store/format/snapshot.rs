@@ -10,9 +10,11 @@
 //! records) are refused by number; 3 added the calendar limits' recent
 //! usage. Layout 3 was first written by serde derives on the state's own
 //! types (until issue #13); these types reproduce it byte for byte
-//! (`tests/it/compat.rs` reads a data dir of that release). Layout 4 has
-//! the same bytes with a new meaning: rolling windows count open holds
-//! from when they were made (issue #14). A layout 3 snapshot is read and
+//! (`tests/it/compat.rs` reads a data dir of that release). Layout 4 is
+//! layout 3's bytes followed by the prices' maximum output tokens (model,
+//! tokens), with a new meaning: rolling windows count open holds
+//! from when they were made (issue #14). A layout 3 snapshot is read, its
+//! models take the shipped table's maximum output tokens, and
 //! its open holds are then counted in its rolling windows at its last time
 //! (`State::count_open_holds_in_rolling_windows`); `ledger verify`
 //! compares such a snapshot with the replay leaving rolling windows out.
@@ -342,7 +344,15 @@ fn state_out(s: &State) -> StateOut<'_> {
 
 /// Frames a state as a snapshot (for `Storage::save_snapshot`).
 pub fn encode(state: &State) -> Vec<u8> {
-    frame::encode(&(SNAPSHOT_LAYOUT, state_out(state)))
+    // Layout 4 appends the prices' maximum output tokens.
+    let max_outputs: Pairs<&str, u64> = {
+        let mut v: Vec<(&str, u64)> = (state.prices.iter())
+            .filter_map(|(m, p)| p.max_output.map(|x| (m.as_str(), x)))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    frame::encode(&(SNAPSHOT_LAYOUT, state_out(state), max_outputs))
 }
 
 // ----- the format → the state ----------------------------------------------
@@ -627,7 +637,18 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
             "snapshot layout {layout:#x}, this build reads {SNAPSHOT_LAYOUT:#x} and {SNAPSHOT_LAYOUT_3:#x}"
         ));
     }
-    let (_, s): (u32, StateIn) = frame::decode(bytes)?;
+    let (s, max_outputs) = if layout == SNAPSHOT_LAYOUT_3 {
+        // Before maximum output tokens: the shipped table's, for its models.
+        let (_, s): (u32, StateIn) = frame::decode(bytes)?;
+        let shipped = crate::state::price::default_prices();
+        let m = (s.prices.iter())
+            .filter_map(|(model, _)| Some((model.clone(), shipped.get(model)?.max_output?)))
+            .collect();
+        (s, m)
+    } else {
+        let (_, s, m): (u32, StateIn, Pairs<String, u64>) = frame::decode(bytes)?;
+        (s, m)
+    };
     if s.next_seq != seq + 1 {
         return Err(format!(
             "snapshot stored at {seq} holds the state at {}",
@@ -635,6 +656,11 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
         ));
     }
     let mut state = state_in(s, config);
+    for (model, max) in max_outputs {
+        if let Some(p) = state.prices.get_mut(&model) {
+            p.max_output = Some(max);
+        }
+    }
     if layout == SNAPSHOT_LAYOUT_3 {
         let now = state.last_ts;
         state.count_open_holds_in_rolling_windows(now);
@@ -669,7 +695,7 @@ mod tests {
             scope: "org:a/agent:x".into(),
             model: "gpt-4o".into(),
             input: 1,
-            output: 1,
+            output: crate::state::OutputAsk::Tokens(1),
             ttl_ms: None,
         });
         st.apply(t0 + 1_000, &reserve, &mut out);
