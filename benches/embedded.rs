@@ -65,6 +65,7 @@ fn reserve_commit(c: &mut Criterion) {
                         input: 100,
                         output: 50.into(),
                         ttl_ms: None,
+                        fallback: Vec::new(),
                     }));
                     batch.push(Command::Commit { hold, usage });
                 }

@@ -194,6 +194,7 @@ impl Spendb {
             input,
             output: output.into(),
             ttl_ms: None,
+            fallback: Vec::new(),
         })
     }
 

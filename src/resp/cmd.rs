@@ -36,6 +36,20 @@ fn usd(arg: &[u8], what: &str) -> Result<u64, Value> {
 
 /// Keyword options: `KEY value` pairs from `allowed`; unknown or repeated
 /// keywords are syntax errors. Returns values by position in `allowed`.
+/// `FALLBACK m2,m3`: model names, comma-separated, none empty.
+fn fallback_models(v: &[u8]) -> Result<Vec<String>, Value> {
+    let text = std::str::from_utf8(v)
+        .map_err(|_| Value::err(ErrorCode::Err, "FALLBACK must be UTF-8 model names"))?;
+    let models: Vec<String> = text.split(',').map(str::to_string).collect();
+    if models.iter().any(String::is_empty) {
+        return Err(Value::err(
+            ErrorCode::Err,
+            "syntax: FALLBACK takes model names separated by commas (m2,m3)",
+        ));
+    }
+    Ok(models)
+}
+
 fn options<'a>(
     cmd: &str,
     args: &'a Args<'a>,
@@ -137,7 +151,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
         },
         "reserve" => {
             // TEXT <prompt> was replaced by INPUT <count> before (count.rs).
-            let o = options(name, &args[3..], &["INPUT", "OUTPUT", "TTL"])?;
+            let o = options(name, &args[3..], &["INPUT", "OUTPUT", "TTL", "FALLBACK"])?;
             let Some(input) = o[0] else {
                 return Err(syntax(name));
             };
@@ -152,6 +166,10 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                     Some(v) => OutputAsk::Tokens(uint(v, "OUTPUT")?),
                 },
                 ttl_ms: o[2].map(|v| uint(v, "TTL")).transpose()?,
+                fallback: match o[3] {
+                    None => Vec::new(),
+                    Some(v) => fallback_models(v)?,
+                },
             })
         }
         "commit" => {
@@ -280,7 +298,8 @@ mod tests {
                 model: "gpt-4o".into(),
                 input: 10,
                 output: crate::state::OutputAsk::Tokens(20),
-                ttl_ms: Some(5000)
+                ttl_ms: Some(5000),
+                fallback: Vec::new(),
             })
         );
         assert!(p("RESERVE h1 org:a gpt-4o OUTPUT 20").is_err());

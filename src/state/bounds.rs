@@ -29,6 +29,8 @@ pub const MAX_MODEL_LEN: usize = 128;
 pub const MAX_ID_LEN: usize = 64;
 /// STEP's MAX (steps in one run).
 pub const MAX_RUN_STEPS: u64 = 1_000_000_000;
+/// Models a RESERVE may fall back to after its first.
+pub const MAX_FALLBACKS: usize = 8;
 /// Open holds a denial reads to say when their expiry makes room; with
 /// more, it answers the earliest expiry of any (a lower bound) instead of
 /// scanning them all on every denial.

@@ -18,6 +18,16 @@ pub struct ReserveArgs {
     pub output: OutputAsk,
     /// As the client gave it; None means the default TTL.
     pub ttl_ms: Option<u64>,
+    /// Models to try, in order, when `model`'s hold does not fit
+    /// (`FALLBACK m2,m3`): the first that fits is granted.
+    pub fallback: Vec<String>,
+}
+
+impl ReserveArgs {
+    /// The models a RESERVE tries, in order.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.model.as_str()).chain(self.fallback.iter().map(String::as_str))
+    }
 }
 
 /// How a RESERVE sizes its hold's output tokens.

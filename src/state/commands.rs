@@ -98,7 +98,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         "[<prefix>]"),
     row("reserve", -6, true, Engine, &[Agent],
         "Hold an amount against every budget covering a scope (TEXT <prompt> in place of INPUT <n> counts the prompt's tokens)",
-        "<hold> <scope> <model> INPUT <n> [OUTPUT (<max> | AUTO)] [TTL <ms>]"),
+        "<hold> <scope> <model> [FALLBACK <models>] INPUT <n> [OUTPUT (<max> | AUTO)] [TTL <ms>]"),
     row("commit", -6, true, Engine, &[Agent],
         "Settle a hold at the actual usage",
         "<hold> INPUT <n> OUTPUT <n> [CACHED <n>] [CACHEWRITE <n>]"),

@@ -546,6 +546,7 @@ mod tests {
                 input: 1,
                 output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: Some(ttl),
+                fallback: Vec::new(),
             });
             st.apply(now, &r, &mut out);
         }

@@ -13,6 +13,8 @@ use super::{Hold, HoldStatus, OutputFrom, Settlement, Value};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Granted {
     pub hold: String,
+    /// The model granted (the first that fitted, with FALLBACK).
+    pub model: String,
     pub tokens: u64,
     /// Output tokens held, and how they were chosen.
     pub output: u64,
@@ -26,6 +28,8 @@ pub struct Granted {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denied {
     pub hold: String,
+    /// The model tried last (with FALLBACK: every one was denied).
+    pub model: String,
     /// The scope whose limit denied it.
     pub scope: String,
     pub limit: LimitSpec,
@@ -130,6 +134,7 @@ impl Outcome {
     pub fn granted(id: &str, h: &Hold, output_from: OutputFrom) -> Outcome {
         Outcome::Granted(Granted {
             hold: id.to_string(),
+            model: h.model.to_string(),
             tokens: h.amounts.get(Dim::Tokens),
             output: h.output,
             output_from,
@@ -233,6 +238,7 @@ impl From<Outcome> for Value {
             Outcome::Granted(g) => Value::Map(vec![
                 ("status", Value::str("granted")),
                 ("hold", Value::Str(g.hold)),
+                ("model", Value::Str(g.model)),
                 ("tokens", int(g.tokens)),
                 ("output", int(g.output)),
                 ("output_from", Value::str(g.output_from.as_str())),
@@ -242,6 +248,7 @@ impl From<Outcome> for Value {
             Outcome::Denied(d) => Value::Map(vec![
                 ("status", Value::str("denied")),
                 ("hold", Value::Str(d.hold)),
+                ("model", Value::Str(d.model)),
                 ("scope", Value::Str(d.scope)),
                 (
                     "limit",

@@ -4,7 +4,8 @@
 //! limits, a hold's status, counter headroom) are the families' own.
 
 use super::bounds::{
-    check_id, check_model, check_tokens, check_usd, MAX_LIMIT_AMOUNT, MAX_PRICE, MAX_RUN_STEPS,
+    check_id, check_model, check_tokens, check_usd, MAX_FALLBACKS, MAX_LIMIT_AMOUNT, MAX_PRICE,
+    MAX_RUN_STEPS,
 };
 use super::command::{Command, OutputAsk};
 use super::limit::Dim;
@@ -50,7 +51,12 @@ pub fn check(cmd: &Command) -> Result<(), String> {
     match cmd {
         Command::Reserve(a) => {
             check_id(&a.hold, "hold id")?;
-            check_model(&a.model)?;
+            if a.fallback.len() > MAX_FALLBACKS {
+                return Err(format!("FALLBACK takes at most {MAX_FALLBACKS} models"));
+            }
+            for m in a.models() {
+                check_model(m)?;
+            }
             check_tokens(a.input, "INPUT")?;
             match a.output {
                 OutputAsk::Tokens(n) => check_tokens(n, "OUTPUT"),
@@ -154,6 +160,7 @@ mod tests {
             input,
             output: crate::state::OutputAsk::Tokens(output),
             ttl_ms: None,
+            fallback: Vec::new(),
         })
     }
 

@@ -57,6 +57,8 @@ enum Op {
         hold: usize,
         scope: usize,
         model: usize,
+        /// FALLBACK models, in order.
+        fallback: Vec<usize>,
         input: u64,
         output: OutputAsk,
         ttl: Option<u64>,
@@ -82,6 +84,8 @@ enum Op {
         max: Option<u64>,
     },
     RunEnd(usize),
+    /// The last RESERVE again, as it was sent (an idempotent replay).
+    ReserveAgain,
 }
 
 fn usage() -> impl Strategy<Value = Usage> {
@@ -103,11 +107,11 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..SCOPES.len(), prop::collection::vec(limit, 1..4)).prop_map(|(s, l)| Op::BudgetSet(s, l)),
         1 => (0..SCOPES.len()).prop_map(Op::BudgetDel),
-        8 => (0usize..10, 0..SCOPES.len(), 0..MODELS.len(), 0u64..300,
+        8 => (0usize..10, 0..SCOPES.len(), (0..MODELS.len(), prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0..MODELS.len(), 1..3)]), 0u64..300,
               prop_oneof![6 => (0u64..300).prop_map(OutputAsk::Tokens), 1 => (4_000u64..20_000).prop_map(OutputAsk::Tokens),
                           1 => Just(OutputAsk::Max), 2 => Just(OutputAsk::Auto)],
               prop::option::of(prop::sample::select(vec![1u64, 500, 3_000, 60_000, 90_000_000])))
-            .prop_map(|(hold, scope, model, input, output, ttl)| Op::Reserve { hold, scope, model, input, output, ttl }),
+            .prop_map(|(hold, scope, (model, fallback), input, output, ttl)| Op::Reserve { hold, scope, model, fallback, input, output, ttl }),
         5 => (0usize..10, usage()).prop_map(|(hold, usage)| Op::Commit { hold, usage }),
         2 => (0usize..10).prop_map(Op::Release),
         2 => (0..SCOPES.len(), 0..MODELS.len(), usage(), prop::option::of(0usize..4))
@@ -118,6 +122,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..3, 0usize..4, prop::option::of(0..SCOPES.len()), prop::option::of(1u64..6))
             .prop_map(|(run, sig, scope, max)| Op::Step { run, sig, scope, max }),
         1 => (0usize..3).prop_map(Op::RunEnd),
+        2 => Just(Op::ReserveAgain),
     ]
 }
 
@@ -435,6 +440,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     let mut now = T0 + 12_345;
     let mut ledger: Vec<Entry> = Vec::new();
+    let mut last_reserve: Option<Command> = None;
 
     for (step, op) in ops.into_iter().enumerate() {
         let step = step as u64 + 1;
@@ -467,6 +473,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 hold,
                 scope,
                 model,
+                fallback,
                 input,
                 output,
                 ttl,
@@ -477,6 +484,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 input: *input,
                 output: *output,
                 ttl_ms: *ttl,
+                fallback: fallback.iter().map(|m| MODELS[*m].to_string()).collect(),
             }),
             Op::Commit { hold, usage } => Command::Commit {
                 hold: format!("h{hold}"),
@@ -530,7 +538,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::RunEnd(run) => Command::RunEnd {
                 run: format!("run{run}"),
             },
+            Op::ReserveAgain => match &last_reserve {
+                Some(c) => c.clone(),
+                None => continue,
+            },
         };
+        if let Command::Reserve(_) = &cmd {
+            last_reserve = Some(cmd.clone());
+        }
         let reply = st.apply(now, &cmd, &mut ledger);
         let got = status(&reply);
 
@@ -567,7 +582,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         _ => true,
                     };
                     let same = h.scope == a.scope
-                        && h.model == a.model
+                        && a.models().any(|m| m == h.model)
                         && h.input == a.input
                         && same_output
                         && h.ttl == a.ttl_ms;
@@ -583,47 +598,62 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 } else if a.ttl_ms.is_some_and(|t| t > config.max_ttl_ms) {
                     prop_assert_eq!(&got, "error:ERR");
-                } else if let Some(p) = rf.price(&a.model) {
-                    // A hold reserves all input at the full input price plus
-                    // the output it holds: as given (at most the model's
-                    // maximum), the maximum (or the default), or with AUTO
-                    // the most the limits have room for (at least 1).
-                    let max = p.max_output.unwrap_or(config.default_output);
-                    let output = match a.output {
-                        OutputAsk::Tokens(n) => p.max_output.map_or(n, |m| n.min(m)),
-                        OutputAsk::Max => max,
-                        OutputAsk::Auto => rf.output_room(&a.scope, a.input, &p, max, now).max(1),
-                    };
-                    let hold_amounts = |output: u64| {
-                        let u = Usage {
-                            input: a.input,
-                            output,
-                            ..Default::default()
+                } else if a.models().all(|m| rf.price(m).is_some()) {
+                    // The first model, in order, whose hold fits is granted; when
+                    // none does, the denial is the last one's.
+                    let mut chosen = None;
+                    for model in a.models() {
+                        let p = rf.price(model).unwrap();
+                        // A hold reserves all input at the full input price plus
+                        // the output it holds: as given (at most the model's
+                        // maximum), the maximum (or the default), or with AUTO
+                        // the most the limits have room for (at least 1).
+                        let max = p.max_output.unwrap_or(config.default_output);
+                        let output = match a.output {
+                            OutputAsk::Tokens(n) => p.max_output.map_or(n, |m| n.min(m)),
+                            OutputAsk::Max => max,
+                            OutputAsk::Auto => {
+                                rf.output_room(&a.scope, a.input, &p, max, now).max(1)
+                            }
                         };
-                        call(a.input, output, Reference::cost(&p, &u))
-                    };
-                    let amounts = hold_amounts(output);
-                    let cost = amounts[4];
-                    if a.output == OutputAsk::Auto && output > 1 {
-                        // The room is the most: one more token would not fit.
-                        let more = hold_amounts(output + 1);
-                        let fits_more = output < max
-                            && rf.fits_all(
-                                &a.scope,
-                                &more,
-                                now,
-                                &[Dim::Tokens, Dim::Output, Dim::Cost],
-                            );
-                        prop_assert!(!fits_more, "AUTO held {output} with room for more");
-                    }
-                    let mut violated = Vec::new();
-                    for s in ancestors(&a.scope) {
-                        for (spec, since) in rf.budgets.get(&s).into_iter().flatten() {
-                            if !rf.fits(&s, spec, *since, now, amounts[spec.dim.index()]) {
-                                violated.push((s.clone(), *spec, *since));
+                        let hold_amounts = |output: u64| {
+                            let u = Usage {
+                                input: a.input,
+                                output,
+                                ..Default::default()
+                            };
+                            call(a.input, output, Reference::cost(&p, &u))
+                        };
+                        let amounts = hold_amounts(output);
+                        let cost = amounts[4];
+                        if a.output == OutputAsk::Auto && output > 1 {
+                            // The room is the most: one more token would not fit.
+                            let more = hold_amounts(output + 1);
+                            let fits_more = output < max
+                                && rf.fits_all(
+                                    &a.scope,
+                                    &more,
+                                    now,
+                                    &[Dim::Tokens, Dim::Output, Dim::Cost],
+                                );
+                            prop_assert!(!fits_more, "AUTO held {output} with room for more");
+                        }
+                        let mut violated = Vec::new();
+                        for s in ancestors(&a.scope) {
+                            for (spec, since) in rf.budgets.get(&s).into_iter().flatten() {
+                                if !rf.fits(&s, spec, *since, now, amounts[spec.dim.index()]) {
+                                    violated.push((s.clone(), *spec, *since));
+                                }
                             }
                         }
+                        let fits = violated.is_empty();
+                        chosen = Some((model.to_string(), p, output, amounts, cost, violated));
+                        if fits {
+                            break;
+                        }
                     }
+                    let (model, p, output, amounts, cost, violated) = chosen.unwrap();
+                    prop_assert_eq!(reply.field("model"), Some(&Value::str(&model)));
                     if violated.is_empty() {
                         prop_assert_eq!(&got, "granted", "reply {:?}", reply);
                         prop_assert_eq!(money(&reply, "cost") as u64, cost);
@@ -636,7 +666,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             a.hold.clone(),
                             RHold {
                                 scope: a.scope.clone(),
-                                model: a.model.clone(),
+                                model: model.clone(),
                                 input: a.input,
                                 output,
                                 ttl: a.ttl_ms,

@@ -515,6 +515,60 @@ fn holds_without_output_are_sized_by_the_model_maximum() {
 }
 
 #[test]
+fn fallback_grants_the_first_model_that_fits() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    raw(&mut c, "BUDGET.SET org:f COST 0.01 PER DAY").unwrap();
+    // gpt-4o's hold ($0.0125 for 5000 input) does not fit; claude-opus-4's
+    // ($0.075) neither; gpt-4o-mini's ($0.00075) does.
+    let g = q(
+        &mut c,
+        "RESERVE f1 org:f/agent:a gpt-4o FALLBACK claude-opus-4,gpt-4o-mini INPUT 5000 OUTPUT 0",
+    );
+    assert_eq!(
+        (g.s("status"), g.s("model")),
+        ("granted".into(), "gpt-4o-mini".into())
+    );
+    assert_eq!(g.s("cost"), "0.00075");
+    assert_eq!(q(&mut c, "HOLD.GET f1").s("model"), "gpt-4o-mini");
+    // A replay returns the same model, and a price change since does not
+    // move the hold to another one.
+    raw(&mut c, "PRICE.SET gpt-4o INPUT 0.01 OUTPUT 0.01").unwrap();
+    let again = q(
+        &mut c,
+        "RESERVE f1 org:f/agent:a gpt-4o FALLBACK claude-opus-4,gpt-4o-mini INPUT 5000 OUTPUT 0",
+    );
+    assert_eq!(again.s("model"), "gpt-4o-mini");
+    // COMMIT charges the granted model's prices.
+    let done = q(&mut c, "COMMIT f1 INPUT 5000 OUTPUT 100");
+    assert_eq!(done.s("cost"), "0.00081"); // 5000 × $0.15/M + 100 × $0.60/M
+                                           // None fits: the denial names the limit that stopped the last model.
+    let d = q(
+        &mut c,
+        "RESERVE f2 org:f gpt-4o-mini FALLBACK claude-opus-4 INPUT 5000000 OUTPUT 0",
+    );
+    assert_eq!(
+        (d.s("status"), d.s("model")),
+        ("denied".into(), "claude-opus-4".into())
+    );
+    assert_eq!(d.s("limit"), "COST PER DAY");
+    // Every model must have a price; the list is checked.
+    assert!(err(
+        &mut c,
+        "RESERVE f3 org:f gpt-4o FALLBACK nosuch-model INPUT 1"
+    )
+    .starts_with("NOPRICE model nosuch-model"));
+    assert!(err(&mut c, "RESERVE f3 org:f gpt-4o FALLBACK a,,b INPUT 1")
+        .contains("separated by commas"));
+    let nine = ["gpt-4o"; 9].join(",");
+    assert!(err(
+        &mut c,
+        &format!("RESERVE f3 org:f gpt-4o FALLBACK {nine} INPUT 1")
+    )
+    .contains("at most 8"));
+}
+
+#[test]
 fn bad_input_gets_clear_errors_and_the_connection_lives() {
     let s = Server::start(&[]);
     let mut c = s.conn();
@@ -730,10 +784,14 @@ fn command_docs_are_what_redis_cli_builds_hints_from() {
         panic!()
     };
     let names: Vec<String> = args.iter().map(|a| fields(a.clone()).s("name")).collect();
-    assert_eq!(names, ["hold", "scope", "model", "n", "block", "ms"]);
+    assert_eq!(
+        names,
+        ["hold", "scope", "model", "models", "n", "block", "ms"]
+    );
     // [OUTPUT (<max> | AUTO)]: an optional block of the OUTPUT token and a
     // choice of a count or AUTO.
-    let output = fields(args[4].clone());
+    assert_eq!(fields(args[3].clone()).s("token"), "FALLBACK");
+    let output = fields(args[5].clone());
     assert_eq!(output.s("type"), "block");
     // redis-cli asserts that flags are simple strings, and aborts otherwise.
     assert_eq!(

@@ -261,6 +261,7 @@ mod get_tests {
             input: 1,
             output: crate::state::OutputAsk::Tokens(0),
             ttl_ms: None,
+            fallback: Vec::new(),
         });
         st.apply(1_000, &r, &mut out);
         // org:a carries the hold (a node) but no limits: no budget.

@@ -22,7 +22,7 @@ impl State {
                 OutputAsk::Max | OutputAsk::Auto => true,
             };
             let same = *h.scope == *a.scope
-                && *h.model == *a.model
+                && a.models().any(|m| *m == *h.model)
                 && h.input == a.input
                 && same_output
                 && h.ttl_ms == a.ttl_ms;
@@ -46,45 +46,58 @@ impl State {
                 self.config.max_ttl_ms
             ));
         }
-        let Some(price) = self.price_of(&a.model) else {
-            return Outcome::refused(ErrorCode::NoPrice, format!("model {}", a.model));
-        };
-        let output = self.output_to_hold(now, a, &price);
-        let cost = price.max_cost(a.input, output);
-        if let Err(e) = bounds::check_usd(cost, "the most this call can cost") {
-            return refuse(e);
+        // Every model tried must have a price: a missing one is a
+        // configuration error, not a reason to skip to the next.
+        let mut priced = Vec::with_capacity(1 + a.fallback.len());
+        for model in a.models() {
+            match self.price_of(model) {
+                Some(p) => priced.push((model, p)),
+                None => return Outcome::refused(ErrorCode::NoPrice, format!("model {model}")),
+            }
         }
-        let amounts = Dims::call(a.input, output, cost);
-        if let Err(e) = self.headroom(&a.scope, &amounts, 0) {
-            return refuse(e);
+        // The first model, in order, whose hold fits every limit.
+        let mut denied = None;
+        for (model, price) in priced {
+            let output = self.output_to_hold(now, a, &price);
+            let cost = price.max_cost(a.input, output);
+            if let Err(e) = bounds::check_usd(cost, "the most this call can cost") {
+                return refuse(e);
+            }
+            let amounts = Dims::call(a.input, output, cost);
+            if let Err(e) = self.headroom(&a.scope, &amounts, 0) {
+                return refuse(e);
+            }
+            if let Some(d) = self.check(now, &a.scope, &amounts) {
+                denied = Some(Denied {
+                    hold: a.hold.clone(),
+                    model: model.to_string(),
+                    scope: d.scope,
+                    limit: d.spec,
+                    remaining: d.remaining,
+                    held: d.held,
+                    reason: d.blocker,
+                    retry_after: d.retry_after,
+                    tokens: amounts.get(Dim::Tokens),
+                    cost,
+                });
+                continue;
+            }
+            let kind = EntryKind::Hold {
+                id: a.hold.clone(),
+                scope: a.scope.clone(),
+                model: model.to_string(),
+                input: a.input,
+                output,
+                ttl_ms: a.ttl_ms,
+                amounts,
+                expires_at: now.saturating_add(ttl),
+            };
+            self.emit(now, kind, out);
+            let from = self.output_from(a.output, output, price.max_output);
+            return Outcome::granted(&a.hold, &self.hold(&a.hold), from);
         }
-
-        if let Some(d) = self.check(now, &a.scope, &amounts) {
-            return Outcome::Denied(Denied {
-                hold: a.hold.clone(),
-                scope: d.scope,
-                limit: d.spec,
-                remaining: d.remaining,
-                held: d.held,
-                reason: d.blocker,
-                retry_after: d.retry_after,
-                tokens: amounts.get(Dim::Tokens),
-                cost,
-            });
-        }
-        let kind = EntryKind::Hold {
-            id: a.hold.clone(),
-            scope: a.scope.clone(),
-            model: a.model.clone(),
-            input: a.input,
-            output,
-            ttl_ms: a.ttl_ms,
-            amounts,
-            expires_at: now.saturating_add(ttl),
-        };
-        self.emit(now, kind, out);
-        let from = self.output_from(a.output, output, price.max_output);
-        Outcome::granted(&a.hold, &self.hold(&a.hold), from)
+        // None fitted: the limit that stopped the last one.
+        Outcome::Denied(denied.expect("at least one model was tried"))
     }
 
     /// The output tokens a RESERVE holds (see [`OutputAsk`]).
@@ -352,6 +365,7 @@ mod tests {
                 input: 1,
                 output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: None,
+                fallback: Vec::new(),
             });
             st.apply(1_000 + i as u64, &r, &mut out);
         }
@@ -370,6 +384,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fallback_grant_replays_with_its_model() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let budget = Command::BudgetSet {
+            scope: "org:f".into(),
+            limits: vec![limit::LimitSpec {
+                dim: limit::Dim::Cost,
+                window: limit::Window::Total,
+                amount: 1_000_000, // $0.001
+            }],
+        };
+        st.apply(1_000, &budget, &mut out);
+        // 1000 tokens of gpt-4o hold $0.0025; of gpt-4o-mini $0.00015.
+        let r = Command::Reserve(ReserveArgs {
+            hold: "f1".into(),
+            scope: "org:f".into(),
+            model: "gpt-4o".into(),
+            input: 1_000,
+            output: OutputAsk::Tokens(0),
+            ttl_ms: None,
+            fallback: vec!["claude-opus-4".into(), "gpt-4o-mini".into()],
+        });
+        let v = st.apply(1_000, &r, &mut out);
+        assert_eq!(v.field("model"), Some(&Value::str("gpt-4o-mini")), "{v:?}");
+        let again = st.apply(2_000, &r, &mut out);
+        assert_eq!(again, v, "a replay is the same grant");
+        assert_eq!(st.hold("f1").model.as_ref(), "gpt-4o-mini");
+        // None fits: the denial is the last model's.
+        let Command::Reserve(mut big) = r else {
+            unreachable!()
+        };
+        big.hold = "f2".into();
+        big.input = 100_000;
+        let d = st.apply(2_000, &Command::Reserve(big), &mut out);
+        assert_eq!(d.field("status"), Some(&Value::str("denied")));
+        assert_eq!(d.field("model"), Some(&Value::str("gpt-4o-mini")));
+    }
+
+    #[test]
     fn a_ttl_of_exactly_the_maximum_is_accepted_and_one_more_refused() {
         let mut st = State::new(Config::default());
         let mut out = Vec::new();
@@ -382,6 +435,7 @@ mod tests {
                 input: 1,
                 output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: Some(ttl),
+                fallback: Vec::new(),
             })
         };
         let v = st.apply(1_000, &reserve("at-max", max), &mut out);

@@ -159,6 +159,7 @@ mod tests {
             input: 1_000_000_000,
             output: crate::state::OutputAsk::Tokens(0),
             ttl_ms: None,
+            fallback: Vec::new(),
         });
         let v = st.apply(now, &reserve, &mut out);
         assert!(

@@ -697,6 +697,7 @@ mod tests {
             input: 1,
             output: crate::state::OutputAsk::Tokens(1),
             ttl_ms: None,
+            fallback: Vec::new(),
         });
         st.apply(t0 + 1_000, &reserve, &mut out);
         let used = |s: &State| s.nodes.get("org:a").unwrap().limits[0].used(t0 + 2_000);
