@@ -1,7 +1,10 @@
 //! One client connection: read bytes, frame every complete request in the
 //! buffer, send the engine's commands as one batch, then write all replies,
 //! in request order, with one write. Connection-level commands (PING, HELLO,
-//! CLIENT, INFO, …) are answered here.
+//! CLIENT, INFO, …) are answered here, and so are MULTI / EXEC / DISCARD:
+//! a transaction's engine commands are queued on the connection and EXEC
+//! appends them to the batch, where the engine decides them in a row under
+//! its one lock, nothing in between.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -23,6 +26,8 @@ use crate::state::{ErrorCode, Value};
 
 /// Most requests taken from the buffer before replying.
 const MAX_PIPELINE: usize = 4096;
+/// Most commands one MULTI queues (more aborts the transaction).
+pub const MAX_MULTI_QUEUE: usize = 10_000;
 
 struct Conn {
     id: u64,
@@ -32,6 +37,25 @@ struct Conn {
     /// Who authenticated; None is the default user (every right).
     user: Option<Arc<User>>,
     addr: String,
+    /// Inside MULTI: what is queued for EXEC.
+    multi: Option<Transaction>,
+}
+
+/// A transaction being queued (MULTI … EXEC).
+#[derive(Default)]
+struct Transaction {
+    items: Vec<Queued>,
+    /// An error while queuing: EXEC answers EXECABORT.
+    failed: bool,
+}
+
+/// One queued command of a transaction.
+enum Queued {
+    /// Answered when queued (PING, ECHO, COUNT, TRUNCATE: they read nothing
+    /// the transaction can change).
+    Now(Value),
+    /// Decided by the engine at EXEC.
+    Engine(crate::state::Command, usize),
 }
 
 enum Slot {
@@ -40,6 +64,45 @@ enum Slot {
     /// This value once the engine's reply to its command is not an error
     /// (a cache hit whose savings are booked).
     AfterEngine(Value),
+    /// EXEC: its replies, in order; `true` takes the next engine reply.
+    Exec(Vec<Option<Value>>),
+}
+
+/// A transaction's control commands, answered on the connection.
+fn transaction_control(conn: &mut Conn, name: &str, args: &Args) -> Option<Value> {
+    let v = match name {
+        "multi" if !args.is_empty() => wrong_args(name),
+        "multi" if conn.multi.is_some() => {
+            Value::err(ErrorCode::Err, "MULTI calls can not be nested")
+        }
+        "multi" => {
+            conn.multi = Some(Transaction::default());
+            Value::Ok
+        }
+        "discard" if conn.multi.is_none() => Value::err(ErrorCode::Err, "DISCARD without MULTI"),
+        "discard" => {
+            conn.multi = None;
+            Value::Ok
+        }
+        "watch" if conn.multi.is_some() => {
+            fail_transaction(conn);
+            Value::err(ErrorCode::Err, "WATCH inside MULTI is not allowed")
+        }
+        "watch" => Value::err(
+            ErrorCode::Err,
+            "WATCH is not supported: spendb has no keys to watch; a RESERVE checks and holds \
+             in one step, and MULTI/EXEC runs its commands with nothing in between",
+        ),
+        "unwatch" => Value::Ok,
+        _ => return None,
+    };
+    Some(v)
+}
+
+fn fail_transaction(conn: &mut Conn) {
+    if let Some(t) = &mut conn.multi {
+        t.failed = true;
+    }
 }
 
 pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
@@ -54,6 +117,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
+        multi: None,
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -76,7 +140,33 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                     if !args.is_empty() {
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
                         let spec = cmd::spendb_command(&name);
-                        if !conn.authed
+                        let before = slots.len();
+                        let queuing = conn.multi.is_some()
+                            && !matches!(
+                                name.as_str(),
+                                "exec" | "quit" | "reset" | "multi" | "discard" | "watch"
+                            );
+                        if let Some(v) = (conn.authed)
+                            .then(|| transaction_control(&mut conn, &name, &args[1..]))
+                            .flatten()
+                        {
+                            slots.push(Slot::Now(v));
+                        } else if conn.authed && name == "exec" {
+                            match exec(&mut conn, &args[1..], &mut cmds, &mut kinds) {
+                                Ok(items) => slots.push(Slot::Exec(items)),
+                                Err(e) => slots.push(Slot::Now(e)),
+                            }
+                        } else if queuing && !queueable(&name, spec) {
+                            fail_transaction(&mut conn);
+                            slots.push(Slot::Now(Value::err(
+                                ErrorCode::Err,
+                                format!(
+                                    "{} is not allowed inside MULTI (a transaction holds PING, \
+                                     ECHO, COUNT, TRUNCATE and the engine's commands)",
+                                    name.to_ascii_uppercase()
+                                ),
+                            )));
+                        } else if !conn.authed
                             && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset")
                         {
                             slots.push(Slot::Now(Value::err(
@@ -129,6 +219,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                                 }
                                 Err(e) => slots.push(Slot::Now(e)),
                             }
+                        }
+                        if queuing && slots.len() > before {
+                            queue(&mut conn, &mut slots, &mut cmds, &mut kinds);
                         }
                     }
                     rbuf.advance(req.len);
@@ -184,6 +277,16 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             encode(v, conn.proto, &mut wbuf)
                         }
                     }
+                    Slot::Exec(items) => {
+                        let all = items
+                            .iter()
+                            .map(|item| match item {
+                                Some(v) => v.clone(),
+                                None => Value::from(replies.next().expect("one reply per command")),
+                            })
+                            .collect();
+                        encode(&Value::Array(all), conn.proto, &mut wbuf)
+                    }
                 }
             }
             match tokio::time::timeout(ctx.write_timeout, stream.write_all(&wbuf)).await {
@@ -209,6 +312,87 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             Ok(_) => {}
         }
     }
+}
+
+/// Whether a command can be queued in a transaction: the engine's
+/// commands, and those answered without reading anything it changes.
+fn queueable(name: &str, spec: Option<&commands::CommandSpec>) -> bool {
+    match spec {
+        None => matches!(name, "ping" | "echo"),
+        Some(c) => matches!(c.answered, Answered::Engine | Answered::Tokens),
+    }
+}
+
+/// Inside MULTI: takes the request just handled back off this round (its
+/// slot, and its command if it went to the engine) and queues it, answering
+/// QUEUED; an error answers itself and fails the transaction.
+fn queue(
+    conn: &mut Conn,
+    slots: &mut Vec<Slot>,
+    cmds: &mut Vec<crate::state::Command>,
+    kinds: &mut Vec<usize>,
+) {
+    let Some(t) = conn.multi.as_mut() else {
+        return; // RESET or QUIT ended it
+    };
+    let slot = slots.pop().expect("the request's slot");
+    let item = match slot {
+        Slot::Now(v) if v.is_error() => {
+            t.failed = true;
+            slots.push(Slot::Now(v));
+            return;
+        }
+        Slot::Now(v) => Queued::Now(v),
+        Slot::Engine => Queued::Engine(
+            cmds.pop().expect("its command"),
+            kinds.pop().expect("its kind"),
+        ),
+        Slot::AfterEngine(_) | Slot::Exec(_) => unreachable!("not queueable"),
+    };
+    if t.items.len() >= MAX_MULTI_QUEUE {
+        t.failed = true;
+        slots.push(Slot::Now(Value::err(
+            ErrorCode::Err,
+            format!("a transaction queues at most {MAX_MULTI_QUEUE} commands"),
+        )));
+        return;
+    }
+    t.items.push(item);
+    slots.push(Slot::Now(Value::Status("QUEUED")));
+}
+
+/// EXEC: the queued engine commands join this round's batch, in order and
+/// together; the reply is the array of every queued command's reply.
+fn exec(
+    conn: &mut Conn,
+    args: &Args,
+    cmds: &mut Vec<crate::state::Command>,
+    kinds: &mut Vec<usize>,
+) -> Result<Vec<Option<Value>>, Value> {
+    if !args.is_empty() {
+        fail_transaction(conn);
+        return Err(wrong_args("exec"));
+    }
+    let Some(t) = conn.multi.take() else {
+        return Err(Value::err(ErrorCode::Err, "EXEC without MULTI"));
+    };
+    if t.failed {
+        return Err(Value::err(
+            ErrorCode::ExecAbort,
+            "Transaction discarded because of previous errors.",
+        ));
+    }
+    Ok(t.items
+        .into_iter()
+        .map(|q| match q {
+            Queued::Now(v) => Some(v),
+            Queued::Engine(c, kind) => {
+                cmds.push(c);
+                kinds.push(kind);
+                None
+            }
+        })
+        .collect())
 }
 
 /// Position of a command in the table (spendb's commands only reach here).
@@ -249,6 +433,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
             _ => wrong_args(name),
         },
         "reset" => {
+            conn.multi = None;
             conn.proto = 2;
             conn.name = None;
             conn.authed = !ctx.auth.required();

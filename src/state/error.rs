@@ -28,6 +28,8 @@ pub enum ErrorCode {
     IoErr,
     /// The server is shutting down.
     Shutdown,
+    /// EXEC of a transaction that had an error while queuing.
+    ExecAbort,
 }
 
 impl ErrorCode {
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::TooBig => "TOOBIG",
             ErrorCode::IoErr => "IOERR",
             ErrorCode::Shutdown => "SHUTDOWN",
+            ErrorCode::ExecAbort => "EXECABORT",
         }
     }
 
@@ -56,7 +59,7 @@ impl ErrorCode {
             ErrorCode::Exists | ErrorCode::State => 409,
             ErrorCode::NoPerm => 403,
             ErrorCode::NoAuth | ErrorCode::WrongPass => 401,
-            ErrorCode::Err | ErrorCode::NoPrice | ErrorCode::NoProto => 422,
+            ErrorCode::Err | ErrorCode::NoPrice | ErrorCode::NoProto | ErrorCode::ExecAbort => 422,
             ErrorCode::TooBig => 413,
             ErrorCode::IoErr | ErrorCode::Shutdown => 503,
         }

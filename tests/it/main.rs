@@ -26,4 +26,5 @@ mod server;
 mod sim;
 mod tenants;
 mod tokens;
+mod transactions;
 mod verify;
