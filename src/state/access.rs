@@ -88,4 +88,18 @@ mod tests {
         assert_eq!(all.tenant(), None);
         assert_eq!(all.qualify("h1"), "h1");
     }
+
+    #[test]
+    fn replies_lose_the_tenant_key_in_lists_too() {
+        use crate::state::Value;
+        let a = Access::new(vec!["org:a".into()]);
+        let item = |id: &str| Value::Map(vec![("hold", Value::Str(a.qualify(id)))]);
+        let mut list = Value::Array(vec![item("h1"), item("h2")]);
+        list.unqualify(&a);
+        let ids: Vec<_> = match &list {
+            Value::Array(items) => items.iter().map(|v| v.field("hold").cloned()).collect(),
+            _ => unreachable!(),
+        };
+        assert_eq!(ids, [Some(Value::str("h1")), Some(Value::str("h2"))]);
+    }
 }

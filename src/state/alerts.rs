@@ -547,6 +547,49 @@ mod tests {
     }
 
     #[test]
+    fn spike_waits_a_whole_baseline_after_its_rules_and_fires_once_a_window() {
+        let rules = AlertRules {
+            spike: Some(SpikeRule {
+                dim: Dim::Tokens,
+                factor: 3,
+                window_ms: 5 * MINUTE_MS,
+                min: 10,
+            }),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        // Rules set at minute 7: the first spike can count from minute
+        // 7 + 5 + 60 = 72.
+        let since = 7 * MINUTE_MS;
+        let mut s = ScopeAlerts::new(rules, since);
+        let mut out = Vec::new();
+        for m in 7..71 {
+            s.record_usage(m * MINUTE_MS, &Dims::call(100, 0, 0));
+        }
+        let t = 71 * MINUTE_MS;
+        s.record_usage(t, &Dims::call(5000, 0, 0));
+        s.check_spike("a", t, &mut out);
+        assert!(out.is_empty(), "a baseline of less than an hour: {out:?}");
+        let t = 72 * MINUTE_MS;
+        s.record_usage(t, &Dims::call(100, 0, 0));
+        s.check_spike("a", t, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].period, 70 * MINUTE_MS, "the 5-minute window it fell in");
+        s.fired.insert(out[0].key.clone(), out[0].period);
+        // Once per window: not again at minute 74, again in the next window.
+        let t = 74 * MINUTE_MS;
+        s.record_usage(t, &Dims::call(5000, 0, 0));
+        s.check_spike("a", t, &mut out);
+        assert_eq!(out.len(), 1);
+        let t = 75 * MINUTE_MS;
+        s.record_usage(t, &Dims::call(5000, 0, 0));
+        s.check_spike("a", t, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[1].period, 75 * MINUTE_MS);
+    }
+
+    #[test]
     fn runaway_counts_events_within_the_window() {
         let rules = AlertRules {
             runaway: Some(RunawayRule {

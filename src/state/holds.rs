@@ -623,6 +623,23 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_an_open_hold_counts_it_out_and_a_reused_slot_moves_on_a_generation() {
+        let mut t = HoldTable::default();
+        t.insert("a", open("org:x", 100));
+        assert_eq!(t.open_count(), 1);
+        let slot = t.slot("a").unwrap();
+        let gen = t.recs[slot as usize].gen();
+        t.remove("a");
+        assert_eq!((t.len(), t.open_count()), (0, 0));
+        // The next hold takes the slot with the next generation, so queued
+        // references to "a" (end order, expiry) are told apart from it.
+        t.insert("b", open("org:x", 200));
+        assert_eq!(t.slot("b"), Some(slot));
+        assert_eq!(t.recs[slot as usize].gen(), gen + 1);
+        assert!(t.recs[slot as usize].is_open());
+    }
+
+    #[test]
     fn the_expiry_heap_stays_proportional_to_open_holds() {
         let mut t = HoldTable::default();
         for i in 0..10_000u64 {

@@ -709,6 +709,46 @@ mod tests {
         assert_eq!(format_duration_ms(60_000), "1m");
         assert_eq!(format_duration_ms(1500), "1500ms");
         assert!(Window::parse_rolling("0s").is_err());
+        // The longest rolling window is 31 days exactly.
+        assert_eq!(
+            Window::parse_rolling("31d"),
+            Ok(Window::Rolling(MAX_ROLLING_MS))
+        );
+        assert!(Window::parse_rolling(&(MAX_ROLLING_MS + 1).to_string()).is_err());
+        for (word, p) in [
+            ("minute", Period::Minute),
+            ("HOUR", Period::Hour),
+            ("day", Period::Day),
+            ("week", Period::Week),
+            ("Month", Period::Month),
+        ] {
+            assert_eq!(Window::parse_period(word), Some(Window::Calendar(p)));
+        }
+        assert_eq!(Window::parse_period("total"), Some(Window::Total));
+        assert_eq!(Window::parse_period("fortnight"), None);
+    }
+
+    #[test]
+    fn a_forecast_watches_about_a_twelfth_of_its_period() {
+        let want = [
+            (Period::Minute, 10_000),
+            (Period::Hour, 5 * 60_000),
+            (Period::Day, 2 * 3_600_000),
+            (Period::Week, 12 * 3_600_000),
+            (Period::Month, 2 * 86_400_000),
+        ];
+        for (p, ms) in want {
+            assert_eq!(recent_window_ms(p), ms, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_rolling_window_next_changes_when_its_oldest_usage_leaves() {
+        let mut r = Ring::new(60_000);
+        assert_eq!(r.next_change(T0), None, "nothing to free");
+        // Usage only at 30 s: the empty buckets before it free nothing.
+        r.add(T0 + 30_500, 5);
+        assert_eq!(r.next_change(T0 + 40_000), Some(T0 + 90_000));
     }
 
     #[test]

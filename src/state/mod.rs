@@ -532,6 +532,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_count_every_part_a_snapshot_writes() {
+        // The snapshot cadence grows with `records`: each part counts.
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        let now = 1_795_305_600_000;
+        let base = st.records();
+        assert_eq!(base, st.prices.len(), "a new state holds only its prices");
+        let rules = alerts::AlertRules {
+            thresholds: vec![50],
+            ..Default::default()
+        };
+        for scope in ["org:a", "org:b"] {
+            let set = Command::AlertRulesSet {
+                scope: scope.into(),
+                rules: Some(rules.clone()),
+            };
+            st.apply(now, &set, &mut out);
+        }
+        assert_eq!(st.records(), base + st.nodes.len() + 2);
+        let spend = Command::Spend {
+            scope: "org:c".into(),
+            model: "gpt-4o".into(),
+            usage: Usage {
+                input: 1,
+                ..Usage::default()
+            },
+            id: Some("s1".into()),
+        };
+        st.apply(now, &spend, &mut out);
+        assert_eq!(st.records(), base + st.nodes.len() + 2 + 1);
+    }
+
+    #[test]
     fn the_next_expiry_is_the_earliest_open_hold_and_a_scope_takes_at_most_16_limits() {
         use limit::{LimitSpec, Window};
         let mut st = State::new(Config::default());
