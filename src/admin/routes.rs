@@ -558,7 +558,9 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
 /// rate (`recent` usage over the last `rate_window_ms`: 10 s of a minute,
 /// 5 min of an hour, 2 h of a day, 12 h of a week, 2 days of a month), the
 /// usage projected at the period's end at that rate, and when the limit runs
-/// out at that rate (`exhausted_at`, null if not this period).
+/// out at that rate (`exhausted_at`, null if not this period). Until a whole
+/// rate window was watched, `projection` is `watching` with `ready_at`, and
+/// nothing is projected (`projected`, `exhausted_at` null); then `ready`.
 #[utoipa::path(get, path = "/v1/reports/forecast/{scope}", params(("scope" = String, Path, description = "a scope with limits")),
     security(("bearer" = [])),
     responses((status = 200, description = "the forecast", body = Object), (status = 404, description = "no limits on the scope", body = Object),

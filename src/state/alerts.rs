@@ -575,7 +575,11 @@ mod tests {
         s.record_usage(t, &Dims::call(100, 0, 0));
         s.check_spike("a", t, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].period, 70 * MINUTE_MS, "the 5-minute window it fell in");
+        assert_eq!(
+            out[0].period,
+            70 * MINUTE_MS,
+            "the 5-minute window it fell in"
+        );
         s.fired.insert(out[0].key.clone(), out[0].period);
         // Once per window: not again at minute 74, again in the next window.
         let t = 74 * MINUTE_MS;

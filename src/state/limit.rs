@@ -251,8 +251,11 @@ pub struct Burn {
     /// than [`recent_window_ms`] while the limit is younger than that).
     pub recent: u64,
     pub rate_window_ms: u64,
-    /// Whether a whole rate window was watched (a shorter one is noisy).
+    /// Whether a whole rate window was watched (a shorter one is noisy:
+    /// half a second of calls says nothing about a month).
     pub full_window: bool,
+    /// When a whole rate window will have been watched.
+    pub watched_at: u64,
     pub period_end: u64,
     /// Usage at the period's end if the recent rate holds.
     pub projected: u64,
@@ -571,6 +574,7 @@ impl Limit {
             recent,
             rate_window_ms: window,
             full_window: now.saturating_sub(*since) >= full,
+            watched_at: since.saturating_add(full),
             period_end: end,
             projected,
             exhausted_at,

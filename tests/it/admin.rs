@@ -491,9 +491,21 @@ fn a_burn_rate_forecast_per_budget() {
         (month["dim"].as_str(), month["used"].as_i64()),
         (Some("TOKENS"), Some(500))
     );
-    // At least what is used; the period end is in the future; the rate is
-    // measured over the usage just recorded.
-    assert!(month["projected"].as_i64().unwrap() >= 500);
+    // Half a second of usage says nothing about a month: no projection
+    // until a whole rate window (2 days for a month) was watched, and the
+    // report says until when.
+    assert_eq!(month["projection"], "watching");
+    assert_eq!(month["projected"], Value::Null);
+    assert_eq!(month["exhausted_at"], Value::Null);
+    let ready = month["ready_at"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        ready > now + 2 * 86_400_000 - 60_000 && ready <= now + 2 * 86_400_000,
+        "{ready}"
+    );
     assert_eq!(month["recent"].as_i64(), Some(500));
     assert!(month["rate_window_ms"].as_i64().unwrap() >= 1);
     assert!(month["period_end"].as_i64().unwrap() > 0);

@@ -156,12 +156,27 @@ impl State {
                     ("period_end", Value::Int(b.period_end as i64)),
                     ("recent", amount_value(dim, b.recent as i128)),
                     ("rate_window_ms", Value::Int(b.rate_window_ms as i64)),
-                    ("projected", amount_value(dim, b.projected as i128)),
-                    (
-                        "exhausted_at",
-                        b.exhausted_at.map_or(Value::Null, |t| Value::Int(t as i64)),
-                    ),
                 ]);
+                // As the forecast alert: no projection from less than a whole
+                // rate window (it would extrapolate a month from seconds),
+                // and a field that says so and until when.
+                if b.full_window {
+                    f.extend([
+                        ("projection", Value::str("ready")),
+                        ("projected", amount_value(dim, b.projected as i128)),
+                        (
+                            "exhausted_at",
+                            b.exhausted_at.map_or(Value::Null, |t| Value::Int(t as i64)),
+                        ),
+                    ]);
+                } else {
+                    f.extend([
+                        ("projection", Value::str("watching")),
+                        ("ready_at", Value::Int(b.watched_at as i64)),
+                        ("projected", Value::Null),
+                        ("exhausted_at", Value::Null),
+                    ]);
+                }
                 Value::Map(f)
             })
             .collect();
@@ -206,6 +221,25 @@ mod forecast_tests {
         // 300 early in the day, then 590 within the last two hours: the
         // rate follows the recent pace, not the day's average.
         st.apply(day + hour, &spend(300), &mut out);
+        // An hour in, less than the 2 h rate window was watched: no
+        // projection yet, and the reply says until when.
+        let early = st.apply(
+            day + hour,
+            &Command::Forecast {
+                scope: "org:f".into(),
+            },
+            &mut Vec::new(),
+        );
+        let Some(Value::Array(early)) = early.field("limits") else {
+            panic!("{early:?}")
+        };
+        assert_eq!(early[0].field("projection"), Some(&Value::str("watching")));
+        assert_eq!(
+            early[0].field("ready_at"),
+            Some(&Value::Int((day + 2 * hour) as i64))
+        );
+        assert_eq!(early[0].field("projected"), Some(&Value::Null));
+        assert_eq!(early[0].field("exhausted_at"), Some(&Value::Null));
         st.apply(day + 5 * hour, &spend(590), &mut out);
         let now = day + 6 * hour;
         let forecast = |st: &mut State, now| {
@@ -222,6 +256,7 @@ mod forecast_tests {
         // The 2 h window is 60 buckets of 2 min; at a bucket boundary the
         // live ones cover 59 × 2 min = 7,080,000 ms. 590 in that is one token
         // per 12 s: 5400 more in the 18 h left, 6290 in all.
+        assert_eq!(l.field("projection"), Some(&Value::str("ready")));
         assert_eq!(l.field("recent"), Some(&Value::Int(590)));
         assert_eq!(l.field("rate_window_ms"), Some(&Value::Int(7_080_000)));
         assert_eq!(l.field("projected"), Some(&Value::Int(6290)));
