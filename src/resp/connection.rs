@@ -422,6 +422,28 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
         "echo" if args.len() == 1 => Value::Bulk(args[0].to_vec()),
         "echo" => wrong_args(name),
         "quit" => return (Value::Ok, true),
+        "shutdown" => {
+            if conn.user.as_ref().is_some_and(|u| !u.may_run("shutdown")) {
+                return (
+                    Value::err(
+                        ErrorCode::NoPerm,
+                        "this user has no permissions to run the 'shutdown' command",
+                    ),
+                    false,
+                );
+            }
+            // The ledger is the data and a last snapshot is written either
+            // way: SAVE and NOSAVE both stop cleanly, as SIGTERM does.
+            let flags_ok = args
+                .iter()
+                .all(|a| matches!(word(a).as_str(), "SAVE" | "NOSAVE" | "NOW" | "FORCE"));
+            if !flags_ok {
+                return (Value::err(ErrorCode::Err, "syntax error"), false);
+            }
+            tracing::info!("SHUTDOWN from client {} ({})", conn.id, conn.addr);
+            ctx.shutdown.notify_one();
+            return (Value::Ok, true);
+        }
         "hello" => hello(conn, ctx, args),
         "auth" => match args.len() {
             1 | 2 => auth(
@@ -465,11 +487,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
             Some("GET") if args.len() == 2 => {
                 // redis-benchmark asks for save and appendonly at start.
                 let key = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
-                match key.as_str() {
-                    "save" => Value::Array(vec![Value::str("save"), Value::str("")]),
-                    "appendonly" => Value::Array(vec![Value::str("appendonly"), Value::str("no")]),
-                    _ => Value::Array(vec![]),
-                }
+                config_get(ctx, &key)
             }
             _ => Value::err(ErrorCode::Err, "spendb supports only CONFIG GET"),
         },
@@ -607,10 +625,67 @@ fn command(args: &Args) -> Value {
 
 /// INFO: the requested sections (all when none, `all`, `default` or
 /// `everything` is asked), in Redis's `# Section` / `key:value` format.
+/// CONFIG GET: the main settings under their Redis names where Redis has
+/// one (`*` and `?` globs as Redis takes them).
+fn config_get(ctx: &ServerCtx, pattern: &str) -> Value {
+    let fsync = matches!(ctx.durability, crate::engine::Durability::Fsync);
+    let settings: [(&str, String); 8] = [
+        ("port", ctx.port.to_string()),
+        ("maxclients", ctx.max_connections.to_string()),
+        (
+            "timeout",
+            ctx.idle_timeout.map_or(0, |t| t.as_secs()).to_string(),
+        ),
+        ("proto-max-bulk-len", ctx.limits.max_bulk.to_string()),
+        // What redis-benchmark asks at start; spendb's ledger is always on.
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        (
+            "appendfsync",
+            if fsync { "always" } else { "everysec" }.into(),
+        ),
+        (
+            "durability",
+            format!("{:?}", ctx.durability).to_ascii_lowercase(),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (k, v) in settings {
+        if glob(pattern.as_bytes(), k.as_bytes()) {
+            out.push(Value::str(k));
+            out.push(Value::Str(v));
+        }
+    }
+    Value::Array(out)
+}
+
+/// Redis-style glob: `*` any run, `?` any one byte, the rest literal.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// Bytes as Redis prints them (`1.50M`).
+fn human_bytes(n: u64) -> String {
+    let units = [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (u, size) in units {
+        if n >= size {
+            return format!("{:.2}{u}", n as f64 / size as f64);
+        }
+    }
+    format!("{n}B")
+}
+
 fn info(ctx: &ServerCtx, conn: &Conn, args: &Args) -> String {
     let s = &ctx.engine.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let sections: [(&str, Vec<(&str, String)>); 5] = [
+    let memory = super::resident_bytes();
+    let sections: [(&str, Vec<(&str, String)>); 6] = [
         (
             "Server",
             vec![
@@ -633,7 +708,16 @@ fn info(ctx: &ServerCtx, conn: &Conn, args: &Args) -> String {
                     ctx.connections.load(Ordering::Relaxed).to_string(),
                 ),
                 ("maxclients", ctx.max_connections.to_string()),
+                ("blocked_clients", "0".into()),
                 ("client_proto", conn.proto.to_string()),
+            ],
+        ),
+        (
+            "Memory",
+            vec![
+                ("used_memory", memory.to_string()),
+                ("used_memory_human", human_bytes(memory)),
+                ("used_memory_rss", memory.to_string()),
             ],
         ),
         (
@@ -656,6 +740,14 @@ fn info(ctx: &ServerCtx, conn: &Conn, args: &Args) -> String {
             "Stats",
             vec![
                 ("total_commands_processed", l(&s.commands).to_string()),
+                (
+                    "total_connections_received",
+                    (ctx.next_client_id.load(Ordering::Relaxed) - 1).to_string(),
+                ),
+                (
+                    "instantaneous_ops_per_sec",
+                    ctx.ops_per_sec(l(&s.commands)).to_string(),
+                ),
                 ("group_commits", l(&s.batches).to_string()),
                 ("ledger_entries_written", l(&s.entries).to_string()),
                 ("open_holds", l(&s.open_holds).to_string()),

@@ -39,6 +39,35 @@ pub struct ServerCtx {
     /// output buffer itself is bounded: replies to at most one pipeline
     /// batch are buffered, and nothing more is read until they are written.
     pub write_timeout: Duration,
+    /// The last sample of the command count for INFO's
+    /// `instantaneous_ops_per_sec`: (when, commands, the rate then).
+    pub ops_sample: std::sync::Mutex<(Instant, u64, u64)>,
+    /// SHUTDOWN asks the server to stop here (as SIGTERM does).
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl ServerCtx {
+    /// Commands per second over the time since the last sample (resampled
+    /// at most once a second, so frequent INFO calls see a steady figure).
+    pub fn ops_per_sec(&self, commands: u64) -> u64 {
+        let mut s = self.ops_sample.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = s.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let rate = (commands.saturating_sub(s.1) as f64 / elapsed.as_secs_f64()) as u64;
+            *s = (Instant::now(), commands, rate);
+        }
+        s.2
+    }
+}
+
+/// This process's resident memory in bytes (Linux: /proc/self/statm), for
+/// INFO's `used_memory`; 0 where it cannot be read.
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// Accepts connections until the task is dropped.

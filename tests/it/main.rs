@@ -22,6 +22,7 @@ mod limits;
 mod log_store;
 mod loop_guard;
 mod model;
+mod operators;
 mod server;
 mod sim;
 mod tenants;

@@ -274,6 +274,8 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             max_connections: a.max_connections,
             idle_timeout,
             write_timeout,
+            ops_sample: std::sync::Mutex::new((started, 0, 0)),
+            shutdown: tokio::sync::Notify::new(),
         });
         tracing::info!(
             "serving the Redis protocol on {addr} (durability {:?})",
@@ -300,9 +302,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         println!("spendb ready resp={addr} admin={admin_addr}");
         let _ = std::io::stdout().flush();
         let mut failure = None;
+        let asked = ctx.clone();
         tokio::select! {
             _ = resp::run(listener, ctx) => {}
             _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
+            _ = asked.shutdown.notified() => tracing::info!("SHUTDOWN: finishing queued commands"),
             reason = handle.stopped_on_failure() => failure = Some(reason),
         }
         admin.abort();
