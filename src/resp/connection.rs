@@ -39,6 +39,38 @@ struct Conn {
     addr: String,
     /// Inside MULTI: what is queued for EXEC.
     multi: Option<Transaction>,
+    /// This connection in the server's client list (CLIENT LIST / KILL).
+    entry: Arc<super::ClientEntry>,
+}
+
+impl Conn {
+    /// Mirrors name and user into the client list.
+    fn publish(&self) {
+        let user = self.user.as_ref().map(|u| u.name.clone());
+        let scopes = (self.user.as_ref())
+            .and_then(|u| u.access.as_ref())
+            .map_or_else(Vec::new, |a| a.prefixes.clone());
+        *self.entry.who.lock().unwrap_or_else(|e| e.into_inner()) =
+            (self.name.clone(), user, scopes);
+    }
+
+    /// Whether this connection may see and end others' (an admin's rights).
+    fn is_admin(&self) -> bool {
+        self.user.as_ref().is_none_or(|u| u.may_run("client.kill"))
+    }
+}
+
+/// Takes a connection off the client list when it ends.
+struct Registered<'a>(&'a ServerCtx, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// A transaction being queued (MULTI … EXEC).
@@ -107,17 +139,35 @@ fn fail_transaction(conn: &mut Conn) {
 
 pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
     let _ = stream.set_nodelay(true);
+    let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
+    let addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let entry = Arc::new(super::ClientEntry {
+        id,
+        addr: addr.clone(),
+        connected: std::time::Instant::now(),
+        who: Default::default(),
+        commands: Default::default(),
+        last_active: std::sync::Mutex::new(std::time::Instant::now()),
+        killed: Default::default(),
+        kill: Default::default(),
+    });
+    ctx.clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, entry.clone());
+    let _registered = Registered(&ctx, id);
     let mut conn = Conn {
-        id: ctx.next_client_id.fetch_add(1, Ordering::Relaxed),
+        id,
         proto: 2,
         name: None,
         authed: !ctx.auth.required(),
         user: None,
-        addr: stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        addr,
         multi: None,
+        entry,
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -138,6 +188,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         .map(|r| frame::arg_bytes(&rbuf, r, inline))
                         .collect();
                     if !args.is_empty() {
+                        conn.entry.commands.fetch_add(1, Ordering::Relaxed);
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
                         let spec = cmd::spendb_command(&name);
                         let before = slots.len();
@@ -299,7 +350,16 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             }
             continue; // more may already be buffered
         }
-        let read = stream.read_buf(&mut rbuf);
+        if conn.entry.killed.load(Ordering::Relaxed) {
+            return; // CLIENT KILL
+        }
+        let killed = conn.entry.kill.notified();
+        let read = async {
+            tokio::select! {
+                r = stream.read_buf(&mut rbuf) => r,
+                _ = killed => Ok(0),
+            }
+        };
         let n = match ctx.idle_timeout {
             Some(t) => match tokio::time::timeout(t, read).await {
                 Ok(r) => r,
@@ -307,6 +367,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             },
             None => read.await,
         };
+        *conn
+            .entry
+            .last_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         match n {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -460,6 +525,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
             conn.name = None;
             conn.authed = !ctx.auth.required();
             conn.user = None;
+            conn.publish();
             Value::Status("RESET")
         }
         "dbsize" => Value::Int(ctx.engine.stats.open_holds.load(Ordering::Relaxed) as i64),
@@ -480,7 +546,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
             ),
             _ => wrong_args(name),
         },
-        "client" => client(conn, args),
+        "client" => client(conn, ctx, args),
         "command" => command(args),
         "info" => Value::Str(info(ctx, conn, args)),
         "config" => match args.first().map(|a| word(a)).as_deref() {
@@ -506,6 +572,7 @@ fn auth(conn: &mut Conn, ctx: &ServerCtx, user: Option<&[u8]>, password: &[u8]) 
     if let Some(grant) = ctx.auth.check(user, password) {
         conn.authed = true;
         conn.user = grant;
+        conn.publish();
         Value::Ok
     } else {
         Value::err(
@@ -553,6 +620,7 @@ fn hello(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
     if setname.is_some() {
         conn.name = setname;
     }
+    conn.publish();
     Value::Map(vec![
         ("server", Value::str("spendb")),
         ("version", Value::str(env!("CARGO_PKG_VERSION"))),
@@ -564,24 +632,111 @@ fn hello(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
     ])
 }
 
-fn client(conn: &mut Conn, args: &Args) -> Value {
+/// CLIENT KILL <addr> (OK, or an error when no such client), or the filter
+/// form CLIENT KILL ID <id> | ADDR <addr> | USER <user> … (how many).
+fn client_kill(ctx: &ServerCtx, args: &Args) -> Value {
+    let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
+    let filters: Vec<(String, String)> = match args.len() {
+        1 => vec![("ADDR".into(), text(&args[0]))],
+        n if n >= 2 && n % 2 == 0 => args.chunks(2).map(|p| (word(&p[0]), text(&p[1]))).collect(),
+        _ => return Value::err(ErrorCode::Err, "syntax error"),
+    };
+    if let Some((k, _)) = filters
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "ID" | "ADDR" | "USER"))
+    {
+        return Value::err(
+            ErrorCode::Err,
+            format!("CLIENT KILL takes ID, ADDR or USER, not {k}"),
+        );
+    }
+    let clients: Vec<_> = ctx
+        .clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut killed = 0;
+    for e in clients {
+        let user = e.who.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let matches = filters.iter().all(|(k, v)| match k.as_str() {
+            "ID" => e.id.to_string() == *v,
+            "ADDR" => e.addr == *v,
+            _ => user.as_deref().unwrap_or("default") == v,
+        });
+        if matches {
+            e.killed.store(true, Ordering::Relaxed);
+            e.kill.notify_one();
+            killed += 1;
+        }
+    }
+    match (args.len(), killed) {
+        (1, 0) => Value::err(ErrorCode::Err, "No such client"),
+        (1, _) => Value::Ok,
+        _ => Value::Int(killed),
+    }
+}
+
+/// One connection's CLIENT LIST line: Redis's fields, and spendb's own
+/// (`scopes`: the user's scope prefixes, `cmds`: requests it sent).
+fn client_line(e: &super::ClientEntry, proto: Option<u8>) -> String {
+    let (name, user, scopes) = e.who.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let idle = e
+        .last_active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .elapsed()
+        .as_secs();
+    let resp = proto.map_or(String::new(), |p| format!(" resp={p}"));
+    format!(
+        "id={} addr={} name={} age={} idle={idle} user={} scopes={} cmds={}{resp}\n",
+        e.id,
+        e.addr,
+        name.unwrap_or_default(),
+        e.connected.elapsed().as_secs(),
+        user.unwrap_or_else(|| "default".into()),
+        if scopes.is_empty() {
+            "*".into()
+        } else {
+            scopes.join(",")
+        },
+        e.commands.load(Ordering::Relaxed),
+    )
+}
+
+fn client(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
     let Some(sub) = args.first().map(|a| word(a)) else {
         return wrong_args("client");
+    };
+    let no_perm = || {
+        Value::err(
+            ErrorCode::NoPerm,
+            format!("this user has no permissions to run CLIENT {sub}"),
+        )
     };
     match sub.as_str() {
         "SETNAME" if args.len() == 2 => {
             conn.name = Some(String::from_utf8_lossy(&args[1]).into_owned());
+            conn.publish();
             Value::Ok
         }
         "GETNAME" => conn.name.clone().map_or(Value::Null, Value::Str),
         "ID" => Value::Int(conn.id as i64),
-        "INFO" => Value::Str(format!(
-            "id={} addr={} name={} resp={} lib-name= lib-ver=\n",
-            conn.id,
-            conn.addr,
-            conn.name.as_deref().unwrap_or(""),
-            conn.proto
-        )),
+        "INFO" => Value::Str(client_line(&conn.entry, Some(conn.proto))),
+        "LIST" if !conn.is_admin() => no_perm(),
+        "LIST" => {
+            let all: Vec<_> = ctx
+                .clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            Value::Str(all.iter().map(|e| client_line(e, None)).collect())
+        }
+        "KILL" if !conn.is_admin() => no_perm(),
+        "KILL" => client_kill(ctx, &args[1..]),
         "SETINFO" => Value::Ok,
         _ => Value::err(
             ErrorCode::Err,

@@ -44,6 +44,22 @@ pub struct ServerCtx {
     pub ops_sample: std::sync::Mutex<(Instant, u64, u64)>,
     /// SHUTDOWN asks the server to stop here (as SIGTERM does).
     pub shutdown: tokio::sync::Notify,
+    /// The connections open now, by id (CLIENT LIST / KILL).
+    pub clients: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<ClientEntry>>>,
+}
+
+/// What CLIENT LIST shows of a connection, and how CLIENT KILL reaches it.
+pub struct ClientEntry {
+    pub id: u64,
+    pub addr: String,
+    pub connected: Instant,
+    /// Updated by the connection as it goes: (name, user, scope prefixes).
+    pub who: std::sync::Mutex<(Option<String>, Option<String>, Vec<String>)>,
+    pub commands: std::sync::atomic::AtomicU64,
+    pub last_active: std::sync::Mutex<Instant>,
+    /// Set by CLIENT KILL; the connection closes when it sees it.
+    pub killed: std::sync::atomic::AtomicBool,
+    pub kill: tokio::sync::Notify,
 }
 
 impl ServerCtx {

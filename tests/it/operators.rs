@@ -1,5 +1,6 @@
 //! What redis-cli users and operators type: INFO's fields (the ones
-//! `redis-cli --stat` and dashboards read), CONFIG GET, SHUTDOWN.
+//! `redis-cli --stat` and dashboards read), CONFIG GET, SHUTDOWN, CLIENT
+//! LIST / KILL / INFO (through redis-cli itself, as an operator would).
 
 use crate::common::*;
 
@@ -108,4 +109,99 @@ fn shutdown_stops_cleanly_for_an_admin_only() {
     s.restart();
     let mut ops = conn(&s, "ops", "ops-pass");
     assert_eq!(dim(&q(&mut ops, "BALANCE org:s"), "spent", "tokens"), "11");
+}
+
+#[test]
+fn ledger_verify_reads_a_running_servers_data_dir() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    raw(&mut c, "BUDGET.SET org:live TOKENS 100000 PER DAY").unwrap();
+    for i in 0..50 {
+        q(&mut c, &format!("SPEND org:live gpt-4o INPUT {i} OUTPUT 1"));
+    }
+    q(&mut c, "RESERVE live-1 org:live gpt-4o INPUT 5 OUTPUT 5");
+    // The server is still running and holds its locks (sled's among them):
+    // verify opens nothing but the ledger and snapshot files, read-only.
+    let (ok, text) = verify(&s.dir);
+    assert!(ok, "{text}");
+    assert!(text.contains("ledger ok: 52 entries"), "{text}");
+    assert!(text.contains("1 open holds"), "{text}");
+    // And the server is unaffected.
+    assert_eq!(q(&mut c, "HOLD.GET live-1").s("status"), "open");
+}
+
+/// Runs redis-cli (Debian's redis-tools; .ci/run installs it).
+fn redis_cli(port: u16, user: Option<(&str, &str)>, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("redis-cli");
+    cmd.args(["-p", &port.to_string()]);
+    if let Some((u, p)) = user {
+        cmd.args(["--user", u, "--pass", p, "--no-auth-warning"]);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("redis-cli is missing: apt-get install redis-tools");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn client_list_and_kill_show_and_end_connections() {
+    let s = Server::with_users(
+        r#"
+        [users.ops]
+        password = "ops-pass"
+        commands = ["@admin"]
+
+        [users.agent]
+        password = "agent-pass"
+        commands = ["@agent"]
+        scopes = ["org:acme", "org:beta/team:x"]
+        "#,
+        &[],
+    );
+    let mut agent = redis::Client::open(format!("redis://agent:agent-pass@127.0.0.1:{}/", s.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    raw(&mut agent, "CLIENT SETNAME worker-1").unwrap();
+    q(&mut agent, "RESERVE k1 org:acme gpt-4o INPUT 1 OUTPUT 0");
+    let ops = Some(("ops", "ops-pass"));
+    let list = redis_cli(s.port, ops, &["CLIENT", "LIST"]);
+    let line = list
+        .lines()
+        .find(|l| l.contains("name=worker-1"))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains("user=agent"), "{line}");
+    assert!(line.contains("scopes=org:acme,org:beta/team:x"), "{line}");
+    assert!(line.contains("cmds="), "{line}");
+    let id: u64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("id="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Seeing and ending others' connections is an admin's right.
+    assert!(err(&mut agent, "CLIENT LIST").starts_with("NOPERM"));
+    assert!(err(&mut agent, &format!("CLIENT KILL ID {id}")).starts_with("NOPERM"));
+    let own = string(&raw(&mut agent, "CLIENT INFO").unwrap());
+    assert!(
+        own.contains(&format!("id={id} ")) && own.contains("resp=2"),
+        "{own}"
+    );
+    // The operator ends it; the agent's next command finds it closed.
+    assert_eq!(
+        redis_cli(s.port, ops, &["CLIENT", "KILL", "ID", &id.to_string()]).trim(),
+        "(integer) 1".trim_start_matches("(integer) ")
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        raw(&mut agent, "PING").is_err(),
+        "the killed connection is closed"
+    );
+    let list = redis_cli(s.port, ops, &["CLIENT", "LIST"]);
+    assert!(!list.contains("worker-1"), "{list}");
+    assert_eq!(
+        redis_cli(s.port, ops, &["CLIENT", "KILL", "127.0.0.1:1"]).trim(),
+        "ERR No such client"
+    );
 }

@@ -276,6 +276,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             write_timeout,
             ops_sample: std::sync::Mutex::new((started, 0, 0)),
             shutdown: tokio::sync::Notify::new(),
+            clients: Default::default(),
         });
         tracing::info!(
             "serving the Redis protocol on {addr} (durability {:?})",
