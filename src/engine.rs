@@ -225,7 +225,16 @@ impl EngineHandle {
         cmds: Vec<Command>,
         access: Option<Arc<Access>>,
     ) -> Vec<Outcome> {
-        match self.submit(&cmds, access) {
+        self.execute_slice_as(&cmds, access).await
+    }
+
+    /// `execute_as` that leaves the commands with the caller.
+    pub async fn execute_slice_as(
+        &self,
+        cmds: &[Command],
+        access: Option<Arc<Access>>,
+    ) -> Vec<Outcome> {
+        match self.submit(cmds, access) {
             Submitted::Done(replies) => replies,
             Submitted::Waiting(replies, released) => settle(replies, released.await),
         }

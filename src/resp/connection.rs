@@ -171,7 +171,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut monitoring = false;
     loop {
+        if monitoring {
+            return monitor(&mut stream, &ctx, &conn).await;
+        }
         let mut slots = Vec::new();
         let mut cmds = Vec::new();
         // What each engine command is, for the metrics (the commands
@@ -189,6 +193,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         .collect();
                     if !args.is_empty() {
                         conn.entry.commands.fetch_add(1, Ordering::Relaxed);
+                        if ctx.monitors.receiver_count() > 0 {
+                            monitor_line(&ctx, &conn, &args);
+                        }
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
                         let spec = cmd::spendb_command(&name);
                         let before = slots.len();
@@ -202,6 +209,17 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             .flatten()
                         {
                             slots.push(Slot::Now(v));
+                        } else if conn.authed && name == "monitor" && !queuing {
+                            if conn.is_admin() {
+                                slots.push(Slot::Now(Value::Ok));
+                                monitoring = true;
+                                close = true; // read nothing more this round
+                            } else {
+                                slots.push(Slot::Now(Value::err(
+                                    ErrorCode::NoPerm,
+                                    "this user has no permissions to run MONITOR",
+                                )));
+                            }
                         } else if conn.authed && name == "exec" {
                             match exec(&mut conn, &args[1..], &mut cmds, &mut kinds) {
                                 Ok(items) => slots.push(Slot::Exec(items)),
@@ -301,9 +319,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 let started = std::time::Instant::now();
                 let r = ctx
                     .engine
-                    .execute_as(cmds, conn.user.as_ref().and_then(|u| u.access.clone()))
+                    .execute_slice_as(&cmds, conn.user.as_ref().and_then(|u| u.access.clone()))
                     .await;
-                let us = started.elapsed().as_micros() as u64;
+                let elapsed = started.elapsed();
+                let us = elapsed.as_micros() as u64;
+                log_if_slow(&ctx, &conn, &cmds, elapsed);
                 let m = &ctx.engine.stats.metrics;
                 for (i, outcome) in kinds.iter().zip(&r) {
                     m.count(outcome);
@@ -345,8 +365,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 _ => return, // gone, or not reading its replies
             }
             wbuf.clear();
-            if close {
+            if close && !monitoring {
                 return;
+            }
+            if monitoring {
+                continue;
             }
             continue; // more may already be buffered
         }
@@ -460,6 +483,144 @@ fn exec(
         .collect())
 }
 
+/// Records the commands of an engine batch that took at least the slow
+/// log's threshold: each with its name and what it was asked (the batch's
+/// time is each one's: they were decided and made durable together).
+fn log_if_slow(
+    ctx: &ServerCtx,
+    conn: &Conn,
+    cmds: &[crate::state::Command],
+    took: std::time::Duration,
+) {
+    let mut log = ctx.slowlog.lock().unwrap_or_else(|e| e.into_inner());
+    if took < log.threshold || log.max_len == 0 {
+        return;
+    }
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for c in cmds.iter().take(log.max_len) {
+        let mut what = format!("{c:?}");
+        if what.len() > super::LOGGED_ARG_BYTES {
+            let cut = (0..=super::LOGGED_ARG_BYTES)
+                .rev()
+                .find(|&i| what.is_char_boundary(i))
+                .unwrap_or(0);
+            what.truncate(cut);
+            what.push_str("...");
+        }
+        log.push(super::SlowEntry {
+            id: 0,
+            at,
+            micros: took.as_micros() as u64,
+            args: vec![c.name().to_ascii_uppercase(), what],
+            addr: conn.addr.clone(),
+            name: conn.name.clone().unwrap_or_default(),
+        });
+    }
+}
+
+/// What MONITOR shows of a request: `+<unix s>.<µs> [0 <addr>] "arg" …`.
+fn monitor_line(ctx: &ServerCtx, conn: &Conn, args: &[Cow<[u8]>]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut line = format!(
+        "{}.{:06} [0 {}]",
+        now.as_secs(),
+        now.subsec_micros(),
+        conn.addr
+    );
+    for a in super::logged_args(args) {
+        line.push_str(&format!(" {a:?}"));
+    }
+    let _ = ctx.monitors.send(line.into());
+}
+
+/// MONITOR: streams every command the server receives, until the client
+/// sends QUIT or RESET, goes away, or is killed. A monitor that cannot keep
+/// up loses lines (it is told how many), never slows the others.
+async fn monitor(stream: &mut TcpStream, ctx: &ServerCtx, conn: &Conn) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = ctx.monitors.subscribe();
+    let mut input = BytesMut::with_capacity(1024);
+    loop {
+        let out = tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(line) => format!("+{line}\r\n"),
+                Err(RecvError::Lagged(n)) => format!("+(monitor fell behind: {n} lines dropped)\r\n"),
+                Err(RecvError::Closed) => return,
+            },
+            r = stream.read_buf(&mut input) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&input).to_ascii_lowercase();
+                    if text.contains("quit") || text.contains("reset") {
+                        let _ = stream.write_all(b"+OK\r\n").await;
+                        return;
+                    }
+                    input.clear();
+                    continue;
+                }
+            },
+            _ = conn.entry.kill.notified() => return,
+        };
+        match tokio::time::timeout(ctx.write_timeout, stream.write_all(out.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+/// SLOWLOG GET [n] | LEN | RESET (admin only).
+fn slowlog(conn: &Conn, ctx: &ServerCtx, args: &Args) -> Value {
+    if !conn.is_admin() {
+        return Value::err(
+            ErrorCode::NoPerm,
+            "this user has no permissions to run SLOWLOG",
+        );
+    }
+    let mut log = ctx.slowlog.lock().unwrap_or_else(|e| e.into_inner());
+    match args.first().map(|a| word(a)).as_deref() {
+        Some("LEN") if args.len() == 1 => Value::Int(log.entries.len() as i64),
+        Some("RESET") if args.len() == 1 => {
+            log.entries.clear();
+            Value::Ok
+        }
+        Some("GET") if args.len() <= 2 => {
+            let n = match args.get(1) {
+                None => 10,
+                Some(a) => match std::str::from_utf8(a)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    Some(n) if n < 0 => usize::MAX,
+                    Some(n) => n as usize,
+                    None => return Value::err(ErrorCode::Err, "count should be an integer"),
+                },
+            };
+            Value::Array(
+                log.entries
+                    .iter()
+                    .take(n)
+                    .map(|e| {
+                        Value::Array(vec![
+                            Value::Int(e.id as i64),
+                            Value::Int(e.at as i64),
+                            Value::Int(e.micros as i64),
+                            Value::Array(e.args.iter().map(|a| Value::Str(a.clone())).collect()),
+                            Value::Str(e.addr.clone()),
+                            Value::Str(e.name.clone()),
+                        ])
+                    })
+                    .collect(),
+            )
+        }
+        _ => Value::err(ErrorCode::Err, "SLOWLOG takes GET [count], LEN or RESET"),
+    }
+}
+
 /// Position of a command in the table (spendb's commands only reach here).
 fn command_index(name: &str) -> usize {
     commands::index(name).expect("a command of the table")
@@ -547,6 +708,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
             _ => wrong_args(name),
         },
         "client" => client(conn, ctx, args),
+        "slowlog" => slowlog(conn, ctx, args),
         "command" => command(args),
         "info" => Value::Str(info(ctx, conn, args)),
         "config" => match args.first().map(|a| word(a)).as_deref() {

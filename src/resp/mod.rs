@@ -46,6 +46,79 @@ pub struct ServerCtx {
     pub shutdown: tokio::sync::Notify,
     /// The connections open now, by id (CLIENT LIST / KILL).
     pub clients: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<ClientEntry>>>,
+    /// Commands whose engine batch was slow (SLOWLOG).
+    pub slowlog: std::sync::Mutex<SlowLog>,
+    /// Every command as MONITOR shows it, to the connections monitoring.
+    pub monitors: tokio::sync::broadcast::Sender<Arc<str>>,
+}
+
+/// Most arguments, and bytes of each, that SLOWLOG and MONITOR keep of a
+/// command (as Redis does, the rest is said to be there).
+pub const LOGGED_ARGS: usize = 32;
+pub const LOGGED_ARG_BYTES: usize = 128;
+
+/// One SLOWLOG entry.
+pub struct SlowEntry {
+    pub id: u64,
+    /// Unix seconds.
+    pub at: u64,
+    pub micros: u64,
+    pub args: Vec<String>,
+    pub addr: String,
+    pub name: String,
+}
+
+/// The slow log: the newest `max_len` commands at or over the threshold.
+pub struct SlowLog {
+    pub threshold: Duration,
+    pub max_len: usize,
+    pub next_id: u64,
+    pub entries: std::collections::VecDeque<SlowEntry>,
+}
+
+impl SlowLog {
+    pub fn new(threshold: Duration, max_len: usize) -> SlowLog {
+        SlowLog {
+            threshold,
+            max_len,
+            next_id: 0,
+            entries: Default::default(),
+        }
+    }
+
+    pub fn push(&mut self, mut e: SlowEntry) {
+        e.id = self.next_id;
+        self.next_id += 1;
+        self.entries.push_front(e);
+        self.entries.truncate(self.max_len);
+    }
+}
+
+/// A command's arguments as the logs keep them: at most [`LOGGED_ARGS`],
+/// each cut at [`LOGGED_ARG_BYTES`]; AUTH's and HELLO's redacted.
+pub fn logged_args(args: &[std::borrow::Cow<[u8]>]) -> Vec<String> {
+    let name = args.first().map(|a| a.to_ascii_lowercase());
+    let secret = matches!(name.as_deref(), Some(b"auth") | Some(b"hello"));
+    let mut out: Vec<String> = args
+        .iter()
+        .take(LOGGED_ARGS)
+        .enumerate()
+        .map(|(i, a)| {
+            if secret && i > 0 {
+                return "(redacted)".to_string();
+            }
+            let shown = String::from_utf8_lossy(&a[..a.len().min(LOGGED_ARG_BYTES)]).into_owned();
+            if a.len() > LOGGED_ARG_BYTES {
+                format!("{shown}... ({} more bytes)", a.len() - LOGGED_ARG_BYTES)
+            } else {
+                shown
+            }
+        })
+        .collect();
+    if args.len() > LOGGED_ARGS {
+        out.push(format!("... ({} more arguments)", args.len() - LOGGED_ARGS));
+    }
+    out
 }
 
 /// What CLIENT LIST shows of a connection, and how CLIENT KILL reaches it.

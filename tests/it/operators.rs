@@ -205,3 +205,71 @@ fn client_list_and_kill_show_and_end_connections() {
         "ERR No such client"
     );
 }
+
+#[test]
+fn slowlog_keeps_slow_batches_and_monitor_streams_commands() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Server::with_users(
+        r#"
+        [users.ops]
+        password = "ops-pass"
+        commands = ["@admin"]
+
+        [users.agent]
+        password = "agent-pass"
+        commands = ["@agent"]
+        "#,
+        &["--slowlog-threshold", "0", "--slowlog-max-len", "3"],
+    );
+    let ops = Some(("ops", "ops-pass"));
+    // MONITOR on a raw connection: +OK, then a line per command received.
+    let mut m = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    m.write_all(b"AUTH ops ops-pass\r\nMONITOR\r\n").unwrap();
+    let mut lines = BufReader::new(m.try_clone().unwrap());
+    let mut line = String::new();
+    for want in ["+OK", "+OK"] {
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), want);
+    }
+    let mut agent = redis::Client::open(format!("redis://agent:agent-pass@127.0.0.1:{}/", s.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for i in 0..5 {
+        q(
+            &mut agent,
+            &format!("RESERVE s{i} org:slow gpt-4o INPUT 1 OUTPUT 0"),
+        );
+    }
+    // The monitor saw the agent's AUTH (its password redacted) and RESERVEs.
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .filter(|l: &&String| l.contains("\"RESERVE\""))
+        .count()
+        < 5
+    {
+        line.clear();
+        lines.read_line(&mut line).unwrap();
+        seen.push(line.trim_end().to_string());
+    }
+    let auth = seen
+        .iter()
+        .find(|l| l.contains("\"AUTH\""))
+        .expect("AUTH shown");
+    assert!(
+        auth.contains("(redacted)") && !auth.contains("agent-pass"),
+        "{auth}"
+    );
+    assert!(seen.iter().any(|l| l.contains("\"s4\"")), "{seen:?}");
+    m.write_all(b"QUIT\r\n").unwrap();
+
+    // Every engine batch is "slow" at threshold 0; 3 are kept, newest first.
+    assert!(err(&mut agent, "SLOWLOG LEN").starts_with("NOPERM"));
+    assert_eq!(redis_cli(s.port, ops, &["SLOWLOG", "LEN"]).trim(), "3");
+    let got = redis_cli(s.port, ops, &["SLOWLOG", "GET", "1"]);
+    assert!(got.contains("RESERVE") && got.contains("s4"), "{got}");
+    assert_eq!(redis_cli(s.port, ops, &["SLOWLOG", "RESET"]).trim(), "OK");
+    assert_eq!(redis_cli(s.port, ops, &["SLOWLOG", "LEN"]).trim(), "0");
+}

@@ -204,6 +204,13 @@ pub(crate) struct ServeArgs {
     /// Close connections that do not read their replies for this long.
     #[arg(long, env = "SPENDB_WRITE_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub(crate) write_timeout: Duration,
+    /// SLOWLOG records commands whose engine batch took at least this long
+    /// (0 records every command).
+    #[arg(long, env = "SPENDB_SLOWLOG_THRESHOLD", default_value = "10ms", value_parser = duration)]
+    pub(crate) slowlog_threshold: Duration,
+    /// Entries SLOWLOG keeps (the oldest go first).
+    #[arg(long, env = "SPENDB_SLOWLOG_MAX_LEN", default_value_t = 128)]
+    pub(crate) slowlog_max_len: usize,
     /// Largest single argument, in bytes (checked before it is buffered).
     #[arg(long, env = "SPENDB_MAX_BULK", default_value_t = 16 * 1024 * 1024)]
     pub(crate) max_bulk: usize,
