@@ -94,6 +94,20 @@ impl Default for EngineConfig {
     }
 }
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl EngineStats {
+    fn saved(&self) {
+        self.last_snapshot_at.store(unix_secs(), Ordering::Relaxed);
+        self.snapshots_saved.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// Counters the engine keeps for INFO and metrics.
 #[derive(Debug, Default)]
 pub struct EngineStats {
@@ -107,6 +121,11 @@ pub struct EngineStats {
     pub write_errors: AtomicU64,
     /// Writes are being refused after a failed write (see `Core::degraded`).
     pub degraded: AtomicBool,
+    /// Snapshots stored since start, and when the last was (unix seconds;
+    /// the start until one is): SAVE waits on the first, LASTSAVE reads the
+    /// second.
+    pub snapshots_saved: AtomicU64,
+    pub last_snapshot_at: AtomicU64,
     /// Outcomes, latencies and group commit figures for `/metrics`.
     pub metrics: crate::metrics::Metrics,
 }
@@ -132,6 +151,8 @@ struct Core {
     degraded: Option<String>,
     /// Told when the committer has stopped.
     stopped: Vec<oneshot::Sender<()>>,
+    /// SAVE / BGSAVE asked for a snapshot now.
+    snapshot_asked: bool,
     /// The committer has stopped (a later shutdown has nothing to wait for).
     committer_done: bool,
     /// Set when the store can be neither rolled back nor recovered after a
@@ -248,6 +269,20 @@ impl EngineHandle {
             Submitted::Done(replies) => replies,
             Submitted::Waiting(replies, released) => settle(replies, released.blocking_recv()),
         }
+    }
+
+    /// Asks for a snapshot now (SAVE, BGSAVE): the committer takes one at
+    /// its next round, after any being written. Returns the snapshots
+    /// stored so far, to wait for the count to pass.
+    pub fn snapshot_now(&self) -> u64 {
+        let saved = self.stats.snapshots_saved.load(Ordering::Acquire);
+        let mut core = self.shared.lock();
+        core.snapshot_asked = true;
+        if core.committer_idle {
+            core.committer_idle = false;
+            self.shared.work.notify_one();
+        }
+        saved
     }
 
     /// Runs `f` on the state under the engine's lock (tests, simulation).
@@ -373,7 +408,7 @@ pub fn start(
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>, RecoveryInfo), StoreError> {
     let sink = store.snapshot_sink()?;
     let (handle, mut committer, info) = build(store, config, clock)?;
-    committer.snapshots = Snapshotter::start(sink)?;
+    committer.snapshots = Snapshotter::start(sink, committer.stats.clone())?;
     let thread = std::thread::Builder::new()
         .name("spendb-commit".into())
         .spawn(move || committer.run())?;
@@ -427,6 +462,7 @@ fn build(
     let info = recovered.info();
     let state = recovered.state;
     let stats = Arc::new(EngineStats::default());
+    stats.last_snapshot_at.store(unix_secs(), Ordering::Relaxed);
     let last = state.next_seq - 1;
     stats.last_seq.store(last, Ordering::Relaxed);
     stats
@@ -445,6 +481,7 @@ fn build(
             shutdown: false,
             degraded: None,
             stopped: Vec::new(),
+            snapshot_asked: false,
             committer_done: false,
             fatal: None,
         }),
@@ -502,7 +539,10 @@ impl Snapshotter {
         }
     }
 
-    fn start(mut sink: Box<dyn SnapshotSink>) -> std::io::Result<Snapshotter> {
+    fn start(
+        mut sink: Box<dyn SnapshotSink>,
+        stats: Arc<EngineStats>,
+    ) -> std::io::Result<Snapshotter> {
         let (tx, rx) = mpsc::sync_channel::<(State, Duration)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let done = busy.clone();
@@ -516,11 +556,14 @@ impl Snapshotter {
                     drop(state);
                     let encoded = t.elapsed();
                     match sink.save(seq, &framed) {
-                        Ok(()) => tracing::info!(
-                            "snapshot at ledger entry {seq}: {} bytes; state copied in {copied:?} (commands waited), encoded in {encoded:?} and stored in {:?} (nothing waited)",
-                            framed.len(),
-                            t.elapsed() - encoded
-                        ),
+                        Ok(()) => {
+                            tracing::info!(
+                                "snapshot at ledger entry {seq}: {} bytes; state copied in {copied:?} (commands waited), encoded in {encoded:?} and stored in {:?} (nothing waited)",
+                                framed.len(),
+                                t.elapsed() - encoded
+                            );
+                            stats.saved();
+                        }
                         Err(e) => tracing::error!("snapshot at ledger entry {seq} failed: {e}"),
                     }
                     done.store(false, Ordering::Release);
@@ -658,7 +701,9 @@ impl Committer {
     fn try_take(&mut self, core: &mut Core) -> Option<(Vec<Entry>, u64, Option<State>, bool)> {
         let now = core.now();
         core.state.tick(now, &mut core.pending);
-        if core.pending.is_empty() && !core.shutdown && !self.sync_due(now) {
+        // A snapshot asked for waits while one is being written.
+        let asked = core.snapshot_asked && !self.snapshots.busy.load(Ordering::Acquire);
+        if core.pending.is_empty() && !core.shutdown && !self.sync_due(now) && !asked {
             return None;
         }
         let entries = std::mem::take(&mut core.pending);
@@ -679,11 +724,13 @@ impl Committer {
         // adds one record per two entries.)
         let every = self.config.snapshot_every;
         let snapshot = if core.shutdown
+            || (asked && !self.snapshots.busy.swap(true, Ordering::AcqRel))
             || (every > 0
                 && self.since_snapshot >= every.max(core.state.records() as u64)
                 && !self.snapshots.busy.swap(true, Ordering::AcqRel))
         {
             self.since_snapshot = 0;
+            core.snapshot_asked = false;
             // A copy (mostly memcpy) under the lock; it is encoded after the
             // lock is released.
             let t = std::time::Instant::now();
@@ -716,8 +763,9 @@ impl Committer {
         }
         if let Some(sink) = &mut self.snapshots.inline {
             let seq = state.next_seq - 1;
-            if let Err(e) = sink.save(seq, &encode_snapshot(&state)) {
-                tracing::error!("snapshot at ledger entry {seq} failed: {e}");
+            match sink.save(seq, &encode_snapshot(&state)) {
+                Ok(()) => self.stats.saved(),
+                Err(e) => tracing::error!("snapshot at ledger entry {seq} failed: {e}"),
             }
             self.snapshots.busy.store(false, Ordering::Release);
             return;

@@ -220,6 +220,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                                     "this user has no permissions to run MONITOR",
                                 )));
                             }
+                        } else if conn.authed && name == "save" && !queuing {
+                            slots.push(Slot::Now(save(&ctx, &conn, &args[1..]).await));
                         } else if conn.authed && name == "exec" {
                             match exec(&mut conn, &args[1..], &mut cmds, &mut kinds) {
                                 Ok(items) => slots.push(Slot::Exec(items)),
@@ -573,6 +575,33 @@ async fn monitor(stream: &mut TcpStream, ctx: &ServerCtx, conn: &Conn) {
     }
 }
 
+/// SAVE: a snapshot now, answered once it is stored (admin only). The
+/// ledger is the data and is already durable; a snapshot only shortens
+/// the next start's replay.
+async fn save(ctx: &ServerCtx, conn: &Conn, args: &Args<'_>) -> Value {
+    if !conn.is_admin() {
+        return Value::err(
+            ErrorCode::NoPerm,
+            "this user has no permissions to run SAVE",
+        );
+    }
+    if !args.is_empty() {
+        return wrong_args("save");
+    }
+    let before = ctx.engine.snapshot_now();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while ctx.engine.stats.snapshots_saved.load(Ordering::Acquire) == before {
+        if std::time::Instant::now() > deadline {
+            return Value::err(
+                ErrorCode::Err,
+                "the snapshot was not stored within 2 minutes (see the server log)",
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Value::Ok
+}
+
 /// SLOWLOG GET [n] | LEN | RESET (admin only).
 fn slowlog(conn: &Conn, ctx: &ServerCtx, args: &Args) -> Value {
     if !conn.is_admin() {
@@ -709,6 +738,19 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
         },
         "client" => client(conn, ctx, args),
         "slowlog" => slowlog(conn, ctx, args),
+        "bgsave" if !conn.is_admin() => Value::err(
+            ErrorCode::NoPerm,
+            "this user has no permissions to run BGSAVE",
+        ),
+        "bgsave" if args.len() > 1 => wrong_args(name),
+        "bgsave" => {
+            ctx.engine.snapshot_now();
+            Value::Status("Background saving started")
+        }
+        "lastsave" if args.is_empty() => {
+            Value::Int(ctx.engine.stats.last_snapshot_at.load(Ordering::Relaxed) as i64)
+        }
+        "lastsave" => wrong_args(name),
         "command" => command(args),
         "info" => Value::Str(info(ctx, conn, args)),
         "config" => match args.first().map(|a| word(a)).as_deref() {

@@ -273,3 +273,78 @@ fn slowlog_keeps_slow_batches_and_monitor_streams_commands() {
     assert_eq!(redis_cli(s.port, ops, &["SLOWLOG", "RESET"]).trim(), "OK");
     assert_eq!(redis_cli(s.port, ops, &["SLOWLOG", "LEN"]).trim(), "0");
 }
+
+#[test]
+fn save_and_bgsave_take_a_snapshot_now() {
+    let s = Server::with_users(
+        r#"
+        [users.ops]
+        password = "ops-pass"
+        commands = ["@admin"]
+
+        [users.agent]
+        password = "agent-pass"
+        commands = ["@agent"]
+        "#,
+        &[],
+    );
+    let ops = Some(("ops", "ops-pass"));
+    let snaps = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(s.dir.join("snapshots"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let started: i64 = redis_cli(s.port, ops, &["LASTSAVE"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(started > 1_700_000_000, "{started}");
+    let mut agent = redis::Client::open(format!("redis://agent:agent-pass@127.0.0.1:{}/", s.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for i in 0..3 {
+        q(
+            &mut agent,
+            &format!("SPEND org:sv gpt-4o INPUT {i} OUTPUT 1"),
+        );
+    }
+    assert!(err(&mut agent, "SAVE").starts_with("NOPERM"));
+    assert!(err(&mut agent, "BGSAVE").starts_with("NOPERM"));
+    assert!(snaps().is_empty(), "{:?}", snaps());
+    // SAVE answers once the snapshot of the state now is stored.
+    assert_eq!(redis_cli(s.port, ops, &["SAVE"]).trim(), "OK");
+    let after_save = snaps();
+    assert_eq!(after_save.len(), 1, "{after_save:?}");
+    assert!(
+        after_save[0].starts_with("00000000000000000003"),
+        "{after_save:?}"
+    );
+    q(&mut agent, "SPEND org:sv gpt-4o INPUT 9 OUTPUT 1");
+    assert_eq!(
+        redis_cli(s.port, ops, &["BGSAVE"]).trim(),
+        "Background saving started"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while snaps().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", snaps());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        snaps()[1].starts_with("00000000000000000004"),
+        "{:?}",
+        snaps()
+    );
+    let last: i64 = redis_cli(s.port, ops, &["LASTSAVE"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(last >= started);
+    let (ok, text) = verify(&s.dir);
+    assert!(ok && text.contains("2 snapshot(s) matched"), "{text}");
+}
