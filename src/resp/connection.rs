@@ -7,7 +7,7 @@
 //! its one lock, nothing in between.
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
@@ -193,7 +193,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                         .collect();
                     if !args.is_empty() {
                         conn.entry.commands.fetch_add(1, Ordering::Relaxed);
-                        if ctx.monitors.receiver_count() > 0 {
+                        if ctx.monitoring.load(Ordering::Relaxed) > 0 {
                             monitor_line(&ctx, &conn, &args);
                         }
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
@@ -494,8 +494,11 @@ fn log_if_slow(
     cmds: &[crate::state::Command],
     took: std::time::Duration,
 ) {
+    if took < ctx.slowlog_threshold {
+        return;
+    }
     let mut log = ctx.slowlog.lock().unwrap_or_else(|e| e.into_inner());
-    if took < log.threshold || log.max_len == 0 {
+    if log.max_len == 0 {
         return;
     }
     let at = std::time::SystemTime::now()
@@ -546,6 +549,15 @@ fn monitor_line(ctx: &ServerCtx, conn: &Conn, args: &[Cow<[u8]>]) {
 async fn monitor(stream: &mut TcpStream, ctx: &ServerCtx, conn: &Conn) {
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = ctx.monitors.subscribe();
+    ctx.monitoring.fetch_add(1, Ordering::Relaxed);
+    // Counted out however the loop ends.
+    struct Unmonitor<'a>(&'a AtomicU64);
+    impl Drop for Unmonitor<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _counted = Unmonitor(&ctx.monitoring);
     let mut input = BytesMut::with_capacity(1024);
     loop {
         let out = tokio::select! {

@@ -50,6 +50,12 @@ pub struct ServerCtx {
     pub slowlog: std::sync::Mutex<SlowLog>,
     /// Every command as MONITOR shows it, to the connections monitoring.
     pub monitors: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// How many connections are monitoring: read on every request, so an
+    /// atomic (the channel's own count takes a lock).
+    pub monitoring: AtomicU64,
+    /// SLOWLOG's threshold, read after every engine batch without taking
+    /// the log's lock (only a slow batch takes it).
+    pub slowlog_threshold: Duration,
 }
 
 /// Most arguments, and bytes of each, that SLOWLOG and MONITOR keep of a
@@ -68,18 +74,17 @@ pub struct SlowEntry {
     pub name: String,
 }
 
-/// The slow log: the newest `max_len` commands at or over the threshold.
+/// The slow log: the newest `max_len` commands at or over the threshold
+/// (`ServerCtx::slowlog_threshold`).
 pub struct SlowLog {
-    pub threshold: Duration,
     pub max_len: usize,
     pub next_id: u64,
     pub entries: std::collections::VecDeque<SlowEntry>,
 }
 
 impl SlowLog {
-    pub fn new(threshold: Duration, max_len: usize) -> SlowLog {
+    pub fn new(max_len: usize) -> SlowLog {
         SlowLog {
-            threshold,
             max_len,
             next_id: 0,
             entries: Default::default(),

@@ -277,11 +277,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             ops_sample: std::sync::Mutex::new((started, 0, 0)),
             shutdown: tokio::sync::Notify::new(),
             clients: Default::default(),
-            slowlog: std::sync::Mutex::new(resp::SlowLog::new(
-                a.slowlog_threshold,
-                a.slowlog_max_len,
-            )),
+            slowlog: std::sync::Mutex::new(resp::SlowLog::new(a.slowlog_max_len)),
             monitors: tokio::sync::broadcast::channel(4096).0,
+            monitoring: AtomicU64::new(0),
+            slowlog_threshold: a.slowlog_threshold,
         });
         tracing::info!(
             "serving the Redis protocol on {addr} (durability {:?})",
