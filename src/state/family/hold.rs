@@ -48,16 +48,20 @@ impl State {
         }
         // Every model tried must have a price: a missing one is a
         // configuration error, not a reason to skip to the next.
-        let mut priced = Vec::with_capacity(1 + a.fallback.len());
-        for model in a.models() {
-            match self.price_of(model) {
-                Some(p) => priced.push((model, p)),
-                None => return Outcome::refused(ErrorCode::NoPrice, format!("model {model}")),
-            }
+        // (No list is built: RESERVE without FALLBACK is the hot path.)
+        let Some(first) = self.price_of(&a.model) else {
+            return Outcome::refused(ErrorCode::NoPrice, format!("model {}", a.model));
+        };
+        if let Some(m) = a.fallback.iter().find(|m| self.price_of(m).is_none()) {
+            return Outcome::refused(ErrorCode::NoPrice, format!("model {m}"));
         }
         // The first model, in order, whose hold fits every limit.
         let mut denied = None;
-        for (model, price) in priced {
+        for (i, model) in a.models().enumerate() {
+            let price = match i {
+                0 => first,
+                _ => self.price_of(model).expect("every model's price was checked"),
+            };
             let output = self.output_to_hold(now, a, &price);
             let cost = price.max_cost(a.input, output);
             if let Err(e) = bounds::check_usd(cost, "the most this call can cost") {
