@@ -171,10 +171,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut monitoring = false;
+    let mut monitoring: Option<Monitor> = None;
     loop {
-        if monitoring {
-            return monitor(&mut stream, &ctx, &conn).await;
+        if let Some(m) = monitoring.take() {
+            return monitor(&mut stream, &ctx, &conn, m).await;
         }
         let mut slots = Vec::new();
         let mut cmds = Vec::new();
@@ -211,8 +211,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             slots.push(Slot::Now(v));
                         } else if conn.authed && name == "monitor" && !queuing {
                             if conn.is_admin() {
+                                // Subscribed before the OK is written: every
+                                // command after it reaches this monitor.
+                                monitoring = Some(Monitor::new(&ctx));
                                 slots.push(Slot::Now(Value::Ok));
-                                monitoring = true;
                                 close = true; // read nothing more this round
                             } else {
                                 slots.push(Slot::Now(Value::err(
@@ -367,10 +369,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 _ => return, // gone, or not reading its replies
             }
             wbuf.clear();
-            if close && !monitoring {
+            if close && monitoring.is_none() {
                 return;
             }
-            if monitoring {
+            if monitoring.is_some() {
                 continue;
             }
             continue; // more may already be buffered
@@ -543,21 +545,36 @@ fn monitor_line(ctx: &ServerCtx, conn: &Conn, args: &[Cow<[u8]>]) {
     let _ = ctx.monitors.send(line.into());
 }
 
+/// A subscription to MONITOR's stream, counted in `ServerCtx::monitoring`
+/// (which every request reads) for as long as it lives.
+struct Monitor<'a> {
+    rx: tokio::sync::broadcast::Receiver<Arc<str>>,
+    count: &'a AtomicU64,
+}
+
+impl<'a> Monitor<'a> {
+    fn new(ctx: &'a ServerCtx) -> Monitor<'a> {
+        let rx = ctx.monitors.subscribe();
+        ctx.monitoring.fetch_add(1, Ordering::Relaxed);
+        Monitor {
+            rx,
+            count: &ctx.monitoring,
+        }
+    }
+}
+
+impl Drop for Monitor<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// MONITOR: streams every command the server receives, until the client
 /// sends QUIT or RESET, goes away, or is killed. A monitor that cannot keep
 /// up loses lines (it is told how many), never slows the others.
-async fn monitor(stream: &mut TcpStream, ctx: &ServerCtx, conn: &Conn) {
+async fn monitor(stream: &mut TcpStream, ctx: &ServerCtx, conn: &Conn, mut m: Monitor<'_>) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = ctx.monitors.subscribe();
-    ctx.monitoring.fetch_add(1, Ordering::Relaxed);
-    // Counted out however the loop ends.
-    struct Unmonitor<'a>(&'a AtomicU64);
-    impl Drop for Unmonitor<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let _counted = Unmonitor(&ctx.monitoring);
+    let rx = &mut m.rx;
     let mut input = BytesMut::with_capacity(1024);
     loop {
         let out = tokio::select! {
@@ -866,13 +883,7 @@ fn client_kill(ctx: &ServerCtx, args: &Args) -> Value {
             format!("CLIENT KILL takes ID, ADDR or USER, not {k}"),
         );
     }
-    let clients: Vec<_> = ctx
-        .clients
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .cloned()
-        .collect();
+    let clients = ctx.client_entries();
     let mut killed = 0;
     for e in clients {
         let user = e.who.lock().unwrap_or_else(|p| p.into_inner()).1.clone();
@@ -942,13 +953,7 @@ fn client(conn: &mut Conn, ctx: &ServerCtx, args: &Args) -> Value {
         "INFO" => Value::Str(client_line(&conn.entry, Some(conn.proto))),
         "LIST" if !conn.is_admin() => no_perm(),
         "LIST" => {
-            let all: Vec<_> = ctx
-                .clients
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
+            let all = ctx.client_entries();
             Value::Str(all.iter().map(|e| client_line(e, None)).collect())
         }
         "KILL" if !conn.is_admin() => no_perm(),

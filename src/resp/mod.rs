@@ -141,6 +141,15 @@ pub struct ClientEntry {
 }
 
 impl ServerCtx {
+    /// The connections open now, in id order (a copy: the list's lock is
+    /// not held while they are read).
+    pub fn client_entries(&self) -> Vec<Arc<ClientEntry>> {
+        (self.clients.lock().unwrap_or_else(|e| e.into_inner()))
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Commands per second over the time since the last sample (resampled
     /// at most once a second, so frequent INFO calls see a steady figure).
     pub fn ops_per_sec(&self, commands: u64) -> u64 {

@@ -514,9 +514,9 @@ mod tests {
         assert!(later.is_empty(), "{later:?}");
     }
 
-    #[test]
-    fn spike_needs_a_baseline_and_a_factor() {
-        let rules = AlertRules {
+    /// A spike of 3× the hour's average, over 5 minutes, of tokens.
+    fn five_minute_spike_rules() -> AlertRules {
+        AlertRules {
             spike: Some(SpikeRule {
                 dim: Dim::Tokens,
                 factor: 3,
@@ -526,7 +526,12 @@ mod tests {
             ..Default::default()
         }
         .validate()
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn spike_needs_a_baseline_and_a_factor() {
+        let rules = five_minute_spike_rules();
         let mut s = ScopeAlerts::new(rules, 0);
         // 100 tokens a minute for 70 minutes: steady, no spike.
         let mut out = Vec::new();
@@ -548,17 +553,7 @@ mod tests {
 
     #[test]
     fn spike_waits_a_whole_baseline_after_its_rules_and_fires_once_a_window() {
-        let rules = AlertRules {
-            spike: Some(SpikeRule {
-                dim: Dim::Tokens,
-                factor: 3,
-                window_ms: 5 * MINUTE_MS,
-                min: 10,
-            }),
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
+        let rules = five_minute_spike_rules();
         // Rules set at minute 7: the first spike can count from minute
         // 7 + 5 + 60 = 72.
         let since = 7 * MINUTE_MS;

@@ -4,6 +4,24 @@
 
 use crate::common::*;
 
+/// A users file with an admin (`ops`) and an agent.
+const OPS_AND_AGENT: &str = r#"
+    [users.ops]
+    password = "ops-pass"
+    commands = ["@admin"]
+
+    [users.agent]
+    password = "agent-pass"
+    commands = ["@agent"]
+"#;
+
+fn connect_as(s: &Server, user: &str, pass: &str) -> redis::Connection {
+    redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", s.port))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 fn info_field(info: &str, name: &str) -> String {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}:")))
@@ -71,27 +89,10 @@ fn info_has_the_fields_redis_cli_stat_reads_and_config_get_the_settings() {
 
 #[test]
 fn shutdown_stops_cleanly_for_an_admin_only() {
-    let mut s = Server::with_users(
-        r#"
-        [users.ops]
-        password = "ops-pass"
-        commands = ["@admin"]
-
-        [users.agent]
-        password = "agent-pass"
-        commands = ["@agent"]
-        "#,
-        &[],
-    );
-    let conn = |s: &Server, user: &str, pass: &str| {
-        redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", s.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    };
-    let mut agent = conn(&s, "agent", "agent-pass");
+    let mut s = Server::with_users(OPS_AND_AGENT, &[]);
+    let mut agent = connect_as(&s, "agent", "agent-pass");
     assert!(err(&mut agent, "SHUTDOWN").starts_with("NOPERM"));
-    let mut ops = conn(&s, "ops", "ops-pass");
+    let mut ops = connect_as(&s, "ops", "ops-pass");
     q(
         &mut ops,
         "SPEND org:s gpt-4o INPUT 10 OUTPUT 1 ID before-shutdown",
@@ -107,7 +108,7 @@ fn shutdown_stops_cleanly_for_an_admin_only() {
     let (ok, text) = verify(&s.dir);
     assert!(ok, "{text}");
     s.restart();
-    let mut ops = conn(&s, "ops", "ops-pass");
+    let mut ops = connect_as(&s, "ops", "ops-pass");
     assert_eq!(dim(&q(&mut ops, "BALANCE org:s"), "spent", "tokens"), "11");
 }
 
@@ -159,10 +160,7 @@ fn client_list_and_kill_show_and_end_connections() {
         "#,
         &[],
     );
-    let mut agent = redis::Client::open(format!("redis://agent:agent-pass@127.0.0.1:{}/", s.port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut agent = connect_as(&s, "agent", "agent-pass");
     raw(&mut agent, "CLIENT SETNAME worker-1").unwrap();
     q(&mut agent, "RESERVE k1 org:acme gpt-4o INPUT 1 OUTPUT 0");
     let ops = Some(("ops", "ops-pass"));
@@ -210,20 +208,15 @@ fn client_list_and_kill_show_and_end_connections() {
 fn slowlog_keeps_slow_batches_and_monitor_streams_commands() {
     use std::io::{BufRead, BufReader, Write};
     let s = Server::with_users(
-        r#"
-        [users.ops]
-        password = "ops-pass"
-        commands = ["@admin"]
-
-        [users.agent]
-        password = "agent-pass"
-        commands = ["@agent"]
-        "#,
+        OPS_AND_AGENT,
         &["--slowlog-threshold", "0", "--slowlog-max-len", "3"],
     );
     let ops = Some(("ops", "ops-pass"));
     // MONITOR on a raw connection: +OK, then a line per command received.
     let mut m = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    // Bounded: a line that never comes fails the test instead of hanging it.
+    m.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     m.write_all(b"AUTH ops ops-pass\r\nMONITOR\r\n").unwrap();
     let mut lines = BufReader::new(m.try_clone().unwrap());
     let mut line = String::new();
@@ -232,10 +225,7 @@ fn slowlog_keeps_slow_batches_and_monitor_streams_commands() {
         lines.read_line(&mut line).unwrap();
         assert_eq!(line.trim_end(), want);
     }
-    let mut agent = redis::Client::open(format!("redis://agent:agent-pass@127.0.0.1:{}/", s.port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut agent = connect_as(&s, "agent", "agent-pass");
     for i in 0..5 {
         q(
             &mut agent,
@@ -276,18 +266,7 @@ fn slowlog_keeps_slow_batches_and_monitor_streams_commands() {
 
 #[test]
 fn save_and_bgsave_take_a_snapshot_now() {
-    let s = Server::with_users(
-        r#"
-        [users.ops]
-        password = "ops-pass"
-        commands = ["@admin"]
-
-        [users.agent]
-        password = "agent-pass"
-        commands = ["@agent"]
-        "#,
-        &[],
-    );
+    let s = Server::with_users(OPS_AND_AGENT, &[]);
     let ops = Some(("ops", "ops-pass"));
     let snaps = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(s.dir.join("snapshots"))
@@ -304,10 +283,7 @@ fn save_and_bgsave_take_a_snapshot_now() {
         .parse()
         .unwrap();
     assert!(started > 1_700_000_000, "{started}");
-    let mut agent = redis::Client::open(format!("redis://agent:agent-pass@127.0.0.1:{}/", s.port))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut agent = connect_as(&s, "agent", "agent-pass");
     for i in 0..3 {
         q(
             &mut agent,

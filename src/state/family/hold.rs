@@ -60,7 +60,9 @@ impl State {
         for (i, model) in a.models().enumerate() {
             let price = match i {
                 0 => first,
-                _ => self.price_of(model).expect("every model's price was checked"),
+                _ => self
+                    .price_of(model)
+                    .expect("every model's price was checked"),
             };
             let output = self.output_to_hold(now, a, &price);
             let cost = price.max_cost(a.input, output);
