@@ -38,6 +38,12 @@ pub struct User {
 }
 
 impl User {
+    /// Whether this user has every right (`@admin` or `*`): what the
+    /// server's own commands (SHUTDOWN, CLIENT LIST / KILL, MONITOR, …) ask.
+    pub fn is_admin(&self) -> bool {
+        self.commands.iter().any(|c| c == "*")
+    }
+
     /// Whether this user may run spendb command `name` (lower-case).
     pub fn may_run(&self, name: &str) -> bool {
         self.commands.iter().any(|c| {

@@ -56,7 +56,7 @@ impl Conn {
 
     /// Whether this connection may see and end others' (an admin's rights).
     fn is_admin(&self) -> bool {
-        self.user.as_ref().is_none_or(|u| u.may_run("client.kill"))
+        self.user.as_ref().is_none_or(|u| u.is_admin())
     }
 }
 
@@ -150,7 +150,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
         connected: std::time::Instant::now(),
         who: Default::default(),
         commands: Default::default(),
-        last_active: std::sync::Mutex::new(std::time::Instant::now()),
+        last_active_ms: Default::default(),
         killed: Default::default(),
         kill: Default::default(),
     });
@@ -394,11 +394,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
             },
             None => read.await,
         };
-        *conn
-            .entry
-            .last_active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        let since_connected = conn.entry.connected.elapsed().as_millis() as u64;
+        (conn.entry.last_active_ms).store(since_connected, Ordering::Relaxed);
         match n {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -707,7 +704,7 @@ fn local(conn: &mut Conn, ctx: &ServerCtx, name: &str, args: &Args) -> (Value, b
         "echo" => wrong_args(name),
         "quit" => return (Value::Ok, true),
         "shutdown" => {
-            if conn.user.as_ref().is_some_and(|u| !u.may_run("shutdown")) {
+            if !conn.is_admin() {
                 return (
                     Value::err(
                         ErrorCode::NoPerm,
@@ -909,12 +906,8 @@ fn client_kill(ctx: &ServerCtx, args: &Args) -> Value {
 /// (`scopes`: the user's scope prefixes, `cmds`: requests it sent).
 fn client_line(e: &super::ClientEntry, proto: Option<u8>) -> String {
     let (name, user, scopes) = e.who.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let idle = e
-        .last_active
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .elapsed()
-        .as_secs();
+    let age_ms = e.connected.elapsed().as_millis() as u64;
+    let idle = age_ms.saturating_sub(e.last_active_ms.load(Ordering::Relaxed)) / 1000;
     let resp = proto.map_or(String::new(), |p| format!(" resp={p}"));
     format!(
         "id={} addr={} name={} age={} idle={idle} user={} scopes={} cmds={}{resp}\n",

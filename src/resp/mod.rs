@@ -134,7 +134,9 @@ pub struct ClientEntry {
     /// Updated by the connection as it goes: (name, user, scope prefixes).
     pub who: std::sync::Mutex<(Option<String>, Option<String>, Vec<String>)>,
     pub commands: std::sync::atomic::AtomicU64,
-    pub last_active: std::sync::Mutex<Instant>,
+    /// When it last read a request, in ms after `connected` (an atomic:
+    /// written on every read).
+    pub last_active_ms: AtomicU64,
     /// Set by CLIENT KILL; the connection closes when it sees it.
     pub killed: std::sync::atomic::AtomicBool,
     pub kill: tokio::sync::Notify,
@@ -163,14 +165,16 @@ impl ServerCtx {
     }
 }
 
-/// This process's resident memory in bytes (Linux: /proc/self/statm), for
-/// INFO's `used_memory`; 0 where it cannot be read.
+/// This process's resident memory in bytes (Linux: /proc/self/statm, in
+/// pages), for INFO's `used_memory`; 0 where it cannot be read.
 pub fn resident_bytes() -> u64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
-    pages * 4096
+    // SAFETY: sysconf only reads a system setting.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
 }
 
 /// Accepts connections until the task is dropped.

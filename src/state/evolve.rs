@@ -47,35 +47,31 @@ impl State {
             EntryKind::BudgetSet { scope, limits } => {
                 let node = self.nodes.entry(scope.clone()).or_default();
                 let mut old = std::mem::take(&mut node.limits);
-                let old_windows: Vec<(Dim, Window)> =
-                    old.iter().map(|l| (l.spec.dim, l.spec.window)).collect();
+                // New rolling limits, which count the requests still open as
+                // if they had been there when those were made.
+                let mut fresh = Vec::new();
                 node.limits = limits
                     .iter()
-                    .map(|spec| {
+                    .enumerate()
+                    .map(|(i, spec)| {
                         // A limit that stays (same dimension and window) keeps its usage.
                         let counter = match old
                             .iter()
                             .position(|l| l.spec.dim == spec.dim && l.spec.window == spec.window)
                         {
-                            Some(i) => old.swap_remove(i).counter,
-                            None => Counter::new(spec.window, ts),
+                            Some(j) => old.swap_remove(j).counter,
+                            None => {
+                                if matches!(spec.window, Window::Rolling(_)) {
+                                    fresh.push(i);
+                                }
+                                Counter::new(spec.window, ts)
+                            }
                         };
                         Limit {
                             spec: *spec,
                             counter,
                         }
                     })
-                    .collect();
-                // A new rolling limit counts the requests still open, as if
-                // it had been there when they were made.
-                let fresh: Vec<usize> = limits
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, spec)| {
-                        matches!(spec.window, Window::Rolling(_))
-                            && !old_windows.contains(&(spec.dim, spec.window))
-                    })
-                    .map(|(i, _)| i)
                     .collect();
                 if !fresh.is_empty() {
                     self.count_open_holds(scope, &fresh, ts);
@@ -327,17 +323,14 @@ impl State {
     /// Counts the open holds at or below `scope` in the rolling limits
     /// `which` (indexes into its limits), made at `ts`.
     fn count_open_holds(&mut self, scope: &str, which: &[usize], ts: u64) {
-        let Some(open) = self.holds.open_made(|s| scope::is_within(s, scope)) else {
-            return;
-        };
         let Some(node) = self.nodes.get_mut(scope) else {
             return;
         };
-        for &i in which {
-            let l = &mut node.limits[i];
-            if let Counter::Rolling(r) = &mut l.counter {
-                for (made, amounts) in &open {
-                    r.add_at(*made, ts, amounts.get(l.spec.dim));
+        for (made, _, amounts) in self.holds.open_under(|s| scope::is_within(s, scope)) {
+            for &i in which {
+                let l = &mut node.limits[i];
+                if let Counter::Rolling(r) = &mut l.counter {
+                    r.add_at(made, ts, amounts.get(l.spec.dim));
                 }
             }
         }

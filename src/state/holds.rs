@@ -355,39 +355,27 @@ impl HoldTable {
         self.expiry.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// The open holds whose scope passes `within`, as (expires at,
-    /// amounts), read from the expiry index; None when the index has more
-    /// than `max_scan` entries (the caller falls back to a bound).
-    pub fn open_expiries(
-        &self,
-        within: impl Fn(&str) -> bool,
-        max_scan: usize,
-    ) -> Option<Vec<(u64, Dims)>> {
-        if self.expiry.len() > max_scan {
-            return None;
-        }
-        let mut out = Vec::new();
-        for Reverse((t, s)) in self.expiry.iter() {
-            let r = &self.recs[*s as usize];
-            if r.is_open() && r.expires_at == *t && within(&self.strings.all[r.scope as usize]) {
-                out.push((*t, Dims::call(r.input, r.output, r.cost)));
-            }
-        }
-        Some(out)
+    /// The open holds whose scope passes `within`, as (made at, expires
+    /// at, amounts), in no order. Read from the expiry index, which holds
+    /// one live entry per open hold (`check_expiry_index`) and is at most
+    /// [`HoldTable::expiry_entries`] long: what a caller bounds its scan by.
+    pub fn open_under<'a>(
+        &'a self,
+        within: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = (u64, u64, Dims)> + 'a {
+        self.expiry
+            .iter()
+            .map(|Reverse((t, s))| (*t, &self.recs[*s as usize]))
+            .filter(move |(t, r)| {
+                r.is_open() && r.expires_at == *t && within(&self.strings.all[r.scope as usize])
+            })
+            .map(|(t, r)| (r.created_at, t, Dims::call(r.input, r.output, r.cost)))
     }
 
-    /// The open holds whose scope passes `within`, as (made at, amounts);
-    /// None when there are none.
-    pub fn open_made(&self, within: impl Fn(&str) -> bool) -> Option<Vec<(u64, Dims)>> {
-        if self.open == 0 {
-            return None;
-        }
-        let out: Vec<(u64, Dims)> = (self.index.iter())
-            .map(|&s| &self.recs[s as usize])
-            .filter(|r| r.is_open() && within(&self.strings.all[r.scope as usize]))
-            .map(|r| (r.created_at, Dims::call(r.input, r.output, r.cost)))
-            .collect();
-        Some(out)
+    /// Entries of the expiry index (open holds, and settled ones not yet
+    /// cleaned out: at most twice the open ones plus 1024).
+    pub fn expiry_entries(&self) -> usize {
+        self.expiry.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, Hold)> + '_ {

@@ -184,12 +184,7 @@ fn users_are_confined_to_their_commands_and_scopes() {
     )
     .unwrap();
     let s = Server::start(&["--users", users.to_str().unwrap()]);
-    let conn = |user: &str, pass: &str| {
-        redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", s.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    };
+    let conn = |user: &str, pass: &str| s.conn_as(user, pass);
     // Without credentials nothing runs (there is no default user).
     assert!(err(&mut s.conn(), "BALANCE org:acme").starts_with("NOAUTH"));
 

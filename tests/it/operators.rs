@@ -15,13 +15,6 @@ const OPS_AND_AGENT: &str = r#"
     commands = ["@agent"]
 "#;
 
-fn connect_as(s: &Server, user: &str, pass: &str) -> redis::Connection {
-    redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", s.port))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 fn info_field(info: &str, name: &str) -> String {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}:")))
@@ -90,9 +83,9 @@ fn info_has_the_fields_redis_cli_stat_reads_and_config_get_the_settings() {
 #[test]
 fn shutdown_stops_cleanly_for_an_admin_only() {
     let mut s = Server::with_users(OPS_AND_AGENT, &[]);
-    let mut agent = connect_as(&s, "agent", "agent-pass");
+    let mut agent = s.conn_as("agent", "agent-pass");
     assert!(err(&mut agent, "SHUTDOWN").starts_with("NOPERM"));
-    let mut ops = connect_as(&s, "ops", "ops-pass");
+    let mut ops = s.conn_as("ops", "ops-pass");
     q(
         &mut ops,
         "SPEND org:s gpt-4o INPUT 10 OUTPUT 1 ID before-shutdown",
@@ -108,7 +101,7 @@ fn shutdown_stops_cleanly_for_an_admin_only() {
     let (ok, text) = verify(&s.dir);
     assert!(ok, "{text}");
     s.restart();
-    let mut ops = connect_as(&s, "ops", "ops-pass");
+    let mut ops = s.conn_as("ops", "ops-pass");
     assert_eq!(dim(&q(&mut ops, "BALANCE org:s"), "spent", "tokens"), "11");
 }
 
@@ -160,7 +153,7 @@ fn client_list_and_kill_show_and_end_connections() {
         "#,
         &[],
     );
-    let mut agent = connect_as(&s, "agent", "agent-pass");
+    let mut agent = s.conn_as("agent", "agent-pass");
     raw(&mut agent, "CLIENT SETNAME worker-1").unwrap();
     q(&mut agent, "RESERVE k1 org:acme gpt-4o INPUT 1 OUTPUT 0");
     let ops = Some(("ops", "ops-pass"));
@@ -225,7 +218,7 @@ fn slowlog_keeps_slow_batches_and_monitor_streams_commands() {
         lines.read_line(&mut line).unwrap();
         assert_eq!(line.trim_end(), want);
     }
-    let mut agent = connect_as(&s, "agent", "agent-pass");
+    let mut agent = s.conn_as("agent", "agent-pass");
     for i in 0..5 {
         q(
             &mut agent,
@@ -283,7 +276,7 @@ fn save_and_bgsave_take_a_snapshot_now() {
         .parse()
         .unwrap();
     assert!(started > 1_700_000_000, "{started}");
-    let mut agent = connect_as(&s, "agent", "agent-pass");
+    let mut agent = s.conn_as("agent", "agent-pass");
     for i in 0..3 {
         q(
             &mut agent,

@@ -26,13 +26,6 @@ const USERS: &str = r#"
     scopes = ["org:b"]
 "#;
 
-fn conn(s: &Server, user: &str, pass: &str) -> redis::Connection {
-    redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", s.port))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 fn bulk(v: redis::Value) -> Option<Vec<u8>> {
     match v {
         redis::Value::BulkString(b) => Some(b),
@@ -44,10 +37,10 @@ fn bulk(v: redis::Value) -> Option<Vec<u8>> {
 #[test]
 fn holds_and_spend_ids_live_in_each_tenants_keyspace() {
     let s = Server::with_users(USERS, &[]);
-    let mut ops = conn(&s, "ops", "ops-pass");
-    let mut a = conn(&s, "a", "a-pass");
-    let mut a2 = conn(&s, "a2", "a2-pass");
-    let mut b = conn(&s, "b", "b-pass");
+    let mut ops = s.conn_as("ops", "ops-pass");
+    let mut a = s.conn_as("a", "a-pass");
+    let mut a2 = s.conn_as("a2", "a2-pass");
+    let mut b = s.conn_as("b", "b-pass");
 
     // The same id in two tenants is two holds: b is not refused with EXISTS.
     let ga = q(&mut a, "RESERVE same-id org:a gpt-4o INPUT 10 OUTPUT 5");
@@ -115,8 +108,8 @@ fn holds_and_spend_ids_live_in_each_tenants_keyspace() {
 #[test]
 fn runs_live_in_each_tenants_keyspace() {
     let s = Server::with_users(USERS, &[]);
-    let mut a = conn(&s, "a", "a-pass");
-    let mut b = conn(&s, "b", "b-pass");
+    let mut a = s.conn_as("a", "a-pass");
+    let mut b = s.conn_as("b", "b-pass");
     // a's run reaches its MAX; b's run of the same name starts afresh.
     assert_eq!(
         q(&mut a, "STEP run-1 sig-x SCOPE org:a MAX 1").s("status"),
@@ -141,9 +134,9 @@ fn runs_live_in_each_tenants_keyspace() {
 #[test]
 fn cache_namespaces_live_in_each_tenants_keyspace() {
     let s = Server::with_users(USERS, &[]);
-    let mut ops = conn(&s, "ops", "ops-pass");
-    let mut a = conn(&s, "a", "a-pass");
-    let mut b = conn(&s, "b", "b-pass");
+    let mut ops = s.conn_as("ops", "ops-pass");
+    let mut a = s.conn_as("a", "a-pass");
+    let mut b = s.conn_as("b", "b-pass");
     raw(&mut a, "CACHE.SET ns prompt1 answer-of-a COST 0.5").unwrap();
     // b neither reads nor deletes a's entry under the same namespace and key.
     assert_eq!(bulk(raw(&mut b, "CACHE.GET ns prompt1").unwrap()), None);

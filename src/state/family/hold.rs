@@ -222,12 +222,13 @@ impl State {
         if need == 0 {
             return Some(now);
         }
-        let Some(mut open) = self
-            .holds
-            .open_expiries(|s| scope::is_within(s, scope), bounds::MAX_EXPIRY_SCAN)
-        else {
+        if self.holds.expiry_entries() > bounds::MAX_EXPIRY_SCAN {
             return self.holds.next_expiry().map(|t| t.max(now));
-        };
+        }
+        let mut open: Vec<(u64, Dims)> = (self.holds)
+            .open_under(|s| scope::is_within(s, scope))
+            .map(|(_, expires_at, a)| (expires_at, a))
+            .collect();
         open.sort_unstable_by_key(|(t, _)| *t);
         let mut freed = 0u64;
         for (t, a) in open {

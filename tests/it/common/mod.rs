@@ -59,6 +59,14 @@ impl Server {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A connection authenticated as `user` (a `--users` file's).
+    pub fn conn_as(&self, user: &str, pass: &str) -> redis::Connection {
+        redis::Client::open(format!("redis://{user}:{pass}@127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .unwrap()
