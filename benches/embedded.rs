@@ -58,15 +58,13 @@ fn reserve_commit(c: &mut Criterion) {
                 for _ in 0..64 {
                     n += 1;
                     let hold = format!("h{n}");
-                    batch.push(Command::Reserve(ReserveArgs {
-                        hold: hold.clone(),
-                        scope: "org:bench/agent:a".into(),
-                        model: "gpt-4o".into(),
-                        input: 100,
-                        output: 50.into(),
-                        ttl_ms: None,
-                        fallback: Vec::new(),
-                    }));
+                    batch.push(Command::Reserve(ReserveArgs::new(
+                        hold.clone(),
+                        "org:bench/agent:a",
+                        "gpt-4o",
+                        100,
+                        50,
+                    )));
                     batch.push(Command::Commit { hold, usage });
                 }
                 let out = db.execute_batch(&batch);

@@ -27,6 +27,7 @@ fn entry(seq: u64) -> Entry {
             ttl_ms: None,
             amounts: Dims::call(1200, 800, 11_000_000),
             expires_at: 1_795_305_600_000 + seq + 600_000,
+            run: None,
         },
     }
 }

@@ -187,15 +187,7 @@ impl Spendb {
         input: u64,
         output: impl Into<OutputAsk>,
     ) -> Result<Reservation, Error> {
-        self.reserve_with(ReserveArgs {
-            hold: hold.into(),
-            scope: scope.into(),
-            model: model.into(),
-            input,
-            output: output.into(),
-            ttl_ms: None,
-            fallback: Vec::new(),
-        })
+        self.reserve_with(ReserveArgs::new(hold, scope, model, input, output))
     }
 
     /// RESERVE with every argument (a TTL of its own).
@@ -239,6 +231,7 @@ impl Spendb {
             model: model.into(),
             usage,
             id: id.map(str::to_string),
+            run: None,
         }) {
             Outcome::Spent(s) => Ok(s),
             o => unexpected(o),

@@ -267,6 +267,7 @@ mod rights_tests {
         routes::list_holds,
         routes::ledger,
         routes::spend_report,
+        routes::runs_report,
         routes::forecast,
         routes::get_hold,
         routes::list_prices,

@@ -35,6 +35,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/v1/holds", get(list_holds))
         .route("/v1/ledger", get(ledger))
         .route("/v1/reports/spend", get(spend_report))
+        .route("/v1/reports/runs", get(runs_report))
         .route("/v1/reports/forecast/{*scope}", get(forecast))
         .route("/v1/holds/{id}", get(get_hold))
         .route("/v1/prices", get(list_prices))
@@ -94,7 +95,9 @@ pub async fn get_budget(State(ctx): State<Ctx>, Path(scope): Path<String>) -> Re
 }
 
 /// One limit: `amount` in the dimension's unit (USD for COST), and exactly
-/// one of `per` (MINUTE HOUR DAY WEEK MONTH TOTAL) or `rolling` (e.g. "1m").
+/// one of `per` (MINUTE HOUR DAY WEEK MONTH TOTAL) or `rolling` (e.g. "1m");
+/// `tz` (an IANA name, e.g. "America/Los_Angeles") counts a DAY, WEEK or
+/// MONTH in that time zone instead of UTC.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitBody {
@@ -105,6 +108,7 @@ pub struct LimitBody {
     amount: serde_json::Value,
     per: Option<String>,
     rolling: Option<String>,
+    tz: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -148,6 +152,10 @@ pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: 
         let amount = amount_text(&l.amount)?;
         limits.push(
             LimitSpec::from_words(&l.dim, &amount, kind, spec)
+                .and_then(|spec| match &l.tz {
+                    Some(zone) => spec.in_zone(zone),
+                    None => Ok(spec),
+                })
                 .map_err(|e| ApiError::refused(ErrorCode::Err, e))?,
         );
     }
@@ -551,6 +559,105 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         .collect();
     Ok(Json(
         serde_json::json!({"groups": shown, "total": json(None, &total)}),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunsQuery {
+    /// `scope` (default: the scope of each run's first call, cut to
+    /// `level` segments) or `model` (a run counts under every model it
+    /// called, with that model's part of its usage).
+    group: Option<String>,
+    /// With group=scope: how many segments of the scope to keep (default 1).
+    #[param(value_type = Option<u32>, nullable = false, minimum = 1, maximum = 8)]
+    level: Option<String>,
+    /// Only runs at or below this scope.
+    scope: Option<String>,
+    /// Runs that ended at or after this time (ms since the Unix epoch).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    from: Option<String>,
+    /// Runs that ended before this time (ms since the Unix epoch).
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
+    to: Option<String>,
+}
+
+/// Cost per run and per successful run (`RESERVE` / `SPEND … RUN`,
+/// `RUN.END … OUTCOME`): for each group, `runs` ended in the range,
+/// `succeeded`, `failed`, `unreported` (ended without an outcome),
+/// `success_rate` (succeeded / (succeeded + failed), null with no
+/// outcome), `calls`, `tokens`, `cost`, and per run: `cost_per_run`,
+/// `cost_per_successful_run` (what the successful runs cost on average),
+/// `cost_per_success` (everything spent, failed runs included, over the
+/// successes), with the same three for tokens; `total` over all groups, and
+/// `open`: runs not ended yet. Built from the ledger on the blocking pool.
+#[utoipa::path(get, path = "/v1/reports/runs", params(RunsQuery), security(("bearer" = [])),
+    responses((status = 200, description = "runs by group", body = Object), (status = 400, description = "bad query", body = Object),
+        (status = 422, description = "bad group or level", body = Object)))]
+pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> Reply {
+    use crate::state::run_report::{RunGroup, RunQuery, RunReport, RunStats};
+    let q = query(q)?;
+    let level = number(&q.level, "level")?.unwrap_or(1) as usize;
+    let group = match q.group.as_deref().unwrap_or("scope") {
+        "scope" if (1..=8).contains(&level) => RunGroup::Scope { level },
+        "model" => RunGroup::Model,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ERR",
+                "group must be scope (level from 1 to 8) or model",
+            ))
+        }
+    };
+    let query = RunQuery {
+        group,
+        scope: q.scope.clone(),
+        from: number(&q.from, "from")?,
+        to: number(&q.to, "to")?,
+    };
+    let ledger = ctx.ledger.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        let mut report = RunReport::new(query);
+        let mut after = 0;
+        loop {
+            let page = ledger.page(after, 65_536, |_| true)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            page.iter().for_each(|e| report.add(e));
+        }
+        Ok::<_, std::io::Error>(report.finish())
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))?;
+    let usd = crate::state::money::format_usd;
+    let json = |g: &RunStats| {
+        let per = |p: Option<(u64, u64)>| match p {
+            Some((cost, tokens)) => (serde_json::json!(usd(cost)), serde_json::json!(tokens)),
+            None => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        let (cost_per_run, tokens_per_run) = per(g.per_run());
+        let (cost_per_successful_run, tokens_per_successful_run) = per(g.per_successful_run());
+        let (cost_per_success, tokens_per_success) = per(g.per_success());
+        serde_json::json!({
+            "key": g.key, "runs": g.runs, "succeeded": g.succeeded, "failed": g.failed,
+            "unreported": g.unreported,
+            "success_rate": g.success_rate_ppm().map(|p| p as f64 / 1e6),
+            "calls": g.usage.calls, "tokens": g.usage.tokens, "cost": usd(g.usage.cost),
+            "cost_per_run": cost_per_run, "tokens_per_run": tokens_per_run,
+            "cost_per_successful_run": cost_per_successful_run,
+            "tokens_per_successful_run": tokens_per_successful_run,
+            "cost_per_success": cost_per_success, "tokens_per_success": tokens_per_success,
+        })
+    };
+    let groups: Vec<serde_json::Value> = summary.groups.iter().map(json).collect();
+    let mut total = json(&summary.total);
+    if let Some(o) = total.as_object_mut() {
+        o.remove("key");
+    }
+    Ok(Json(
+        serde_json::json!({"groups": groups, "total": total, "open": summary.open}),
     ))
 }
 

@@ -7,7 +7,7 @@ use crate::state::commands::{self, CommandSpec};
 use crate::state::limit::{parse_count, LimitSpec};
 use crate::state::money::parse_usd;
 use crate::state::price::Usage;
-use crate::state::{Command, ErrorCode, OutputAsk, ReserveArgs, Value};
+use crate::state::{Command, ErrorCode, OutputAsk, ReserveArgs, RunOutcome, Value};
 
 pub type Args<'a> = [Cow<'a, [u8]>];
 
@@ -119,20 +119,32 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
     Ok(match name {
         "budget.set" => {
             let scope = arg(0, "scope")?;
-            let rest = &args[1..];
-            if !rest.len().is_multiple_of(4) {
-                return Err(syntax(name));
-            }
+            // Each limit: <dim> <amount> PER|ROLLING <spec> [TZ <zone>].
+            let word = |b: &[u8]| std::str::from_utf8(b).unwrap_or("?").to_string();
+            let mut rest = &args[1..];
             let mut limits = Vec::new();
-            for l in rest.chunks(4) {
-                let word = |b: &[u8]| std::str::from_utf8(b).unwrap_or("?").to_string();
-                let kind = word(&l[2]);
+            while !rest.is_empty() {
+                let [dim, amount, kind, spec, tail @ ..] = rest else {
+                    return Err(syntax(name));
+                };
+                let kind = word(kind);
                 if !kind.eq_ignore_ascii_case("PER") && !kind.eq_ignore_ascii_case("ROLLING") {
                     return Err(syntax(name));
                 }
-                let spec = LimitSpec::from_words(&word(&l[0]), &word(&l[1]), &kind, &word(&l[3]))
+                let (tz, tail) = match tail {
+                    [t, zone, tail @ ..] if t.eq_ignore_ascii_case(b"TZ") => {
+                        (Some(word(zone)), tail)
+                    }
+                    _ => (None, tail),
+                };
+                let spec = LimitSpec::from_words(&word(dim), &word(amount), &kind, &word(spec))
+                    .and_then(|l| match tz {
+                        Some(zone) => l.in_zone(&zone),
+                        None => Ok(l),
+                    })
                     .map_err(|e| Value::err(ErrorCode::Err, e))?;
                 limits.push(spec);
+                rest = tail;
             }
             Command::BudgetSet { scope, limits }
         }
@@ -151,7 +163,11 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
         },
         "reserve" => {
             // TEXT <prompt> was replaced by INPUT <count> before (count.rs).
-            let o = options(name, &args[3..], &["INPUT", "OUTPUT", "TTL", "FALLBACK"])?;
+            let o = options(
+                name,
+                &args[3..],
+                &["INPUT", "OUTPUT", "TTL", "FALLBACK", "RUN"],
+            )?;
             let Some(input) = o[0] else {
                 return Err(syntax(name));
             };
@@ -170,6 +186,7 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                     None => Vec::new(),
                     Some(v) => fallback_models(v)?,
                 },
+                run: o[4].map(|v| text(v, "RUN")).transpose()?,
             })
         }
         "commit" => {
@@ -198,9 +215,19 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                 window: n(3, "WINDOW")?,
             }
         }
-        "run.end" => Command::RunEnd {
-            run: arg(0, "run id")?,
-        },
+        "run.end" => {
+            let o = options(name, &args[1..], &["OUTCOME"])?;
+            let outcome = match o[0] {
+                None => None,
+                Some(v) => Some(RunOutcome::parse(&String::from_utf8_lossy(v)).ok_or_else(
+                    || Value::err(ErrorCode::Err, "OUTCOME must be success or failure"),
+                )?),
+            };
+            Command::RunEnd {
+                run: arg(0, "run id")?,
+                outcome,
+            }
+        }
         "hold.get" => Command::HoldGet {
             hold: arg(0, "hold id")?,
         },
@@ -208,13 +235,14 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
             let o = options(
                 name,
                 &args[2..],
-                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE", "ID"],
+                &["INPUT", "OUTPUT", "CACHED", "CACHEWRITE", "ID", "RUN"],
             )?;
             Command::Spend {
                 scope: arg(0, "scope")?,
                 model: arg(1, "model")?,
                 usage: usage(name, &o)?,
                 id: o[4].map(|v| text(v, "ID")).transpose()?,
+                run: o[5].map(|v| text(v, "RUN")).transpose()?,
             }
         }
         "balance" => Command::Balance {
@@ -293,13 +321,8 @@ mod tests {
         assert_eq!(
             c,
             Command::Reserve(ReserveArgs {
-                hold: "h1".into(),
-                scope: "org:a".into(),
-                model: "gpt-4o".into(),
-                input: 10,
-                output: crate::state::OutputAsk::Tokens(20),
                 ttl_ms: Some(5000),
-                fallback: Vec::new(),
+                ..ReserveArgs::new("h1", "org:a", "gpt-4o", 10, OutputAsk::Tokens(20))
             })
         );
         assert!(p("RESERVE h1 org:a gpt-4o OUTPUT 20").is_err());

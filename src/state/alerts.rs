@@ -229,7 +229,7 @@ impl ScopeAlerts {
         for l in limits {
             let (dim, amount) = (l.spec.dim, l.spec.amount);
             let period = match l.spec.window {
-                Window::Calendar(p) => limit::period_start(p, now),
+                Window::Calendar(p, z) => limit::period_start(p, z, now),
                 Window::Total => 0,
                 Window::Rolling(_) => continue,
             };
@@ -428,10 +428,10 @@ impl Alerts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::limit::{Counter, Dims, LimitSpec, Period};
+    use crate::state::limit::{Counter, Dims, LimitSpec, Period, Zone};
 
     fn day_limit(amount: u64, used: u64, now: u64) -> Limit {
-        let window = Window::Calendar(Period::Day);
+        let window = Window::Calendar(Period::Day, Zone::UTC);
         let mut counter = Counter::new(window, now);
         counter.charge(window, now, used);
         Limit {
@@ -483,6 +483,52 @@ mod tests {
     }
 
     #[test]
+    fn a_zoned_limit_alerts_once_per_local_day() {
+        let la = Zone::parse("America/Los_Angeles").unwrap();
+        let window = Window::Calendar(Period::Day, la);
+        let limit = |used: u64, now: u64| {
+            let mut counter = Counter::new(window, now);
+            counter.charge(window, now, used);
+            Limit {
+                spec: LimitSpec {
+                    dim: Dim::Tokens,
+                    window,
+                    amount: 1000,
+                },
+                counter,
+            }
+        };
+        let rules = AlertRules {
+            thresholds: vec![80],
+            ..Default::default()
+        };
+        let mut s = ScopeAlerts::new(rules.validate().unwrap(), 0);
+        // 2027-03-13 15:30 PST (23:30Z), then 23:00 PST (07:00Z, already
+        // the 14th in UTC), then 2027-03-14 01:00 PST (a new local day).
+        let afternoon = 1_805_007_600_000 - 7 * 3_600_000 - 1_800_000;
+        let mut out = Vec::new();
+        s.check_limits("org:a", &[limit(900, afternoon)], afternoon, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].period, 1_804_924_800_000, "local midnight, 08:00Z");
+        assert_eq!(
+            out[0].key,
+            "threshold:80:tokens:per_day_tz_america/los_angeles"
+        );
+        s.fired.insert(out[0].key.clone(), out[0].period);
+        let evening = 1_805_007_600_000;
+        let mut again = Vec::new();
+        s.check_limits("org:a", &[limit(900, evening)], evening, &mut again);
+        assert!(
+            again.is_empty(),
+            "UTC midnight is not Los Angeles' midnight: {again:?}"
+        );
+        let next_local = evening + 2 * 3_600_000;
+        s.check_limits("org:a", &[limit(900, next_local)], next_local, &mut again);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].period, 1_805_011_200_000, "2027-03-14T08:00Z");
+    }
+
+    #[test]
     fn forecast_needs_a_whole_rate_window_and_follows_the_recent_pace() {
         let rules = AlertRules {
             forecast: true,
@@ -491,7 +537,7 @@ mod tests {
         let s = ScopeAlerts::new(rules, 0);
         let start = 10 * DAY;
         let hour = 3_600_000;
-        let window = Window::Calendar(Period::Day);
+        let window = Window::Calendar(Period::Day, Zone::UTC);
         let mut l = day_limit(1000, 0, start);
         let mut out = Vec::new();
         // 1 h in: 100 of 1000 would project 2400, but the limit was watched

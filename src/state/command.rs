@@ -4,6 +4,7 @@
 use super::access::Access;
 use super::alerts::AlertRules;
 use super::commands::{self, CommandSpec};
+use super::entry::RunOutcome;
 use super::error::ErrorCode;
 use super::limit::LimitSpec;
 use super::price::Usage;
@@ -21,9 +22,31 @@ pub struct ReserveArgs {
     /// Models to try, in order, when `model`'s hold does not fit
     /// (`FALLBACK m2,m3`): the first that fits is granted.
     pub fallback: Vec<String>,
+    /// The agent run the call belongs to (`RUN`), for cost per run.
+    pub run: Option<String>,
 }
 
 impl ReserveArgs {
+    /// A RESERVE with the default TTL, no FALLBACK and no RUN.
+    pub fn new(
+        hold: impl Into<String>,
+        scope: impl Into<String>,
+        model: impl Into<String>,
+        input: u64,
+        output: impl Into<OutputAsk>,
+    ) -> ReserveArgs {
+        ReserveArgs {
+            hold: hold.into(),
+            scope: scope.into(),
+            model: model.into(),
+            input,
+            output: output.into(),
+            ttl_ms: None,
+            fallback: Vec::new(),
+            run: None,
+        }
+    }
+
     /// The models a RESERVE tries, in order.
     pub fn models(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.model.as_str()).chain(self.fallback.iter().map(String::as_str))
@@ -119,6 +142,8 @@ pub enum Command {
         model: String,
         usage: Usage,
         id: Option<String>,
+        /// The agent run the call belongs to (`RUN`).
+        run: Option<String>,
     },
     Balance {
         scope: String,
@@ -149,6 +174,7 @@ pub enum Command {
     },
     RunEnd {
         run: String,
+        outcome: Option<RunOutcome>,
     },
     /// A cache hit that saved `cost` nano-USD for `scope` (CACHE.GET … SCOPE).
     CacheSaved {
@@ -228,12 +254,18 @@ impl Command {
         access.tenant()?;
         let mut c = self.clone();
         match &mut c {
-            Command::Reserve(a) => a.hold = access.qualify(&a.hold),
+            Command::Reserve(a) => {
+                a.hold = access.qualify(&a.hold);
+                a.run = a.run.as_deref().map(|r| access.qualify(r));
+            }
             Command::Commit { hold, .. }
             | Command::Release { hold }
             | Command::HoldGet { hold } => *hold = access.qualify(hold),
-            Command::Spend { id: Some(id), .. } => *id = access.qualify(id),
-            Command::Step { run, .. } | Command::RunEnd { run } => *run = access.qualify(run),
+            Command::Spend { id, run, .. } if id.is_some() || run.is_some() => {
+                *id = id.as_deref().map(|i| access.qualify(i));
+                *run = run.as_deref().map(|r| access.qualify(r));
+            }
+            Command::Step { run, .. } | Command::RunEnd { run, .. } => *run = access.qualify(run),
             _ => return None,
         }
         Some(c)

@@ -35,6 +35,8 @@ pub enum EntryKind {
         /// What is held in each dimension (cost at the price of the moment).
         amounts: Dims,
         expires_at: u64,
+        /// The agent run the call belongs to (`RUN`).
+        run: Option<String>,
     },
     /// `cost` is recorded, not recomputed, so a later price change never
     /// alters history.
@@ -56,6 +58,8 @@ pub enum EntryKind {
         model: String,
         usage: Usage,
         cost: u64,
+        /// The agent run the call belongs to (`RUN`).
+        run: Option<String>,
     },
     PriceSet {
         model: String,
@@ -72,9 +76,11 @@ pub enum EntryKind {
         run: String,
         scope: Option<String>,
     },
-    /// A run ended (RUN.END) or was forgotten after the run timeout.
+    /// A run ended (RUN.END, with the outcome its client reported) or was
+    /// forgotten after the run timeout (no outcome).
     RunEnd {
         run: String,
+        outcome: Option<RunOutcome>,
     },
     /// Money a cache hit saved for a scope (and its ancestors).
     Saved {
@@ -92,6 +98,30 @@ pub enum EntryKind {
     AlertDelivered {
         id: u64,
     },
+}
+
+/// How an agent run ended, as its client says (`RUN.END … OUTCOME`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RunOutcome {
+    Success,
+    Failure,
+}
+
+impl RunOutcome {
+    pub fn parse(s: &str) -> Option<RunOutcome> {
+        match s.to_ascii_lowercase().as_str() {
+            "success" => Some(RunOutcome::Success),
+            "failure" => Some(RunOutcome::Failure),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Success => "success",
+            RunOutcome::Failure => "failure",
+        }
+    }
 }
 
 impl EntryKind {

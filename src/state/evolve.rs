@@ -91,7 +91,11 @@ impl State {
                 ttl_ms,
                 amounts,
                 expires_at,
+                run,
             } => {
+                if let Some(run) = run {
+                    self.runs.touch(run, Some(scope), ts);
+                }
                 for s in chain(scope) {
                     let n = self.node_mut(s);
                     n.held.add(amounts);
@@ -167,7 +171,11 @@ impl State {
                 model,
                 usage,
                 cost,
+                run,
             } => {
+                if let Some(run) = run {
+                    self.runs.touch(run, Some(scope), ts);
+                }
                 let actual = Dims::call(usage.input, usage.output, *cost);
                 self.charge(scope, ts, &actual);
                 self.series.add(
@@ -212,7 +220,7 @@ impl State {
                     }
                 }
             }
-            EntryKind::RunEnd { run } => {
+            EntryKind::RunEnd { run, .. } => {
                 self.runs.end(run);
             }
             EntryKind::Saved { scope, cost } => {
@@ -394,6 +402,7 @@ mod tests {
             ttl_ms: None,
             amounts: Dims::call(1, 1, 1),
             expires_at: 5_000,
+            run: None,
         };
         assert!(st
             .check_entry(&entry(2, hold.clone()))

@@ -1,9 +1,13 @@
 //! Limits: a dimension × a window × an amount, and the counters that track
-//! usage inside the window. Calendar windows are aligned in UTC; rolling
-//! windows are a fixed ring of sub-buckets (fixed memory per limit, no event
-//! log). Time is always an argument (ms since the Unix epoch).
+//! usage inside the window. Calendar windows are aligned in UTC, or for a
+//! day, week or month in the time zone a limit names (`TZ <IANA name>`, the
+//! tz database via chrono-tz); rolling windows are a fixed ring of
+//! sub-buckets (fixed memory per limit, no event log). Time is always an
+//! argument (ms since the Unix epoch).
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::offset::LocalResult;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
 
 /// What a limit counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,7 +81,7 @@ impl Dims {
     }
 }
 
-/// A calendar period, aligned in UTC. Weeks start on Monday (ISO).
+/// A calendar period. Weeks start on Monday (ISO).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Period {
     Minute,
@@ -87,9 +91,104 @@ pub enum Period {
     Month,
 }
 
+/// The time zone a calendar limit's days, weeks and months are counted in:
+/// UTC unless the limit says `TZ <IANA name>`. A local day is 23 or 25
+/// hours long across a daylight-saving change; a period whose local
+/// midnight is skipped begins when the clocks jump, and one whose midnight
+/// happens twice begins at the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Zone(Tz);
+
+impl Zone {
+    pub const UTC: Zone = Zone(Tz::UTC);
+
+    pub const fn from_tz(tz: Tz) -> Zone {
+        Zone(tz)
+    }
+
+    /// A tz database name, e.g. `America/Los_Angeles` (any letter case).
+    pub fn parse(name: &str) -> Result<Zone, String> {
+        if let Ok(tz) = name.parse::<Tz>() {
+            return Ok(Zone(tz));
+        }
+        (chrono_tz::TZ_VARIANTS.iter())
+            .find(|tz| tz.name().eq_ignore_ascii_case(name))
+            .map(|tz| Zone(*tz))
+            .ok_or_else(|| {
+                format!("unknown time zone '{name}' (an IANA tz database name, like America/Los_Angeles or Europe/Berlin)")
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    pub fn is_utc(self) -> bool {
+        self == Zone::UTC
+    }
+
+    /// The local date at `ms`.
+    fn date(self, ms: u64) -> NaiveDate {
+        self.0
+            .from_utc_datetime(&to_dt(ms).naive_utc())
+            .date_naive()
+    }
+
+    /// When the local day `d` begins: its midnight, the first one if the
+    /// clocks went back over it, or the moment they jumped past it.
+    fn midnight(self, d: NaiveDate) -> u64 {
+        let naive = d.and_hms_opt(0, 0, 0).unwrap();
+        match self.0.from_local_datetime(&naive) {
+            LocalResult::Single(t) => to_ms(t.to_utc()),
+            LocalResult::Ambiguous(a, b) => to_ms(a.to_utc()).min(to_ms(b.to_utc())),
+            LocalResult::None => self.first_at_or_after(naive),
+        }
+    }
+
+    /// The first instant whose local time is at or after `naive` (which
+    /// the clocks skipped). Offsets lie within ±15 h, so the answer is
+    /// within 16 h of `naive` read as UTC, and local time only moves
+    /// forward across a gap.
+    fn first_at_or_after(self, naive: NaiveDateTime) -> u64 {
+        let as_utc = to_ms(Utc.from_utc_datetime(&naive));
+        let local = |ms: u64| {
+            self.0
+                .from_utc_datetime(&to_dt(ms).naive_utc())
+                .naive_local()
+        };
+        let (mut lo, mut hi) = (
+            as_utc.saturating_sub(16 * 3_600_000),
+            as_utc + 16 * 3_600_000,
+        );
+        debug_assert!(local(lo) < naive && local(hi) >= naive);
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if local(mid) >= naive {
+                hi = mid
+            } else {
+                lo = mid
+            }
+        }
+        hi
+    }
+}
+
+/// By name, so limits sort the same in every build.
+impl Ord for Zone {
+    fn cmp(&self, other: &Zone) -> std::cmp::Ordering {
+        self.name().cmp(other.name())
+    }
+}
+impl PartialOrd for Zone {
+    fn partial_cmp(&self, other: &Zone) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Window {
-    Calendar(Period),
+    /// A calendar period in a time zone (UTC for MINUTE and HOUR).
+    Calendar(Period, Zone),
     /// Never resets.
     Total,
     /// A sliding window of this many milliseconds.
@@ -104,11 +203,11 @@ impl Window {
     /// `PER <period>` argument.
     pub fn parse_period(s: &str) -> Option<Window> {
         Some(match s.to_ascii_uppercase().as_str() {
-            "MINUTE" => Window::Calendar(Period::Minute),
-            "HOUR" => Window::Calendar(Period::Hour),
-            "DAY" => Window::Calendar(Period::Day),
-            "WEEK" => Window::Calendar(Period::Week),
-            "MONTH" => Window::Calendar(Period::Month),
+            "MINUTE" => Window::Calendar(Period::Minute, Zone::UTC),
+            "HOUR" => Window::Calendar(Period::Hour, Zone::UTC),
+            "DAY" => Window::Calendar(Period::Day, Zone::UTC),
+            "WEEK" => Window::Calendar(Period::Week, Zone::UTC),
+            "MONTH" => Window::Calendar(Period::Month, Zone::UTC),
             "TOTAL" => Window::Total,
             _ => return None,
         })
@@ -123,9 +222,21 @@ impl Window {
         Ok(Window::Rolling(ms))
     }
 
+    /// `TZ <name>` after `PER DAY|WEEK|MONTH`.
+    pub fn in_zone(self, zone: Zone) -> Result<Window, String> {
+        match self {
+            _ if zone.is_utc() => Ok(self),
+            Window::Calendar(p @ (Period::Day | Period::Week | Period::Month), _) => {
+                Ok(Window::Calendar(p, zone))
+            }
+            _ => Err("TZ applies to PER DAY, WEEK or MONTH only".into()),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            Window::Calendar(p) => format!("PER {}", period_name(*p)),
+            Window::Calendar(p, z) if z.is_utc() => format!("PER {}", period_name(*p)),
+            Window::Calendar(p, z) => format!("PER {} TZ {}", period_name(*p), z.name()),
             Window::Total => "PER TOTAL".into(),
             Window::Rolling(ms) => format!("ROLLING {}", format_duration_ms(*ms)),
         }
@@ -192,42 +303,41 @@ fn to_ms(dt: DateTime<Utc>) -> u64 {
     dt.timestamp_millis().max(0) as u64
 }
 
-/// Start of the UTC calendar period containing `now`.
-pub fn period_start(p: Period, now: u64) -> u64 {
-    let dt = to_dt(now);
-    let day = dt.date_naive();
-    let midnight = |d: NaiveDate| to_ms(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap()));
+/// Start of the calendar period containing `now` in `zone`.
+pub fn period_start(p: Period, zone: Zone, now: u64) -> u64 {
     match p {
         Period::Minute => now - now % 60_000,
         Period::Hour => now - now % 3_600_000,
-        Period::Day => now - now % 86_400_000,
-        Period::Week => midnight(day - Duration::days(dt.weekday().num_days_from_monday() as i64)),
-        Period::Month => midnight(day.with_day(1).unwrap()),
+        Period::Day if zone.is_utc() => now - now % 86_400_000,
+        _ => zone.midnight(first_day(p, zone.date(now))),
     }
 }
 
-/// End (exclusive) of the UTC calendar period containing `now`: when it resets.
-pub fn period_end(p: Period, now: u64) -> u64 {
-    let start = period_start(p, now);
+/// End (exclusive) of the calendar period containing `now` in `zone`: when
+/// it resets.
+pub fn period_end(p: Period, zone: Zone, now: u64) -> u64 {
     match p {
-        Period::Minute => start + 60_000,
-        Period::Hour => start + 3_600_000,
-        Period::Day => start + 86_400_000,
-        Period::Week => start + 7 * 86_400_000,
-        Period::Month => {
-            let d = to_dt(start);
-            let (y, m) = if d.month() == 12 {
-                (d.year() + 1, 1)
-            } else {
-                (d.year(), d.month() + 1)
+        Period::Minute => period_start(p, zone, now) + 60_000,
+        Period::Hour => period_start(p, zone, now) + 3_600_000,
+        Period::Day if zone.is_utc() => period_start(p, zone, now) + 86_400_000,
+        _ => {
+            let first = first_day(p, zone.date(now));
+            let next = match p {
+                Period::Week => first + Duration::days(7),
+                Period::Month => first.checked_add_months(chrono::Months::new(1)).unwrap(),
+                _ => first + Duration::days(1),
             };
-            let next = NaiveDate::from_ymd_opt(y, m, 1)
-                .unwrap()
-                .and_hms_opt(0, 0, 0)
-                .unwrap();
-            debug_assert_eq!(d.hour(), 0);
-            to_ms(Utc.from_utc_datetime(&next))
+            zone.midnight(next)
         }
+    }
+}
+
+/// The first day of the day, week or month that contains `d`.
+fn first_day(p: Period, d: NaiveDate) -> NaiveDate {
+    match p {
+        Period::Week => d - Duration::days(d.weekday().num_days_from_monday() as i64),
+        Period::Month => d.with_day(1).unwrap(),
+        _ => d,
     }
 }
 
@@ -315,6 +425,15 @@ impl LimitSpec {
             window,
             amount,
         })
+    }
+}
+
+impl LimitSpec {
+    /// The limit counted in the time zone `TZ <name>` names (a day, week
+    /// or month only).
+    pub fn in_zone(self, name: &str) -> Result<LimitSpec, String> {
+        let window = self.window.in_zone(Zone::parse(name)?)?;
+        Ok(LimitSpec { window, ..self })
     }
 }
 
@@ -469,8 +588,8 @@ impl Ring {
 impl Counter {
     pub fn new(window: Window, now: u64) -> Counter {
         match window {
-            Window::Calendar(p) => Counter::Period {
-                start: period_start(p, now),
+            Window::Calendar(p, z) => Counter::Period {
+                start: period_start(p, z, now),
                 used: 0,
                 recent: Ring::new(recent_window_ms(p)),
                 since: now,
@@ -483,8 +602,8 @@ impl Counter {
     /// Usage inside the window at `now`.
     pub fn used(&self, window: Window, now: u64) -> u64 {
         match (self, window) {
-            (Counter::Period { start, used, .. }, Window::Calendar(p)) => {
-                if period_start(p, now) == *start {
+            (Counter::Period { start, used, .. }, Window::Calendar(p, z)) => {
+                if period_start(p, z, now) == *start {
                     *used
                 } else {
                     0
@@ -505,9 +624,9 @@ impl Counter {
                     recent,
                     ..
                 },
-                Window::Calendar(p),
+                Window::Calendar(p, z),
             ) => {
-                let s = period_start(p, now);
+                let s = period_start(p, z, now);
                 if s != *start {
                     *start = s;
                     *used = 0;
@@ -525,7 +644,7 @@ impl Counter {
     /// oldest rolling usage ages out; None for TOTAL or an empty ring.
     pub fn resets_at(&self, window: Window, now: u64) -> Option<u64> {
         match (self, window) {
-            (Counter::Period { .. }, Window::Calendar(p)) => Some(period_end(p, now)),
+            (Counter::Period { .. }, Window::Calendar(p, z)) => Some(period_end(p, z, now)),
             (Counter::Rolling(r), _) => r.next_change(now),
             _ => None,
         }
@@ -548,7 +667,7 @@ impl Limit {
     /// TOTAL limits, which have no period end), with `held` still held.
     /// Integer arithmetic throughout: rate = recent / rate_window_ms.
     pub fn burn(&self, now: u64, held: u64) -> Option<Burn> {
-        let (Counter::Period { recent, since, .. }, Window::Calendar(p)) =
+        let (Counter::Period { recent, since, .. }, Window::Calendar(p, z)) =
             (&self.counter, self.spec.window)
         else {
             return None;
@@ -557,7 +676,7 @@ impl Limit {
         let window = recent.covered(now).min(now.saturating_sub(*since)).max(1);
         let recent = recent.sum(now);
         let used = self.used(now) as u128;
-        let end = period_end(p, now);
+        let end = period_end(p, z, now);
         let left = (end - now) as u128;
         let (r, w) = (recent as u128, window as u128);
         let projected = (used + r * left / w).min(u64::MAX as u128) as u64;
@@ -626,9 +745,9 @@ impl Limit {
             (_, Window::Rolling(_)) => unreachable!("counter does not match its window"),
             (_, Window::Total) if used.saturating_add(amount) > limit => (Blocker::Limit, None),
             (_, Window::Total) => (Blocker::Held, expired_by(over(used.saturating_add(held)))),
-            (_, Window::Calendar(p)) => {
+            (_, Window::Calendar(p, z)) => {
                 // After the period ends only the holds still open count.
-                let end = period_end(p, now);
+                let end = period_end(p, z, now);
                 let next_period = if over(held) == 0 {
                     Some(end)
                 } else {
@@ -682,24 +801,145 @@ mod tests {
     #[test]
     fn calendar_periods_align_in_utc() {
         let t = T0 + 3 * 86_400_000 + 5 * 3_600_000 + 7 * 60_000 + 11_000; // Sun 2026-01-04 05:07:11
-        assert_eq!(period_start(Period::Minute, t), t - 11_000);
-        assert_eq!(period_start(Period::Hour, t), t - 7 * 60_000 - 11_000);
-        assert_eq!(period_start(Period::Day, t), T0 + 3 * 86_400_000);
+        assert_eq!(period_start(Period::Minute, Zone::UTC, t), t - 11_000);
+        assert_eq!(
+            period_start(Period::Hour, Zone::UTC, t),
+            t - 7 * 60_000 - 11_000
+        );
+        assert_eq!(period_start(Period::Day, Zone::UTC, t), T0 + 3 * 86_400_000);
         // ISO week: Monday 2025-12-29.
-        assert_eq!(period_start(Period::Week, t), T0 - 3 * 86_400_000);
-        assert_eq!(period_end(Period::Week, t), T0 + 4 * 86_400_000);
-        assert_eq!(period_start(Period::Month, t), T0);
-        assert_eq!(period_end(Period::Month, t), T0 + 31 * 86_400_000);
+        assert_eq!(
+            period_start(Period::Week, Zone::UTC, t),
+            T0 - 3 * 86_400_000
+        );
+        assert_eq!(period_end(Period::Week, Zone::UTC, t), T0 + 4 * 86_400_000);
+        assert_eq!(period_start(Period::Month, Zone::UTC, t), T0);
+        assert_eq!(
+            period_end(Period::Month, Zone::UTC, t),
+            T0 + 31 * 86_400_000
+        );
         // February 2028 is a leap month.
         let feb = 1_832_457_600_000; // 2028-01-25
-        let end_jan = period_end(Period::Month, feb);
+        let end_jan = period_end(Period::Month, Zone::UTC, feb);
         assert_eq!(
-            period_end(Period::Month, end_jan) - end_jan,
+            period_end(Period::Month, Zone::UTC, end_jan) - end_jan,
             29 * 86_400_000
         );
         // December rolls into the next year.
         let dec = T0 - 86_400_000;
-        assert_eq!(period_end(Period::Month, dec), T0);
+        assert_eq!(period_end(Period::Month, Zone::UTC, dec), T0);
+    }
+
+    fn utc(s: &str) -> u64 {
+        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis() as u64
+    }
+
+    #[test]
+    fn local_days_follow_daylight_saving() {
+        let la = Zone::parse("america/los_angeles").unwrap();
+        assert_eq!(la.name(), "America/Los_Angeles");
+        let day = |t| {
+            (
+                period_start(Period::Day, la, t),
+                period_end(Period::Day, la, t),
+            )
+        };
+        // 2027-03-14, Los Angeles springs forward: a 23-hour day.
+        let (s, e) = day(utc("2027-03-14T12:00:00Z"));
+        assert_eq!(
+            (s, e),
+            (utc("2027-03-14T08:00:00Z"), utc("2027-03-15T07:00:00Z"))
+        );
+        // 2027-11-07, it falls back: a 25-hour day.
+        let (s, e) = day(utc("2027-11-07T12:00:00Z"));
+        assert_eq!(
+            (s, e),
+            (utc("2027-11-07T07:00:00Z"), utc("2027-11-08T08:00:00Z"))
+        );
+        // The last millisecond of a day belongs to it; the next one does not.
+        assert_eq!(day(e - 1).0, s);
+        assert_eq!(day(e).0, e);
+        // Weeks start on the local Monday, months on the local first.
+        let t = utc("2027-11-04T06:59:59Z"); // Wednesday 23:59:59 PDT
+        assert_eq!(
+            period_start(Period::Week, la, t),
+            utc("2027-11-01T07:00:00Z")
+        );
+        assert_eq!(period_end(Period::Week, la, t), utc("2027-11-08T08:00:00Z"));
+        assert_eq!(
+            period_start(Period::Month, la, t),
+            utc("2027-11-01T07:00:00Z")
+        );
+        assert_eq!(
+            period_end(Period::Month, la, t),
+            utc("2027-12-01T08:00:00Z")
+        );
+        // 2027-11-01T06:59:59Z is still October in Los Angeles.
+        assert_eq!(
+            period_start(Period::Month, la, utc("2027-11-01T06:59:59Z")),
+            utc("2027-10-01T07:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_skipped_or_repeated_local_midnight_starts_the_day_once() {
+        // Santiago springs forward at 24:00 on Saturday 2027-09-04: Sunday
+        // has no 00:00, and begins when the clocks jump (04:00Z, 01:00 -03).
+        let scl = Zone::parse("America/Santiago").unwrap();
+        let t = utc("2027-09-05T12:00:00Z");
+        assert_eq!(
+            period_start(Period::Day, scl, t),
+            utc("2027-09-05T04:00:00Z")
+        );
+        assert_eq!(
+            period_end(Period::Day, scl, utc("2027-09-04T12:00:00Z")),
+            utc("2027-09-05T04:00:00Z")
+        );
+        // It falls back at 24:00 on Saturday 2027-04-03: Saturday's last
+        // hour happens twice, and Sunday begins after the second one.
+        let sat = utc("2027-04-03T12:00:00Z");
+        assert_eq!(
+            period_end(Period::Day, scl, sat),
+            utc("2027-04-04T04:00:00Z")
+        );
+        assert_eq!(
+            period_start(Period::Day, scl, utc("2027-04-04T03:30:00Z")),
+            utc("2027-04-03T03:00:00Z")
+        );
+        // Half-hour offsets: Kolkata's day begins at 18:30Z.
+        let kol = Zone::parse("Asia/Kolkata").unwrap();
+        assert_eq!(
+            period_start(Period::Day, kol, utc("2027-01-01T18:29:59Z")),
+            utc("2026-12-31T18:30:00Z")
+        );
+        assert_eq!(
+            period_start(Period::Day, kol, utc("2027-01-01T18:30:00Z")),
+            utc("2027-01-01T18:30:00Z")
+        );
+    }
+
+    #[test]
+    fn tz_names_one_zone_and_only_for_days_weeks_and_months() {
+        assert!(Zone::parse("Mars/Olympus_Mons")
+            .unwrap_err()
+            .contains("unknown time zone"));
+        let day = Window::Calendar(Period::Day, Zone::UTC);
+        let la = Zone::parse("America/Los_Angeles").unwrap();
+        assert_eq!(
+            day.in_zone(la).unwrap().describe(),
+            "PER DAY TZ America/Los_Angeles"
+        );
+        assert_eq!(day.in_zone(Zone::UTC), Ok(day));
+        for w in [
+            Window::Calendar(Period::Hour, Zone::UTC),
+            Window::Total,
+            Window::Rolling(60_000),
+        ] {
+            assert!(w.in_zone(la).unwrap_err().contains("DAY, WEEK or MONTH"));
+        }
+        let spec = LimitSpec::from_words("tokens", "10", "per", "month").unwrap();
+        let spec = spec.in_zone("Europe/Berlin").unwrap();
+        assert_eq!(spec.window.describe(), "PER MONTH TZ Europe/Berlin");
     }
 
     #[test]
@@ -726,7 +966,10 @@ mod tests {
             ("week", Period::Week),
             ("Month", Period::Month),
         ] {
-            assert_eq!(Window::parse_period(word), Some(Window::Calendar(p)));
+            assert_eq!(
+                Window::parse_period(word),
+                Some(Window::Calendar(p, Zone::UTC))
+            );
         }
         assert_eq!(Window::parse_period("total"), Some(Window::Total));
         assert_eq!(Window::parse_period("fortnight"), None);
@@ -784,7 +1027,7 @@ mod tests {
 
     #[test]
     fn period_counter_resets_lazily() {
-        let w = Window::Calendar(Period::Minute);
+        let w = Window::Calendar(Period::Minute, Zone::UTC);
         let mut c = Counter::new(w, T0);
         c.charge(w, T0 + 1, 7);
         assert_eq!(c.used(w, T0 + 59_999), 7);

@@ -26,6 +26,7 @@ pub mod holds;
 pub mod limit;
 pub mod money;
 pub mod price;
+pub mod run_report;
 pub mod runs;
 pub mod scope;
 mod validate;
@@ -68,7 +69,7 @@ impl std::hash::BuildHasher for FixedHasher {
 pub use access::Access;
 pub use audit::Digest;
 pub use command::{Command, OutputAsk, OutputFrom, ReserveArgs, Value};
-pub use entry::{Entry, EntryKind};
+pub use entry::{Entry, EntryKind, RunOutcome};
 pub use error::ErrorCode;
 pub use holds::{Hold, HoldTable};
 use limit::{Counter, Dim, Dims, Limit, LimitSpec};
@@ -331,7 +332,12 @@ impl State {
                 return Outcome::refused(ErrorCode::Unknown, format!("hold {hold}"));
             }
         }
-        if let Command::RunEnd { run } | Command::Step { run, .. } = cmd {
+        let run = match cmd {
+            Command::RunEnd { run, .. } | Command::Step { run, .. } => Some(run),
+            Command::Reserve(ReserveArgs { run, .. }) | Command::Spend { run, .. } => run.as_ref(),
+            _ => None,
+        };
+        if let Some(run) = run {
             let scope = self.runs.get(run).and_then(|r| r.scope.as_deref());
             if scope.is_some_and(|s| !a.allows(s)) {
                 return Outcome::refused(ErrorCode::Unknown, format!("run {run}"));
@@ -372,7 +378,8 @@ impl State {
                 model,
                 usage,
                 id,
-            } => self.spend(now, scope, model, usage, id, out),
+                run,
+            } => self.spend(now, scope, model, usage, (id, run), out),
             Command::CacheSaved { scope, cost } => self.cache_saved(now, scope, *cost, out),
             Command::PriceSet {
                 model,
@@ -402,7 +409,7 @@ impl State {
                 (*max, *repeats, *window),
                 out,
             ),
-            Command::RunEnd { run } => self.run_end(now, run, out),
+            Command::RunEnd { run, outcome } => self.run_end(now, run, *outcome, out),
             Command::SpendSeries => self.spend_series().into(),
             Command::AlertRulesSet { scope, rules } => {
                 self.alert_rules_set(now, scope, rules, out).into()
@@ -441,7 +448,7 @@ impl State {
         self.forget_old(now);
         let cutoff = now.saturating_sub(self.config.run_timeout_ms);
         for run in self.runs.idle_before(cutoff) {
-            self.emit(now, EntryKind::RunEnd { run }, out);
+            self.emit(now, EntryKind::RunEnd { run, outcome: None }, out);
         }
     }
 
@@ -552,6 +559,7 @@ mod tests {
         }
         assert_eq!(st.records(), base + st.nodes.len() + 2);
         let spend = Command::Spend {
+            run: None,
             scope: "org:c".into(),
             model: "gpt-4o".into(),
             usage: Usage {
@@ -573,13 +581,8 @@ mod tests {
         assert_eq!(st.next_expiry(), None);
         for (id, ttl) in [("late", 9_000), ("soon", 2_000), ("mid", 5_000)] {
             let r = Command::Reserve(ReserveArgs {
-                hold: id.into(),
-                scope: "org:a".into(),
-                model: "gpt-4o".into(),
-                input: 1,
-                output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: Some(ttl),
-                fallback: Vec::new(),
+                ..ReserveArgs::new(id, "org:a", "gpt-4o", 1, OutputAsk::Tokens(0))
             });
             st.apply(now, &r, &mut out);
         }

@@ -7,7 +7,7 @@ use super::access::Access;
 use super::error::ErrorCode;
 use super::limit::{Blocker, Dim, LimitSpec};
 use super::reply::amount_value;
-use super::{Hold, HoldStatus, OutputFrom, Settlement, Value};
+use super::{Hold, HoldStatus, OutputFrom, RunOutcome, Settlement, Value};
 
 /// A RESERVE granted (or replayed: the same hold again).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +108,8 @@ pub enum Outcome {
     RunEnded {
         run: String,
         steps: u64,
+        /// As the client reported it (`OUTCOME`), if it did.
+        outcome: Option<RunOutcome>,
     },
     /// A read's reply (already structured).
     Reply(Value),
@@ -315,10 +317,18 @@ impl From<Outcome> for Value {
                 f.push(("repeats", int(s.repeats)));
                 Value::Map(f)
             }
-            Outcome::RunEnded { run, steps } => Value::Map(vec![
+            Outcome::RunEnded {
+                run,
+                steps,
+                outcome,
+            } => Value::Map(vec![
                 ("status", Value::str("ended")),
                 ("run", Value::Str(run)),
                 ("steps", int(steps)),
+                (
+                    "outcome",
+                    outcome.map_or(Value::Null, |o| Value::str(o.as_str())),
+                ),
             ]),
             Outcome::Reply(v) => v,
             Outcome::Refused { code, msg } => Value::Error { code, msg },

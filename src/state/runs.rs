@@ -1,4 +1,6 @@
-//! The loop guard: agent runs and their steps (STEP, RUN.END).
+//! Agent runs: the loop guard's steps (STEP, RUN.END), and the runs that
+//! RESERVE / SPEND … RUN name (their cost per run is reported from the
+//! ledger, `family::run_report`).
 //!
 //! A run is allowed `max` steps, and no signature (say, a tool call with its
 //! arguments) `repeats` times within its last `window` steps. A step that
@@ -81,13 +83,13 @@ impl Runs {
     }
 
     /// The run, created if new, marked active at `ts` (its place in the
-    /// idle index moves); it keeps the scope of its first step.
-    fn touch(&mut self, id: &str, scope: Option<&str>, ts: u64) -> &mut Run {
+    /// idle index moves); it keeps the scope of its first step or call.
+    pub fn touch(&mut self, id: &str, scope: Option<&str>, ts: u64) -> &mut Run {
         self.rebuild_idle_if_needed();
-        let run = self.runs.entry(id.to_string()).or_default();
-        if run.steps > 0 || run.denials > 0 {
+        if let Some(run) = self.runs.get(id) {
             self.idle.remove(&(run.last_at, id.to_string()));
         }
+        let run = self.runs.entry(id.to_string()).or_default();
         if run.scope.is_none() {
             run.scope = scope.map(str::to_string);
         }

@@ -51,6 +51,9 @@ pub fn check(cmd: &Command) -> Result<(), String> {
     match cmd {
         Command::Reserve(a) => {
             check_id(&a.hold, "hold id")?;
+            if let Some(run) = &a.run {
+                check_id(run, "run id")?;
+            }
             if a.fallback.len() > MAX_FALLBACKS {
                 return Err(format!("FALLBACK takes at most {MAX_FALLBACKS} models"));
             }
@@ -69,10 +72,17 @@ pub fn check(cmd: &Command) -> Result<(), String> {
         }
         Command::Release { hold } | Command::HoldGet { hold } => check_id(hold, "hold id"),
         Command::Spend {
-            model, usage, id, ..
+            model,
+            usage,
+            id,
+            run,
+            ..
         } => {
             if let Some(id) = id {
                 check_id(id, "spend id")?;
+            }
+            if let Some(run) = run {
+                check_id(run, "run id")?;
             }
             check_model(model)?;
             check_usage(usage)
@@ -119,7 +129,7 @@ pub fn check(cmd: &Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::RunEnd { run } => check_id(run, "run id"),
+        Command::RunEnd { run, .. } => check_id(run, "run id"),
         Command::CacheSaved { cost, .. } => check_usd(*cost, "COST"),
         Command::BudgetGet { .. }
         | Command::BudgetDel { .. }
@@ -153,15 +163,13 @@ mod tests {
     }
 
     fn reserve(hold: &str, model: &str, input: u64, output: u64) -> Command {
-        Command::Reserve(ReserveArgs {
-            hold: hold.into(),
-            scope: "org:a".into(),
-            model: model.into(),
+        Command::Reserve(ReserveArgs::new(
+            hold,
+            "org:a",
+            model,
             input,
-            output: crate::state::OutputAsk::Tokens(output),
-            ttl_ms: None,
-            fallback: Vec::new(),
-        })
+            OutputAsk::Tokens(output),
+        ))
     }
 
     #[test]
@@ -204,8 +212,24 @@ mod tests {
             model: model.into(),
             usage: u,
             id: id.map(str::to_string),
+            run: None,
         };
         assert!(check(&spend(Some(&id), &model, usage(1, 1, 0, 0))).is_ok());
+        // A RUN is an id like the others.
+        let in_run = |run: &String| Command::Spend {
+            scope: "org:a".into(),
+            model: "m".into(),
+            usage: usage(1, 1, 0, 0),
+            id: None,
+            run: Some(run.clone()),
+        };
+        assert!(check(&in_run(&id)).is_ok());
+        assert!(check(&in_run(&long_id)).is_err());
+        let mut reserve_in_run = ReserveArgs::new("h", "org:a", "m", 1, 1);
+        reserve_in_run.run = Some(long_id.clone());
+        assert!(check(&Command::Reserve(reserve_in_run.clone())).is_err());
+        reserve_in_run.run = Some(id.clone());
+        assert!(check(&Command::Reserve(reserve_in_run)).is_ok());
         assert!(check(&spend(Some(&long_id), "m", usage(1, 1, 0, 0))).is_err());
         assert!(check(&spend(None, &long_model, usage(1, 1, 0, 0))).is_err());
         assert!(check(&spend(None, "m", usage(MAX_TOKENS + 1, 1, 0, 0))).is_err());
@@ -221,10 +245,15 @@ mod tests {
         }
         assert!(check(&Command::Release { hold: id.clone() }).is_ok());
         assert!(check(&Command::RunEnd {
-            run: long_id.clone()
+            run: long_id.clone(),
+            outcome: None,
         })
         .is_err());
-        assert!(check(&Command::RunEnd { run: id.clone() }).is_ok());
+        assert!(check(&Command::RunEnd {
+            run: id.clone(),
+            outcome: Some(crate::state::RunOutcome::Success),
+        })
+        .is_ok());
         let step = |run: &str, max| Command::Step {
             run: run.into(),
             signature: b"s".to_vec(),

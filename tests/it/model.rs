@@ -25,13 +25,29 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{Datelike, TimeZone};
+use chrono_tz::Tz;
 use proptest::prelude::*;
-use spendb::state::limit::{period_start, Dim, LimitSpec, Period, Window, ROLLING_BUCKETS};
+use spendb::state::limit::{Dim, LimitSpec, Period, Window, Zone, ROLLING_BUCKETS};
 use spendb::state::price::{Price, Usage};
-use spendb::state::{Command, Config, Entry, OutputAsk, ReserveArgs, State, Value};
+use spendb::state::run_report::{RunGroup, RunQuery, RunReport};
+use spendb::state::{Command, Config, Entry, OutputAsk, ReserveArgs, RunOutcome, State, Value};
 use spendb::store::recovery::{decode_snapshot, encode_snapshot};
 
 const T0: u64 = 1_795_305_600_000; // 2026-11-22T00:00:00Z
+/// Where a run's clock starts: an ordinary day, or an hour or so before a
+/// daylight-saving change of one of the zones above (its hour and day
+/// advances then cross local days of 23 and 25 hours).
+const STARTS: &[u64] = &[
+    T0,
+    1_805_014_800_000, // 2027-03-14T09:00:00Z, Los Angeles springs forward at 10:00Z
+    1_825_574_400_000, // 2027-11-07T08:00:00Z, Los Angeles falls back at 09:00Z
+    1_806_804_000_000, // 2027-04-04T02:00:00Z, Santiago falls back at 03:00Z
+    1_820_113_200_000, // 2027-09-05T03:00:00Z, Santiago skips its midnight at 04:00Z
+    1_804_996_800_000, // 2027-03-14T04:00:00Z, Havana skips its midnight at 05:00Z
+    1_825_556_400_000, // 2027-11-07T03:00:00Z, Havana's midnight happens twice (04:00Z, 05:00Z)
+    1_806_483_600_000, // 2027-03-31T09:00:00Z, April begins in Chatham at 10:15Z
+];
 const SCOPES: &[&str] = &["a", "a/b", "a/b/c", "a/d", "e"];
 const MODELS: &[&str] = &[
     "gpt-4o",
@@ -39,10 +55,22 @@ const MODELS: &[&str] = &[
     "claude-sonnet-4",
     "mystery",
 ];
+const LOS_ANGELES: Zone = Zone::from_tz(Tz::America__Los_Angeles);
+/// Skips its midnight when it springs forward, repeats 23:00 when it falls back.
+const SANTIAGO: Zone = Zone::from_tz(Tz::America__Santiago);
+/// Skips its midnight in March, has two in November.
+const HAVANA: Zone = Zone::from_tz(Tz::America__Havana);
+/// +13:45 / +12:45.
+const CHATHAM: Zone = Zone::from_tz(Tz::Pacific__Chatham);
 const WINDOWS: &[Window] = &[
-    Window::Calendar(Period::Minute),
-    Window::Calendar(Period::Hour),
-    Window::Calendar(Period::Day),
+    Window::Calendar(Period::Minute, Zone::UTC),
+    Window::Calendar(Period::Hour, Zone::UTC),
+    Window::Calendar(Period::Day, Zone::UTC),
+    Window::Calendar(Period::Day, LOS_ANGELES),
+    Window::Calendar(Period::Day, SANTIAGO),
+    Window::Calendar(Period::Week, LOS_ANGELES),
+    Window::Calendar(Period::Day, HAVANA),
+    Window::Calendar(Period::Month, CHATHAM),
     Window::Total,
     Window::Rolling(2_000),
     Window::Rolling(10_000),
@@ -62,6 +90,8 @@ enum Op {
         input: u64,
         output: OutputAsk,
         ttl: Option<u64>,
+        /// RUN run{n}
+        run: Option<usize>,
     },
     Commit {
         hold: usize,
@@ -73,6 +103,7 @@ enum Op {
         model: usize,
         usage: Usage,
         id: Option<usize>,
+        run: Option<usize>,
     },
     PriceSet(usize, u64, u64, Option<u64>),
     Advance(u64),
@@ -83,7 +114,7 @@ enum Op {
         scope: Option<usize>,
         max: Option<u64>,
     },
-    RunEnd(usize),
+    RunEnd(usize, Option<RunOutcome>),
     /// The last RESERVE again, as it was sent (an idempotent replay).
     ReserveAgain,
 }
@@ -110,23 +141,55 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0usize..10, 0..SCOPES.len(), (0..MODELS.len(), prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(0..MODELS.len(), 1..3)]), 0u64..300,
               prop_oneof![6 => (0u64..300).prop_map(OutputAsk::Tokens), 1 => (4_000u64..20_000).prop_map(OutputAsk::Tokens),
                           1 => Just(OutputAsk::Max), 2 => Just(OutputAsk::Auto)],
-              prop::option::of(prop::sample::select(vec![1u64, 500, 3_000, 60_000, 90_000_000])))
-            .prop_map(|(hold, scope, (model, fallback), input, output, ttl)| Op::Reserve { hold, scope, model, fallback, input, output, ttl }),
+              prop::option::of(prop::sample::select(vec![1u64, 500, 3_000, 60_000, 90_000_000])), prop::option::of(0usize..3))
+            .prop_map(|(hold, scope, (model, fallback), input, output, ttl, run)| Op::Reserve { hold, scope, model, fallback, input, output, ttl, run }),
         5 => (0usize..10, usage()).prop_map(|(hold, usage)| Op::Commit { hold, usage }),
         2 => (0usize..10).prop_map(Op::Release),
-        2 => (0..SCOPES.len(), 0..MODELS.len(), usage(), prop::option::of(0usize..4))
-            .prop_map(|(scope, model, usage, id)| Op::Spend { scope, model, usage, id }),
+        2 => (0..SCOPES.len(), 0..MODELS.len(), usage(), prop::option::of(0usize..4), prop::option::of(0usize..3))
+            .prop_map(|(scope, model, usage, id, run)| Op::Spend { scope, model, usage, id, run }),
         1 => (0..3usize, 0u64..20_000_000_000, 0u64..80_000_000_000, prop::option::of(1u64..5_000))
             .prop_map(|(m, i, o, max)| Op::PriceSet(m, i, o, max)),
         5 => prop_oneof![0u64..50, 0u64..3_000, Just(60_000u64), Just(3_600_000u64), Just(86_400_000u64)].prop_map(Op::Advance),
         4 => (0usize..3, 0usize..4, prop::option::of(0..SCOPES.len()), prop::option::of(1u64..6))
             .prop_map(|(run, sig, scope, max)| Op::Step { run, sig, scope, max }),
-        1 => (0usize..3).prop_map(Op::RunEnd),
+        2 => (0usize..3, prop::option::of(prop_oneof![Just(RunOutcome::Success), Just(RunOutcome::Failure)]))
+            .prop_map(|(run, outcome)| Op::RunEnd(run, outcome)),
         2 => Just(Op::ReserveAgain),
     ]
 }
 
 // ----- the reference model ------------------------------------------------
+
+/// Which calendar period `ms` falls in, named by the local date (a minute or
+/// hour by its number since the epoch): the reference never computes where
+/// a period starts, only whether two instants share one.
+fn period_key(p: Period, z: Zone, ms: u64) -> (i32, u32) {
+    let tz: Tz = z.name().parse().unwrap();
+    let date = tz.timestamp_millis_opt(ms as i64).unwrap().date_naive();
+    match p {
+        Period::Minute => ((ms / 60_000) as i32, 0),
+        Period::Hour => ((ms / 3_600_000) as i32, 0),
+        Period::Day => (date.year(), date.ordinal()),
+        Period::Week => (date.iso_week().year(), date.iso_week().week()),
+        Period::Month => (date.year(), date.month()),
+    }
+}
+
+/// When the calendar period holding `now` ends: the first millisecond in
+/// another period (found by bisection over the next 32 days).
+fn next_period(p: Period, z: Zone, now: u64) -> u64 {
+    let key = period_key(p, z, now);
+    let (mut lo, mut hi) = (now, now + 32 * 86_400_000);
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        if period_key(p, z, mid) == key {
+            lo = mid
+        } else {
+            hi = mid
+        }
+    }
+    hi
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum RStatus {
@@ -147,6 +210,22 @@ struct RHold {
     made: u64,
     expires_at: u64,
     status: RStatus,
+    /// The run instance it was reserved in (`RUN`).
+    run: Option<usize>,
+}
+
+/// (scope of its first step or call, steps, signatures of allowed steps,
+/// last activity, its index in `run_log`)
+type RunEntry = (Option<String>, u64, Vec<usize>, u64, usize);
+
+/// A run from its first step or call to its end: what the runs report
+/// folds from the ledger, kept here from the commands themselves.
+#[derive(Clone, Debug, Default)]
+struct RRun {
+    scope: Option<String>,
+    ended: Option<(u64, Option<RunOutcome>)>,
+    /// (model, tokens, cost) of each call booked.
+    calls: Vec<(String, u64, u64)>,
 }
 
 #[derive(Default)]
@@ -161,9 +240,10 @@ struct Reference {
     holds: HashMap<String, RHold>,
     spends: HashMap<String, (String, String, Usage, u64)>,
     prices: HashMap<String, Price>,
-    /// run → (scope of its first step, steps, signatures of allowed steps,
-    /// last activity)
-    runs: BTreeMap<String, (Option<String>, u64, Vec<usize>, u64)>,
+    /// run → (scope of its first step or call, steps, signatures of
+    /// allowed steps, last activity, its index in `run_log`)
+    runs: BTreeMap<String, RunEntry>,
+    run_log: Vec<RRun>,
     loop_denials: HashMap<String, u64>,
 }
 
@@ -184,6 +264,95 @@ fn call(input: u64, output: u64, cost: u64) -> [u64; 5] {
 }
 
 impl Reference {
+    /// A step or call of a run at `now`: the run begins if new, keeps its
+    /// first scope, and is active now. Its index in `run_log`.
+    fn touch_run(&mut self, run: &str, scope: Option<&str>, now: u64) -> usize {
+        if !self.runs.contains_key(run) {
+            self.run_log.push(RRun::default());
+            let i = self.run_log.len() - 1;
+            self.runs
+                .insert(run.to_string(), (None, 0, Vec::new(), now, i));
+        }
+        let r = self.runs.get_mut(run).unwrap();
+        if r.0.is_none() {
+            r.0 = scope.map(str::to_string);
+        }
+        r.3 = now;
+        let log = &mut self.run_log[r.4];
+        if log.scope.is_none() {
+            log.scope = scope.map(str::to_string);
+        }
+        r.4
+    }
+
+    /// The run ends (RUN.END or the timeout): its steps, if it was known.
+    fn end_run(&mut self, run: &str, now: u64, outcome: Option<RunOutcome>) -> Option<u64> {
+        let r = self.runs.remove(run)?;
+        self.run_log[r.4].ended = Some((now, outcome));
+        Some(r.1)
+    }
+
+    /// The runs report as this model sees it: per group key, (runs,
+    /// succeeded, failed, unreported, calls, tokens, cost), and the open
+    /// runs (see `state::run_report`'s doc for the rules).
+    fn runs_report(&self, q: &RunQuery) -> (BTreeMap<String, [u64; 7]>, u64) {
+        let mut groups: BTreeMap<String, [u64; 7]> = BTreeMap::new();
+        let mut open = 0;
+        for r in &self.run_log {
+            let inside = match (&q.scope, &r.scope) {
+                (None, _) => true,
+                (Some(p), Some(s)) => within(s, p),
+                (Some(_), None) => false,
+            };
+            if !inside {
+                continue;
+            }
+            let Some((at, outcome)) = r.ended else {
+                open += 1;
+                continue;
+            };
+            if (r.calls.is_empty() && outcome.is_none())
+                || q.from.is_some_and(|f| at < f)
+                || q.to.is_some_and(|t| at >= t)
+            {
+                continue;
+            }
+            let mut parts: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+            for (model, tokens, cost) in &r.calls {
+                let key = match q.group {
+                    RunGroup::Model => model.clone(),
+                    RunGroup::Scope { level } => r.scope.as_deref().map_or(String::new(), |s| {
+                        s.split('/').take(level).collect::<Vec<_>>().join("/")
+                    }),
+                };
+                let p = parts.entry(key).or_default();
+                (p.0, p.1, p.2) = (p.0 + 1, p.1 + tokens, p.2 + cost);
+            }
+            if parts.is_empty() {
+                let key = match q.group {
+                    RunGroup::Scope { level } => r.scope.as_deref().map_or(String::new(), |s| {
+                        s.split('/').take(level).collect::<Vec<_>>().join("/")
+                    }),
+                    RunGroup::Model => String::new(),
+                };
+                parts.insert(key, (0, 0, 0));
+            }
+            for (key, (calls, tokens, cost)) in parts {
+                let g = groups.entry(key).or_default();
+                g[0] += 1;
+                match outcome {
+                    Some(RunOutcome::Success) => g[1] += 1,
+                    Some(RunOutcome::Failure) => g[2] += 1,
+                    None => g[3] += 1,
+                }
+                g[4] += calls;
+                g[5] += tokens;
+                g[6] += cost;
+            }
+        }
+        (groups, open)
+    }
+
     fn price(&self, model: &str) -> Option<Price> {
         let family = match model {
             "gpt-4o-mini-2024-07-18" => "gpt-4o-mini",
@@ -206,7 +375,7 @@ impl Reference {
 
     fn in_window(w: Window, charge_ts: u64, now: u64) -> bool {
         match w {
-            Window::Calendar(p) => period_start(p, charge_ts) == period_start(p, now),
+            Window::Calendar(p, z) => period_key(p, z, charge_ts) == period_key(p, z, now),
             Window::Total => true,
             Window::Rolling(ms) => {
                 let width = ms.div_ceil(ROLLING_BUCKETS).max(1);
@@ -428,7 +597,7 @@ fn status(v: &Value) -> String {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let config = Config {
         id_retention_ms: u64::MAX / 4,
         ..Config::default()
@@ -438,7 +607,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prices: st.prices.clone().into_iter().collect(),
         ..Default::default()
     };
-    let mut now = T0 + 12_345;
+    let mut now = start + 12_345;
     let mut ledger: Vec<Entry> = Vec::new();
     let mut last_reserve: Option<Command> = None;
 
@@ -477,14 +646,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 input,
                 output,
                 ttl,
+                run,
             } => Command::Reserve(ReserveArgs {
-                hold: format!("h{hold}"),
-                scope: SCOPES[*scope].into(),
-                model: MODELS[*model].into(),
-                input: *input,
-                output: *output,
                 ttl_ms: *ttl,
                 fallback: fallback.iter().map(|m| MODELS[*m].to_string()).collect(),
+                run: run.map(|r| format!("run{r}")),
+                ..ReserveArgs::new(
+                    format!("h{hold}"),
+                    SCOPES[*scope],
+                    MODELS[*model],
+                    *input,
+                    *output,
+                )
             }),
             Op::Commit { hold, usage } => Command::Commit {
                 hold: format!("h{hold}"),
@@ -498,11 +671,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model,
                 usage,
                 id,
+                run,
             } => Command::Spend {
                 scope: SCOPES[*scope].into(),
                 model: MODELS[*model].into(),
                 usage: *usage,
                 id: id.map(|i| format!("s{i}")),
+                run: run.map(|r| format!("run{r}")),
             },
             Op::PriceSet(m, i, o, max) => Command::PriceSet {
                 model: MODELS[*m].into(),
@@ -517,7 +692,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 rf.expire(now, step);
                 // Runs idle since before now - timeout are forgotten by tick.
                 let cutoff = now.saturating_sub(config.run_timeout_ms);
-                rf.runs.retain(|_, r| r.3 >= cutoff);
+                let idle: Vec<String> = (rf.runs.iter())
+                    .filter(|(_, r)| r.3 < cutoff)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in idle {
+                    rf.end_run(&id, now, None);
+                }
                 st.tick(now, &mut ledger);
                 check_balances(&st, &rf, now)?;
                 continue;
@@ -535,8 +716,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 repeats: None,
                 window: None,
             },
-            Op::RunEnd(run) => Command::RunEnd {
+            Op::RunEnd(run, outcome) => Command::RunEnd {
                 run: format!("run{run}"),
+                outcome: *outcome,
             },
             Op::ReserveAgain => match &last_reserve {
                 Some(c) => c.clone(),
@@ -662,6 +844,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(reply.field("output_from"), Some(&Value::str(from)));
                         let expires_at = now + a.ttl_ms.unwrap_or(config.default_ttl_ms);
                         prop_assert_eq!(int(&reply, "expires_at") as u64, expires_at);
+                        let run = a.run.as_ref().map(|r| rf.touch_run(r, Some(&a.scope), now));
                         rf.holds.insert(
                             a.hold.clone(),
                             RHold {
@@ -674,6 +857,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 made: now,
                                 expires_at,
                                 status: RStatus::Open,
+                                run,
                             },
                         );
                         // No grant takes a limit past its amount.
@@ -800,6 +984,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             let actual = call(usage.input, usage.output, cost);
                             rf.charges.push((h.scope.clone(), now, step, actual));
                             rf.settle_rolling(&h, step, now, actual);
+                            if let Some(r) = h.run {
+                                rf.run_log[r].calls.push((h.model.clone(), actual[0], cost));
+                            }
                             rf.holds.get_mut(hold).unwrap().status = RStatus::Committed {
                                 usage: *usage,
                                 cost,
@@ -826,6 +1013,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model,
                 usage,
                 id,
+                run,
             } => {
                 let valid = usage.cached + usage.cache_write <= usage.input;
                 let prior = id.as_ref().and_then(|i| rf.spends.get(i)).cloned();
@@ -852,6 +1040,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     if let Some(i) = id {
                         rf.spends
                             .insert(i.clone(), (scope.clone(), model.clone(), *usage, cost));
+                    }
+                    if let Some(r) = run {
+                        let r = rf.touch_run(r, Some(scope), now);
+                        rf.run_log[r].calls.push((model.clone(), actual[0], cost));
                     }
                 } else {
                     prop_assert_eq!(&got, "error:NOPRICE");
@@ -900,14 +1092,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 } else {
                     None
                 };
-                let r = rf
-                    .runs
-                    .entry(run.clone())
-                    .or_insert((scope.clone(), 0, Vec::new(), now));
-                if r.0.is_none() {
-                    r.0 = scope.clone();
-                }
-                r.3 = now;
+                rf.touch_run(run, scope.as_deref(), now);
+                let r = rf.runs.get_mut(run).unwrap();
                 match reason {
                     Some(why) => {
                         prop_assert_eq!(got, "denied");
@@ -927,8 +1113,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 prop_assert_eq!(reply.field("repeats"), Some(&Value::Int(seen as i64)));
             }
-            Command::RunEnd { run } => match rf.runs.remove(run) {
-                Some(r) => prop_assert_eq!(reply.field("steps"), Some(&Value::Int(r.1 as i64))),
+            Command::RunEnd { run, outcome } => match rf.end_run(run, now, *outcome) {
+                Some(steps) => {
+                    prop_assert_eq!(reply.field("steps"), Some(&Value::Int(steps as i64)));
+                    let said = outcome.map_or(Value::Null, |o| Value::str(o.as_str()));
+                    prop_assert_eq!(reply.field("outcome"), Some(&said));
+                }
                 None => prop_assert_eq!(got, "error:UNKNOWN"),
             },
             _ => unreachable!(),
@@ -943,6 +1133,74 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         replayed.apply_entry(e);
     }
     prop_assert_eq!(replayed.digest().diff(&st.digest()), None);
+
+    // The runs report, folded from the ledger, is what this model saw of
+    // the runs: by model, by scope, under a scope, from a time.
+    let middle = ledger.get(ledger.len() / 2).map_or(0, |e| e.ts);
+    for q in [
+        RunQuery {
+            group: RunGroup::Model,
+            scope: None,
+            from: None,
+            to: None,
+        },
+        RunQuery {
+            group: RunGroup::Scope { level: 1 },
+            scope: None,
+            from: None,
+            to: None,
+        },
+        RunQuery {
+            group: RunGroup::Scope { level: 2 },
+            scope: Some("a/b".into()),
+            from: None,
+            to: None,
+        },
+        RunQuery {
+            group: RunGroup::Scope { level: 3 },
+            scope: None,
+            from: Some(middle),
+            to: Some(now),
+        },
+    ] {
+        let mut report = RunReport::new(q.clone());
+        ledger.iter().for_each(|e| report.add(e));
+        let got = report.finish();
+        let (want, open) = rf.runs_report(&q);
+        prop_assert_eq!(got.open, open, "open runs, {:?}", q);
+        let got_groups: BTreeMap<String, [u64; 7]> = (got.groups.iter())
+            .map(|g| {
+                let u = g.usage;
+                (
+                    g.key.clone(),
+                    [
+                        g.runs,
+                        g.succeeded,
+                        g.failed,
+                        g.unreported,
+                        u.calls,
+                        u.tokens,
+                        u.cost,
+                    ],
+                )
+            })
+            .collect();
+        prop_assert_eq!(&got_groups, &want, "{:?}", q);
+        // Largest cost first.
+        prop_assert!(got
+            .groups
+            .windows(2)
+            .all(|w| w[0].usage.cost >= w[1].usage.cost));
+        for g in &got.groups {
+            let per_success = (g.succeeded > 0).then(|| {
+                (
+                    (g.usage.cost + g.succeeded / 2) / g.succeeded,
+                    (g.usage.tokens + g.succeeded / 2) / g.succeeded,
+                )
+            });
+            prop_assert_eq!(g.per_success(), per_success);
+        }
+    }
     let snap = decode_snapshot(st.next_seq - 1, &encode_snapshot(&st), &config).unwrap();
     prop_assert_eq!(snap.digest().diff(&st.digest()), None);
     Ok(())
@@ -964,6 +1222,15 @@ fn check_balances(st: &State, rf: &Reference, now: u64) -> Result<(), TestCaseEr
         prop_assert_eq!(node.limits.len(), want.len(), "limits at {}", s);
         for (l, (spec, since)) in node.limits.iter().zip(&want) {
             prop_assert_eq!(&l.spec, spec);
+            if let Window::Calendar(p, z) = spec.window {
+                prop_assert_eq!(
+                    l.counter.resets_at(spec.window, now),
+                    Some(next_period(p, z, now)),
+                    "resets_at of {:?} at {}",
+                    spec,
+                    now
+                );
+            }
             prop_assert_eq!(
                 l.used(now),
                 rf.used(s, spec, *since, now),
@@ -984,7 +1251,7 @@ proptest! {
         ..ProptestConfig::default()
     })]
     #[test]
-    fn state_machine_matches_reference(ops in prop::collection::vec(op(), 1..80)) {
-        run(ops)?;
+    fn state_machine_matches_reference(start in prop::sample::select(STARTS), ops in prop::collection::vec(op(), 1..80)) {
+        run(start, ops)?;
     }
 }

@@ -786,7 +786,7 @@ fn command_docs_are_what_redis_cli_builds_hints_from() {
     let names: Vec<String> = args.iter().map(|a| fields(a.clone()).s("name")).collect();
     assert_eq!(
         names,
-        ["hold", "scope", "model", "models", "n", "block", "ms"]
+        ["hold", "scope", "model", "models", "n", "block", "ms", "run"]
     );
     // [OUTPUT (<max> | AUTO)]: an optional block of the OUTPUT token and a
     // choice of a count or AUTO.

@@ -9,8 +9,9 @@
 //! (beyond late commits of expired holds, which record spend that happened);
 //! every acknowledged RESERVE / COMMIT / RELEASE is in the state with its
 //! outcome (acknowledged denials left no hold). Every 25 steps and at the
-//! end: the live state equals a replay of the stored ledger. Each seed runs
-//! twice and must give the same trace.
+//! end: the live state equals a replay of the stored ledger, and every
+//! acknowledged RUN.END … OUTCOME is in it, in order (the runs report's
+//! input). Each seed runs twice and must give the same trace.
 //!
 //! `SPENDB_SIM_SEEDS` (default 24) seeds of `SPENDB_SIM_STEPS` (default
 //! 1500) steps; a failure names its seed, and `SPENDB_SIM_SEED=<n>` replays
@@ -28,7 +29,7 @@ use spendb::engine::{self, Durability, EngineConfig, EngineHandle, ManualCommitt
 use spendb::resp::cmd;
 use spendb::state::holds::Hold;
 use spendb::state::limit::Dim;
-use spendb::state::{Command, Config, Entry, HoldStatus, State, Value};
+use spendb::state::{Command, Config, Entry, EntryKind, HoldStatus, State, Value};
 use spendb::store::frame::encode_entry_into;
 use spendb::store::log_store::scan;
 use spendb::store::{LedgerRead, Mark, SnapshotSink, Storage, StoreError};
@@ -220,8 +221,12 @@ const SCOPES: [&str; 6] = [
 const BUDGETS: [&str; 3] = [
     "BUDGET.SET org:s TOKENS 40000 PER TOTAL",
     "BUDGET.SET org:s/team:b TOKENS 9000 PER DAY REQUESTS 30 ROLLING 20s",
-    "BUDGET.SET org:t TOKENS 3000 PER HOUR",
+    "BUDGET.SET org:t TOKENS 3000 PER HOUR TOKENS 5000 PER DAY TZ America/Santiago",
 ];
+/// The clock starts 3 minutes before Santiago skips its midnight (Sunday
+/// 2027-09-05 begins at 04:00Z, when the clocks jump from 24:00 to 01:00),
+/// so a run's few simulated minutes cross a local day and a UTC hour.
+const START_MS: u64 = 1_820_116_620_000;
 
 fn parse(line: &str) -> Command {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -258,6 +263,8 @@ struct Sim {
     promises: HashMap<String, Promise>,
     /// Reserved (input, output) of granted holds, to commit within them.
     reserved: HashMap<String, (u64, u64)>,
+    /// Acknowledged RUN.END … OUTCOME, in order: (run, outcome).
+    run_outcomes: Vec<(String, String)>,
     next_hold: u64,
     trace: std::collections::hash_map::DefaultHasher,
     stats: Stats,
@@ -270,6 +277,7 @@ struct Stats {
     lost_in_crash: u64,
     crashes: u64,
     replay_checks: u64,
+    run_outcomes: u64,
 }
 
 fn config() -> EngineConfig {
@@ -307,7 +315,7 @@ fn replay(store: &SimStore) -> State {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let clock = Arc::new(AtomicU64::new(1_800_000_000_000));
+        let clock = Arc::new(AtomicU64::new(START_MS));
         let store = SimStore::default();
         let (engine, committer) = boot(&store, &clock);
         let mut sim = Sim {
@@ -320,6 +328,7 @@ impl Sim {
             sent: Vec::new(),
             promises: HashMap::new(),
             reserved: HashMap::new(),
+            run_outcomes: Vec::new(),
             next_hold: 0,
             trace: Default::default(),
             stats: Stats::default(),
@@ -395,6 +404,13 @@ impl Sim {
                     Promise::Committed(w[3].parse().unwrap(), w[5].parse().unwrap())
                 }
                 ("RELEASE", "released") => Promise::Released,
+                ("RUN.END", "ended") => {
+                    if let Some(outcome) = w.get(3) {
+                        self.run_outcomes
+                            .push((w[1].to_string(), outcome.to_string()));
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             // A later outcome supersedes the grant; nothing supersedes a
@@ -418,8 +434,13 @@ impl Sim {
             let input = self.rng.random_range(1..1500);
             let output = self.rng.random_range(0..500);
             let ttl = self.rng.random_range(1_000..40_000);
+            // Every other call belongs to one of a few agent runs.
+            let run = match self.rng.random_range(0..8) {
+                r @ 0..4 => format!(" RUN run{r}"),
+                _ => String::new(),
+            };
             format!(
-                "RESERVE h{} {scope} gpt-4o INPUT {input} OUTPUT {output} TTL {ttl}",
+                "RESERVE h{} {scope} gpt-4o INPUT {input} OUTPUT {output} TTL {ttl}{run}",
                 self.next_hold
             )
         } else {
@@ -433,8 +454,14 @@ impl Sim {
                 let i = self.rng.random_range(0..=input);
                 let o = self.rng.random_range(0..=output);
                 format!("COMMIT {id} INPUT {i} OUTPUT {o}")
-            } else if r < 95 {
+            } else if r < 93 {
                 format!("RELEASE {id}")
+            } else if r < 95 {
+                let outcome = ["success", "failure"][self.rng.random_range(0..2)];
+                format!(
+                    "RUN.END run{} OUTCOME {outcome}",
+                    self.rng.random_range(0..4)
+                )
             } else {
                 format!("BALANCE {}", SCOPES[self.rng.random_range(0..SCOPES.len())])
             }
@@ -519,6 +546,24 @@ impl Sim {
         if let Some(d) = live.diff(&replayed) {
             panic!("seed {}, step {n}: live state vs replay: {d}", self.seed);
         }
+        // Every acknowledged outcome is stored, in order.
+        let stored: Vec<(String, String)> = (self.store.read_from(1))
+            .filter_map(|e| match e.expect("a readable ledger").kind {
+                EntryKind::RunEnd {
+                    run,
+                    outcome: Some(o),
+                } => Some((run, o.as_str().to_string())),
+                _ => None,
+            })
+            .collect();
+        let mut rest = stored.iter();
+        for acked in &self.run_outcomes {
+            assert!(
+                rest.any(|s| s == acked),
+                "seed {}, step {n}: acknowledged RUN.END {acked:?} is not in the ledger ({stored:?})",
+                self.seed
+            );
+        }
         self.stats.replay_checks += 1;
     }
 
@@ -534,6 +579,7 @@ impl Sim {
         self.engine
             .inspect(|s| format!("{:?}", s.digest()))
             .hash(&mut self.trace);
+        self.stats.run_outcomes = self.run_outcomes.len() as u64;
         (self.trace.finish(), self.stats)
     }
 }
@@ -582,6 +628,13 @@ fn run_seed(seed: u64, steps: usize) -> (u64, Stats) {
     for n in 1..=steps {
         sim.step(n);
     }
+    if steps >= 1500 {
+        let now = sim.clock.load(Ordering::SeqCst);
+        assert!(
+            now > START_MS + 180_000,
+            "seed {seed} never crossed Santiago's midnight"
+        );
+    }
     sim.finish(steps)
 }
 
@@ -612,10 +665,11 @@ fn seeded_simulation_with_faults_and_crashes() {
         total.lost_in_crash += stats.lost_in_crash;
         total.crashes += stats.crashes;
         total.replay_checks += stats.replay_checks;
+        total.run_outcomes += stats.run_outcomes;
     }
     eprintln!(
-        "simulation: {} acknowledged replies, all found after {} crashes; {} IOERR, {} unanswered at a crash; {} replay comparisons; 0 invariant violations",
-        total.acked, total.crashes, total.ioerr, total.lost_in_crash, total.replay_checks
+        "simulation: {} acknowledged replies ({} run outcomes), all found after {} crashes; {} IOERR, {} unanswered at a crash; {} replay comparisons; 0 invariant violations",
+        total.acked, total.run_outcomes, total.crashes, total.ioerr, total.lost_in_crash, total.replay_checks
     );
-    assert!(total.crashes > 0 && total.acked > 0);
+    assert!(total.crashes > 0 && total.acked > 0 && total.run_outcomes > 0);
 }

@@ -129,6 +129,20 @@ fn runs_live_in_each_tenants_keyspace() {
     q(&mut a, "STEP run-2 sig MAX 1");
     assert!(err(&mut b, "RUN.END run-2").starts_with("UNKNOWN"));
     assert_eq!(q(&mut a, "RUN.END run-2").s("status"), "ended");
+    // Calls name runs in the tenant's keyspace too (RESERVE / SPEND … RUN).
+    q(&mut a, "SPEND org:a gpt-4o INPUT 1 OUTPUT 1 RUN run-3");
+    let e = err(&mut b, "RUN.END run-3 OUTCOME success");
+    assert!(e.starts_with("UNKNOWN"), "{e}");
+    q(
+        &mut b,
+        "RESERVE h-b org:b gpt-4o INPUT 1 OUTPUT 1 RUN run-3",
+    );
+    let end = q(&mut a, "RUN.END run-3 OUTCOME success");
+    assert_eq!(
+        (end.s("run"), end.s("outcome")),
+        ("run-3".into(), "success".into())
+    );
+    assert_eq!(q(&mut b, "RUN.END run-3 OUTCOME failure").s("run"), "run-3");
 }
 
 #[test]

@@ -112,6 +112,7 @@ fn a_ledger_that_breaks_an_invariant_is_refused_with_a_message() {
         ttl_ms: None,
         amounts: Dims::call(1, 1, 1),
         expires_at: 9_000_000_000_000,
+        run: None,
     };
     let release = EntryKind::Release { id: "h1".into() };
     store

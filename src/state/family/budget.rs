@@ -189,25 +189,26 @@ impl State {
 
 #[cfg(test)]
 mod forecast_tests {
-    use crate::state::limit::{LimitSpec, Period, Window};
+    use crate::state::limit::{LimitSpec, Period, Window, Zone};
     use crate::state::*;
 
     #[test]
     fn the_recent_rate_projects_the_end_and_the_exhaustion_time() {
         let mut st = State::new(Config::default());
         let mut out = Vec::new();
-        let day = limit::period_start(Period::Day, 1_795_305_600_123);
+        let day = limit::period_start(Period::Day, Zone::UTC, 1_795_305_600_123);
         let hour = 3_600_000;
         let set = Command::BudgetSet {
             scope: "org:f".into(),
             limits: vec![LimitSpec {
                 dim: Dim::Tokens,
-                window: Window::Calendar(Period::Day),
+                window: Window::Calendar(Period::Day, Zone::UTC),
                 amount: 5000,
             }],
         };
         st.apply(day, &set, &mut out);
         let spend = |input| Command::Spend {
+            run: None,
             scope: "org:f".into(),
             model: "gpt-4o".into(),
             usage: price::Usage {
@@ -289,15 +290,13 @@ mod get_tests {
     fn a_scope_with_holds_but_no_limits_has_no_budget() {
         let mut st = State::new(Config::default());
         let mut out = Vec::new();
-        let r = Command::Reserve(ReserveArgs {
-            hold: "h".into(),
-            scope: "org:a/team:t".into(),
-            model: "gpt-4o".into(),
-            input: 1,
-            output: crate::state::OutputAsk::Tokens(0),
-            ttl_ms: None,
-            fallback: Vec::new(),
-        });
+        let r = Command::Reserve(ReserveArgs::new(
+            "h",
+            "org:a/team:t",
+            "gpt-4o",
+            1,
+            OutputAsk::Tokens(0),
+        ));
         st.apply(1_000, &r, &mut out);
         // org:a carries the hold (a node) but no limits: no budget.
         let get = Command::BudgetGet {

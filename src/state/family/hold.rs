@@ -97,6 +97,7 @@ impl State {
                 ttl_ms: a.ttl_ms,
                 amounts,
                 expires_at: now.saturating_add(ttl),
+                run: a.run.clone(),
             };
             self.emit(now, kind, out);
             let from = self.output_from(a.output, output, price.max_output);
@@ -365,15 +366,13 @@ mod tests {
         let mut st = State::new(Config::default());
         let mut out = Vec::new();
         for (i, scope) in ["org:other", "org:a"].iter().enumerate() {
-            let r = Command::Reserve(ReserveArgs {
-                hold: format!("h{i}"),
-                scope: scope.to_string(),
-                model: "gpt-4o".into(),
-                input: 1,
-                output: crate::state::OutputAsk::Tokens(0),
-                ttl_ms: None,
-                fallback: Vec::new(),
-            });
+            let r = Command::Reserve(ReserveArgs::new(
+                format!("h{i}"),
+                scope.to_string(),
+                "gpt-4o",
+                1,
+                OutputAsk::Tokens(0),
+            ));
             st.apply(1_000 + i as u64, &r, &mut out);
         }
         let list = Command::HoldList {
@@ -405,13 +404,8 @@ mod tests {
         st.apply(1_000, &budget, &mut out);
         // 1000 tokens of gpt-4o hold $0.0025; of gpt-4o-mini $0.00015.
         let r = Command::Reserve(ReserveArgs {
-            hold: "f1".into(),
-            scope: "org:f".into(),
-            model: "gpt-4o".into(),
-            input: 1_000,
-            output: OutputAsk::Tokens(0),
-            ttl_ms: None,
             fallback: vec!["claude-opus-4".into(), "gpt-4o-mini".into()],
+            ..ReserveArgs::new("f1", "org:f", "gpt-4o", 1_000, OutputAsk::Tokens(0))
         });
         let v = st.apply(1_000, &r, &mut out);
         assert_eq!(v.field("model"), Some(&Value::str("gpt-4o-mini")), "{v:?}");
@@ -436,13 +430,8 @@ mod tests {
         let max = st.config.max_ttl_ms;
         let reserve = |hold: &str, ttl| {
             Command::Reserve(ReserveArgs {
-                hold: hold.into(),
-                scope: "org:a".into(),
-                model: "gpt-4o".into(),
-                input: 1,
-                output: crate::state::OutputAsk::Tokens(0),
                 ttl_ms: Some(ttl),
-                fallback: Vec::new(),
+                ..ReserveArgs::new(hold, "org:a", "gpt-4o", 1, OutputAsk::Tokens(0))
             })
         };
         let v = st.apply(1_000, &reserve("at-max", max), &mut out);

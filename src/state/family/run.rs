@@ -76,11 +76,13 @@ impl State {
         })
     }
 
-    /// RUN.END: forgets a run's steps.
+    /// RUN.END: ends a run (its steps are forgotten), with the outcome
+    /// its client reports, for cost per successful run.
     pub(in crate::state) fn run_end(
         &mut self,
         now: u64,
         run: &str,
+        outcome: Option<RunOutcome>,
         out: &mut Vec<Entry>,
     ) -> Outcome {
         match self.runs.get(run) {
@@ -90,12 +92,14 @@ impl State {
                     now,
                     EntryKind::RunEnd {
                         run: run.to_string(),
+                        outcome,
                     },
                     out,
                 );
                 Outcome::RunEnded {
                     run: run.to_string(),
                     steps,
+                    outcome,
                 }
             }
             None => Outcome::refused(ErrorCode::Unknown, format!("run {run}")),

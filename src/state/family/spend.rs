@@ -19,7 +19,8 @@ impl State {
         scope: &str,
         model: &str,
         usage: &Usage,
-        id: &Option<String>,
+        // Its idempotency ID and the agent run it belongs to, if given.
+        (id, run): (&Option<String>, &Option<String>),
         out: &mut Vec<Entry>,
     ) -> Outcome {
         if let Err(e) = usage.check() {
@@ -57,6 +58,7 @@ impl State {
             model: model.to_string(),
             usage: *usage,
             cost,
+            run: run.clone(),
         };
         self.emit(now, kind, out);
         self.check_alerts(now, scope, out);
@@ -111,6 +113,7 @@ mod tests {
         assert_eq!(st.apply(now, &price, &mut out), Value::Ok);
         // 10^9 tokens at $10^6 per million: $10^9, the most one call may cost.
         let spend = Command::Spend {
+            run: None,
             scope: "org:a/team:b".into(),
             model: "dear".into(),
             usage: Usage {
@@ -152,15 +155,13 @@ mod tests {
             "{v:?}"
         );
         // And a hold is sized against the same counters.
-        let reserve = Command::Reserve(ReserveArgs {
-            hold: "h".into(),
-            scope: "org:a".into(),
-            model: "dear".into(),
-            input: 1_000_000_000,
-            output: crate::state::OutputAsk::Tokens(0),
-            ttl_ms: None,
-            fallback: Vec::new(),
-        });
+        let reserve = Command::Reserve(ReserveArgs::new(
+            "h",
+            "org:a",
+            "dear",
+            1_000_000_000,
+            OutputAsk::Tokens(0),
+        ));
         let v = st.apply(now, &reserve, &mut out);
         assert!(
             matches!(&v, Value::Error { msg, .. } if msg.contains("counter maximum")),

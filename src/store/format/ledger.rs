@@ -12,9 +12,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use crate::state::alerts::{AlertEvent, AlertRules, RunawayRule, SpikeRule};
-use crate::state::limit::{Dim, Dims, LimitSpec, Period, Window};
+use crate::state::limit::{Dim, Dims, LimitSpec, Period, Window, Zone};
 use crate::state::price::{Price, Usage};
-use crate::state::{Entry, EntryKind};
+use crate::state::{Entry, EntryKind, RunOutcome};
 
 type Text<'a> = Cow<'a, str>;
 
@@ -99,6 +99,42 @@ pub enum KindV1<'a> {
         price: PriceV1,
         max_output: u64,
     },
+    /// A hold of a call in an agent run (`RESERVE … RUN`); one without a
+    /// run is still written as `Hold`. Its JSON view is a `hold` with a
+    /// `run` field.
+    HoldInRun {
+        id: Text<'a>,
+        scope: Text<'a>,
+        model: Text<'a>,
+        input: u64,
+        output: u64,
+        ttl_ms: Option<u64>,
+        amounts: DimsV1,
+        expires_at: u64,
+        run: Text<'a>,
+    },
+    /// A spend in an agent run (`SPEND … RUN`); JSON: a `spend` with `run`.
+    SpendInRun {
+        id: Option<Text<'a>>,
+        scope: Text<'a>,
+        model: Text<'a>,
+        usage: UsageV1,
+        cost: u64,
+        run: Text<'a>,
+    },
+    /// RUN.END with an OUTCOME; without one (or at the run timeout) it is
+    /// still `RunEnd`. JSON: a `run_end` with `outcome`.
+    RunEndOutcome {
+        run: Text<'a>,
+        outcome: RunOutcomeV1,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcomeV1 {
+    Success,
+    Failure,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,9 +157,33 @@ pub enum PeriodV1 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WindowV1 {
+    /// In UTC.
     Calendar(PeriodV1),
     Total,
     Rolling(u64),
+    /// A day, week or month in a time zone (`TZ`), added after the first
+    /// release: older files never hold it.
+    Zoned(PeriodV1, ZoneV1),
+}
+
+/// A time zone by its tz database name; a name this build does not know
+/// makes the record undecodable rather than silently UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneV1(pub Zone);
+
+impl Serialize for ZoneV1 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ZoneV1 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ZoneV1, D::Error> {
+        let name = Text::deserialize(d)?;
+        Zone::parse(&name)
+            .map(ZoneV1)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,16 +272,35 @@ impl From<Dim> for DimV1 {
     }
 }
 
+impl From<Period> for PeriodV1 {
+    fn from(p: Period) -> PeriodV1 {
+        match p {
+            Period::Minute => PeriodV1::Minute,
+            Period::Hour => PeriodV1::Hour,
+            Period::Day => PeriodV1::Day,
+            Period::Week => PeriodV1::Week,
+            Period::Month => PeriodV1::Month,
+        }
+    }
+}
+
+impl From<PeriodV1> for Period {
+    fn from(p: PeriodV1) -> Period {
+        match p {
+            PeriodV1::Minute => Period::Minute,
+            PeriodV1::Hour => Period::Hour,
+            PeriodV1::Day => Period::Day,
+            PeriodV1::Week => Period::Week,
+            PeriodV1::Month => Period::Month,
+        }
+    }
+}
+
 impl From<Window> for WindowV1 {
     fn from(w: Window) -> WindowV1 {
         match w {
-            Window::Calendar(p) => WindowV1::Calendar(match p {
-                Period::Minute => PeriodV1::Minute,
-                Period::Hour => PeriodV1::Hour,
-                Period::Day => PeriodV1::Day,
-                Period::Week => PeriodV1::Week,
-                Period::Month => PeriodV1::Month,
-            }),
+            Window::Calendar(p, z) if z.is_utc() => WindowV1::Calendar(p.into()),
+            Window::Calendar(p, z) => WindowV1::Zoned(p.into(), ZoneV1(z)),
             Window::Total => WindowV1::Total,
             Window::Rolling(ms) => WindowV1::Rolling(ms),
         }
@@ -313,6 +392,7 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
                 ttl_ms,
                 amounts,
                 expires_at,
+                run: None,
             } => KindV1::Hold {
                 id: text(id),
                 scope: text(scope),
@@ -322,6 +402,27 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
                 ttl_ms: *ttl_ms,
                 amounts: DimsV1(amounts.0),
                 expires_at: *expires_at,
+            },
+            EntryKind::Hold {
+                id,
+                scope,
+                model,
+                input,
+                output,
+                ttl_ms,
+                amounts,
+                expires_at,
+                run: Some(run),
+            } => KindV1::HoldInRun {
+                id: text(id),
+                scope: text(scope),
+                model: text(model),
+                input: *input,
+                output: *output,
+                ttl_ms: *ttl_ms,
+                amounts: DimsV1(amounts.0),
+                expires_at: *expires_at,
+                run: text(run),
             },
             EntryKind::Commit {
                 id,
@@ -342,12 +443,28 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
                 model,
                 usage,
                 cost,
+                run: None,
             } => KindV1::Spend {
                 id: opt(id),
                 scope: text(scope),
                 model: text(model),
                 usage: (*usage).into(),
                 cost: *cost,
+            },
+            EntryKind::Spend {
+                id,
+                scope,
+                model,
+                usage,
+                cost,
+                run: Some(run),
+            } => KindV1::SpendInRun {
+                id: opt(id),
+                scope: text(scope),
+                model: text(model),
+                usage: (*usage).into(),
+                cost: *cost,
+                run: text(run),
             },
             EntryKind::PriceSet { model, price } => match price.max_output {
                 None => KindV1::PriceSet {
@@ -369,7 +486,16 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
                 run: text(run),
                 scope: opt(scope),
             },
-            EntryKind::RunEnd { run } => KindV1::RunEnd { run: text(run) },
+            EntryKind::RunEnd { run, outcome } => match outcome {
+                None => KindV1::RunEnd { run: text(run) },
+                Some(o) => KindV1::RunEndOutcome {
+                    run: text(run),
+                    outcome: match o {
+                        RunOutcome::Success => RunOutcomeV1::Success,
+                        RunOutcome::Failure => RunOutcomeV1::Failure,
+                    },
+                },
+            },
             EntryKind::Saved { scope, cost } => KindV1::Saved {
                 scope: text(scope),
                 cost: *cost,
@@ -406,13 +532,8 @@ impl From<DimV1> for Dim {
 impl From<WindowV1> for Window {
     fn from(w: WindowV1) -> Window {
         match w {
-            WindowV1::Calendar(p) => Window::Calendar(match p {
-                PeriodV1::Minute => Period::Minute,
-                PeriodV1::Hour => Period::Hour,
-                PeriodV1::Day => Period::Day,
-                PeriodV1::Week => Period::Week,
-                PeriodV1::Month => Period::Month,
-            }),
+            WindowV1::Calendar(p) => Window::Calendar(p.into(), Zone::UTC),
+            WindowV1::Zoned(p, z) => Window::Calendar(p.into(), z.0),
             WindowV1::Total => Window::Total,
             WindowV1::Rolling(ms) => Window::Rolling(ms),
         }
@@ -520,6 +641,28 @@ impl From<EntryV1<'_>> for Entry {
                 ttl_ms,
                 amounts: Dims(amounts.0),
                 expires_at,
+                run: None,
+            },
+            KindV1::HoldInRun {
+                id,
+                scope,
+                model,
+                input,
+                output,
+                ttl_ms,
+                amounts,
+                expires_at,
+                run,
+            } => EntryKind::Hold {
+                id: owned(id),
+                scope: owned(scope),
+                model: owned(model),
+                input,
+                output,
+                ttl_ms,
+                amounts: Dims(amounts.0),
+                expires_at,
+                run: Some(owned(run)),
             },
             KindV1::Commit {
                 id,
@@ -546,6 +689,22 @@ impl From<EntryV1<'_>> for Entry {
                 model: owned(model),
                 usage: usage.into(),
                 cost,
+                run: None,
+            },
+            KindV1::SpendInRun {
+                id,
+                scope,
+                model,
+                usage,
+                cost,
+                run,
+            } => EntryKind::Spend {
+                id: id.map(owned),
+                scope: owned(scope),
+                model: owned(model),
+                usage: usage.into(),
+                cost,
+                run: Some(owned(run)),
             },
             KindV1::PriceSet { model, price } => EntryKind::PriceSet {
                 model: owned(model),
@@ -568,7 +727,17 @@ impl From<EntryV1<'_>> for Entry {
                 run: owned(run),
                 scope: scope.map(owned),
             },
-            KindV1::RunEnd { run } => EntryKind::RunEnd { run: owned(run) },
+            KindV1::RunEnd { run } => EntryKind::RunEnd {
+                run: owned(run),
+                outcome: None,
+            },
+            KindV1::RunEndOutcome { run, outcome } => EntryKind::RunEnd {
+                run: owned(run),
+                outcome: Some(match outcome {
+                    RunOutcomeV1::Success => RunOutcome::Success,
+                    RunOutcomeV1::Failure => RunOutcome::Failure,
+                }),
+            },
             KindV1::Saved { scope, cost } => EntryKind::Saved {
                 scope: owned(scope),
                 cost,
@@ -594,15 +763,15 @@ impl KindV1<'_> {
         match self {
             KindV1::BudgetSet { .. } => "budget_set",
             KindV1::BudgetDel { .. } => "budget_del",
-            KindV1::Hold { .. } => "hold",
+            KindV1::Hold { .. } | KindV1::HoldInRun { .. } => "hold",
             KindV1::Commit { .. } => "commit",
             KindV1::Release { .. } => "release",
             KindV1::Expire { .. } => "expire",
-            KindV1::Spend { .. } => "spend",
+            KindV1::Spend { .. } | KindV1::SpendInRun { .. } => "spend",
             KindV1::PriceSet { .. } | KindV1::PriceSetMax { .. } => "price_set",
             KindV1::Step { .. } => "step",
             KindV1::StepDenied { .. } => "step_denied",
-            KindV1::RunEnd { .. } => "run_end",
+            KindV1::RunEnd { .. } | KindV1::RunEndOutcome { .. } => "run_end",
             KindV1::Saved { .. } => "saved",
             KindV1::AlertRules { .. } => "alert_rules",
             KindV1::Alert(_) => "alert",
@@ -676,5 +845,113 @@ mod tests {
         assert_eq!(json["kind"], "price_set");
         assert_eq!(json["max_output"], 300);
         assert!(entry_json(&plain).get("max_output").is_none());
+    }
+
+    #[test]
+    fn a_zoned_limit_is_its_own_window_and_an_unknown_zone_does_not_read_as_utc() {
+        use crate::state::limit::Period;
+        let day = LimitSpec::from_words("TOKENS", "10", "PER", "DAY").unwrap();
+        let havana = day.in_zone("America/Havana").unwrap();
+        let e = Entry {
+            seq: 1,
+            ts: 5,
+            kind: EntryKind::BudgetSet {
+                scope: "org:a".into(),
+                limits: vec![day, havana],
+            },
+        };
+        let KindV1::BudgetSet { limits, .. } = EntryV1::from(&e).kind else {
+            unreachable!()
+        };
+        // UTC limits are written as before (same bytes as older releases).
+        assert_eq!(limits[0].window, WindowV1::Calendar(PeriodV1::Day));
+        assert!(matches!(
+            limits[1].window,
+            WindowV1::Zoned(PeriodV1::Day, _)
+        ));
+        assert_eq!(round_trip(&e), e);
+        assert!(matches!(
+            Window::from(limits[1].window),
+            Window::Calendar(Period::Day, z) if z.name() == "America/Havana"
+        ));
+        // A zone this build does not know (here, a name mangled in place,
+        // CRC refreshed) fails to decode rather than reading as UTC.
+        let mut bytes = frame::encode(&EntryV1::from(&e));
+        let at = bytes.windows(6).position(|w| w == b"Havana").unwrap();
+        bytes[at..at + 6].copy_from_slice(b"Havanx");
+        let crc = crc32fast::hash(&bytes[4..]);
+        bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        let err = frame::decode::<EntryV1>(&bytes).unwrap_err();
+        assert!(err.contains("unknown time zone"), "{err}");
+    }
+
+    #[test]
+    fn calls_in_a_run_and_a_run_outcome_are_their_own_kinds_and_read_back() {
+        let hold = |run: Option<&str>| EntryKind::Hold {
+            id: "h".into(),
+            scope: "org:a".into(),
+            model: "m".into(),
+            input: 1,
+            output: 2,
+            ttl_ms: Some(5),
+            amounts: Dims::call(1, 2, 3),
+            expires_at: 9,
+            run: run.map(str::to_string),
+        };
+        let spend = |run: Option<&str>| EntryKind::Spend {
+            id: Some("s".into()),
+            scope: "org:a".into(),
+            model: "m".into(),
+            usage: Usage {
+                input: 4,
+                output: 5,
+                ..Default::default()
+            },
+            cost: 6,
+            run: run.map(str::to_string),
+        };
+        let end = |outcome| EntryKind::RunEnd {
+            run: "r".into(),
+            outcome,
+        };
+        let cases = [
+            (hold(None), "Hold"),
+            (hold(Some("r")), "HoldInRun"),
+            (spend(None), "Spend"),
+            (spend(Some("r")), "SpendInRun"),
+            (end(None), "RunEnd"),
+            (end(Some(RunOutcome::Success)), "RunEndOutcome"),
+            (end(Some(RunOutcome::Failure)), "RunEndOutcome"),
+        ];
+        for (i, (kind, variant)) in cases.into_iter().enumerate() {
+            let e = Entry {
+                seq: i as u64 + 1,
+                ts: 7,
+                kind,
+            };
+            // Without a run or an outcome, the bytes are those of before.
+            let v1 = EntryV1::from(&e);
+            let written = serde_json::to_value(&v1.kind).unwrap();
+            assert!(written.get(variant).is_some(), "{written}");
+            assert_eq!(round_trip(&e), e);
+        }
+        let json = entry_json(&Entry {
+            seq: 1,
+            ts: 7,
+            kind: end(Some(RunOutcome::Failure)),
+        });
+        assert_eq!(
+            (json["kind"].as_str(), json["outcome"].as_str()),
+            (Some("run_end"), Some("failure"))
+        );
+        let json = entry_json(&Entry {
+            seq: 1,
+            ts: 7,
+            kind: hold(Some("r")),
+        });
+        assert_eq!(
+            (json["kind"].as_str(), json["run"].as_str()),
+            (Some("hold"), Some("r"))
+        );
     }
 }

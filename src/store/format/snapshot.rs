@@ -690,15 +690,13 @@ mod tests {
             }],
         };
         st.apply(t0, &budget, &mut out);
-        let reserve = Command::Reserve(ReserveArgs {
-            hold: "h".into(),
-            scope: "org:a/agent:x".into(),
-            model: "gpt-4o".into(),
-            input: 1,
-            output: crate::state::OutputAsk::Tokens(1),
-            ttl_ms: None,
-            fallback: Vec::new(),
-        });
+        let reserve = Command::Reserve(ReserveArgs::new(
+            "h",
+            "org:a/agent:x",
+            "gpt-4o",
+            1,
+            crate::state::OutputAsk::Tokens(1),
+        ));
         st.apply(t0 + 1_000, &reserve, &mut out);
         let used = |s: &State| s.nodes.get("org:a").unwrap().limits[0].used(t0 + 2_000);
         assert_eq!(used(&st), 1);
@@ -727,6 +725,7 @@ mod tests {
         let t0 = 1_795_305_600_000;
         for (i, id) in ["s1", "s2"].iter().enumerate() {
             let spend = Command::Spend {
+                run: None,
                 scope: "org:a".into(),
                 model: "gpt-4o".into(),
                 usage: Usage {
