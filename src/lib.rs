@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod embedded;
 pub mod engine;
 pub mod metrics;

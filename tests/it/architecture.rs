@@ -116,6 +116,22 @@ const RULES: &[Rule] = &[
         why: "only src/store/ reads ledger and snapshot files (others use store::reader)",
     },
     Rule {
+        applies: |p| p.starts_with("src/cluster/"),
+        forbidden: &[
+            "crate::engine",
+            "crate::resp",
+            "crate::admin",
+            "crate::embedded",
+            "SystemTime",
+            "Instant::now",
+            "rand::",
+            "std::thread",
+        ],
+        allowed: &[],
+        why: "cluster mode sits beside the engine behind the GlobalStore trait, with no clock \
+              or randomness of its own, so the simulation drives it on MemStore",
+    },
+    Rule {
         applies: |p| p.starts_with("src/admin/"),
         forbidden: &["crate::resp"],
         allowed: &[],

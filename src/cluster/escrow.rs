@@ -1,0 +1,583 @@
+//! The escrow protocol (docs/CLUSTER.md): how nodes share one limit
+//! through the global store without ever letting the total pass it.
+//!
+//! For each global limit the store keeps a pool `{limit, granted, consumed,
+//! presumed}` and, per node, a grant `{epoch, granted, reported, reclaimed}`;
+//! a node is alive while its `node/<name>` key (on its lease) exists. A node
+//! decides reservations locally against its grant and keeps two rules:
+//!
+//! - `used ≤ granted` (it never spends room it was not granted), and
+//! - `used − reported ≤ u_max` (report-or-stall: it never holds more than
+//!   `u_max` of usage the store has not seen).
+//!
+//! Every store write is a transaction guarded by the revisions it read, so
+//! a lost, duplicated or late request changes nothing it should not. When a
+//! node's lease expires, any node may reclaim its grant: the pool is charged
+//! `presumed = reported + min(u_max, granted − reported)`, an upper bound
+//! of what the node can have used (by the two rules), and the rest returns.
+//! So at every moment `Σ true use ≤ granted + consumed + presumed ≤ limit`,
+//! whatever the clocks, pauses and message delays.
+//!
+//! This file is the protocol's logic over [`GlobalStore`]; it keeps no
+//! clock of its own (the caller passes times to the store it owns).
+
+use serde::{Deserialize, Serialize};
+
+use super::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, Op, Rev};
+
+const PREFIX: &str = "/spendb/v1/";
+
+/// A limit's name as one key segment: scopes hold `/`, so it is escaped
+/// (`%2F`, and `%` as `%25`), and `grant/<limit>/` is a prefix of that
+/// limit's grants only.
+fn segment(limit: &str) -> String {
+    limit.replace('%', "%25").replace('/', "%2F")
+}
+
+fn unsegment(s: &str) -> String {
+    s.replace("%2F", "/").replace("%25", "%")
+}
+
+pub fn pool_key(limit: &str) -> String {
+    format!("{PREFIX}pool/{}", segment(limit))
+}
+pub fn grant_key(limit: &str, node: &str) -> String {
+    format!("{PREFIX}grant/{}/{node}", segment(limit))
+}
+pub fn node_key(node: &str) -> String {
+    format!("{PREFIX}node/{node}")
+}
+fn epoch_key(node: &str) -> String {
+    format!("{PREFIX}epoch/{node}")
+}
+
+/// A global limit's pool. `granted` is the sum of the live grants (used
+/// and unused room), `consumed` what closed grants used, `presumed` what
+/// reclaimed grants are charged. Invariant: `granted + consumed + presumed
+/// ≤ limit`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolV1 {
+    pub limit: u64,
+    pub granted: u64,
+    pub consumed: u64,
+    pub presumed: u64,
+}
+
+impl PoolV1 {
+    pub fn available(&self) -> u64 {
+        self.limit
+            .saturating_sub(self.granted)
+            .saturating_sub(self.consumed)
+            .saturating_sub(self.presumed)
+    }
+}
+
+/// One node's grant of a limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantV1 {
+    /// The node's registration that holds it.
+    pub epoch: u64,
+    pub granted: u64,
+    /// Usage the node has reported (it never exceeds `granted`).
+    pub reported: u64,
+    /// Set when the grant was reclaimed: what the pool was charged for it.
+    pub presumed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeV1 {
+    pub epoch: u64,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records encode")
+}
+
+fn decode<T: for<'a> Deserialize<'a> + Default>(kv: &Option<KeyValue>) -> (T, Rev) {
+    match kv {
+        Some(kv) => (
+            serde_json::from_slice(&kv.value).expect("a record this version wrote"),
+            kv.mod_rev,
+        ),
+        None => (T::default(), 0),
+    }
+}
+
+fn put<T: Serialize>(key: String, v: &T) -> Op {
+    Op::Put {
+        key,
+        value: encode(v),
+        lease: None,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EscrowConfig {
+    /// The most usage a node holds unreported (it stalls rather than pass it).
+    pub u_max: u64,
+    /// The room a refill asks for.
+    pub chunk: u64,
+    pub lease_ttl_ms: u64,
+}
+
+/// Creates a limit's pool (BUDGET.SET in cluster mode); a pool that exists
+/// keeps its figures and takes the new limit.
+pub fn set_limit(store: &mut dyn GlobalStore, limit: &str, amount: u64) -> Result<(), KvError> {
+    loop {
+        let (mut pool, rev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+        pool.limit = amount;
+        if store.txn(
+            &[Compare::ModRev(pool_key(limit), rev)],
+            &[put(pool_key(limit), &pool)],
+        )? {
+            return Ok(());
+        }
+    }
+}
+
+/// A node's view of its grant of one limit: what the store last confirmed
+/// (`granted`, `reported`) and what it used itself. `used` is the node's own
+/// ledger's figure: it survives a restart with the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalGrant {
+    pub epoch: u64,
+    pub granted: u64,
+    pub used: u64,
+    pub reported: u64,
+}
+
+/// A node of the cluster: its registration and its grants.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub epoch: u64,
+    pub lease: Option<LeaseId>,
+    pub grants: std::collections::BTreeMap<String, LocalGrant>,
+    pub config: EscrowConfig,
+}
+
+impl Node {
+    pub fn new(name: &str, config: EscrowConfig) -> Node {
+        Node {
+            name: name.to_string(),
+            epoch: 0,
+            lease: None,
+            grants: Default::default(),
+            config,
+        }
+    }
+
+    /// Registers under a new epoch and lease, then settles the grants of
+    /// earlier registrations: with its disk (`self.grants` from the ledger)
+    /// the node knows what it used and keeps the grant, reporting it; a
+    /// grant reclaimed meanwhile is reconciled (the presumed charge
+    /// replaced by the true use); without its disk, a live grant is charged
+    /// as a reclaim would. Err when the old registration's lease still lives
+    /// (wait for it, or for a reclaim).
+    pub fn register(&mut self, store: &mut dyn GlobalStore) -> Result<bool, KvError> {
+        let lease = store.lease_grant(self.config.lease_ttl_ms)?;
+        let (epoch, erev): (u64, Rev) = match store.get(&epoch_key(&self.name))? {
+            Some(kv) => (
+                serde_json::from_slice(&kv.value).expect("an epoch"),
+                kv.mod_rev,
+            ),
+            None => (0, 0),
+        };
+        let next = epoch + 1;
+        let registered = store.txn(
+            &[
+                Compare::ModRev(epoch_key(&self.name), erev),
+                Compare::ModRev(node_key(&self.name), 0),
+            ],
+            &[
+                put(epoch_key(&self.name), &next),
+                Op::Put {
+                    key: node_key(&self.name),
+                    value: encode(&NodeV1 { epoch: next }),
+                    lease: Some(lease),
+                },
+            ],
+        )?;
+        if !registered {
+            return Ok(false);
+        }
+        self.epoch = next;
+        self.lease = Some(lease);
+        let limits: Vec<String> = (store.range(&format!("{PREFIX}grant/"))?.into_iter())
+            .filter_map(|kv| {
+                let rest = kv.key.strip_prefix(&format!("{PREFIX}grant/"))?;
+                let (limit, node) = rest.rsplit_once('/')?;
+                (node == self.name).then(|| unsegment(limit))
+            })
+            .collect();
+        for limit in limits {
+            self.settle_old_grant(store, &limit)?;
+        }
+        Ok(true)
+    }
+
+    fn settle_old_grant(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+    ) -> Result<(), KvError> {
+        loop {
+            let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+            let local = self
+                .grants
+                .get(limit)
+                .copied()
+                .filter(|l| l.epoch == g.epoch);
+            let guard = [
+                Compare::ModRev(pool_key(limit), prev),
+                Compare::ModRev(grant_key(limit, &self.name), grev),
+                Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+            ];
+            let (pool, grant, kept) = match (g.presumed, local) {
+                // Reclaimed, and the disk says what was used: the true figure
+                // replaces the presumed one (never larger, by the two rules).
+                (Some(p), Some(l)) => {
+                    debug_assert!(l.used <= p, "a node used more than it was charged");
+                    let pool = PoolV1 {
+                        presumed: pool.presumed - p,
+                        consumed: pool.consumed + l.used.min(p),
+                        ..pool
+                    };
+                    (pool, GrantV1::default(), None)
+                }
+                // Reclaimed, no disk: the presumed charge stands.
+                (Some(_), None) => (pool, GrantV1::default(), None),
+                // Live, with the disk: the node keeps the grant under its new
+                // epoch, reporting all it used.
+                (None, Some(l)) => {
+                    let grant = GrantV1 {
+                        epoch: self.epoch,
+                        granted: g.granted,
+                        reported: l.used,
+                        presumed: None,
+                    };
+                    let kept = LocalGrant {
+                        epoch: self.epoch,
+                        granted: g.granted,
+                        used: l.used,
+                        reported: l.used,
+                    };
+                    (pool, grant, Some(kept))
+                }
+                // Live, no disk: charged as a reclaim would charge it.
+                (None, None) => {
+                    let p = presumed(&g, self.config.u_max);
+                    let pool = PoolV1 {
+                        granted: pool.granted - g.granted,
+                        presumed: pool.presumed + p,
+                        ..pool
+                    };
+                    (pool, GrantV1::default(), None)
+                }
+            };
+            let grant = GrantV1 {
+                epoch: self.epoch,
+                ..grant
+            };
+            if store.txn(
+                &guard,
+                &[
+                    put(pool_key(limit), &pool),
+                    put(grant_key(limit, &self.name), &grant),
+                ],
+            )? {
+                let fresh = LocalGrant {
+                    epoch: self.epoch,
+                    ..LocalGrant::default()
+                };
+                self.grants.insert(limit.to_string(), kept.unwrap_or(fresh));
+                return Ok(());
+            }
+        }
+    }
+
+    fn node_rev(&self, store: &mut dyn GlobalStore) -> Result<Rev, KvError> {
+        // 0 if our key is gone: then no guarded write of ours can succeed.
+        Ok(match store.get(&node_key(&self.name))? {
+            Some(kv) if kv.lease == self.lease => kv.mod_rev,
+            _ => u64::MAX,
+        })
+    }
+
+    /// Takes `amount` of every limit locally, all or nothing: within each
+    /// grant and each `u_max`. No store round trip.
+    pub fn reserve(&mut self, amounts: &[(&str, u64)]) -> bool {
+        let u_max = self.config.u_max;
+        let epoch = self.epoch;
+        let fits = amounts.iter().all(|(limit, a)| {
+            self.grants.get(*limit).is_some_and(|g| {
+                g.epoch == epoch && g.used + a <= g.granted && g.used + a - g.reported <= u_max
+            })
+        });
+        if fits {
+            for (limit, a) in amounts {
+                self.grants.get_mut(*limit).expect("checked above").used += a;
+            }
+        }
+        fits
+    }
+
+    /// Asks for more room of `limit` (up to `chunk`, never more than the
+    /// pool has). Ok(room granted now).
+    pub fn refill(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<u64, KvError> {
+        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+        if g.epoch != self.epoch || g.presumed.is_some() {
+            return Ok(0);
+        }
+        let x = self.config.chunk.min(pool.available());
+        if x == 0 {
+            return Ok(0);
+        }
+        let pool2 = PoolV1 {
+            granted: pool.granted + x,
+            ..pool
+        };
+        let g2 = GrantV1 {
+            granted: g.granted + x,
+            ..g
+        };
+        let guard = [
+            Compare::ModRev(pool_key(limit), prev),
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+        ];
+        let ok = store.txn(
+            &guard,
+            &[
+                put(pool_key(limit), &pool2),
+                put(grant_key(limit, &self.name), &g2),
+            ],
+        )?;
+        if ok {
+            self.confirm(limit, &g2);
+        }
+        Ok(if ok { x } else { 0 })
+    }
+
+    /// Reports every grant's usage (absolute figures: a repeat is harmless).
+    pub fn report(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
+        let limits: Vec<String> = self.grants.keys().cloned().collect();
+        for limit in limits {
+            let local = self.grants[&limit];
+            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?);
+            if g.epoch != self.epoch || g.presumed.is_some() || local.used == g.reported {
+                continue;
+            }
+            let g2 = GrantV1 {
+                reported: local.used,
+                ..g
+            };
+            let guard = [
+                Compare::ModRev(grant_key(&limit, &self.name), grev),
+                Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+            ];
+            if store.txn(&guard, &[put(grant_key(&limit, &self.name), &g2)])? {
+                self.confirm(&limit, &g2);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the room of `limit` it has not used.
+    pub fn give_back(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<(), KvError> {
+        let Some(local) = self.grants.get(limit).copied() else {
+            return Ok(());
+        };
+        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+        if g.epoch != self.epoch || g.presumed.is_some() {
+            return Ok(());
+        }
+        // Lower its own line first (a site may always do that alone): if
+        // the reply is lost, the node must not use room it may have given.
+        if let Some(l) = self.grants.get_mut(limit) {
+            l.granted = l.granted.min(l.used);
+        }
+        let unused = g.granted - local.used;
+        let pool2 = PoolV1 {
+            granted: pool.granted - unused,
+            ..pool
+        };
+        let g2 = GrantV1 {
+            granted: local.used,
+            reported: local.used,
+            ..g
+        };
+        let guard = [
+            Compare::ModRev(pool_key(limit), prev),
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+        ];
+        if store.txn(
+            &guard,
+            &[
+                put(pool_key(limit), &pool2),
+                put(grant_key(limit, &self.name), &g2),
+            ],
+        )? {
+            self.confirm(limit, &g2);
+        }
+        Ok(())
+    }
+
+    /// Re-reads its grants (after a lost reply, say): the store's figures
+    /// are the truth for `granted` and `reported`.
+    pub fn sync(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
+        let limits: Vec<String> = self.grants.keys().cloned().collect();
+        for limit in limits {
+            let (g, _) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?);
+            if g.epoch == self.epoch && g.presumed.is_none() {
+                self.confirm(&limit, &g);
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm(&mut self, limit: &str, g: &GrantV1) {
+        let l = self.grants.entry(limit.to_string()).or_default();
+        if l.epoch != g.epoch {
+            *l = LocalGrant {
+                epoch: g.epoch,
+                ..LocalGrant::default()
+            };
+        }
+        // A reply can arrive after a later one: figures only grow here
+        // (give_back lowers `granted` to `used`, which reserve never passes).
+        l.granted = g.granted;
+        l.reported = l.reported.max(g.reported);
+        debug_assert!(l.used <= l.granted || l.granted == g.granted);
+    }
+
+    /// Joins a limit: an empty grant under this epoch (no room yet).
+    pub fn join(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<bool, KvError> {
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+        if grev != 0 && (g.epoch == self.epoch || g.granted > 0 || g.presumed.is_some()) {
+            return Ok(false);
+        }
+        let g2 = GrantV1 {
+            epoch: self.epoch,
+            ..GrantV1::default()
+        };
+        let guard = [
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+        ];
+        let ok = store.txn(&guard, &[put(grant_key(limit, &self.name), &g2)])?;
+        if ok {
+            self.grants.insert(
+                limit.to_string(),
+                LocalGrant {
+                    epoch: self.epoch,
+                    ..LocalGrant::default()
+                },
+            );
+        }
+        Ok(ok)
+    }
+}
+
+/// What a reclaim charges for a grant: all it reported, plus all it may
+/// have used unreported (`u_max`), never more than it was granted.
+pub fn presumed(g: &GrantV1, u_max: u64) -> u64 {
+    g.reported + u_max.min(g.granted - g.reported)
+}
+
+/// How a reclaim checks the grant's owner is dead. `Unchecked` is a
+/// planted bug for the simulation to catch: it reclaims on a stale read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fencing {
+    Checked,
+    Unchecked,
+}
+
+/// What a janitor read of a dead node's grant, to reclaim later.
+#[derive(Clone, Debug)]
+pub struct ReclaimPlan {
+    pub limit: String,
+    pub node: String,
+    grant: GrantV1,
+    grant_rev: Rev,
+}
+
+/// Reads a grant to reclaim: Some if its node is not registered.
+pub fn plan_reclaim(
+    store: &mut dyn GlobalStore,
+    limit: &str,
+    node: &str,
+) -> Result<Option<ReclaimPlan>, KvError> {
+    if store.get(&node_key(node))?.is_some() {
+        return Ok(None);
+    }
+    let (grant, grant_rev) = decode::<GrantV1>(&store.get(&grant_key(limit, node))?);
+    if grant_rev == 0 || grant.presumed.is_some() || grant.granted == 0 {
+        return Ok(None);
+    }
+    Ok(Some(ReclaimPlan {
+        limit: limit.to_string(),
+        node: node.to_string(),
+        grant,
+        grant_rev,
+    }))
+}
+
+/// Reclaims a planned grant: the pool is charged its presumed use and the
+/// rest returns. Checked: only if the node is still unregistered and the
+/// grant unchanged since the plan. Ok(whether it was reclaimed).
+pub fn reclaim(
+    store: &mut dyn GlobalStore,
+    plan: &ReclaimPlan,
+    u_max: u64,
+    fencing: Fencing,
+) -> Result<bool, KvError> {
+    let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(&plan.limit))?);
+    let g = plan.grant;
+    let p = presumed(&g, u_max);
+    let pool2 = PoolV1 {
+        granted: pool.granted.saturating_sub(g.granted),
+        presumed: pool.presumed + p,
+        ..pool
+    };
+    let g2 = GrantV1 {
+        granted: 0,
+        presumed: Some(p),
+        ..g
+    };
+    let mut guard = vec![Compare::ModRev(pool_key(&plan.limit), prev)];
+    if fencing == Fencing::Checked {
+        guard.push(Compare::ModRev(node_key(&plan.node), 0));
+        guard.push(Compare::ModRev(
+            grant_key(&plan.limit, &plan.node),
+            plan.grant_rev,
+        ));
+    }
+    store.txn(
+        &guard,
+        &[
+            put(pool_key(&plan.limit), &pool2),
+            put(grant_key(&plan.limit, &plan.node), &g2),
+        ],
+    )
+}
+
+/// The store's figures for one limit: its pool and every grant.
+pub fn read_limit(
+    store: &mut dyn GlobalStore,
+    limit: &str,
+) -> Result<(PoolV1, Vec<(String, GrantV1)>), KvError> {
+    let (pool, _) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+    let prefix = format!("{PREFIX}grant/{}/", segment(limit));
+    let grants = (store.range(&prefix)?.into_iter())
+        .map(|kv| {
+            let node = kv.key[prefix.len()..].to_string();
+            (node, decode::<GrantV1>(&Some(kv)).0)
+        })
+        .collect();
+    Ok((pool, grants))
+}
