@@ -7,10 +7,13 @@
 //!   linearizable store the simulation runs on;
 //! - `escrow.rs` — the protocol: pools and grants, a node's local decisions
 //!   and its refill / report / give-back / register transactions, and the
-//!   reclaim of a dead node's grant.
+//!   reclaim of a dead node's grant;
+//! - `etcd.rs` — `GlobalStore` on a real etcd, through its JSON API.
 //!
-//! Not wired to the engine or to etcd yet: the protocol is checked first by
-//! the deterministic simulation (`tests/it/cluster_sim.rs`).
+//! Not wired to the engine yet: the protocol is checked by the
+//! deterministic simulation (`tests/it/cluster_sim.rs`) and against a real
+//! three-member etcd (`tests/it/cluster_etcd.rs`).
 
 pub mod escrow;
+pub mod etcd;
 pub mod kv;

@@ -1,0 +1,301 @@
+//! The escrow protocol (issue #15) against a real three-member etcd cluster
+//! on loopback, started here (free ports from the OS, a temp dir, every
+//! member killed at the end): nodes drain a shared limit exactly; the etcd
+//! leader is killed during refills and no room is granted twice; a node
+//! that stops renewing its lease has its grant reclaimed by another.
+//!
+//! Needs the `etcd` binary (Debian: `apt-get install etcd-server`;
+//! `scripts/test` installs it): without it these tests fail and say so.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spendb::cluster::escrow::{self, EscrowConfig, Fencing, Node};
+use spendb::cluster::etcd::EtcdStore;
+use spendb::cluster::kv::GlobalStore;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Member {
+    name: String,
+    client: String,
+    child: Option<Child>,
+}
+
+/// Three etcd members on loopback; killed (and their data dirs removed)
+/// when dropped.
+struct EtcdCluster {
+    members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    fn start() -> EtcdCluster {
+        let etcd = which_etcd();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = (ports.iter().enumerate())
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let members = (ports.iter().enumerate())
+            .map(|(i, (client, peer))| {
+                let name = format!("e{i}");
+                let client = format!("http://127.0.0.1:{client}");
+                let peer = format!("http://127.0.0.1:{peer}");
+                let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+                let child = Command::new(&etcd)
+                    .args(["--name", &name])
+                    .args(["--data-dir", dir.path().join(&name).to_str().unwrap()])
+                    .args([
+                        "--listen-client-urls",
+                        &client,
+                        "--advertise-client-urls",
+                        &client,
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &peer,
+                        "--initial-advertise-peer-urls",
+                        &peer,
+                    ])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args([
+                        "--initial-cluster-state",
+                        "new",
+                        "--initial-cluster-token",
+                        "spendb-test",
+                    ])
+                    // A small cluster on a busy 2-core machine: elections
+                    // that do not fire on a slow fsync.
+                    .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start {etcd}: {e}"));
+                Member {
+                    name,
+                    client,
+                    child: Some(child),
+                }
+            })
+            .collect();
+        let c = EtcdCluster { members, _dir: dir };
+        c.wait_healthy(Duration::from_secs(30));
+        c
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    fn store(&self) -> EtcdStore {
+        EtcdStore::new(&self.endpoints(), Duration::from_secs(5))
+    }
+
+    fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            loop {
+                let ok = ureq::get(&format!("{}/health", m.client))
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .is_some_and(|b| b.contains("\"true\""));
+                if ok {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {} not healthy",
+                    m.name
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The index of the member that leads now.
+    fn leader(&self) -> usize {
+        for (i, m) in self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.child.is_some())
+        {
+            let status: serde_json::Value =
+                ureq::post(&format!("{}/v3/maintenance/status", m.client))
+                    .send_json(serde_json::json!({}))
+                    .unwrap()
+                    .body_mut()
+                    .read_json()
+                    .unwrap();
+            if status["leader"] == status["header"]["member_id"] {
+                return i;
+            }
+        }
+        panic!("no leader")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn which_etcd() -> String {
+    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("these tests need etcd: install it (Debian: apt-get install etcd-server), or run scripts/test, which does");
+}
+
+fn config(ttl_ms: u64) -> EscrowConfig {
+    EscrowConfig {
+        u_max: 400,
+        chunk: 1_000,
+        lease_ttl_ms: ttl_ms,
+    }
+}
+
+/// What the agent side does for one call: reserve locally; when stalled on
+/// unreported usage, report and try again; when short of room, refill and
+/// try again. (A store error counts as "no": the call is denied.)
+fn take(n: &mut Node, s: &mut EtcdStore, limit: &str, amount: u64) -> bool {
+    n.reserve(&[(limit, amount)])
+        || (n.report(s).is_ok() && n.reserve(&[(limit, amount)]))
+        || (n.refill(s, limit).is_ok_and(|x| x > 0) && n.reserve(&[(limit, amount)]))
+}
+
+fn audit(store: &mut dyn GlobalStore, limit: &str, amount: u64) {
+    let (pool, grants) = escrow::read_limit(store, limit).unwrap();
+    let live: u64 = grants
+        .iter()
+        .filter(|(_, g)| g.presumed.is_none())
+        .map(|(_, g)| g.granted)
+        .sum();
+    assert_eq!(
+        pool.granted, live,
+        "pool.granted is the sum of the live grants: {pool:?} {grants:?}"
+    );
+    assert!(
+        pool.granted + pool.consumed + pool.presumed <= amount,
+        "{pool:?}"
+    );
+}
+
+#[test]
+fn three_nodes_drain_a_shared_limit_exactly_while_the_etcd_leader_dies() {
+    let mut etcd = EtcdCluster::start();
+    let limit = "org:shared";
+    let amount = 12_000;
+    let mut store = etcd.store();
+    escrow::set_limit(&mut store, limit, amount).unwrap();
+    let mut nodes: Vec<(Node, EtcdStore)> = (0..3)
+        .map(|i| {
+            let mut s = etcd.store();
+            let mut n = Node::new(&format!("n{i}"), config(10_000));
+            assert!(n.register(&mut s).unwrap());
+            assert!(n.join(&mut s, limit).unwrap());
+            (n, s)
+        })
+        .collect();
+    let mut used = 0;
+    let mut killed = false;
+    // Round robin: each node reserves 50 at a time, refilling when short,
+    // until none can; the leader is killed a third of the way through.
+    loop {
+        let mut progress = false;
+        for (n, s) in nodes.iter_mut() {
+            if take(n, s, limit, 50) {
+                used += 50;
+                progress = true;
+            }
+        }
+        if !killed && used >= amount / 3 {
+            let leader = etcd.leader();
+            etcd.kill(leader);
+            killed = true;
+        }
+        if !progress {
+            break;
+        }
+        assert!(used <= amount);
+    }
+    assert!(killed);
+    // Every unit of the limit was used, none twice.
+    assert_eq!(used, amount, "room was stranded or lost");
+    audit(&mut store, limit, amount);
+}
+
+#[test]
+fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
+    let etcd = EtcdCluster::start();
+    let limit = "org:reclaim";
+    let amount = 5_000;
+    let mut store = etcd.store();
+    escrow::set_limit(&mut store, limit, amount).unwrap();
+    let mut a = Node::new("a", config(2_000));
+    let mut sa = etcd.store();
+    assert!(a.register(&mut sa).unwrap());
+    a.join(&mut sa, limit).unwrap();
+    assert_eq!(a.refill(&mut sa, limit).unwrap(), 1_000);
+    assert!(a.reserve(&[(limit, 300)]));
+    a.report(&mut sa).unwrap();
+    assert!(a.reserve(&[(limit, 100)]), "100 unreported");
+    // a stops renewing its lease (SIGKILL, or a pause past the TTL).
+    let died = Instant::now();
+    let deadline = died + Duration::from_secs(20);
+    let plan = loop {
+        if let Some(plan) = escrow::plan_reclaim(&mut store, limit, "a").unwrap() {
+            break plan;
+        }
+        assert!(Instant::now() < deadline, "a's lease never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(escrow::reclaim(&mut store, &plan, config(2_000).u_max, Fencing::Checked).unwrap());
+    let reclaim_ms = died.elapsed().as_millis();
+    let (pool, _) = escrow::read_limit(&mut store, limit).unwrap();
+    // Charged what it reported plus all it may have used unreported.
+    assert_eq!((pool.granted, pool.presumed), (0, 300 + 400));
+    audit(&mut store, limit, amount);
+    // Another node can use the rest at once.
+    let mut b = Node::new("b", config(10_000));
+    let mut sb = etcd.store();
+    assert!(b.register(&mut sb).unwrap());
+    b.join(&mut sb, limit).unwrap();
+    let mut got = 0;
+    while take(&mut b, &mut sb, limit, 100) {
+        got += 100;
+    }
+    assert_eq!(got, amount - 700);
+    // a comes back with its disk: its true use (400) replaces the 700
+    // presumed, and the 300 difference returns to the pool.
+    assert!(a.register(&mut sa).unwrap());
+    let (pool, _) = escrow::read_limit(&mut store, limit).unwrap();
+    assert_eq!((pool.presumed, pool.consumed), (0, 400), "{pool:?}");
+    assert_eq!(b.refill(&mut sb, limit).unwrap(), 300);
+    audit(&mut store, limit, amount);
+    eprintln!(
+        "reclaim: a's room came back {reclaim_ms} ms after its last keepalive (lease TTL 2 s)"
+    );
+}
