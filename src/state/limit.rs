@@ -906,6 +906,14 @@ mod tests {
             period_start(Period::Day, scl, utc("2027-04-04T03:30:00Z")),
             utc("2027-04-03T03:00:00Z")
         );
+        // East of Greenwich the jump comes before midnight read as UTC:
+        // Beirut skips 2027-03-28 00:00 (+02), so the day begins at 22:00Z
+        // the evening before.
+        let bey = Zone::parse("Asia/Beirut").unwrap();
+        assert_eq!(
+            period_start(Period::Day, bey, utc("2027-03-28T12:00:00Z")),
+            utc("2027-03-27T22:00:00Z")
+        );
         // Half-hour offsets: Kolkata's day begins at 18:30Z.
         let kol = Zone::parse("Asia/Kolkata").unwrap();
         assert_eq!(
