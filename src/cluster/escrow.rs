@@ -323,15 +323,25 @@ impl Node {
         fits
     }
 
-    /// Asks for more room of `limit` (up to `chunk`, never more than the
-    /// pool has). Ok(room granted now).
-    pub fn refill(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<u64, KvError> {
+    /// Asks for more room of `limit`: `chunk`, or a fair share of what the
+    /// pool has left when that is less (`available / (2 × live nodes)`, so
+    /// the last room is spread thin instead of parked on one node), and at
+    /// least `need` (what a reservation waiting on it lacks) if the pool has
+    /// that. Ok(room granted now).
+    pub fn refill(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        need: u64,
+    ) -> Result<u64, KvError> {
         let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
         let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
         if g.epoch != self.epoch || g.presumed.is_some() {
             return Ok(0);
         }
-        let x = self.config.chunk.min(pool.available());
+        let live = store.range(&format!("{PREFIX}node/"))?.len().max(1) as u64;
+        let share = pool.available() / (2 * live);
+        let x = self.config.chunk.min(share).max(need).min(pool.available());
         if x == 0 {
             return Ok(0);
         }
@@ -385,11 +395,44 @@ impl Node {
         Ok(())
     }
 
-    /// Gives back the room of `limit` it has not used.
-    pub fn give_back(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<(), KvError> {
+    /// When `limit`'s pool runs low (less than a `chunk` left), gives back
+    /// its idle room beyond `keep` (what it expects to need soon), so no
+    /// room sits on an idle node while another is denied. Ok(room given).
+    pub fn relieve(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        keep: u64,
+    ) -> Result<u64, KvError> {
+        let Some(local) = self.grants.get(limit).copied() else {
+            return Ok(0);
+        };
+        if local.granted <= local.used + keep {
+            return Ok(0);
+        }
+        let (pool, _) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+        if pool.available() >= self.config.chunk {
+            return Ok(0);
+        }
+        let before = local.granted;
+        self.give_back(store, limit, keep)?;
+        Ok(before - self.grants[limit].granted)
+    }
+
+    /// Gives back the room of `limit` it has not used, beyond `keep`.
+    pub fn give_back(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        keep: u64,
+    ) -> Result<(), KvError> {
         let Some(local) = self.grants.get(limit).copied() else {
             return Ok(());
         };
+        let line = local.used + keep;
+        if local.granted <= line {
+            return Ok(());
+        }
         let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
         let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
         if g.epoch != self.epoch || g.presumed.is_some() {
@@ -398,15 +441,19 @@ impl Node {
         // Lower its own line first (a site may always do that alone): if
         // the reply is lost, the node must not use room it may have given.
         if let Some(l) = self.grants.get_mut(limit) {
-            l.granted = l.granted.min(l.used);
+            l.granted = l.granted.min(line);
         }
-        let unused = g.granted - local.used;
+        // The store may know a smaller grant than the node (a refill whose
+        // reply was lost is larger, never smaller): give back from its figure.
+        let Some(returned) = g.granted.checked_sub(line) else {
+            return Ok(());
+        };
         let pool2 = PoolV1 {
-            granted: pool.granted - unused,
+            granted: pool.granted - returned,
             ..pool
         };
         let g2 = GrantV1 {
-            granted: local.used,
+            granted: line,
             reported: local.used,
             ..g
         };
@@ -448,11 +495,10 @@ impl Node {
                 ..LocalGrant::default()
             };
         }
-        // A reply can arrive after a later one: figures only grow here
-        // (give_back lowers `granted` to `used`, which reserve never passes).
+        // The store's record is the truth for `granted`; `reported` never
+        // goes back (a stale read can show an older report).
         l.granted = g.granted;
         l.reported = l.reported.max(g.reported);
-        debug_assert!(l.used <= l.granted || l.granted == g.granted);
     }
 
     /// Joins a limit: an empty grant under this epoch (no room yet).

@@ -192,7 +192,7 @@ impl Sim {
                         .map(|(l, _)| *l)
                         .collect();
                     for l in &short {
-                        let _ = node.refill(&mut net, l);
+                        let _ = node.refill(&mut net, l, a);
                     }
                     format!("n{i} denied {a}, refilled {short:?}")
                 }
@@ -200,12 +200,12 @@ impl Sim {
             400..=519 if up => {
                 let (limit, _) =
                     Self::limits_of(i)[net.rng.random_range(0..Self::limits_of(i).len())];
-                format!("n{i} refill {limit}: {:?}", node.refill(&mut net, limit))
+                format!("n{i} refill {limit}: {:?}", node.refill(&mut net, limit, 0))
             }
             520..=619 if up => format!("n{i} report: {:?}", node.report(&mut net)),
             620..=649 if up => {
                 let (limit, _) = Self::limits_of(i)[0];
-                format!("n{i} give back: {:?}", node.give_back(&mut net, limit))
+                format!("n{i} give back: {:?}", node.give_back(&mut net, limit, 0))
             }
             650..=689 if up => format!("n{i} sync: {:?}", node.sync(&mut net)),
             690..=759 if up => match node.lease.map(|l| net.lease_keepalive(l)) {
@@ -366,4 +366,106 @@ fn a_reclaim_without_its_fencing_compares_is_caught() {
     let e = caught.expect("no seed caught the planted bug");
     eprintln!("planted bug caught: {e}");
     assert!(e.contains("true use") || e.contains("pool"), "{e}");
+}
+
+/// Counts the store operations the nodes make.
+struct Counting<'a> {
+    store: &'a mut MemStore,
+    ops: u64,
+}
+
+impl GlobalStore for Counting<'_> {
+    fn get(&mut self, key: &str) -> Result<Option<KeyValue>, KvError> {
+        self.ops += 1;
+        self.store.get(key)
+    }
+    fn range(&mut self, prefix: &str) -> Result<Vec<KeyValue>, KvError> {
+        self.ops += 1;
+        self.store.range(prefix)
+    }
+    fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError> {
+        self.ops += 1;
+        self.store.txn(when, then)
+    }
+    fn lease_grant(&mut self, ttl_ms: u64) -> Result<LeaseId, KvError> {
+        self.ops += 1;
+        self.store.lease_grant(ttl_ms)
+    }
+    fn lease_keepalive(&mut self, lease: LeaseId) -> Result<(), KvError> {
+        self.ops += 1;
+        self.store.lease_keepalive(lease)
+    }
+}
+
+/// Room left on the other nodes when one is first denied for good (the
+/// pool dry, its own grant short), as a share of the limit: 20 nodes, two
+/// of them taking 70 % of the calls, the others giving back idle room
+/// beyond a small reserve when the pool runs low (the recall). The issue's
+/// goal is at most 5 %. Also the store operations per reservation.
+#[test]
+fn little_room_is_stranded_at_the_first_global_denial() {
+    const N: usize = 20;
+    let limit = "org:big";
+    let amount = 1_000_000;
+    let mut figures = Vec::new();
+    for seed in 1..=10u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut store = MemStore::new(0);
+        escrow::set_limit(&mut store, limit, amount).unwrap();
+        let cfg = EscrowConfig {
+            u_max: 5_000,
+            chunk: 10_000,
+            lease_ttl_ms: TTL,
+        };
+        let mut c = Counting {
+            store: &mut store,
+            ops: 0,
+        };
+        let mut nodes: Vec<Node> = (0..N).map(|i| Node::new(&format!("n{i}"), cfg)).collect();
+        for n in nodes.iter_mut() {
+            assert!(n.register(&mut c).unwrap());
+            n.join(&mut c, limit).unwrap();
+        }
+        let setup = c.ops;
+        let mut reservations = 0u64;
+        let stranded = loop {
+            let i = if rng.random_range(0..10) < 7 {
+                rng.random_range(0..2)
+            } else {
+                rng.random_range(2..N)
+            };
+            let a = rng.random_range(1..200);
+            let n = &mut nodes[i];
+            let ok = n.reserve(&[(limit, a)])
+                || (n.report(&mut c).is_ok() && n.reserve(&[(limit, a)]))
+                || (n.refill(&mut c, limit, a).unwrap() > 0 && n.reserve(&[(limit, a)]));
+            if ok {
+                reservations += 1;
+            } else {
+                let idle: u64 = (nodes.iter())
+                    .map(|n| n.grants[limit].granted - n.grants[limit].used)
+                    .sum();
+                break idle;
+            }
+            // Now and then a node looks at the pool and, if it runs low,
+            // keeps a small reserve and gives the rest back.
+            let j = rng.random_range(0..N);
+            if rng.random_range(0..4) == 0 {
+                nodes[j].relieve(&mut c, limit, 200).unwrap();
+            }
+        };
+        let ops_per_reservation = (c.ops - setup) as f64 / reservations as f64;
+        figures.push((stranded as f64 * 100.0 / amount as f64, ops_per_reservation));
+    }
+    let mut shares: Vec<f64> = figures.iter().map(|f| f.0).collect();
+    shares.sort_by(f64::total_cmp);
+    let mut ops: Vec<f64> = figures.iter().map(|f| f.1).collect();
+    ops.sort_by(f64::total_cmp);
+    eprintln!(
+        "stranded at the first global denial: median {:.3} %, worst {:.3} % of the limit; store operations per reservation: median {:.3}",
+        shares[shares.len() / 2],
+        shares[shares.len() - 1],
+        ops[ops.len() / 2]
+    );
+    assert!(shares[shares.len() - 1] <= 5.0, "{shares:?}");
 }
