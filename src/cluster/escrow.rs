@@ -323,25 +323,29 @@ impl Node {
         fits
     }
 
-    /// Asks for more room of `limit`: `chunk`, or a fair share of what the
-    /// pool has left when that is less (`available / (2 × live nodes)`, so
-    /// the last room is spread thin instead of parked on one node), and at
-    /// least `need` (what a reservation waiting on it lacks) if the pool has
-    /// that. Ok(room granted now).
+    /// Asks for more room of `limit`: `want` (what the node expects to use
+    /// soon, from its recent rate; at most `chunk`), or a fair share of what
+    /// the pool has left when that is less (`available / (2 × live nodes)`,
+    /// so the last room is spread thin instead of parked on one node), and
+    /// at least `need` (what a reservation waiting on it lacks) if the pool
+    /// has that. Ok(room granted now).
     pub fn refill(
         &mut self,
         store: &mut dyn GlobalStore,
         limit: &str,
         need: u64,
+        want: u64,
     ) -> Result<u64, KvError> {
         let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
         let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
         if g.epoch != self.epoch || g.presumed.is_some() {
             return Ok(0);
         }
-        let live = store.range(&format!("{PREFIX}node/"))?.len().max(1) as u64;
+        let live = store.count(&format!("{PREFIX}node/"))?.max(1);
         let share = pool.available() / (2 * live);
-        let x = self.config.chunk.min(share).max(need).min(pool.available());
+        let x = (want.min(self.config.chunk).min(share))
+            .max(need)
+            .min(pool.available());
         if x == 0 {
             return Ok(0);
         }

@@ -136,6 +136,18 @@ impl GlobalStore for EtcdStore {
             .unwrap_or_default())
     }
 
+    fn count(&mut self, prefix: &str) -> Result<u64, KvError> {
+        let r = self.call(
+            "/v3/kv/range",
+            json!({
+                "key": b64(prefix.as_bytes()),
+                "range_end": b64(&prefix_end(prefix.as_bytes())),
+                "count_only": true,
+            }),
+        )?;
+        Ok(int(&r["count"]))
+    }
+
     fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError> {
         let compare: Vec<Value> = when
             .iter()

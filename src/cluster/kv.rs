@@ -57,6 +57,8 @@ pub trait GlobalStore {
     fn get(&mut self, key: &str) -> Result<Option<KeyValue>, KvError>;
     /// Every key that starts with `prefix`, in key order.
     fn range(&mut self, prefix: &str) -> Result<Vec<KeyValue>, KvError>;
+    /// How many keys start with `prefix` (etcd's `count_only` range).
+    fn count(&mut self, prefix: &str) -> Result<u64, KvError>;
     /// Applies every op of `then` atomically if every compare holds;
     /// Ok(false) (nothing written) if one does not.
     fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError>;
@@ -125,6 +127,14 @@ impl GlobalStore for MemStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v.clone())
             .collect())
+    }
+
+    fn count(&mut self, prefix: &str) -> Result<u64, KvError> {
+        Ok(self
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count() as u64)
     }
 
     fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError> {

@@ -184,7 +184,7 @@ fn take(n: &mut Node, s: &mut EtcdStore, limit: &str, amount: u64) -> bool {
     if n.reserve(&[(limit, amount)]) || (n.report(s).is_ok() && n.reserve(&[(limit, amount)])) {
         return true;
     }
-    match n.refill(s, limit, amount) {
+    match n.refill(s, limit, amount, 1_000) {
         Ok(x) => x > 0 && n.reserve(&[(limit, amount)]),
         // The refill's outcome is unknown (its member died): read the
         // grant again, as the agent does.
@@ -274,7 +274,7 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
     let mut sa = etcd.store();
     assert!(a.register(&mut sa).unwrap());
     a.join(&mut sa, limit).unwrap();
-    assert_eq!(a.refill(&mut sa, limit, 0).unwrap(), 1_000);
+    assert_eq!(a.refill(&mut sa, limit, 0, 1_000).unwrap(), 1_000);
     assert!(a.reserve(&[(limit, 300)]));
     a.report(&mut sa).unwrap();
     assert!(a.reserve(&[(limit, 100)]), "100 unreported");
@@ -309,7 +309,7 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
     assert!(a.register(&mut sa).unwrap());
     let (pool, _) = escrow::read_limit(&mut store, limit).unwrap();
     assert_eq!((pool.presumed, pool.consumed), (0, 400), "{pool:?}");
-    assert_eq!(b.refill(&mut sb, limit, 300).unwrap(), 300);
+    assert_eq!(b.refill(&mut sb, limit, 300, 1_000).unwrap(), 300);
     audit(&mut store, limit, amount);
     eprintln!(
         "reclaim: a's room came back {reclaim_ms} ms after its last keepalive (lease TTL 2 s)"
