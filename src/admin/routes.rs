@@ -426,6 +426,30 @@ struct Group {
     saved: u64,
 }
 
+/// Folds the whole ledger, in order, into `acc` with `f`, reading it page by
+/// page on the blocking pool (the reports: their cost grows with the ledger).
+async fn fold_ledger<T: Send + 'static>(
+    ctx: &Ctx,
+    acc: T,
+    mut f: impl FnMut(&mut T, &crate::state::Entry) + Send + 'static,
+) -> Result<T, ApiError> {
+    let ledger = ctx.ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut acc = acc;
+        let mut after = 0;
+        loop {
+            let page = ledger.page(after, 65_536, |_| true)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            page.iter().for_each(|e| f(&mut acc, e));
+        }
+        Ok::<_, std::io::Error>(acc)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))
+}
+
 /// Spend over a time range, grouped by scope level, model, UTC day or hour,
 /// largest first: `{"groups": [{"key", "cost", "tokens", "requests",
 /// "saved"}], "total": {…}}` (USD as decimal strings). Built from the
@@ -455,86 +479,78 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         ));
     }
     let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
-    let ledger = ctx.ledger.clone();
     let prefix = q.scope.clone();
-    let groups = tokio::task::spawn_blocking(move || {
-        // A commit names its hold; the hold's entry, earlier in the ledger,
-        // names the scope and model.
-        let mut holds: std::collections::HashMap<String, (String, String)> = Default::default();
-        let mut groups: std::collections::HashMap<String, Group> = Default::default();
-        let mut after = 0;
-        loop {
-            let page = ledger.page(after, 65_536, |_| true)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
-                let (scope, model, cost, tokens, requests, saved) = match &e.kind {
-                    K::Hold {
-                        id, scope, model, ..
-                    } => {
-                        holds.insert(id.clone(), (scope.clone(), model.clone()));
-                        continue;
-                    }
-                    K::Commit {
-                        id, usage, cost, ..
-                    } => match holds.get(id) {
-                        Some((s, m)) => (
-                            s.clone(),
-                            m.clone(),
-                            *cost,
-                            usage.input + usage.output,
-                            1,
-                            0,
-                        ),
-                        None => continue,
-                    },
-                    K::Spend {
-                        scope,
-                        model,
-                        usage,
-                        cost,
-                        ..
-                    } => (
-                        scope.clone(),
-                        model.clone(),
+    // A commit names its hold; the hold's entry, earlier in the ledger,
+    // names the scope and model.
+    type Holds = std::collections::HashMap<String, (String, String)>;
+    type Groups = std::collections::HashMap<String, Group>;
+    let (_, groups) = fold_ledger(
+        &ctx,
+        (Holds::default(), Groups::default()),
+        move |(holds, groups), e| {
+            let (scope, model, cost, tokens, requests, saved) = match &e.kind {
+                K::Hold {
+                    id, scope, model, ..
+                } => {
+                    holds.insert(id.clone(), (scope.clone(), model.clone()));
+                    return;
+                }
+                K::Commit {
+                    id, usage, cost, ..
+                } => match holds.get(id) {
+                    Some((s, m)) => (
+                        s.clone(),
+                        m.clone(),
                         *cost,
                         usage.input + usage.output,
                         1,
                         0,
                     ),
-                    K::Saved { scope, cost } => (scope.clone(), String::new(), 0, 0, 0, *cost),
-                    _ => continue,
-                };
-                if from.is_some_and(|f| e.ts < f) || to.is_some_and(|t| e.ts >= t) {
-                    continue;
-                }
-                if prefix
-                    .as_deref()
-                    .is_some_and(|p| !crate::state::scope::is_within(&scope, p))
-                {
-                    continue;
-                }
-                let key = match group.as_str() {
-                    "scope" => scope.split('/').take(level).collect::<Vec<_>>().join("/"),
-                    "model" if saved > 0 => continue,
-                    "model" => model,
-                    "day" => chrono::DateTime::from_timestamp_millis(e.ts as i64)
-                        .map_or(String::new(), |t| t.format("%Y-%m-%d").to_string()),
-                    _ => chrono::DateTime::from_timestamp_millis(e.ts as i64)
-                        .map_or(String::new(), |t| t.format("%Y-%m-%dT%H:00Z").to_string()),
-                };
-                let g = groups.entry(key).or_default();
-                g.cost = g.cost.saturating_add(cost);
-                g.tokens = g.tokens.saturating_add(tokens);
-                g.requests += requests;
-                g.saved = g.saved.saturating_add(saved);
+                    None => return,
+                },
+                K::Spend {
+                    scope,
+                    model,
+                    usage,
+                    cost,
+                    ..
+                } => (
+                    scope.clone(),
+                    model.clone(),
+                    *cost,
+                    usage.input + usage.output,
+                    1,
+                    0,
+                ),
+                K::Saved { scope, cost } => (scope.clone(), String::new(), 0, 0, 0, *cost),
+                _ => return,
+            };
+            if from.is_some_and(|f| e.ts < f) || to.is_some_and(|t| e.ts >= t) {
+                return;
             }
-        }
-        Ok::<_, std::io::Error>(groups)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))?;
+            if prefix
+                .as_deref()
+                .is_some_and(|p| !crate::state::scope::is_within(&scope, p))
+            {
+                return;
+            }
+            let key = match group.as_str() {
+                "scope" => scope.split('/').take(level).collect::<Vec<_>>().join("/"),
+                "model" if saved > 0 => return,
+                "model" => model,
+                "day" => chrono::DateTime::from_timestamp_millis(e.ts as i64)
+                    .map_or(String::new(), |t| t.format("%Y-%m-%d").to_string()),
+                _ => chrono::DateTime::from_timestamp_millis(e.ts as i64)
+                    .map_or(String::new(), |t| t.format("%Y-%m-%dT%H:00Z").to_string()),
+            };
+            let g = groups.entry(key).or_default();
+            g.cost = g.cost.saturating_add(cost);
+            g.tokens = g.tokens.saturating_add(tokens);
+            g.requests += requests;
+            g.saved = g.saved.saturating_add(saved);
+        },
+    )
+    .await?;
     let usd = |n: u64| crate::state::money::format_usd(n);
     let mut rows: Vec<(String, Group)> = groups.into_iter().collect();
     rows.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
@@ -616,21 +632,9 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
         from: number(&q.from, "from")?,
         to: number(&q.to, "to")?,
     };
-    let ledger = ctx.ledger.clone();
-    let summary = tokio::task::spawn_blocking(move || {
-        let mut report = RunReport::new(query);
-        let mut after = 0;
-        loop {
-            let page = ledger.page(after, 65_536, |_| true)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            page.iter().for_each(|e| report.add(e));
-        }
-        Ok::<_, std::io::Error>(report.finish())
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))?;
+    let summary = fold_ledger(&ctx, RunReport::new(query), |r, e| r.add(e))
+        .await?
+        .finish();
     let usd = crate::state::money::format_usd;
     let json = |g: &RunStats| {
         let per = |p: Option<(u64, u64)>| match p {

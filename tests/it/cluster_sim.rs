@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
+use crate::common::env_u64;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use spendb::cluster::escrow::{self, EscrowConfig, Fencing, Node, ReclaimPlan};
@@ -328,19 +329,12 @@ fn run(seed: u64, steps: usize, fencing: Fencing) -> Result<(u64, Stats, u64), S
     Ok((sim.trace.finish(), sim.stats, used))
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn escrow_never_lets_the_total_pass_the_limit() {
-    let steps = env("SPENDB_CLUSTER_STEPS", 2000) as usize;
+    let steps = env_u64("SPENDB_CLUSTER_STEPS", 2000) as usize;
     let seeds: Vec<u64> = match std::env::var("SPENDB_CLUSTER_SEED") {
         Ok(s) => vec![s.parse().expect("SPENDB_CLUSTER_SEED is a number")],
-        Err(_) => (1..=env("SPENDB_CLUSTER_SEEDS", 40)).collect(),
+        Err(_) => (1..=env_u64("SPENDB_CLUSTER_SEEDS", 40)).collect(),
     };
     let mut total = Stats::default();
     let mut used_share = Vec::new();
@@ -498,8 +492,8 @@ fn a_thousand_nodes_share_one_budget() {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
-    let n_nodes = env("SPENDB_CLUSTER_SCALE_NODES", 1_000) as usize;
-    let seconds = env("SPENDB_CLUSTER_SCALE_SECONDS", 300);
+    let n_nodes = env_u64("SPENDB_CLUSTER_SCALE_NODES", 1_000) as usize;
+    let seconds = env_u64("SPENDB_CLUSTER_SCALE_SECONDS", 300);
     let limit = "org:planet";
     let cfg = EscrowConfig {
         u_max: 20_000,

@@ -23,6 +23,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::common::env_u64;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use spendb::engine::{self, Durability, EngineConfig, EngineHandle, ManualCommitter, Submitted};
@@ -638,19 +639,12 @@ fn run_seed(seed: u64, steps: usize) -> (u64, Stats) {
     sim.finish(steps)
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[test]
 fn seeded_simulation_with_faults_and_crashes() {
-    let steps = env("SPENDB_SIM_STEPS", 1500) as usize;
+    let steps = env_u64("SPENDB_SIM_STEPS", 1500) as usize;
     let seeds: Vec<u64> = match std::env::var("SPENDB_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("SPENDB_SIM_SEED is a number")],
-        Err(_) => (1..=env("SPENDB_SIM_SEEDS", 24)).collect(),
+        Err(_) => (1..=env_u64("SPENDB_SIM_SEEDS", 24)).collect(),
     };
     let mut total = Stats::default();
     for seed in seeds {

@@ -310,3 +310,12 @@ impl Http {
         self.call("GET", path, None)
     }
 }
+
+/// A number from the environment (the simulations' seed and step counts),
+/// or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
