@@ -616,15 +616,17 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
     let q = query(q)?;
     let level = number(&q.level, "level")?.unwrap_or(1) as usize;
     let group = match q.group.as_deref().unwrap_or("scope") {
-        "scope" if (1..=8).contains(&level) => RunGroup::Scope { level },
-        "model" => RunGroup::Model,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "ERR",
-                "group must be scope (level from 1 to 8) or model",
-            ))
-        }
+        _ if !(1..=8).contains(&level) => None,
+        "scope" => Some(RunGroup::Scope { level }),
+        "model" => Some(RunGroup::Model),
+        _ => None,
+    };
+    let Some(group) = group else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "group must be scope or model, and level from 1 to 8",
+        ));
     };
     let query = RunQuery {
         group,

@@ -127,6 +127,7 @@ fn runs_report_cost_per_run_and_per_success() {
         );
         assert_eq!(h.get("/v1/reports/runs?group=day").0, 422);
         assert_eq!(h.get("/v1/reports/runs?level=9").0, 422);
+        assert_eq!(h.get("/v1/reports/runs?group=model&level=0").0, 422);
         assert_eq!(h.get("/v1/reports/runs?from=x").0, 400);
     };
     check(&s);
