@@ -93,13 +93,17 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records encode")
 }
 
-fn decode<T: for<'a> Deserialize<'a> + Default>(kv: &Option<KeyValue>) -> (T, Rev) {
+/// A record and the revision it was read at; an absent key is the default
+/// record at revision 0. A value that is not such a record (written by
+/// something else) is an error, never a guess.
+fn decode<T: for<'a> Deserialize<'a> + Default>(
+    kv: &Option<KeyValue>,
+) -> Result<(T, Rev), KvError> {
     match kv {
-        Some(kv) => (
-            serde_json::from_slice(&kv.value).expect("a record this version wrote"),
-            kv.mod_rev,
-        ),
-        None => (T::default(), 0),
+        Some(kv) => serde_json::from_slice(&kv.value)
+            .map(|v| (v, kv.mod_rev))
+            .map_err(|e| KvError::Corrupt(format!("{}: {e}", kv.key))),
+        None => Ok((T::default(), 0)),
     }
 }
 
@@ -124,7 +128,7 @@ pub struct EscrowConfig {
 /// keeps its figures and takes the new limit.
 pub fn set_limit(store: &mut dyn GlobalStore, limit: &str, amount: u64) -> Result<(), KvError> {
     loop {
-        let (mut pool, rev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+        let (mut pool, rev) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
         pool.limit = amount;
         if store.txn(
             &[Compare::ModRev(pool_key(limit), rev)],
@@ -176,13 +180,7 @@ impl Node {
     /// (wait for it, or for a reclaim).
     pub fn register(&mut self, store: &mut dyn GlobalStore) -> Result<bool, KvError> {
         let lease = store.lease_grant(self.config.lease_ttl_ms)?;
-        let (epoch, erev): (u64, Rev) = match store.get(&epoch_key(&self.name))? {
-            Some(kv) => (
-                serde_json::from_slice(&kv.value).expect("an epoch"),
-                kv.mod_rev,
-            ),
-            None => (0, 0),
-        };
+        let (epoch, erev) = decode::<u64>(&store.get(&epoch_key(&self.name))?)?;
         let next = epoch + 1;
         let registered = store.txn(
             &[
@@ -222,8 +220,8 @@ impl Node {
         limit: &str,
     ) -> Result<(), KvError> {
         loop {
-            let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
-            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+            let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
+            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
             let local = self
                 .grants
                 .get(limit)
@@ -336,8 +334,8 @@ impl Node {
         need: u64,
         want: u64,
     ) -> Result<u64, KvError> {
-        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
-        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
         if g.epoch != self.epoch || g.presumed.is_some() {
             return Ok(0);
         }
@@ -380,7 +378,7 @@ impl Node {
         let limits: Vec<String> = self.grants.keys().cloned().collect();
         for limit in limits {
             let local = self.grants[&limit];
-            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?);
+            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?)?;
             if g.epoch != self.epoch || g.presumed.is_some() || local.used == g.reported {
                 continue;
             }
@@ -414,7 +412,7 @@ impl Node {
         if local.granted <= local.used + keep {
             return Ok(0);
         }
-        let (pool, _) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+        let (pool, _) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
         if pool.available() >= self.config.chunk {
             return Ok(0);
         }
@@ -437,8 +435,8 @@ impl Node {
         if local.granted <= line {
             return Ok(());
         }
-        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
-        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
         if g.epoch != self.epoch || g.presumed.is_some() {
             return Ok(());
         }
@@ -483,7 +481,7 @@ impl Node {
     pub fn sync(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
         let limits: Vec<String> = self.grants.keys().cloned().collect();
         for limit in limits {
-            let (g, _) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?);
+            let (g, _) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?)?;
             if g.epoch == self.epoch && g.presumed.is_none() {
                 self.confirm(&limit, &g);
             }
@@ -507,7 +505,7 @@ impl Node {
 
     /// Joins a limit: an empty grant under this epoch (no room yet).
     pub fn join(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<bool, KvError> {
-        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?);
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
         if grev != 0 && (g.epoch == self.epoch || g.granted > 0 || g.presumed.is_some()) {
             return Ok(false);
         }
@@ -565,7 +563,7 @@ pub fn plan_reclaim(
     if store.get(&node_key(node))?.is_some() {
         return Ok(None);
     }
-    let (grant, grant_rev) = decode::<GrantV1>(&store.get(&grant_key(limit, node))?);
+    let (grant, grant_rev) = decode::<GrantV1>(&store.get(&grant_key(limit, node))?)?;
     if grant_rev == 0 || grant.presumed.is_some() || grant.granted == 0 {
         return Ok(None);
     }
@@ -586,7 +584,7 @@ pub fn reclaim(
     u_max: u64,
     fencing: Fencing,
 ) -> Result<bool, KvError> {
-    let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(&plan.limit))?);
+    let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(&plan.limit))?)?;
     let g = plan.grant;
     let p = presumed(&g, u_max);
     let pool2 = PoolV1 {
@@ -621,13 +619,90 @@ pub fn read_limit(
     store: &mut dyn GlobalStore,
     limit: &str,
 ) -> Result<(PoolV1, Vec<(String, GrantV1)>), KvError> {
-    let (pool, _) = decode::<PoolV1>(&store.get(&pool_key(limit))?);
+    let (pool, _) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
     let prefix = format!("{PREFIX}grant/{}/", segment(limit));
     let grants = (store.range(&prefix)?.into_iter())
         .map(|kv| {
             let node = kv.key[prefix.len()..].to_string();
-            (node, decode::<GrantV1>(&Some(kv)).0)
+            decode::<GrantV1>(&Some(kv)).map(|(g, _)| (node, g))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok((pool, grants))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::kv::MemStore;
+
+    fn cfg() -> EscrowConfig {
+        EscrowConfig {
+            u_max: 100,
+            chunk: 1_000,
+            lease_ttl_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn a_reclaim_charges_what_was_reported_plus_what_may_be_unreported() {
+        let g = |granted, reported| GrantV1 {
+            granted,
+            reported,
+            ..GrantV1::default()
+        };
+        assert_eq!(presumed(&g(1_000, 300), 100), 400);
+        // Never more than was granted.
+        assert_eq!(presumed(&g(1_000, 950), 100), 1_000);
+        assert_eq!(presumed(&g(0, 0), 100), 0);
+    }
+
+    #[test]
+    fn a_limit_name_with_slashes_is_one_key_segment() {
+        assert_eq!(
+            grant_key("org:a/team:b", "n1"),
+            "/spendb/v1/grant/org:a%2Fteam:b/n1"
+        );
+        assert_eq!(unsegment(&segment("a%2F/b")), "a%2F/b");
+        // The org's grants are not a prefix of the team's.
+        assert!(!grant_key("org:a/team:b", "n1")
+            .starts_with(&format!("{PREFIX}grant/{}/", segment("org:a"))));
+    }
+
+    #[test]
+    fn a_value_spendb_did_not_write_is_an_error_not_a_panic() {
+        let mut s = MemStore::new(0);
+        set_limit(&mut s, "org:x", 5_000).unwrap();
+        let mut n = Node::new("n", cfg());
+        assert!(n.register(&mut s).unwrap());
+        assert!(n.join(&mut s, "org:x").unwrap());
+        let garbage = Op::Put {
+            key: pool_key("org:x"),
+            value: b"not json".to_vec(),
+            lease: None,
+        };
+        assert!(s.txn(&[], &[garbage]).unwrap());
+        assert!(matches!(
+            n.refill(&mut s, "org:x", 0, 1_000),
+            Err(KvError::Corrupt(_))
+        ));
+        assert!(matches!(
+            read_limit(&mut s, "org:x"),
+            Err(KvError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn registering_again_while_the_old_lease_lives_waits() {
+        let mut s = MemStore::new(0);
+        let mut a = Node::new("a", cfg());
+        assert!(a.register(&mut s).unwrap());
+        let mut again = Node::new("a", cfg());
+        assert!(
+            !again.register(&mut s).unwrap(),
+            "the first registration's key still lives"
+        );
+        s.set_time(10_000);
+        assert!(again.register(&mut s).unwrap());
+        assert_eq!(again.epoch, 2);
+    }
 }

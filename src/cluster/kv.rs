@@ -49,6 +49,8 @@ pub enum KvError {
     Unavailable(String),
     #[error("lease {0} is unknown or expired")]
     NoLease(LeaseId),
+    #[error("the global store holds a value spendb cannot read: {0}")]
+    Corrupt(String),
 }
 
 /// The operations cluster mode asks of its store. Blocking: the cluster
