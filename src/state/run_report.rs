@@ -236,6 +236,12 @@ impl RunReport {
         }
     }
 
+    /// Holds of runs the fold still remembers (open, or expired and so
+    /// still committable late): its memory, besides one tally per run.
+    pub fn remembered_holds(&self) -> usize {
+        self.holds.len()
+    }
+
     pub fn finish(self) -> RunSummary {
         let q = &self.query;
         let in_scope = |t: &Tally| match (&q.scope, &t.scope) {
@@ -385,6 +391,13 @@ mod tests {
             end("late", Some(RunOutcome::Success)),
             commit("h5", 1, 1),
         ];
+        // Committed and released holds are forgotten; the open one (h4)
+        // is remembered.
+        let mut r = RunReport::new(by(RunGroup::Model));
+        for (i, k) in ledger.iter().enumerate() {
+            r.add(&e(i as u64 + 1, k.clone()));
+        }
+        assert_eq!(r.remembered_holds(), 1);
         let s = report(&ledger, by(RunGroup::Scope { level: 1 }));
         assert_eq!(s.open, 1);
         assert_eq!(s.groups.len(), 2);
