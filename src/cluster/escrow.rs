@@ -630,6 +630,75 @@ pub fn read_limit(
     Ok((pool, grants))
 }
 
+/// What `spendb cluster status` shows: every registered node, and every
+/// pool with its grants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterStatus {
+    pub revision: Rev,
+    pub nodes: Vec<NodeStatus>,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub epoch: u64,
+    pub lease: Option<LeaseId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolStatus {
+    /// The limit's name (its amount is the pool's `limit`).
+    pub key: String,
+    #[serde(flatten)]
+    pub pool: PoolV1,
+    pub available: u64,
+    pub grants: Vec<GrantStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GrantStatus {
+    pub node: String,
+    #[serde(flatten)]
+    pub grant: GrantV1,
+}
+
+/// Reads the whole cluster's figures (three ranges).
+pub fn status(store: &mut dyn GlobalStore) -> Result<ClusterStatus, KvError> {
+    let nodes = (store.range(&format!("{PREFIX}node/"))?.into_iter())
+        .map(|kv| {
+            let node = kv.key[format!("{PREFIX}node/").len()..].to_string();
+            let lease = kv.lease;
+            decode::<NodeV1>(&Some(kv)).map(|(n, _)| NodeStatus {
+                node,
+                epoch: n.epoch,
+                lease,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut revision = 0;
+    let mut pools = Vec::new();
+    for kv in store.range(&format!("{PREFIX}pool/"))? {
+        revision = revision.max(kv.mod_rev);
+        let limit = unsegment(&kv.key[format!("{PREFIX}pool/").len()..]);
+        let (pool, _) = decode::<PoolV1>(&Some(kv))?;
+        let (_, grants) = read_limit(store, &limit)?;
+        pools.push(PoolStatus {
+            available: pool.available(),
+            pool,
+            grants: (grants.into_iter())
+                .map(|(node, grant)| GrantStatus { node, grant })
+                .collect(),
+            key: limit,
+        });
+    }
+    Ok(ClusterStatus {
+        revision,
+        nodes,
+        pools,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +758,38 @@ mod tests {
             read_limit(&mut s, "org:x"),
             Err(KvError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn status_shows_nodes_pools_and_grants() {
+        let mut s = MemStore::new(0);
+        set_limit(&mut s, "org:a/team:b", 5_000).unwrap();
+        let mut n = Node::new("n1", cfg());
+        assert!(n.register(&mut s).unwrap());
+        n.join(&mut s, "org:a/team:b").unwrap();
+        assert_eq!(n.refill(&mut s, "org:a/team:b", 0, 1_000).unwrap(), 1_000);
+        let st = status(&mut s).unwrap();
+        assert_eq!(st.nodes.len(), 1);
+        assert_eq!((st.nodes[0].node.as_str(), st.nodes[0].epoch), ("n1", 1));
+        assert_eq!(st.pools.len(), 1);
+        let p = &st.pools[0];
+        assert_eq!(
+            (p.key.as_str(), p.pool.granted, p.available),
+            ("org:a/team:b", 1_000, 4_000)
+        );
+        assert_eq!(
+            (p.grants[0].node.as_str(), p.grants[0].grant.granted),
+            ("n1", 1_000)
+        );
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["pools"][0]["grants"][0]["granted"], 1_000);
+        assert_eq!(
+            (&json["pools"][0]["key"], &json["pools"][0]["limit"]),
+            (
+                &serde_json::json!("org:a/team:b"),
+                &serde_json::json!(5_000)
+            )
+        );
     }
 
     #[test]

@@ -311,6 +311,30 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
     assert_eq!((pool.presumed, pool.consumed), (0, 400), "{pool:?}");
     assert_eq!(b.refill(&mut sb, limit, 300, 1_000).unwrap(), 300);
     audit(&mut store, limit, amount);
+    // `spendb cluster status` shows the same figures.
+    let out = Command::new(crate::common::bin())
+        .args(["cluster", "status", "--etcd", &etcd.endpoints().join(",")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes: Vec<&str> = (status["nodes"].as_array().unwrap().iter())
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["a", "b"]);
+    let pool = &status["pools"][0];
+    assert_eq!(
+        (pool["key"].as_str(), pool["consumed"].as_u64()),
+        (Some(limit), Some(400))
+    );
+    assert_eq!(pool["available"], 0);
+    let (_, grants) = escrow::read_limit(&mut store, limit).unwrap();
+    let b_granted = grants.iter().find(|(n, _)| n == "b").unwrap().1.granted;
+    assert_eq!(pool["grants"][1]["granted"].as_u64(), Some(b_granted));
     eprintln!(
         "reclaim: a's room came back {reclaim_ms} ms after its last keepalive (lease TTL 2 s)"
     );

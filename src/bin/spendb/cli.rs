@@ -46,6 +46,23 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: LedgerCmd,
     },
+    /// Cluster mode (in progress, docs/CLUSTER.md).
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Print the cluster's figures in etcd as JSON: the registered nodes
+    /// (epoch, lease), and every pool (limit, granted, consumed, presumed,
+    /// available) with each node's grant.
+    Status {
+        /// etcd client URLs, comma-separated (e.g. http://127.0.0.1:2379).
+        #[arg(long, env = "SPENDB_ETCD", value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cli::{rules, webhook_config, Cli, Cmd, LedgerCmd, ServeArgs};
+use cli::{rules, webhook_config, Cli, ClusterCmd, Cmd, LedgerCmd, ServeArgs};
 use spendb::embedded::{Options, Spendb};
 use spendb::engine::EngineConfig;
 use spendb::resp::{self, frame::FrameLimits, ServerCtx};
@@ -106,6 +106,9 @@ fn main() -> ExitCode {
         Cmd::Ledger {
             cmd: LedgerCmd::Export { data_dir, after },
         } => export(&data_dir, after),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status { etcd },
+        } => cluster_status(&etcd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +117,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cluster_status(etcd: &[String]) -> Result<(), String> {
+    use spendb::cluster::{escrow, etcd::EtcdStore};
+    let mut store = EtcdStore::new(etcd, std::time::Duration::from_secs(5));
+    let status = escrow::status(&mut store).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+    println!("{json}");
+    Ok(())
 }
 
 fn verify(dir: &std::path::Path) -> Result<(), String> {
