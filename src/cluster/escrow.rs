@@ -115,6 +115,9 @@ fn put<T: Serialize>(key: String, v: &T) -> Op {
     }
 }
 
+/// A revision no key has: the guard of a node whose registration is gone.
+const NOT_OURS: Rev = u64::MAX;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EscrowConfig {
     /// The most usage a node holds unreported (it stalls rather than pass it).
@@ -227,10 +230,16 @@ impl Node {
                 .get(limit)
                 .copied()
                 .filter(|l| l.epoch == g.epoch);
+            let node_rev = self.node_rev(store)?;
+            if node_rev == NOT_OURS {
+                // The new registration's lease ran out already: no write of
+                // ours can succeed; register again.
+                return Err(KvError::NoLease(self.lease.unwrap_or(0)));
+            }
             let guard = [
                 Compare::ModRev(pool_key(limit), prev),
                 Compare::ModRev(grant_key(limit, &self.name), grev),
-                Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+                Compare::ModRev(node_key(&self.name), node_rev),
             ];
             let (pool, grant, kept) = match (g.presumed, local) {
                 // Reclaimed, and the disk says what was used: the true figure
@@ -238,7 +247,7 @@ impl Node {
                 (Some(p), Some(l)) => {
                     debug_assert!(l.used <= p, "a node used more than it was charged");
                     let pool = PoolV1 {
-                        presumed: pool.presumed - p,
+                        presumed: pool.presumed.saturating_sub(p),
                         consumed: pool.consumed + l.used.min(p),
                         ..pool
                     };
@@ -267,7 +276,7 @@ impl Node {
                 (None, None) => {
                     let p = presumed(&g, self.config.u_max);
                     let pool = PoolV1 {
-                        granted: pool.granted - g.granted,
+                        granted: pool.granted.saturating_sub(g.granted),
                         presumed: pool.presumed + p,
                         ..pool
                     };
@@ -295,11 +304,13 @@ impl Node {
         }
     }
 
+    /// The revision of this registration's node key, to guard every write
+    /// with; `NOT_OURS` (which no key has) when the key is gone or is
+    /// another registration's, so no guarded write of ours can succeed.
     fn node_rev(&self, store: &mut dyn GlobalStore) -> Result<Rev, KvError> {
-        // 0 if our key is gone: then no guarded write of ours can succeed.
         Ok(match store.get(&node_key(&self.name))? {
             Some(kv) if kv.lease == self.lease => kv.mod_rev,
-            _ => u64::MAX,
+            _ => NOT_OURS,
         })
     }
 
@@ -451,7 +462,7 @@ impl Node {
             return Ok(());
         };
         let pool2 = PoolV1 {
-            granted: pool.granted - returned,
+            granted: pool.granted.saturating_sub(returned),
             ..pool
         };
         let g2 = GrantV1 {
@@ -534,7 +545,7 @@ impl Node {
 /// What a reclaim charges for a grant: all it reported, plus all it may
 /// have used unreported (`u_max`), never more than it was granted.
 pub fn presumed(g: &GrantV1, u_max: u64) -> u64 {
-    g.reported + u_max.min(g.granted - g.reported)
+    g.reported + u_max.min(g.granted.saturating_sub(g.reported))
 }
 
 /// How a reclaim checks the grant's owner is dead. `Unchecked` is a
@@ -790,6 +801,25 @@ mod tests {
                 &serde_json::json!(5_000)
             )
         );
+    }
+
+    #[test]
+    fn settling_old_grants_after_the_new_lease_ran_out_is_an_error_not_a_loop() {
+        let mut s = MemStore::new(0);
+        set_limit(&mut s, "org:x", 5_000).unwrap();
+        let mut n = Node::new("n", cfg());
+        assert!(n.register(&mut s).unwrap());
+        n.join(&mut s, "org:x").unwrap();
+        n.refill(&mut s, "org:x", 0, 1_000).unwrap();
+        // The node registers again (after a crash with its disk), and its
+        // new lease is gone before it settles its old grant.
+        s.set_time(10_000);
+        assert!(n.register(&mut s).unwrap());
+        s.set_time(20_000);
+        assert!(matches!(
+            n.settle_old_grant(&mut s, "org:x"),
+            Err(KvError::NoLease(_))
+        ));
     }
 
     #[test]
