@@ -339,3 +339,72 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
         "reclaim: a's room came back {reclaim_ms} ms after its last keepalive (lease TTL 2 s)"
     );
 }
+
+#[test]
+fn a_node_paused_past_its_lease_resumes_fenced_and_the_bound_holds() {
+    let etcd = EtcdCluster::start();
+    let limit = "org:paused";
+    let amount = 5_000;
+    let mut store = etcd.store();
+    escrow::set_limit(&mut store, limit, amount).unwrap();
+    let mut a = Node::new("a", config(2_000));
+    let mut sa = etcd.store();
+    assert!(a.register(&mut sa).unwrap());
+    a.join(&mut sa, limit).unwrap();
+    assert_eq!(a.refill(&mut sa, limit, 0, 1_000).unwrap(), 1_000);
+    assert!(a.reserve(&[(limit, 300)]));
+    a.report(&mut sa).unwrap();
+    let mut a_used = 300;
+    // a is paused (SIGSTOP): no keepalive. Its lease runs out and a janitor
+    // reclaims its grant, charging 300 reported + 400 u_max.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let plan = loop {
+        if let Some(plan) = escrow::plan_reclaim(&mut store, limit, "a").unwrap() {
+            break plan;
+        }
+        assert!(Instant::now() < deadline, "a's lease never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(escrow::reclaim(&mut store, &plan, config(2_000).u_max, Fencing::Checked).unwrap());
+    // b takes everything the pool has left.
+    let mut b = Node::new("b", config(10_000));
+    let mut sb = etcd.store();
+    assert!(b.register(&mut sb).unwrap());
+    b.join(&mut sb, limit).unwrap();
+    let mut b_used = 0;
+    while take(&mut b, &mut sb, limit, 100) {
+        b_used += 100;
+    }
+    assert_eq!(b_used, amount - 700);
+    // a resumes (SIGCONT) not knowing: it goes on from its grant, but only
+    // as far as the presumed charge, and none of its writes land.
+    while a.reserve(&[(limit, 50)]) {
+        a_used += 50;
+    }
+    assert_eq!(a_used, 700, "report-or-stall stops it at reported + u_max");
+    a.report(&mut sa).unwrap();
+    assert_eq!(a.refill(&mut sa, limit, 50, 1_000).unwrap(), 0, "fenced");
+    assert!(!a.reserve(&[(limit, 50)]));
+    assert!(a_used + b_used <= amount);
+    let (_, grants) = escrow::read_limit(&mut store, limit).unwrap();
+    let a_grant = grants.iter().find(|(n, _)| n == "a").unwrap().1;
+    assert_eq!(
+        (a_grant.reported, a_grant.presumed),
+        (300, Some(700)),
+        "a's late report did not land"
+    );
+    // Its keepalive tells it the lease is gone; it registers again with its
+    // disk and its true use replaces the presumed charge (both 700 here).
+    assert!(matches!(
+        sa.lease_keepalive(a.lease.unwrap()),
+        Err(spendb::cluster::kv::KvError::NoLease(_))
+    ));
+    assert!(a.register(&mut sa).unwrap());
+    let (pool, _) = escrow::read_limit(&mut store, limit).unwrap();
+    assert_eq!(
+        (pool.presumed, pool.consumed, pool.available()),
+        (0, 700, 0),
+        "{pool:?}"
+    );
+    audit(&mut store, limit, amount);
+}
