@@ -151,11 +151,7 @@ pub async fn put_budget(State(ctx): State<Ctx>, Path(scope): Path<String>, raw: 
         };
         let amount = amount_text(&l.amount)?;
         limits.push(
-            LimitSpec::from_words(&l.dim, &amount, kind, spec)
-                .and_then(|spec| match &l.tz {
-                    Some(zone) => spec.in_zone(zone),
-                    None => Ok(spec),
-                })
+            LimitSpec::from_words_in(&l.dim, &amount, kind, spec, l.tz.as_deref())
                 .map_err(|e| ApiError::refused(ErrorCode::Err, e))?,
         );
     }
@@ -418,14 +414,6 @@ pub struct ReportQuery {
     top: Option<String>,
 }
 
-#[derive(Default)]
-struct Group {
-    cost: u64,
-    tokens: u64,
-    requests: u64,
-    saved: u64,
-}
-
 /// Folds the whole ledger, in order, into `acc` with `f`, reading it page by
 /// page on the blocking pool (the reports: their cost grows with the ledger).
 async fn fold_ledger<T: Send + 'static>(
@@ -459,10 +447,10 @@ async fn fold_ledger<T: Send + 'static>(
     responses((status = 200, description = "spend by group", body = Object), (status = 400, description = "bad query", body = Object),
         (status = 422, description = "bad group or range", body = Object)))]
 pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -> Reply {
-    use crate::state::EntryKind as K;
+    use crate::state::spend_report::{SpendGroup, SpendQuery, SpendReport, SpendTally};
     let q = query(q)?;
-    let group = q.group.clone().unwrap_or_else(|| "scope".into());
-    if !matches!(group.as_str(), "scope" | "model" | "day" | "hour") {
+    let group = q.group.as_deref().unwrap_or("scope");
+    if !matches!(group, "scope" | "model" | "day" | "hour") {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "ERR",
@@ -478,90 +466,22 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
             "level must be from 1 to 8 and top from 1 to 10000",
         ));
     }
-    let (from, to) = (number(&q.from, "from")?, number(&q.to, "to")?);
-    let prefix = q.scope.clone();
-    // A commit names its hold; the hold's entry, earlier in the ledger,
-    // names the scope and model.
-    type Holds = std::collections::HashMap<String, (String, String)>;
-    type Groups = std::collections::HashMap<String, Group>;
-    let (_, groups) = fold_ledger(
-        &ctx,
-        (Holds::default(), Groups::default()),
-        move |(holds, groups), e| {
-            let (scope, model, cost, tokens, requests, saved) = match &e.kind {
-                K::Hold {
-                    id, scope, model, ..
-                } => {
-                    holds.insert(id.clone(), (scope.clone(), model.clone()));
-                    return;
-                }
-                K::Commit {
-                    id, usage, cost, ..
-                } => match holds.get(id) {
-                    Some((s, m)) => (
-                        s.clone(),
-                        m.clone(),
-                        *cost,
-                        usage.input + usage.output,
-                        1,
-                        0,
-                    ),
-                    None => return,
-                },
-                K::Spend {
-                    scope,
-                    model,
-                    usage,
-                    cost,
-                    ..
-                } => (
-                    scope.clone(),
-                    model.clone(),
-                    *cost,
-                    usage.input + usage.output,
-                    1,
-                    0,
-                ),
-                K::Saved { scope, cost } => (scope.clone(), String::new(), 0, 0, 0, *cost),
-                _ => return,
-            };
-            if from.is_some_and(|f| e.ts < f) || to.is_some_and(|t| e.ts >= t) {
-                return;
-            }
-            if prefix
-                .as_deref()
-                .is_some_and(|p| !crate::state::scope::is_within(&scope, p))
-            {
-                return;
-            }
-            let key = match group.as_str() {
-                "scope" => scope.split('/').take(level).collect::<Vec<_>>().join("/"),
-                "model" if saved > 0 => return,
-                "model" => model,
-                "day" => chrono::DateTime::from_timestamp_millis(e.ts as i64)
-                    .map_or(String::new(), |t| t.format("%Y-%m-%d").to_string()),
-                _ => chrono::DateTime::from_timestamp_millis(e.ts as i64)
-                    .map_or(String::new(), |t| t.format("%Y-%m-%dT%H:00Z").to_string()),
-            };
-            let g = groups.entry(key).or_default();
-            g.cost = g.cost.saturating_add(cost);
-            g.tokens = g.tokens.saturating_add(tokens);
-            g.requests += requests;
-            g.saved = g.saved.saturating_add(saved);
+    let query = SpendQuery {
+        group: match group {
+            "scope" => SpendGroup::Scope { level },
+            "model" => SpendGroup::Model,
+            "day" => SpendGroup::Day,
+            _ => SpendGroup::Hour,
         },
-    )
-    .await?;
-    let usd = |n: u64| crate::state::money::format_usd(n);
-    let mut rows: Vec<(String, Group)> = groups.into_iter().collect();
-    rows.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
-    let mut total = Group::default();
-    for (_, g) in &rows {
-        total.cost += g.cost;
-        total.tokens += g.tokens;
-        total.requests += g.requests;
-        total.saved += g.saved;
-    }
-    let json = |key: Option<&str>, g: &Group| {
+        scope: q.scope.clone(),
+        from: number(&q.from, "from")?,
+        to: number(&q.to, "to")?,
+    };
+    let (rows, total) = fold_ledger(&ctx, SpendReport::new(query), |r, e| r.add(e))
+        .await?
+        .finish();
+    let usd = crate::state::money::format_usd;
+    let json = |key: Option<&str>, g: &SpendTally| {
         let mut o = serde_json::json!({"cost": usd(g.cost), "tokens": g.tokens, "requests": g.requests, "saved": usd(g.saved)});
         if let Some(k) = key {
             o["key"] = k.into();
@@ -638,7 +558,8 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
         .await?
         .finish();
     let usd = crate::state::money::format_usd;
-    let json = |g: &RunStats| {
+    // A group's figures (`total` has no key).
+    let json = |key: Option<&str>, g: &RunStats| {
         let per = |p: Option<(u64, u64)>| match p {
             Some((cost, tokens)) => (serde_json::json!(usd(cost)), serde_json::json!(tokens)),
             None => (serde_json::Value::Null, serde_json::Value::Null),
@@ -646,8 +567,8 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
         let (cost_per_run, tokens_per_run) = per(g.per_run());
         let (cost_per_successful_run, tokens_per_successful_run) = per(g.per_successful_run());
         let (cost_per_success, tokens_per_success) = per(g.per_success());
-        serde_json::json!({
-            "key": g.key, "runs": g.runs, "succeeded": g.succeeded, "failed": g.failed,
+        let mut o = serde_json::json!({
+            "runs": g.runs, "succeeded": g.succeeded, "failed": g.failed,
             "unreported": g.unreported,
             "success_rate": g.success_rate_ppm().map(|p| p as f64 / 1e6),
             "calls": g.usage.calls, "tokens": g.usage.tokens, "cost": usd(g.usage.cost),
@@ -655,13 +576,16 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
             "cost_per_successful_run": cost_per_successful_run,
             "tokens_per_successful_run": tokens_per_successful_run,
             "cost_per_success": cost_per_success, "tokens_per_success": tokens_per_success,
-        })
+        });
+        if let Some(k) = key {
+            o["key"] = k.into();
+        }
+        o
     };
-    let groups: Vec<serde_json::Value> = summary.groups.iter().map(json).collect();
-    let mut total = json(&summary.total);
-    if let Some(o) = total.as_object_mut() {
-        o.remove("key");
-    }
+    let groups: Vec<serde_json::Value> = (summary.groups.iter())
+        .map(|g| json(Some(&g.key), g))
+        .collect();
+    let total = json(None, &summary.total);
     Ok(Json(
         serde_json::json!({"groups": groups, "total": total, "open": summary.open}),
     ))

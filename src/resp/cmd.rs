@@ -137,12 +137,14 @@ pub fn parse(name: &str, args: &Args) -> Result<Command, Value> {
                     }
                     _ => (None, tail),
                 };
-                let spec = LimitSpec::from_words(&word(dim), &word(amount), &kind, &word(spec))
-                    .and_then(|l| match tz {
-                        Some(zone) => l.in_zone(&zone),
-                        None => Ok(l),
-                    })
-                    .map_err(|e| Value::err(ErrorCode::Err, e))?;
+                let spec = LimitSpec::from_words_in(
+                    &word(dim),
+                    &word(amount),
+                    &kind,
+                    &word(spec),
+                    tz.as_deref(),
+                )
+                .map_err(|e| Value::err(ErrorCode::Err, e))?;
                 limits.push(spec);
                 rest = tail;
             }

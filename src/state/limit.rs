@@ -418,9 +418,23 @@ impl LimitSpec {
             amount,
         })
     }
-}
 
-impl LimitSpec {
+    /// [`LimitSpec::from_words`] and, when the front end read `TZ <zone>`
+    /// after them, the zone: what both front ends parse.
+    pub fn from_words_in(
+        dim: &str,
+        amount: &str,
+        kind: &str,
+        spec: &str,
+        tz: Option<&str>,
+    ) -> Result<LimitSpec, String> {
+        let limit = LimitSpec::from_words(dim, amount, kind, spec)?;
+        match tz {
+            Some(zone) => limit.in_zone(zone),
+            None => Ok(limit),
+        }
+    }
+
     /// The limit counted in the time zone `TZ <name>` names (a day, week
     /// or month only).
     pub fn in_zone(self, name: &str) -> Result<LimitSpec, String> {

@@ -29,6 +29,7 @@ pub mod price;
 pub mod run_report;
 pub mod runs;
 pub mod scope;
+pub mod spend_report;
 mod validate;
 
 mod audit;

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Entry, EntryKind, Map, RunOutcome};
+use super::{scope, Entry, EntryKind, Map, RunOutcome};
 
 /// How the report groups runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,7 +246,7 @@ impl RunReport {
         let q = &self.query;
         let in_scope = |t: &Tally| match (&q.scope, &t.scope) {
             (None, _) => true,
-            (Some(p), Some(s)) => super::scope::is_within(s, p),
+            (Some(p), Some(s)) => scope::is_within(s, p),
             (Some(_), None) => false,
         };
         let mut groups: BTreeMap<String, RunStats> = BTreeMap::new();
@@ -276,7 +276,7 @@ impl RunReport {
             match q.group {
                 RunGroup::Scope { level } => {
                     let key = match &t.scope {
-                        Some(s) => s.split('/').take(level).collect::<Vec<_>>().join("/"),
+                        Some(s) => scope::top(s, level).to_string(),
                         None => String::new(),
                     };
                     add(key, &all);
@@ -289,7 +289,6 @@ impl RunReport {
                 }
             }
         }
-        summary.total.key = "total".into();
         summary.groups = groups.into_values().collect();
         summary
             .groups

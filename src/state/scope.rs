@@ -46,6 +46,16 @@ pub fn chain(scope: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The scope cut to its first `level` (≥ 1) segments (`a/b/c`, 2 → `a/b`):
+/// how the reports group by scope.
+pub fn top(scope: &str, level: usize) -> &str {
+    debug_assert!(level >= 1, "a scope level counts from 1");
+    match scope.match_indices('/').nth(level.saturating_sub(1)) {
+        Some((i, _)) => &scope[..i],
+        None => scope,
+    }
+}
+
 /// Whether `scope` is `prefix` or lies below it (segment-wise).
 pub fn is_within(scope: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
@@ -57,6 +67,15 @@ pub fn is_within(scope: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_keeps_the_first_segments() {
+        assert_eq!(top("a/b/c", 1), "a");
+        assert_eq!(top("a/b/c", 2), "a/b");
+        assert_eq!(top("a/b/c", 3), "a/b/c");
+        assert_eq!(top("a/b/c", 8), "a/b/c");
+        assert_eq!(top("a", 1), "a");
+    }
 
     #[test]
     fn chains_to_root() {
