@@ -431,7 +431,11 @@ mod tests {
     use crate::state::limit::{Counter, Dims, LimitSpec, Period, Zone};
 
     fn day_limit(amount: u64, used: u64, now: u64) -> Limit {
-        let window = Window::Calendar(Period::Day, Zone::UTC);
+        day_limit_in(Zone::UTC, amount, used, now)
+    }
+
+    fn day_limit_in(zone: Zone, amount: u64, used: u64, now: u64) -> Limit {
+        let window = Window::Calendar(Period::Day, zone);
         let mut counter = Counter::new(window, now);
         counter.charge(window, now, used);
         Limit {
@@ -485,19 +489,7 @@ mod tests {
     #[test]
     fn a_zoned_limit_alerts_once_per_local_day() {
         let la = Zone::parse("America/Los_Angeles").unwrap();
-        let window = Window::Calendar(Period::Day, la);
-        let limit = |used: u64, now: u64| {
-            let mut counter = Counter::new(window, now);
-            counter.charge(window, now, used);
-            Limit {
-                spec: LimitSpec {
-                    dim: Dim::Tokens,
-                    window,
-                    amount: 1000,
-                },
-                counter,
-            }
-        };
+        let limit = |used: u64, now: u64| day_limit_in(la, 1000, used, now);
         let rules = AlertRules {
             thresholds: vec![80],
             ..Default::default()

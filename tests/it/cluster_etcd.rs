@@ -192,6 +192,48 @@ fn take(n: &mut Node, s: &mut EtcdStore, limit: &str, amount: u64) -> bool {
     }
 }
 
+/// A node registered and joined to `limit`, with its own connection.
+fn joined(etcd: &EtcdCluster, name: &str, ttl_ms: u64, limit: &str) -> (Node, EtcdStore) {
+    let mut s = etcd.store();
+    let mut n = Node::new(name, config(ttl_ms));
+    assert!(n.register(&mut s).unwrap());
+    assert!(n.join(&mut s, limit).unwrap());
+    (n, s)
+}
+
+/// Node `a` on a 2 s lease, holding 1,000 of `limit` with 300 used and
+/// reported.
+fn a_holding_room(etcd: &EtcdCluster, limit: &str) -> (Node, EtcdStore) {
+    let (mut a, mut sa) = joined(etcd, "a", 2_000, limit);
+    assert_eq!(a.refill(&mut sa, limit, 0, 1_000).unwrap(), 1_000);
+    assert!(a.reserve(&[(limit, 300)]));
+    a.report(&mut sa).unwrap();
+    (a, sa)
+}
+
+/// Waits for `node`'s lease to run out (20 s at most), then reclaims its
+/// grant of `limit` as a janitor does.
+fn reclaim_once_expired(store: &mut EtcdStore, limit: &str, node: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let plan = loop {
+        if let Some(plan) = escrow::plan_reclaim(store, limit, node).unwrap() {
+            break plan;
+        }
+        assert!(Instant::now() < deadline, "{node}'s lease never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(escrow::reclaim(store, &plan, config(2_000).u_max, Fencing::Checked).unwrap());
+}
+
+/// Takes `step` at a time until the node can get no more: what it got.
+fn drain(n: &mut Node, s: &mut EtcdStore, limit: &str, step: u64) -> u64 {
+    let mut got = 0;
+    while take(n, s, limit, step) {
+        got += step;
+    }
+    got
+}
+
 fn audit(store: &mut dyn GlobalStore, limit: &str, amount: u64) {
     let (pool, grants) = escrow::read_limit(store, limit).unwrap();
     let live: u64 = grants
@@ -217,13 +259,7 @@ fn three_nodes_drain_a_shared_limit_exactly_while_the_etcd_leader_dies() {
     let mut store = etcd.store();
     escrow::set_limit(&mut store, limit, amount).unwrap();
     let mut nodes: Vec<(Node, EtcdStore)> = (0..3)
-        .map(|i| {
-            let mut s = etcd.store();
-            let mut n = Node::new(&format!("n{i}"), config(10_000));
-            assert!(n.register(&mut s).unwrap());
-            assert!(n.join(&mut s, limit).unwrap());
-            (n, s)
-        })
+        .map(|i| joined(&etcd, &format!("n{i}"), 10_000, limit))
         .collect();
     let mut used = 0;
     let mut killed = false;
@@ -270,40 +306,19 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
     let amount = 5_000;
     let mut store = etcd.store();
     escrow::set_limit(&mut store, limit, amount).unwrap();
-    let mut a = Node::new("a", config(2_000));
-    let mut sa = etcd.store();
-    assert!(a.register(&mut sa).unwrap());
-    a.join(&mut sa, limit).unwrap();
-    assert_eq!(a.refill(&mut sa, limit, 0, 1_000).unwrap(), 1_000);
-    assert!(a.reserve(&[(limit, 300)]));
-    a.report(&mut sa).unwrap();
+    let (mut a, mut sa) = a_holding_room(&etcd, limit);
     assert!(a.reserve(&[(limit, 100)]), "100 unreported");
     // a stops renewing its lease (SIGKILL, or a pause past the TTL).
     let died = Instant::now();
-    let deadline = died + Duration::from_secs(20);
-    let plan = loop {
-        if let Some(plan) = escrow::plan_reclaim(&mut store, limit, "a").unwrap() {
-            break plan;
-        }
-        assert!(Instant::now() < deadline, "a's lease never expired");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(escrow::reclaim(&mut store, &plan, config(2_000).u_max, Fencing::Checked).unwrap());
+    reclaim_once_expired(&mut store, limit, "a");
     let reclaim_ms = died.elapsed().as_millis();
     let (pool, _) = escrow::read_limit(&mut store, limit).unwrap();
     // Charged what it reported plus all it may have used unreported.
     assert_eq!((pool.granted, pool.presumed), (0, 300 + 400));
     audit(&mut store, limit, amount);
     // Another node can use the rest at once.
-    let mut b = Node::new("b", config(10_000));
-    let mut sb = etcd.store();
-    assert!(b.register(&mut sb).unwrap());
-    b.join(&mut sb, limit).unwrap();
-    let mut got = 0;
-    while take(&mut b, &mut sb, limit, 100) {
-        got += 100;
-    }
-    assert_eq!(got, amount - 700);
+    let (mut b, mut sb) = joined(&etcd, "b", 10_000, limit);
+    assert_eq!(drain(&mut b, &mut sb, limit, 100), amount - 700);
     // a comes back with its disk: its true use (400) replaces the 700
     // presumed, and the 300 difference returns to the pool.
     assert!(a.register(&mut sa).unwrap());
@@ -347,34 +362,14 @@ fn a_node_paused_past_its_lease_resumes_fenced_and_the_bound_holds() {
     let amount = 5_000;
     let mut store = etcd.store();
     escrow::set_limit(&mut store, limit, amount).unwrap();
-    let mut a = Node::new("a", config(2_000));
-    let mut sa = etcd.store();
-    assert!(a.register(&mut sa).unwrap());
-    a.join(&mut sa, limit).unwrap();
-    assert_eq!(a.refill(&mut sa, limit, 0, 1_000).unwrap(), 1_000);
-    assert!(a.reserve(&[(limit, 300)]));
-    a.report(&mut sa).unwrap();
+    let (mut a, mut sa) = a_holding_room(&etcd, limit);
     let mut a_used = 300;
     // a is paused (SIGSTOP): no keepalive. Its lease runs out and a janitor
     // reclaims its grant, charging 300 reported + 400 u_max.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let plan = loop {
-        if let Some(plan) = escrow::plan_reclaim(&mut store, limit, "a").unwrap() {
-            break plan;
-        }
-        assert!(Instant::now() < deadline, "a's lease never expired");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(escrow::reclaim(&mut store, &plan, config(2_000).u_max, Fencing::Checked).unwrap());
+    reclaim_once_expired(&mut store, limit, "a");
     // b takes everything the pool has left.
-    let mut b = Node::new("b", config(10_000));
-    let mut sb = etcd.store();
-    assert!(b.register(&mut sb).unwrap());
-    b.join(&mut sb, limit).unwrap();
-    let mut b_used = 0;
-    while take(&mut b, &mut sb, limit, 100) {
-        b_used += 100;
-    }
+    let (mut b, mut sb) = joined(&etcd, "b", 10_000, limit);
+    let b_used = drain(&mut b, &mut sb, limit, 100);
     assert_eq!(b_used, amount - 700);
     // a resumes (SIGCONT) not knowing: it goes on from its grant, but only
     // as far as the presumed charge, and none of its writes land.

@@ -163,25 +163,22 @@ fn zoned_limits_keep_their_zone_across_restarts() {
     q(&mut c, "SPEND org:z gpt-4o INPUT 10 OUTPUT 0");
     let window = "PER WEEK TZ America/Santiago";
     let before = limit(&q(&mut c, "BALANCE org:z"), "TOKENS", window);
+    let kept = |s: &Server| {
+        let after = limit(&q(&mut s.conn(), "BALANCE org:z"), "TOKENS", window);
+        assert_eq!(
+            (after.i("used"), after.i("resets_at")),
+            (10, before.i("resets_at"))
+        );
+    };
     // From the ledger after a crash...
     s.crash();
     s.restart();
-    let mut c = s.conn();
-    let after = limit(&q(&mut c, "BALANCE org:z"), "TOKENS", window);
-    assert_eq!(
-        (after.i("used"), after.i("resets_at")),
-        (10, before.i("resets_at"))
-    );
+    kept(&s);
     // ...and from a snapshot after a clean stop.
-    raw(&mut c, "SAVE").unwrap();
+    raw(&mut s.conn(), "SAVE").unwrap();
     s.stop();
     s.restart();
-    let mut c = s.conn();
-    let after = limit(&q(&mut c, "BALANCE org:z"), "TOKENS", window);
-    assert_eq!(
-        (after.i("used"), after.i("resets_at")),
-        (10, before.i("resets_at"))
-    );
+    kept(&s);
     s.stop();
     let (ok, out) = verify(&s.dir);
     assert!(ok, "{out}");
