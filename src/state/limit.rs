@@ -127,8 +127,12 @@ impl Zone {
         self == Zone::UTC
     }
 
-    /// The local date at `ms`.
+    /// The local date at `ms`. (UTC, every calendar limit without `TZ`,
+    /// skips the zone's transition table: `used` asks on every check.)
     fn date(self, ms: u64) -> NaiveDate {
+        if self.is_utc() {
+            return to_dt(ms).date_naive();
+        }
         self.0
             .from_utc_datetime(&to_dt(ms).naive_utc())
             .date_naive()
@@ -138,6 +142,9 @@ impl Zone {
     /// clocks went back over it, or the moment they jumped past it.
     fn midnight(self, d: NaiveDate) -> u64 {
         let naive = d.and_hms_opt(0, 0, 0).unwrap();
+        if self.is_utc() {
+            return to_ms(Utc.from_utc_datetime(&naive));
+        }
         match self.0.from_local_datetime(&naive) {
             LocalResult::Single(t) => to_ms(t.to_utc()),
             LocalResult::Ambiguous(a, b) => to_ms(a.to_utc()).min(to_ms(b.to_utc())),
