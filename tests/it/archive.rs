@@ -4,23 +4,11 @@
 //! archive too, and verify still passes (from a snapshot) once the archive
 //! has been moved elsewhere.
 
-use std::process::Command;
 
 use crate::common::*;
 
 fn export(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let out = Command::new(bin())
-        .args(["ledger", "export", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    spendb_ok(&["ledger", "export", "--data-dir", dir.to_str().unwrap()])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -327,16 +327,9 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
     assert_eq!(b.refill(&mut sb, limit, 300, 1_000).unwrap(), 300);
     audit(&mut store, limit, amount);
     // `spendb cluster status` shows the same figures.
-    let out = Command::new(crate::common::bin())
-        .args(["cluster", "status", "--etcd", &etcd.endpoints().join(",")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out =
+        crate::common::spendb_ok(&["cluster", "status", "--etcd", &etcd.endpoints().join(",")]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let nodes: Vec<&str> = (status["nodes"].as_array().unwrap().iter())
         .map(|n| n["node"].as_str().unwrap())
         .collect();

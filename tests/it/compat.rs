@@ -35,18 +35,13 @@ fn a_data_dir_of_the_previous_release_verifies_exports_and_serves() {
         "{text}"
     );
     // The JSON view of the ledger is the same, byte for byte.
-    let out = Command::new(bin())
-        .args(["ledger", "export", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let exported = spendb_ok(&["ledger", "export", "--data-dir", dir.to_str().unwrap()]);
     let want = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/datadir-v0.1.0.export.jsonl"
     ))
     .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+    assert_eq!(exported, want);
 
     // It serves the figures the old release had, whatever the date: a run
     // timeout of a century keeps run-2 (idle since the fixture was made),
@@ -81,12 +76,7 @@ fn a_data_dir_of_the_previous_release_verifies_exports_and_serves() {
     // The new entries follow the old ones, which export unchanged.
     let (ok, text) = verify(&dir);
     assert!(ok, "{text}");
-    let out = Command::new(bin())
-        .args(["ledger", "export", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let now = String::from_utf8(out.stdout).unwrap();
+    let now = spendb_ok(&["ledger", "export", "--data-dir", dir.to_str().unwrap()]);
     assert!(now.starts_with(&want), "the old entries changed");
     assert!(now.lines().count() >= 25, "{now}");
 }
