@@ -687,10 +687,9 @@ pub fn status(store: &mut dyn GlobalStore) -> Result<ClusterStatus, KvError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut revision = 0;
+    let revision = store.revision()?;
     let mut pools = Vec::new();
     for kv in store.range(&format!("{PREFIX}pool/"))? {
-        revision = revision.max(kv.mod_rev);
         let limit = unsegment(&kv.key[format!("{PREFIX}pool/").len()..]);
         let (pool, _) = decode::<PoolV1>(&Some(kv))?;
         let (_, grants) = read_limit(store, &limit)?;
@@ -780,6 +779,7 @@ mod tests {
         n.join(&mut s, "org:a/team:b").unwrap();
         assert_eq!(n.refill(&mut s, "org:a/team:b", 0, 1_000).unwrap(), 1_000);
         let st = status(&mut s).unwrap();
+        assert_eq!(st.revision, s.revision().unwrap());
         assert_eq!(st.nodes.len(), 1);
         assert_eq!((st.nodes[0].node.as_str(), st.nodes[0].epoch), ("n1", 1));
         assert_eq!(st.pools.len(), 1);

@@ -190,6 +190,12 @@ impl GlobalStore for EtcdStore {
         }
     }
 
+    fn revision(&mut self) -> Result<Rev, KvError> {
+        // Any read's header carries it; this key is never written.
+        let r = self.call("/v3/kv/range", json!({ "key": b64(b"\0") }))?;
+        Ok(int(&r["header"]["revision"]))
+    }
+
     fn lease_keepalive(&mut self, lease: LeaseId) -> Result<(), KvError> {
         let r = self.call("/v3/lease/keepalive", json!({ "ID": lease.to_string() }))?;
         // The gateway streams: one `result` per keepalive; a TTL of 0 (left
@@ -199,12 +205,6 @@ impl GlobalStore for EtcdStore {
         }
         Ok(())
     }
-}
-
-/// The store's current revision (for tests and `cluster status`).
-pub fn revision(store: &mut EtcdStore) -> Result<Rev, KvError> {
-    let r = store.call("/v3/kv/range", json!({ "key": b64(b"\0") }))?;
-    Ok(int(&r["header"]["revision"]))
 }
 
 #[cfg(test)]

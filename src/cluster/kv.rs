@@ -68,6 +68,8 @@ pub trait GlobalStore {
     fn lease_grant(&mut self, ttl_ms: u64) -> Result<LeaseId, KvError>;
     /// Extends the lease by its TTL; `NoLease` once it has expired.
     fn lease_keepalive(&mut self, lease: LeaseId) -> Result<(), KvError>;
+    /// The store's current revision.
+    fn revision(&mut self) -> Result<Rev, KvError>;
 }
 
 /// An in-memory linearizable store with etcd's revision and lease rules,
@@ -110,10 +112,6 @@ impl MemStore {
 
     pub fn now(&self) -> u64 {
         self.now
-    }
-
-    pub fn revision(&self) -> Rev {
-        self.rev
     }
 }
 
@@ -182,6 +180,10 @@ impl GlobalStore for MemStore {
         Ok(self.next_lease)
     }
 
+    fn revision(&mut self) -> Result<Rev, KvError> {
+        Ok(self.rev)
+    }
+
     fn lease_keepalive(&mut self, lease: LeaseId) -> Result<(), KvError> {
         let now = self.now;
         match self.leases.get_mut(&lease) {
@@ -212,7 +214,7 @@ mod tests {
         assert!(s
             .txn(&[Compare::ModRev("a".into(), 0)], &[put("a", "1", None)])
             .unwrap());
-        assert_eq!(s.revision(), 1);
+        assert_eq!(s.revision(), Ok(1));
         // "a" is no longer absent: the same guarded create fails.
         assert!(!s
             .txn(&[Compare::ModRev("a".into(), 0)], &[put("a", "2", None)])

@@ -4,7 +4,6 @@
 //! archive too, and verify still passes (from a snapshot) once the archive
 //! has been moved elsewhere.
 
-
 use crate::common::*;
 
 fn export(dir: &std::path::Path) -> Vec<serde_json::Value> {

@@ -334,6 +334,7 @@ fn a_dead_nodes_room_is_reclaimed_after_its_lease() {
         .map(|n| n["node"].as_str().unwrap())
         .collect();
     assert_eq!(nodes, ["a", "b"]);
+    assert!(status["revision"].as_u64() > Some(0), "{status}");
     let pool = &status["pools"][0];
     assert_eq!(
         (pool["key"].as_str(), pool["consumed"].as_u64()),

@@ -23,7 +23,7 @@ use crate::common::env_u64;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use spendb::cluster::escrow::{self, EscrowConfig, Fencing, Node, ReclaimPlan};
-use spendb::cluster::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, MemStore, Op};
+use spendb::cluster::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, MemStore, Op, Rev};
 
 const NODES: usize = 5;
 const LIMITS: [(&str, u64); 2] = [("org:a", 20_000), ("org:a/team:t", 6_000)];
@@ -64,6 +64,9 @@ impl GlobalStore for Net<'_> {
     }
     fn count(&mut self, prefix: &str) -> Result<u64, KvError> {
         self.call(|s| s.count(prefix))
+    }
+    fn revision(&mut self) -> Result<Rev, KvError> {
+        self.call(|s| s.revision())
     }
     fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError> {
         self.call(|s| s.txn(when, then))
@@ -386,6 +389,10 @@ impl GlobalStore for Counting<'_> {
     fn count(&mut self, prefix: &str) -> Result<u64, KvError> {
         self.ops += 1;
         self.store.count(prefix)
+    }
+    fn revision(&mut self) -> Result<Rev, KvError> {
+        self.ops += 1;
+        self.store.revision()
     }
     fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError> {
         self.ops += 1;
