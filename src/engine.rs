@@ -27,6 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
+use crate::state::limit::Blocker;
+use crate::state::outcome::Denied;
 use crate::state::{Access, Command, Config, Entry, ErrorCode, Outcome, State, Value};
 use crate::store::recovery::{self, encode_snapshot, RecoveryInfo};
 use crate::store::{SnapshotSink, Storage, StoreError};
@@ -172,6 +174,51 @@ impl Core {
 struct Shared {
     core: Mutex<Core>,
     work: Condvar,
+    /// Cluster mode's link (`crate::node`), set once at start.
+    link: std::sync::OnceLock<Arc<dyn ClusterLink>>,
+}
+
+/// What cluster mode adds to a command's path (`crate::node` implements
+/// it): room from the global store for a RESERVE this node's grants are
+/// short of, and the store's copy of every definition.
+pub trait ClusterLink: Send + Sync {
+    /// A RESERVE was denied for want of grant room or of a report
+    /// (`Blocker::Grant`, `Blocker::Unreported`): the answer comes once the
+    /// cluster agent has asked the store.
+    fn short(&self, denied: &Denied) -> oneshot::Receiver<Asked>;
+    /// Some for a definition (BUDGET.SET / DEL, PRICE.SET): the answer
+    /// comes once the store holds it (Err: refuse the command).
+    fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>>;
+}
+
+/// What asking the global store for room did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// Room was granted or usage reported: decide the RESERVE again.
+    Retry,
+    /// The store had nothing more to give.
+    NoMore,
+    /// The store could not be reached.
+    Unreachable,
+}
+
+/// Whether cluster mode writes `cmd` to the global store first.
+fn link_publishes(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::BudgetSet { .. } | Command::BudgetDel { .. } | Command::PriceSet { .. }
+    )
+}
+
+/// How many times one RESERVE asks for room (or a report) before its
+/// denial stands: near a dry pool one RESERVE may need both, more than once.
+const MAX_ASKS: u32 = 8;
+
+fn is_short(o: &Outcome) -> Option<&Denied> {
+    match o {
+        Outcome::Denied(d) if matches!(d.reason, Blocker::Grant | Blocker::Unreported) => Some(d),
+        _ => None,
+    }
 }
 
 impl Shared {
@@ -255,9 +302,119 @@ impl EngineHandle {
         cmds: &[Command],
         access: Option<Arc<Access>>,
     ) -> Vec<Outcome> {
-        match self.submit(cmds, access) {
-            Submitted::Done(replies) => replies,
-            Submitted::Waiting(replies, released) => settle(replies, released.await),
+        let Some(link) = self.shared.link.get() else {
+            return match self.submit(cmds, access) {
+                Submitted::Done(replies) => replies,
+                Submitted::Waiting(replies, released) => settle(replies, released.await),
+            };
+        };
+        // Cluster mode: in order, a definition goes to the store first, and
+        // a RESERVE short of grant room waits for the agent to ask the store
+        // (at most MAX_ASKS times), then is decided again.
+        let mut out = Vec::with_capacity(cmds.len());
+        let mut asks = 0;
+        let mut unreachable = false;
+        while out.len() < cmds.len() {
+            let at = out.len();
+            if asks == 0 && link_publishes(&cmds[at]) {
+                // Refused whatever the state: refused here, never written.
+                if let Err((code, msg)) = State::check_definition(&cmds[at], access.as_deref()) {
+                    out.push(Outcome::refused(code, msg));
+                    continue;
+                }
+                if let Some(rx) = link.publish(&cmds[at]) {
+                    let written = rx
+                        .await
+                        .unwrap_or_else(|_| Err("the cluster agent stopped".into()));
+                    if let Err(e) = written {
+                        out.push(Outcome::refused(ErrorCode::ClusterDown, e));
+                        continue;
+                    }
+                }
+            }
+            let end = at
+                + 1
+                + cmds[at + 1..]
+                    .iter()
+                    .position(link_publishes)
+                    .unwrap_or(cmds.len() - at - 1);
+            let (sub, short) = self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS);
+            let mut replies = match sub {
+                Submitted::Done(r) => r,
+                Submitted::Waiting(r, released) => settle(r, released.await),
+            };
+            if asks > 0 {
+                if let (true, Some(Outcome::Denied(d))) = (unreachable, replies.first_mut()) {
+                    if matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
+                        d.reason = Blocker::StoreUnreachable;
+                    }
+                }
+            }
+            if !replies.is_empty() {
+                asks = 0;
+                unreachable = false;
+            }
+            out.extend(replies);
+            if let Some(d) = short {
+                match link.short(&d).await.unwrap_or(Asked::Unreachable) {
+                    Asked::Retry => asks += 1,
+                    Asked::NoMore => asks = MAX_ASKS,
+                    Asked::Unreachable => {
+                        asks = MAX_ASKS;
+                        unreachable = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Connects cluster mode (once, at start).
+    pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
+        if self.shared.link.set(link).is_err() {
+            panic!("the cluster link is set once");
+        }
+    }
+
+    /// Whether this engine is a cluster node's.
+    pub fn is_clustered(&self) -> bool {
+        self.shared.link.get().is_some()
+    }
+
+    /// Runs `f` on the state under the engine's lock at the engine's time,
+    /// queueing the entries it emits, and blocks until they are durable (a
+    /// plain thread: the cluster agent). Err when writes are refused.
+    pub fn decide_with<R>(
+        &self,
+        f: impl FnOnce(&mut State, u64, &mut Vec<Entry>) -> R,
+    ) -> Result<R, String> {
+        let (r, rx) = {
+            let mut guard = self.shared.lock();
+            let core = &mut *guard;
+            if let Some(reason) = core.fatal.as_ref().or(core.degraded.as_ref()) {
+                return Err(format!("the ledger cannot be written: {reason}"));
+            }
+            if core.shutdown {
+                return Err("the server is shutting down".into());
+            }
+            let now = core.now();
+            let before = core.pending.len();
+            let r = f(&mut core.state, now, &mut core.pending);
+            if core.pending.len() > before && core.committer_idle {
+                core.committer_idle = false;
+                self.shared.work.notify_one();
+            }
+            let seq = core.state.next_seq - 1;
+            if seq <= core.durable {
+                return Ok(r);
+            }
+            let (tx, rx) = oneshot::channel();
+            core.waiters.push_back((seq, tx));
+            (r, rx)
+        };
+        match rx.blocking_recv() {
+            Ok(true) => Ok(r),
+            _ => Err("the ledger write failed".into()),
         }
     }
 
@@ -299,15 +456,31 @@ impl EngineHandle {
     /// wait for the ledger (the first half of `execute_as`; the simulation
     /// drives it directly).
     pub fn submit(&self, cmds: &[Command], access: Option<Arc<Access>>) -> Submitted {
-        {
+        self.submit_until(cmds, access, false).0
+    }
+
+    /// `submit`, stopping before a RESERVE short of grant room when
+    /// `stop_short` (cluster mode): that one is not among the replies, and
+    /// its denial is returned to ask the store with.
+    fn submit_until(
+        &self,
+        cmds: &[Command],
+        access: Option<Arc<Access>>,
+        stop_short: bool,
+    ) -> (Submitted, Option<Denied>) {
+        let mut short = None;
+        let submitted = {
             let mut guard = self.shared.lock();
             let core = &mut *guard;
             if let Some(reason) = &core.fatal {
                 let msg = format!("the engine stopped after a storage failure: {reason}");
-                return Submitted::Done(vec![Outcome::refused(ErrorCode::IoErr, msg); cmds.len()]);
+                return (
+                    Submitted::Done(vec![Outcome::refused(ErrorCode::IoErr, msg); cmds.len()]),
+                    None,
+                );
             }
             if core.shutdown {
-                return Submitted::Done(shutting_down(cmds.len()));
+                return (Submitted::Done(shutting_down(cmds.len())), None);
             }
             if let Some(reason) = &core.degraded {
                 let msg = format!(
@@ -330,18 +503,24 @@ impl EngineHandle {
                     none.is_empty(),
                     "a read at the last entry's time writes nothing"
                 );
-                return Submitted::Done(replies);
+                return (Submitted::Done(replies), None);
             }
             let now = core.now();
             let before = core.pending.len();
-            let replies: Vec<Outcome> = cmds
-                .iter()
-                .map(|c| {
-                    core.state
-                        .decide(now, c, access.as_deref(), &mut core.pending)
-                })
-                .collect();
-            core.commands += cmds.len() as u64;
+            let mut replies: Vec<Outcome> = Vec::with_capacity(cmds.len());
+            for c in cmds {
+                let o = core
+                    .state
+                    .decide(now, c, access.as_deref(), &mut core.pending);
+                if stop_short {
+                    if let Some(d) = is_short(&o) {
+                        short = Some(d.clone());
+                        break;
+                    }
+                }
+                replies.push(o);
+            }
+            core.commands += replies.len() as u64;
             if core.pending.len() > before && core.committer_idle {
                 core.committer_idle = false;
                 self.shared.work.notify_one();
@@ -350,12 +529,14 @@ impl EngineHandle {
             // so far, including other callers' entries not yet written.
             let seq = core.state.next_seq - 1;
             if seq <= core.durable {
-                return Submitted::Done(replies);
+                Submitted::Done(replies)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                core.waiters.push_back((seq, tx));
+                Submitted::Waiting(replies, rx)
             }
-            let (tx, rx) = oneshot::channel();
-            core.waiters.push_back((seq, tx));
-            Submitted::Waiting(replies, rx)
-        }
+        };
+        (submitted, short)
     }
 
     /// Writes what is queued, snapshots, syncs and stops the committer.
@@ -486,6 +667,7 @@ fn build(
             fatal: None,
         }),
         work: Condvar::new(),
+        link: std::sync::OnceLock::new(),
     });
     let committer = Committer {
         shared: shared.clone(),

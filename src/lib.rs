@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod embedded;
 pub mod engine;
 pub mod metrics;
+pub mod node;
 pub mod resp;
 pub mod state;
 pub mod store;

@@ -129,6 +129,9 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     );
     ctx.engine.stats.metrics.write(&mut out);
     spend_series(&ctx, &mut out).await;
+    if let Some(node) = &ctx.cluster {
+        cluster_metrics(&node.view(), &mut out);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -195,4 +198,80 @@ async fn spend_series(ctx: &Ctx, out: &mut String) {
             );
         }
     }
+}
+
+/// Cluster mode's counters (the agent's) and gauges.
+fn cluster_metrics(v: &crate::node::NodeView, out: &mut String) {
+    let st = &v.stats;
+    let counters = [
+        (
+            "spendb_cluster_registrations_total",
+            "Registrations of this node (a new epoch each).",
+            st.registrations,
+        ),
+        (
+            "spendb_cluster_refills_total",
+            "Refills the store granted.",
+            st.refills,
+        ),
+        (
+            "spendb_cluster_room_granted_total",
+            "Room the store granted this node (the limit's unit).",
+            st.room_granted,
+        ),
+        (
+            "spendb_cluster_reports_total",
+            "Usage reports the store took.",
+            st.reports,
+        ),
+        (
+            "spendb_cluster_give_backs_total",
+            "Idle room given back to a low pool.",
+            st.give_backs,
+        ),
+        (
+            "spendb_cluster_reclaims_total",
+            "Grants of dead nodes this node reclaimed.",
+            st.reclaims,
+        ),
+        (
+            "spendb_cluster_stalls_total",
+            "RESERVEs that waited for the store (room or a report).",
+            st.waits,
+        ),
+        (
+            "spendb_cluster_store_errors_total",
+            "Store requests that failed.",
+            st.store_errors,
+        ),
+        (
+            "spendb_cluster_definitions_applied_total",
+            "Budget and price definitions applied from the store.",
+            st.definitions_applied,
+        ),
+    ];
+    for (name, help, value) in counters {
+        metric(out, name, "counter", help, value);
+    }
+    metric(
+        out,
+        "spendb_cluster_registered",
+        "gauge",
+        "1 while this node holds a live registration.",
+        u8::from(v.registered),
+    );
+    metric(
+        out,
+        "spendb_cluster_store_reachable",
+        "gauge",
+        "1 while the last store request was answered.",
+        u8::from(v.store_reachable),
+    );
+    metric(
+        out,
+        "spendb_cluster_grants",
+        "gauge",
+        "Global limits this node holds a grant of.",
+        v.grants.len(),
+    );
 }

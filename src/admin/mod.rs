@@ -42,6 +42,8 @@ pub struct AdminCtx {
     pub auth: Arc<crate::auth::Auth>,
     /// The ledger, read-only (ledger pages and reports).
     pub ledger: Arc<crate::store::reader::LedgerReader>,
+    /// Cluster mode's agent (None on a single node).
+    pub cluster: Option<Arc<crate::node::ClusterNode>>,
 }
 
 pub type Ctx = Arc<AdminCtx>;
@@ -273,6 +275,7 @@ mod rights_tests {
         routes::list_prices,
         routes::put_price,
         routes::cache_stats,
+        routes::cluster,
         alerts::list_alerts,
         alerts::list_rules,
         alerts::put_rules,

@@ -41,6 +41,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/v1/prices", get(list_prices))
         .route("/v1/prices/{model}", axum::routing::put(put_price))
         .route("/v1/cache/stats", get(cache_stats))
+        .route("/v1/cluster", get(cluster))
 }
 
 /// Liveness: the process serves HTTP.
@@ -283,6 +284,29 @@ pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Rep
         check_namespace(ns).map_err(|e| ApiError::refused(ErrorCode::Err, e))?;
     }
     Ok(Json(json_of(&ctx.cache.stats(q.ns.as_deref()).reply())))
+}
+
+/// Cluster mode: this node (its name, epoch, whether it is registered and
+/// reaches the store, what its agent did, its grants with their use) and
+/// the whole cluster as the store has it (`store`: nodes, pools, grants;
+/// `store_error` when it could not be read). 404 on a single node.
+#[utoipa::path(get, path = "/v1/cluster", security(("bearer" = [])),
+    responses((status = 200, description = "this node and the cluster", body = Object),
+        (status = 404, description = "not a cluster node", body = Object)))]
+pub async fn cluster(State(ctx): State<Ctx>) -> Reply {
+    let Some(node) = &ctx.cluster else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOTCLUSTER",
+            "this server is not a cluster node (spendb serve --etcd … --node …)",
+        ));
+    };
+    let mut body = serde_json::json!({ "node": node.view() });
+    match node.status().await {
+        Ok(st) => body["store"] = serde_json::to_value(st).unwrap_or_default(),
+        Err(e) => body["store_error"] = e.into(),
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize, IntoParams)]

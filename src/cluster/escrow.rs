@@ -44,6 +44,10 @@ pub fn pool_key(limit: &str) -> String {
 pub fn grant_key(limit: &str, node: &str) -> String {
     format!("{PREFIX}grant/{}/{node}", segment(limit))
 }
+/// Where a node whose pool ran dry asks the others for their idle room.
+pub fn recall_key(limit: &str) -> String {
+    format!("{PREFIX}recall/{}", segment(limit))
+}
 pub fn node_key(node: &str) -> String {
     format!("{PREFIX}node/{node}")
 }
@@ -446,6 +450,22 @@ impl Node {
         if local.granted <= line {
             return Ok(());
         }
+        self.give_back_to(store, limit, line)
+    }
+
+    /// Gives back the room of `limit` above `line`, which the caller has
+    /// checked is at least what the node used (a node embedded in an
+    /// engine lowers its line there first, atomically with its
+    /// reservations).
+    pub fn give_back_to(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        line: u64,
+    ) -> Result<(), KvError> {
+        let Some(local) = self.grants.get(limit).copied() else {
+            return Ok(());
+        };
         let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
         let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
         if g.epoch != self.epoch || g.presumed.is_some() {
@@ -623,6 +643,11 @@ pub fn reclaim(
             put(grant_key(&plan.limit, &plan.node), &g2),
         ],
     )
+}
+
+/// The store's pool of one limit (the default, limit 0, if it has none).
+pub fn read_pool(store: &mut dyn GlobalStore, limit: &str) -> Result<PoolV1, KvError> {
+    Ok(decode::<PoolV1>(&store.get(&pool_key(limit))?)?.0)
 }
 
 /// The store's figures for one limit: its pool and every grant.

@@ -14,6 +14,7 @@
 //! deterministic simulation (`tests/it/cluster_sim.rs`) and against a real
 //! three-member etcd (`tests/it/cluster_etcd.rs`).
 
+pub mod agent;
 pub mod escrow;
 pub mod etcd;
 pub mod kv;

@@ -31,6 +31,7 @@ impl State {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             alerts: self.alerts.clone(),
+            grants: self.grants.clone(),
         }
     }
 
@@ -72,6 +73,7 @@ pub struct Digest {
     pub prices: BTreeMap<String, Price>,
     pub runs: BTreeMap<String, runs::Run>,
     pub alerts: alerts::Alerts,
+    pub grants: BTreeMap<String, grant::GrantLine>,
 }
 
 impl Digest {

@@ -3,6 +3,7 @@
 //! rebuilds every figure.
 
 use super::alerts::{AlertEvent, AlertRules};
+use super::grant::GrantLine;
 use super::limit::{Dims, LimitSpec};
 use super::price::{Price, Usage};
 
@@ -98,6 +99,10 @@ pub enum EntryKind {
     AlertDelivered {
         id: u64,
     },
+    /// Cluster mode: this node's grant of a global limit, as the store
+    /// confirmed it (or lowered before a give-back); replaces the line with
+    /// its key. Lines of periods that ended by the entry's time are dropped.
+    Grant(GrantLine),
 }
 
 /// How an agent run ended, as its client says (`RUN.END … OUTCOME`).
@@ -138,6 +143,7 @@ impl EntryKind {
             EntryKind::Step { .. } => "step",
             EntryKind::StepDenied { .. } => "step_denied",
             EntryKind::RunEnd { .. } => "run_end",
+            EntryKind::Grant(_) => "grant",
             EntryKind::Saved { .. } => "saved",
             EntryKind::AlertRules { .. } => "alert_rules",
             EntryKind::Alert(_) => "alert",

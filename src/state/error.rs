@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Shutdown,
     /// EXEC of a transaction that had an error while queuing.
     ExecAbort,
+    /// Cluster mode: the global store could not take a definition
+    /// (BUDGET.SET / DEL, PRICE.SET); nothing was applied.
+    ClusterDown,
 }
 
 impl ErrorCode {
@@ -49,6 +52,7 @@ impl ErrorCode {
             ErrorCode::IoErr => "IOERR",
             ErrorCode::Shutdown => "SHUTDOWN",
             ErrorCode::ExecAbort => "EXECABORT",
+            ErrorCode::ClusterDown => "CLUSTERDOWN",
         }
     }
 
@@ -61,7 +65,7 @@ impl ErrorCode {
             ErrorCode::NoAuth | ErrorCode::WrongPass => 401,
             ErrorCode::Err | ErrorCode::NoPrice | ErrorCode::NoProto | ErrorCode::ExecAbort => 422,
             ErrorCode::TooBig => 413,
-            ErrorCode::IoErr | ErrorCode::Shutdown => 503,
+            ErrorCode::IoErr | ErrorCode::Shutdown | ErrorCode::ClusterDown => 503,
         }
     }
 }

@@ -244,6 +244,12 @@ impl State {
             },
             EntryKind::Alert(ev) => self.alerts.fired(e.seq, ts, ev),
             EntryKind::AlertDelivered { id } => self.alerts.delivered(*id, ts),
+            EntryKind::Grant(line) => {
+                self.grants.retain(|_, l| !l.ended(ts));
+                if !line.ended(ts) {
+                    self.grants.insert(line.key(), line.clone());
+                }
+            }
         }
         self.next_seq = e.seq + 1;
         self.last_ts = self.last_ts.max(ts);

@@ -793,6 +793,15 @@ pub enum Blocker {
     /// Open holds: room comes back as they settle, at the latest when they
     /// expire.
     Held,
+    /// Cluster mode: this node's grant of the global limit is used up and
+    /// the store gave no more in time (docs/CLUSTER.md).
+    Grant,
+    /// Cluster mode: this node holds as much usage as it may before the
+    /// store has seen it (`u_max`), and could not report in time.
+    Unreported,
+    /// Cluster mode: the grant or `u_max` is used up and the global store
+    /// cannot be reached (fail closed).
+    StoreUnreachable,
 }
 
 impl Blocker {
@@ -801,6 +810,9 @@ impl Blocker {
             Blocker::Limit => "limit",
             Blocker::Used => "used",
             Blocker::Held => "held",
+            Blocker::Grant => "grant",
+            Blocker::Unreported => "unreported",
+            Blocker::StoreUnreachable => "store_unreachable",
         }
     }
 }

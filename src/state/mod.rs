@@ -22,6 +22,7 @@ pub mod commands;
 pub mod cow;
 pub mod entry;
 pub mod error;
+pub mod grant;
 pub mod holds;
 pub mod limit;
 pub mod money;
@@ -102,6 +103,10 @@ pub struct Config {
     pub loop_max_steps: u64,
     pub loop_repeats: u64,
     pub loop_window: u64,
+    /// Cluster mode (`spendb serve --etcd`): calendar and TOTAL limits are
+    /// global, and a RESERVE also keeps within this node's grants
+    /// (`grant.rs`). None on a single node.
+    pub cluster: Option<grant::ClusterRules>,
 }
 
 impl Default for Config {
@@ -116,6 +121,7 @@ impl Default for Config {
             loop_max_steps: runs::DEFAULT_MAX_STEPS,
             loop_repeats: runs::DEFAULT_REPEATS,
             loop_window: runs::DEFAULT_WINDOW,
+            cluster: None,
         }
     }
 }
@@ -181,6 +187,8 @@ pub struct State {
     pub alerts: alerts::Alerts,
     /// Settled usage by top-level scope and model, for `/metrics`.
     pub series: SpendSeries,
+    /// Cluster mode: this node's grants of the global limits, by key.
+    pub grants: BTreeMap<String, grant::GrantLine>,
 }
 
 /// Settled usage per top-level scope and model, with a bounded number of
@@ -238,6 +246,8 @@ struct Denial {
     held: u64,
     blocker: limit::Blocker,
     retry_after: Option<u64>,
+    /// How much more room would let it through.
+    short_by: u64,
 }
 
 /// Whether a scope is inside the caller's (lists show only those).
@@ -278,6 +288,30 @@ impl State {
         out: &mut Vec<Entry>,
     ) -> Value {
         self.decide(now, cmd, access, out).into()
+    }
+
+    /// Whether a definition (BUDGET.SET / DEL, PRICE.SET) would be refused
+    /// whatever the state holds: its bounds, the caller's scopes, the
+    /// budget's own checks. Cluster mode checks this before it writes the
+    /// definition to the global store.
+    pub fn check_definition(
+        cmd: &Command,
+        access: Option<&Access>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let syntax = |e: String| (ErrorCode::Err, e);
+        validate::check(cmd).map_err(syntax)?;
+        if let (Some(a), Some(scope)) = (access, cmd.scope()) {
+            if !a.allows(scope) {
+                return Err((
+                    ErrorCode::NoPerm,
+                    format!("scope {scope} is outside this user's scopes"),
+                ));
+            }
+        }
+        if let Command::BudgetSet { scope, limits } = cmd {
+            family::budget_check(scope, limits).map_err(syntax)?;
+        }
+        Ok(())
     }
 
     /// Decides one command at time `now` for a caller with `access` (None:

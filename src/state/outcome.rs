@@ -45,6 +45,9 @@ pub struct Denied {
     /// What the request asked for.
     pub tokens: u64,
     pub cost: u64,
+    /// How much more room of the limit would let it through (not in the
+    /// reply: cluster mode asks its store for this much).
+    pub short_by: u64,
 }
 
 /// A COMMIT (or its replay).

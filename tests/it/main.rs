@@ -13,6 +13,7 @@ mod auth;
 mod bench;
 mod cache;
 mod cluster_etcd;
+mod cluster_nodes;
 mod cluster_sim;
 mod compat;
 mod crash;

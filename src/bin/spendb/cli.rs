@@ -264,8 +264,34 @@ pub(crate) struct ServeArgs {
     /// Timeout of one webhook POST.
     #[arg(long, env = "SPENDB_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub(crate) webhook_timeout: Duration,
+    /// Cluster mode: etcd client URLs, comma-separated; every node given the
+    /// same etcd shares its calendar and TOTAL limits (docs/CLUSTER.md).
+    #[arg(long, env = "SPENDB_ETCD", value_delimiter = ',', requires = "node")]
+    pub(crate) etcd: Vec<String>,
+    /// Cluster mode: this node's name, unique in the cluster (letters,
+    /// digits, '-', '_', '.').
+    #[arg(long, env = "SPENDB_NODE", requires = "etcd")]
+    pub(crate) node: Option<String>,
+    /// Cluster mode: how long a node's registration lives without a
+    /// keepalive; a dead node's room returns to the others after it.
+    #[arg(long, env = "SPENDB_LEASE_TTL", default_value = "10s", value_parser = duration)]
+    pub(crate) lease_ttl: Duration,
     #[command(flatten)]
     pub(crate) rules: RulesArgs,
+}
+
+/// Checks a cluster node's name (one segment of the store's keys).
+pub(crate) fn node_name(n: &str) -> Result<&str, String> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    match ok {
+        true => Ok(n),
+        false => Err(format!(
+            "--node '{n}': 1 to 64 letters, digits, '-', '_' or '.'"
+        )),
+    }
 }
 
 pub(crate) fn webhook_config(a: &ServeArgs) -> Result<spendb::webhook::WebhookConfig, String> {

@@ -184,7 +184,18 @@ fn pin_mmap_threshold() {
 
 fn serve(a: ServeArgs) -> Result<(), String> {
     pin_mmap_threshold();
-    let rules = rules(&a.rules)?;
+    let mut rules = rules(&a.rules)?;
+    let cluster = match &a.node {
+        Some(n) => {
+            let name = cli::node_name(n)?.to_string();
+            if a.lease_ttl < Duration::from_secs(1) {
+                return Err("--lease-ttl must be at least 1s".into());
+            }
+            rules.cluster = Some(spendb::state::grant::ClusterRules::default());
+            Some(name)
+        }
+        None => None,
+    };
     let webhooks = webhook_config(&a)?;
     let users = match &a.users {
         Some(path) => {
@@ -231,6 +242,18 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let db = Spendb::open(&a.data_dir, options).map_err(|e| e.to_string())?;
     let rec = *db.recovered();
     let (handle, cache) = (db.engine().clone(), db.cache().clone());
+    let cluster_node = match &cluster {
+        Some(name) => {
+            let store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(2));
+            let config = spendb::cluster::agent::AgentConfig::new(cli::millis(a.lease_ttl));
+            let node =
+                spendb::node::ClusterNode::start(handle.clone(), Box::new(store), name, config)
+                    .map_err(|e| format!("starting the cluster agent: {e}"))?;
+            tracing::info!("cluster node {name} on etcd {}", a.etcd.join(","));
+            Some(node)
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -311,6 +334,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
                 spendb::store::reader::LedgerReader::open(&a.data_dir)
                     .map_err(|e| format!("--data-dir: {e}"))?,
             ),
+            cluster: cluster_node.clone(),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
         let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);

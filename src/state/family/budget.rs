@@ -3,6 +3,31 @@
 
 use crate::state::*;
 
+/// What makes a BUDGET.SET invalid whatever the state: a bad scope, no
+/// limits, too many, one given twice.
+pub(in crate::state) fn budget_check(scope: &str, limits: &[LimitSpec]) -> Result<(), String> {
+    scope::validate_scope(scope)?;
+    if limits.is_empty() {
+        return Err("BUDGET.SET needs at least one limit".into());
+    }
+    if limits.len() > MAX_LIMITS_PER_SCOPE {
+        return Err(format!("at most {MAX_LIMITS_PER_SCOPE} limits per scope"));
+    }
+    for (i, l) in limits.iter().enumerate() {
+        if limits[..i]
+            .iter()
+            .any(|o| o.dim == l.dim && o.window == l.window)
+        {
+            return Err(format!(
+                "limit {} {} is given twice",
+                l.dim.name(),
+                l.window.describe()
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl State {
     pub(in crate::state) fn budget_set(
         &mut self,
@@ -11,26 +36,8 @@ impl State {
         limits: &[LimitSpec],
         out: &mut Vec<Entry>,
     ) -> Value {
-        if let Err(e) = scope::validate_scope(scope) {
+        if let Err(e) = budget_check(scope, limits) {
             return syntax(e);
-        }
-        if limits.is_empty() {
-            return syntax("BUDGET.SET needs at least one limit");
-        }
-        if limits.len() > MAX_LIMITS_PER_SCOPE {
-            return syntax(format!("at most {MAX_LIMITS_PER_SCOPE} limits per scope"));
-        }
-        for (i, l) in limits.iter().enumerate() {
-            if limits[..i]
-                .iter()
-                .any(|o| o.dim == l.dim && o.window == l.window)
-            {
-                return syntax(format!(
-                    "limit {} {} is given twice",
-                    l.dim.name(),
-                    l.window.describe()
-                ));
-            }
         }
         self.emit(
             now,

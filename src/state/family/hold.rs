@@ -83,6 +83,7 @@ impl State {
                     held: d.held,
                     reason: d.blocker,
                     retry_after: d.retry_after,
+                    short_by: d.short_by,
                     tokens: amounts.get(Dim::Tokens),
                     cost,
                 });
@@ -188,18 +189,24 @@ impl State {
                 let dim = l.spec.dim;
                 let (amt, used) = (amounts.get(dim), l.used(now));
                 let held = l.held_part(node.held.get(dim));
-                if (used as u128) + (held as u128) + (amt as u128) <= l.spec.amount as u128 {
-                    continue;
-                }
-                let (blocker, at) =
-                    l.blocked(now, held, amt, |need| self.expired_by(now, s, dim, need));
-                let d = Denial {
-                    scope: s.to_string(),
-                    spec: l.spec,
-                    remaining: l.spec.amount as i128 - used as i128 - held as i128,
-                    held,
-                    blocker,
-                    retry_after: at.map(|t| t.saturating_sub(now)),
+                let after = (used as u128) + (held as u128) + (amt as u128);
+                let d = if after <= l.spec.amount as u128 {
+                    match self.grant_check(now, s, l, used.saturating_add(held), amt) {
+                        Some(d) => d,
+                        None => continue,
+                    }
+                } else {
+                    let (blocker, at) =
+                        l.blocked(now, held, amt, |need| self.expired_by(now, s, dim, need));
+                    Denial {
+                        scope: s.to_string(),
+                        spec: l.spec,
+                        remaining: l.spec.amount as i128 - used as i128 - held as i128,
+                        held,
+                        blocker,
+                        retry_after: at.map(|t| t.saturating_sub(now)),
+                        short_by: (after - l.spec.amount as u128).min(u64::MAX as u128) as u64,
+                    }
                 };
                 let worse = match (&worst, d.retry_after) {
                     (None, _) => true,
@@ -212,6 +219,32 @@ impl State {
             }
         }
         worst
+    }
+
+    /// Cluster mode: whether `amount` fits this node's grant of a global
+    /// limit `l` on scope `s`, with `taken` (usage and open holds) already
+    /// in it (`grant.rs`). A denial here is the least binding kind
+    /// (`retry_after` 0: the cluster agent is asked for room and the
+    /// request decided again), so a limit that is itself full names itself.
+    fn grant_check(&self, now: u64, s: &str, l: &Limit, taken: u64, amount: u64) -> Option<Denial> {
+        let rules = self.config.cluster?;
+        let (key, _) = grant::key(s, &l.spec, now)?;
+        let line = self.grants.get(&key);
+        let short = grant::shortfall(line, taken, amount, rules.u_max(l.spec.amount))?;
+        let (base, granted) = line.map_or((0, 0), |g| (g.base, g.granted));
+        let (blocker, short_by) = match short {
+            grant::Short::Room { by } => (limit::Blocker::Grant, by),
+            grant::Short::Report { by } => (limit::Blocker::Unreported, by),
+        };
+        Some(Denial {
+            scope: s.to_string(),
+            spec: l.spec,
+            remaining: granted as i128 - taken.saturating_sub(base) as i128,
+            held: 0,
+            blocker,
+            retry_after: Some(0),
+            short_by,
+        })
     }
 
     /// When the open holds at or below `scope` have freed `need` of `dim`

@@ -6,6 +6,8 @@
 
 mod alert;
 mod budget;
+pub(in crate::state) use budget::budget_check;
+mod grant;
 mod hold;
 mod price;
 mod report;

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use crate::state::alerts::{AlertEvent, AlertRules, RunawayRule, SpikeRule};
+use crate::state::grant::GrantLine;
 use crate::state::limit::{Dim, Dims, LimitSpec, Period, Window, Zone};
 use crate::state::price::{Price, Usage};
 use crate::state::{Entry, EntryKind, RunOutcome};
@@ -127,6 +128,16 @@ pub enum KindV1<'a> {
     RunEndOutcome {
         run: Text<'a>,
         outcome: RunOutcomeV1,
+    },
+    /// Cluster mode: this node's grant of a global limit (issue #15).
+    Grant {
+        scope: Text<'a>,
+        limit: LimitSpecV1,
+        period: u64,
+        epoch: u64,
+        base: u64,
+        granted: u64,
+        reported: u64,
     },
 }
 
@@ -506,6 +517,15 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
             },
             EntryKind::Alert(ev) => KindV1::Alert(ev.into()),
             EntryKind::AlertDelivered { id } => KindV1::AlertDelivered { id: *id },
+            EntryKind::Grant(g) => KindV1::Grant {
+                scope: text(&g.scope),
+                limit: g.spec.into(),
+                period: g.period,
+                epoch: g.epoch,
+                base: g.base,
+                granted: g.granted,
+                reported: g.reported,
+            },
         };
         EntryV1 {
             seq: e.seq,
@@ -748,6 +768,23 @@ impl From<EntryV1<'_>> for Entry {
             },
             KindV1::Alert(ev) => EntryKind::Alert(ev.into()),
             KindV1::AlertDelivered { id } => EntryKind::AlertDelivered { id },
+            KindV1::Grant {
+                scope,
+                limit,
+                period,
+                epoch,
+                base,
+                granted,
+                reported,
+            } => EntryKind::Grant(GrantLine {
+                scope: owned(scope),
+                spec: limit.into(),
+                period,
+                epoch,
+                base,
+                granted,
+                reported,
+            }),
         };
         Entry {
             seq: e.seq,
@@ -776,6 +813,7 @@ impl KindV1<'_> {
             KindV1::AlertRules { .. } => "alert_rules",
             KindV1::Alert(_) => "alert",
             KindV1::AlertDelivered { .. } => "alert_delivered",
+            KindV1::Grant { .. } => "grant",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Snapshot layout 4: the state at a ledger position, as `[crc32][bincode 2
+//! Snapshot layout 5: the state at a ledger position, as `[crc32][bincode 2
 //! of (layout, state)]`. The state's parts in order: next seq, last time,
 //! scopes (limits with their counters, held, spent, open holds, loop-guard
 //! denials, savings), the hold table (string table, open holds, settled
@@ -18,6 +18,8 @@
 //! its open holds are then counted in its rolling windows at its last time
 //! (`State::count_open_holds_in_rolling_windows`); `ledger verify`
 //! compares such a snapshot with the replay leaving rolling windows out.
+//! Layout 5 (issue #15) appends a cluster node's grant lines; layout 4 is
+//! read as a state without any.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -30,6 +32,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ledger::{AlertEventV1, AlertRulesV1, DimsV1, LimitSpecV1, PriceV1, UsageV1};
 use crate::state::alerts::{AlertRecord, Alerts, ScopeAlerts};
+use crate::state::grant::GrantLine;
 use crate::state::holds::HoldRecord;
 use crate::state::limit::{Counter, Dims, Limit, Ring};
 use crate::state::runs::{Run, Runs};
@@ -40,7 +43,10 @@ use crate::store::frame;
 
 /// Written first, so a snapshot of another layout is refused by number
 /// (recovery then falls back to an older one or to the whole ledger).
-pub const SNAPSHOT_LAYOUT: u32 = 0x5350_4434;
+pub const SNAPSHOT_LAYOUT: u32 = 0x5350_4435;
+/// Layout 4: layout 5 without the grant lines (issue #15); read as a node
+/// without grants.
+pub const SNAPSHOT_LAYOUT_4: u32 = 0x5350_4434;
 /// The layout before rolling windows counted holds when made: read, then
 /// brought to layout 4's meaning.
 pub const SNAPSHOT_LAYOUT_3: u32 = 0x5350_4433;
@@ -352,7 +358,31 @@ pub fn encode(state: &State) -> Vec<u8> {
         v.sort_unstable();
         v
     };
-    frame::encode(&(SNAPSHOT_LAYOUT, state_out(state), max_outputs))
+    // Layout 5 appends cluster mode's grant lines, in key order.
+    let grants: Vec<GrantLineV1> = (state.grants.values())
+        .map(|g| GrantLineV1 {
+            scope: Cow::Borrowed(&g.scope),
+            limit: g.spec.into(),
+            period: g.period,
+            epoch: g.epoch,
+            base: g.base,
+            granted: g.granted,
+            reported: g.reported,
+        })
+        .collect();
+    frame::encode(&(SNAPSHOT_LAYOUT, state_out(state), max_outputs, grants))
+}
+
+/// A cluster node's grant of a global limit (`state::grant::GrantLine`).
+#[derive(Serialize, Deserialize)]
+struct GrantLineV1<'a> {
+    scope: Text<'a>,
+    limit: LimitSpecV1,
+    period: u64,
+    epoch: u64,
+    base: u64,
+    granted: u64,
+    reported: u64,
 }
 
 // ----- the format → the state ----------------------------------------------
@@ -632,11 +662,13 @@ fn state_in(s: StateIn, config: &Config) -> State {
 /// layout is not this build's, its CRC fails, or it holds another position.
 pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> {
     let layout = layout(bytes)?;
-    if layout != SNAPSHOT_LAYOUT && layout != SNAPSHOT_LAYOUT_3 {
+    if ![SNAPSHOT_LAYOUT, SNAPSHOT_LAYOUT_4, SNAPSHOT_LAYOUT_3].contains(&layout) {
         return Err(format!(
-            "snapshot layout {layout:#x}, this build reads {SNAPSHOT_LAYOUT:#x} and {SNAPSHOT_LAYOUT_3:#x}"
+            "snapshot layout {layout:#x}, this build reads {SNAPSHOT_LAYOUT:#x}, \
+             {SNAPSHOT_LAYOUT_4:#x} and {SNAPSHOT_LAYOUT_3:#x}"
         ));
     }
+    let mut grants = Vec::new();
     let (s, max_outputs) = if layout == SNAPSHOT_LAYOUT_3 {
         // Before maximum output tokens: the shipped table's, for its models.
         let (_, s): (u32, StateIn) = frame::decode(bytes)?;
@@ -645,8 +677,13 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
             .filter_map(|(model, _)| Some((model.clone(), shipped.get(model)?.max_output?)))
             .collect();
         (s, m)
-    } else {
+    } else if layout == SNAPSHOT_LAYOUT_4 {
         let (_, s, m): (u32, StateIn, Pairs<String, u64>) = frame::decode(bytes)?;
+        (s, m)
+    } else {
+        let (_, s, m, g): (u32, StateIn, Pairs<String, u64>, Vec<GrantLineV1<'static>>) =
+            frame::decode(bytes)?;
+        grants = g;
         (s, m)
     };
     if s.next_seq != seq + 1 {
@@ -660,6 +697,18 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
         if let Some(p) = state.prices.get_mut(&model) {
             p.max_output = Some(max);
         }
+    }
+    for g in grants {
+        let line = GrantLine {
+            scope: g.scope.into_owned(),
+            spec: g.limit.into(),
+            period: g.period,
+            epoch: g.epoch,
+            base: g.base,
+            granted: g.granted,
+            reported: g.reported,
+        };
+        state.grants.insert(line.key(), line);
     }
     if layout == SNAPSHOT_LAYOUT_3 {
         let now = state.last_ts;

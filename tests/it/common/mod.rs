@@ -3,6 +3,8 @@
 //! to it with the `redis` crate. Children are killed and dirs removed on drop.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -147,7 +149,8 @@ impl Drop for Server {
     }
 }
 
-fn unsafe_kill(pid: u32, sig: &str) {
+/// Sends a signal by name (TERM, STOP, CONT).
+pub fn unsafe_kill(pid: u32, sig: &str) {
     Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .status()

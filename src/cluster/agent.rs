@@ -1,0 +1,971 @@
+//! The cluster agent's decisions (docs/CLUSTER.md, "A node"): what a node
+//! does with the global store on each tick and when a RESERVE is short —
+//! registration, keepalives, refills sized from the recent rate, reports,
+//! giving idle room back, reclaiming dead nodes' grants, and the budget and
+//! price definitions every node applies from the store. Its thread and its
+//! link to the engine are `crate::node`'s; this file reads no clock (time is
+//! an argument) and reaches the engine only through [`Local`], so it runs
+//! on `MemStore` as well as on etcd.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::escrow::{self, EscrowConfig, LocalGrant, Node, PoolV1};
+use super::kv::{Compare, GlobalStore, KvError, Op, Rev};
+use crate::state::grant::{GrantLine, GrantUse};
+use crate::state::limit::{Dim, LimitSpec};
+use crate::state::Command;
+
+const PREFIX: &str = "/spendb/v1/";
+
+/// The engine, as the agent sees it.
+pub trait Local {
+    /// Every global limit's line with the node's use of it now.
+    fn uses(&self) -> Result<Vec<GrantUse>, String>;
+    /// Records a line (durably) as the store confirmed it.
+    fn confirm(&self, line: GrantLine) -> Result<(), String>;
+    /// Lowers a line to the node's use plus `keep`, durably, before the
+    /// rest is given back: the lowered line, None if nothing to give.
+    fn lower(&self, key: &str, keep: u64) -> Result<Option<GrantLine>, String>;
+    /// Applies a definition read from the store, on this node only.
+    fn define(&self, cmd: Command) -> Result<(), String>;
+}
+
+/// The agent's timing and sizing.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentConfig {
+    pub lease_ttl_ms: u64,
+    /// A node asks for room it expects to use in this long (at its recent
+    /// rate), at most an eighth of the limit.
+    pub horizon_ms: u64,
+    /// Reports usage the store has not seen at least this often.
+    pub report_every_ms: u64,
+    /// Looks for low pools to give idle room back to this often.
+    pub relieve_every_ms: u64,
+    /// Reads the definitions this often (`budget/`, `price/`).
+    pub definitions_every_ms: u64,
+    /// The share of the limit a node's unreported usage may reach
+    /// (`u_max` = limit / this), as the rules (`ClusterRules`) have it.
+    pub u_max_divisor: u64,
+}
+
+impl AgentConfig {
+    pub fn new(lease_ttl_ms: u64) -> AgentConfig {
+        AgentConfig {
+            lease_ttl_ms,
+            horizon_ms: 10_000,
+            report_every_ms: 1_000,
+            relieve_every_ms: 2_000,
+            definitions_every_ms: 500,
+            u_max_divisor: crate::state::grant::ClusterRules::default().u_max_divisor,
+        }
+    }
+}
+
+/// What the agent has done, for `/metrics` and `/v1/cluster`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentStats {
+    pub registrations: u64,
+    pub refills: u64,
+    pub room_granted: u64,
+    pub reports: u64,
+    pub give_backs: u64,
+    /// Recalls of idle room this node sent (its pool was dry).
+    pub recalls: u64,
+    pub reclaims: u64,
+    /// RESERVEs that waited for the store (room or a report).
+    pub waits: u64,
+    pub store_errors: u64,
+    pub definitions_applied: u64,
+}
+
+/// A definition as the store keeps it (`budget/<scope>`, `price/<model>`):
+/// JSON, readable with `etcdctl get --prefix /spendb/v1/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefinitionV1 {
+    Budget {
+        limits: Vec<LimitV1>,
+    },
+    Price {
+        input: u64,
+        output: u64,
+        cached: Option<u64>,
+        cache_write: Option<u64>,
+        max_output: Option<u64>,
+    },
+}
+
+/// A limit: its dimension, its amount in the dimension's unit (nano-USD for
+/// COST) and its window as BUDGET.SET writes it (`PER DAY TZ Europe/Berlin`,
+/// `ROLLING 1m`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitV1 {
+    pub dim: String,
+    pub amount: u64,
+    pub window: String,
+}
+
+impl From<&LimitSpec> for LimitV1 {
+    fn from(l: &LimitSpec) -> LimitV1 {
+        LimitV1 {
+            dim: l.dim.name().to_string(),
+            amount: l.amount,
+            window: l.window.describe(),
+        }
+    }
+}
+
+impl LimitV1 {
+    fn spec(&self) -> Result<LimitSpec, String> {
+        let w: Vec<&str> = self.window.split_whitespace().collect();
+        let (kind, period, tz) = match w.as_slice() {
+            [k, p] => (*k, *p, None),
+            [k, p, "TZ", z] => (*k, *p, Some(*z)),
+            _ => return Err(format!("window '{}'", self.window)),
+        };
+        let dim = Dim::parse(&self.dim).ok_or_else(|| format!("dimension '{}'", self.dim))?;
+        // The amount is in the dimension's unit already: parse the window
+        // with a placeholder amount.
+        let spec = LimitSpec::from_words_in(dim.name(), "1", kind, period, tz)?;
+        Ok(LimitSpec {
+            amount: self.amount,
+            ..spec
+        })
+    }
+}
+
+fn budget_key(scope: &str) -> String {
+    format!(
+        "{PREFIX}budget/{}",
+        scope.replace('%', "%25").replace('/', "%2F")
+    )
+}
+
+fn price_key(model: &str) -> String {
+    format!(
+        "{PREFIX}price/{}",
+        model.replace('%', "%25").replace('/', "%2F")
+    )
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("%2F", "/").replace("%25", "%")
+}
+
+/// The store's copy of a definition command: its key and value (None to
+/// delete it); None for a command that is no definition.
+pub fn definition(cmd: &Command) -> Option<(String, Option<DefinitionV1>)> {
+    Some(match cmd {
+        Command::BudgetSet { scope, limits } => (
+            budget_key(scope),
+            Some(DefinitionV1::Budget {
+                limits: limits.iter().map(LimitV1::from).collect(),
+            }),
+        ),
+        Command::BudgetDel { scope } => (budget_key(scope), None),
+        Command::PriceSet {
+            model,
+            input,
+            output,
+            cached,
+            cache_write,
+            max_output,
+        } => (
+            price_key(model),
+            Some(DefinitionV1::Price {
+                input: *input,
+                output: *output,
+                cached: *cached,
+                cache_write: *cache_write,
+                max_output: *max_output,
+            }),
+        ),
+        _ => return None,
+    })
+}
+
+/// The command a stored definition stands for.
+fn command_of(key: &str, def: Option<&DefinitionV1>) -> Result<Command, String> {
+    let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+    match (rest.split_once('/'), def) {
+        (Some(("budget", scope)), Some(DefinitionV1::Budget { limits })) => {
+            Ok(Command::BudgetSet {
+                scope: unescape(scope),
+                limits: limits.iter().map(LimitV1::spec).collect::<Result<_, _>>()?,
+            })
+        }
+        (Some(("budget", scope)), None) => Ok(Command::BudgetDel {
+            scope: unescape(scope),
+        }),
+        (
+            Some(("price", model)),
+            Some(DefinitionV1::Price {
+                input,
+                output,
+                cached,
+                cache_write,
+                max_output,
+            }),
+        ) => Ok(Command::PriceSet {
+            model: unescape(model),
+            input: *input,
+            output: *output,
+            cached: *cached,
+            cache_write: *cache_write,
+            max_output: *max_output,
+        }),
+        _ => Err(format!("{key}: not a definition spendb wrote")),
+    }
+}
+
+/// Writes a definition to the store (the node applies it locally after):
+/// the budget's current pools take its new amounts.
+pub fn publish(
+    store: &mut dyn GlobalStore,
+    cmd: &Command,
+    now: u64,
+) -> Result<Option<Rev>, KvError> {
+    let Some((key, def)) = definition(cmd) else {
+        return Ok(None);
+    };
+    let op = match &def {
+        Some(d) => Op::Put {
+            key: key.clone(),
+            value: serde_json::to_vec(d).expect("definitions encode"),
+            lease: None,
+        },
+        None => Op::Delete(key.clone()),
+    };
+    store.txn(&[], &[op])?;
+    if let Command::BudgetSet { scope, limits } = cmd {
+        for l in limits {
+            if let Some((k, _)) = crate::state::grant::key(scope, l, now) {
+                escrow::set_limit(store, &k, l.amount)?;
+            }
+        }
+    }
+    Ok(Some(store.revision()?))
+}
+
+/// A RESERVE short of room or of a report: the key of the global limit,
+/// and how much it lacks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shortage {
+    pub key: String,
+    pub by: u64,
+    /// It lacks a report (of `by` more than the node reported), not room.
+    pub report: bool,
+}
+
+/// How often the first live node looks for dead nodes' grants.
+const JANITOR_EVERY_MS: u64 = 1_000;
+
+/// How many times a refill is tried again when another node's write moved
+/// the pool under its guard (each try reads the pool afresh).
+const MAX_CONFLICTS: usize = 32;
+
+/// The agent: the node's registration and grants (`escrow::Node`), and
+/// what it measures.
+pub struct Agent {
+    pub node: Node,
+    pub config: AgentConfig,
+    pub registered: bool,
+    pub reachable: bool,
+    pub stats: AgentStats,
+    /// Keys whose pool exists and which this registration has joined.
+    joined: BTreeMap<String, ()>,
+    /// Per key: the use last seen and an EWMA of its rate (per second).
+    rates: BTreeMap<String, (u64, f64)>,
+    last_tick: u64,
+    last_keepalive: u64,
+    last_report: u64,
+    last_relieve: u64,
+    last_janitor: u64,
+    /// The live nodes at the last janitor round, by name.
+    live: Vec<String>,
+    last_definitions: u64,
+    /// The store revision each definition key was applied at.
+    applied: BTreeMap<String, Rev>,
+    /// Keys whose pool was last seen low: recalls of them are looked for
+    /// every round.
+    low: BTreeMap<String, ()>,
+    /// The revision of the last recall of each key this node answered.
+    recalls_served: BTreeMap<String, Rev>,
+}
+
+/// What asking the store did for a RESERVE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Room granted or usage reported: decide it again.
+    Moved,
+    /// The pool is dry and idle room was recalled: ask again shortly.
+    Dry,
+    /// Nothing to be had.
+    Nothing,
+}
+
+fn local_grant(u: &GrantUse) -> LocalGrant {
+    LocalGrant {
+        epoch: u.line.epoch,
+        granted: u.line.granted,
+        used: u.used.max(u.line.reported),
+        reported: u.line.reported,
+    }
+}
+
+impl Agent {
+    pub fn new(name: &str, config: AgentConfig) -> Agent {
+        let escrow = EscrowConfig {
+            // The rules' u_max is per limit (its amount / divisor): the
+            // escrow's reclaim charges that one, set per call below.
+            u_max: 0,
+            chunk: u64::MAX,
+            lease_ttl_ms: config.lease_ttl_ms,
+        };
+        Agent {
+            node: Node::new(name, escrow),
+            config,
+            registered: false,
+            reachable: true,
+            stats: AgentStats::default(),
+            joined: BTreeMap::new(),
+            rates: BTreeMap::new(),
+            last_tick: 0,
+            last_keepalive: 0,
+            last_report: 0,
+            last_relieve: 0,
+            last_janitor: 0,
+            live: Vec::new(),
+            last_definitions: 0,
+            applied: BTreeMap::new(),
+            low: BTreeMap::new(),
+            recalls_served: BTreeMap::new(),
+        }
+    }
+
+    fn u_max(&self, amount: u64) -> u64 {
+        (amount / self.config.u_max_divisor.max(1)).max(1)
+    }
+
+    /// Sets the escrow's per-limit figures and the node's view of a line.
+    fn load(&mut self, u: &GrantUse) {
+        self.node.config.u_max = u.u_max;
+        self.node.config.chunk = (u.amount / 8).max(1);
+        self.node.grants.insert(u.line.key(), local_grant(u));
+    }
+
+    /// Writes the node's view of `key` back as its line.
+    fn store_line(&self, local: &dyn Local, u: &GrantUse) -> Result<(), String> {
+        let g = self.node.grants[&u.line.key()];
+        local.confirm(GrantLine {
+            epoch: g.epoch,
+            granted: g.granted,
+            reported: g.reported,
+            ..u.line.clone()
+        })
+    }
+
+    fn failed(&mut self, e: &KvError) {
+        self.stats.store_errors += 1;
+        if matches!(e, KvError::Unavailable(_)) {
+            self.reachable = false;
+        }
+        if matches!(e, KvError::NoLease(_)) {
+            self.registered = false;
+        }
+    }
+
+    /// Registers under a new epoch and settles the grants of the last one:
+    /// each line is first lowered to its use (so nothing is reserved while
+    /// the store settles it), then rewritten as the store settled it.
+    pub fn register(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+    ) -> Result<bool, String> {
+        for u in local.uses()? {
+            if u.line.epoch != 0 {
+                local.lower(&u.line.key(), 0)?;
+            }
+        }
+        let before = local.uses()?;
+        self.node.grants.clear();
+        for u in &before {
+            if u.line.epoch != 0 {
+                self.load(u);
+            }
+        }
+        let ok = match self.node.register(store) {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.failed(&e);
+                return Err(e.to_string());
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+        self.registered = true;
+        self.reachable = true;
+        self.stats.registrations += 1;
+        self.joined.clear();
+        for u in &before {
+            let key = u.line.key();
+            let g = self.node.grants.get(&key).copied();
+            let line = match g {
+                // Kept under the new epoch, all its use reported.
+                Some(g) if g.epoch == self.node.epoch && (g.granted > 0 || g.used > 0) => {
+                    self.joined.insert(key, ());
+                    GrantLine {
+                        epoch: g.epoch,
+                        granted: g.granted,
+                        reported: g.reported,
+                        ..u.line.clone()
+                    }
+                }
+                // Settled into the pool (reconciled or charged): what it
+                // used is the pool's now, not the next grant's.
+                other => {
+                    if other.is_some() {
+                        self.joined.insert(key, ());
+                    }
+                    GrantLine {
+                        epoch: self.node.epoch,
+                        base: u.line.base.saturating_add(u.used),
+                        granted: 0,
+                        reported: 0,
+                        ..u.line.clone()
+                    }
+                }
+            };
+            local.confirm(line)?;
+        }
+        Ok(true)
+    }
+
+    /// Makes sure the pool of `u` exists and this registration has a grant
+    /// line in it.
+    fn join(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+    ) -> Result<(), KvError> {
+        let key = u.line.key();
+        if self.joined.contains_key(&key) && u.line.epoch == self.node.epoch {
+            return Ok(());
+        }
+        let pool = escrow::pool_key(&key);
+        if store.get(&pool)?.is_none() {
+            let fresh = PoolV1 {
+                limit: u.amount,
+                ..PoolV1::default()
+            };
+            store.txn(
+                &[Compare::ModRev(pool.clone(), 0)],
+                &[Op::Put {
+                    key: pool,
+                    value: serde_json::to_vec(&fresh).expect("pools encode"),
+                    lease: None,
+                }],
+            )?;
+        }
+        self.load(u);
+        if u.line.epoch != self.node.epoch {
+            self.node.grants.remove(&key);
+            self.node.join(store, &key)?;
+            // What the node used before this grant is not the grant's.
+            let line = GrantLine {
+                epoch: self.node.epoch,
+                base: u.line.base.saturating_add(u.used),
+                granted: 0,
+                reported: 0,
+                ..u.line.clone()
+            };
+            local.confirm(line).map_err(KvError::Unavailable)?;
+            self.node.grants.insert(
+                key.clone(),
+                LocalGrant {
+                    epoch: self.node.epoch,
+                    ..LocalGrant::default()
+                },
+            );
+        }
+        self.joined.insert(key, ());
+        Ok(())
+    }
+
+    /// What to ask for when refilling `u`: the recent rate over the
+    /// horizon, at least a hundredth and at most an eighth of the limit.
+    fn want(&self, u: &GrantUse) -> u64 {
+        let rate = self.rates.get(&u.line.key()).map_or(0.0, |r| r.1);
+        let by_rate = (rate * self.config.horizon_ms as f64 / 1000.0) as u64;
+        by_rate.clamp((u.amount / 100).max(1), (u.amount / 8).max(1))
+    }
+
+    /// A RESERVE lacks room or a report of `key`: ask the store now.
+    /// `first`: the RESERVE's first ask (a later one polls after a recall).
+    pub fn ask(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        short: &Shortage,
+        first: bool,
+    ) -> Result<Answer, String> {
+        if first {
+            self.stats.waits += 1;
+        }
+        if !self.registered {
+            return Ok(Answer::Nothing);
+        }
+        let Some(u) = local
+            .uses()?
+            .into_iter()
+            .find(|u| u.line.key() == short.key)
+        else {
+            return Ok(Answer::Nothing);
+        };
+        let r = match short.report {
+            true => self.report_ahead(store, local, &u, short.by),
+            false => self.serve_one(store, local, &u, short.by.max(1)),
+        };
+        let r = r.and_then(|moved| match moved || short.report {
+            true => Ok(if moved {
+                Answer::Moved
+            } else {
+                Answer::Nothing
+            }),
+            // The pool is dry: recall idle room from the other nodes (once
+            // per RESERVE); the caller asks again while they give it back.
+            false => {
+                if first {
+                    self.recall(store, &short.key)?;
+                }
+                Ok(Answer::Dry)
+            }
+        });
+        match r {
+            Ok(a) => {
+                self.reachable = true;
+                Ok(a)
+            }
+            Err(e) => {
+                self.failed(&e);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Asks every node holding idle room of `key` to give it back.
+    fn recall(&mut self, store: &mut dyn GlobalStore, key: &str) -> Result<(), KvError> {
+        self.stats.recalls += 1;
+        self.low.insert(key.to_string(), ());
+        store.txn(
+            &[],
+            &[Op::Put {
+                key: escrow::recall_key(key),
+                value: serde_json::to_vec(&self.node.name).expect("names encode"),
+                lease: None,
+            }],
+        )?;
+        Ok(())
+    }
+
+    /// Gives back idle room of every low pool another node recalled since
+    /// it last looked.
+    fn answer_recalls(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+    ) -> Result<(), KvError> {
+        let low: Vec<String> = self.low.keys().cloned().collect();
+        for key in low {
+            let Some(kv) = store.get(&escrow::recall_key(&key))? else {
+                continue;
+            };
+            if self
+                .recalls_served
+                .get(&key)
+                .is_some_and(|r| *r >= kv.mod_rev)
+            {
+                continue;
+            }
+            self.recalls_served.insert(key.clone(), kv.mod_rev);
+            let by: String = serde_json::from_slice(&kv.value).unwrap_or_default();
+            if by == self.node.name {
+                continue;
+            }
+            let Some(u) = (local.uses().map_err(KvError::Unavailable)?.into_iter())
+                .find(|u| u.line.key() == key && u.line.epoch == self.node.epoch)
+            else {
+                continue;
+            };
+            self.give_back_idle(store, local, u, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Lowers `u`'s line to its use plus `keep` and gives the rest back.
+    fn give_back_idle(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: GrantUse,
+        keep: u64,
+    ) -> Result<(), KvError> {
+        let key = u.line.key();
+        let Some(lowered) = local.lower(&key, keep).map_err(KvError::Unavailable)? else {
+            return Ok(());
+        };
+        self.load(&GrantUse {
+            line: lowered.clone(),
+            ..u.clone()
+        });
+        self.node.give_back_to(store, &key, lowered.granted)?;
+        self.stats.give_backs += 1;
+        self.store_line(local, &GrantUse { line: lowered, ..u })
+            .map_err(KvError::Unavailable)
+    }
+
+    /// Refills (`need` > 0) or reports `u`; Ok(whether anything changed).
+    fn serve_one(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+        need: u64,
+    ) -> Result<bool, KvError> {
+        self.join(store, local, u)?;
+        let u = local
+            .uses()
+            .map_err(KvError::Unavailable)?
+            .into_iter()
+            .find(|x| x.line.key() == u.line.key())
+            .unwrap_or_else(|| u.clone());
+        self.load(&u);
+        let key = u.line.key();
+        if need == 0 {
+            return self.report_one(store, local, &u, 0);
+        }
+        let want = self.want(&u).max(need);
+        // Other nodes' refills move the pool's revision under this one's
+        // guard: try again while the pool has room.
+        let mut got = 0;
+        for _ in 0..MAX_CONFLICTS {
+            got = self.node.refill(store, &key, need, want)?;
+            if got > 0 {
+                break;
+            }
+            let pool = escrow::read_pool(store, &key)?;
+            if pool.available() < (pool.limit / 8).max(1) {
+                self.low.insert(key.clone(), ());
+            }
+            if pool.available() == 0 {
+                break;
+            }
+        }
+        if got > 0 {
+            self.stats.refills += 1;
+            self.stats.room_granted += got;
+            self.store_line(local, &u).map_err(KvError::Unavailable)?;
+        }
+        // A refill that found the store's grant moved (a lost reply) reads
+        // it again.
+        if got == 0 {
+            self.node.sync(store)?;
+            self.store_line(local, &u).map_err(KvError::Unavailable)?;
+        }
+        Ok(got > 0)
+    }
+
+    /// Reports `u`'s use, `by` more than its last report at least (ahead
+    /// of use, never past the grant): what a RESERVE larger than `u_max`
+    /// needs before it is let through.
+    fn report_ahead(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+        by: u64,
+    ) -> Result<bool, KvError> {
+        self.join(store, local, u)?;
+        self.report_one(store, local, u, by)
+    }
+
+    fn report_one(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+        ahead: u64,
+    ) -> Result<bool, KvError> {
+        let key = u.line.key();
+        self.load(u);
+        if ahead > 0 {
+            let g = self.node.grants.get_mut(&key).expect("loaded");
+            g.used = g
+                .used
+                .max(g.reported.saturating_add(ahead))
+                .min(g.granted.max(g.used));
+        }
+        let before = self.node.grants[&key].reported;
+        // Report this key only: the escrow reports every grant it holds.
+        let others: Vec<(String, LocalGrant)> = (self.node.grants.iter())
+            .filter(|(k, _)| **k != key)
+            .map(|(k, g)| (k.clone(), *g))
+            .collect();
+        for (k, _) in &others {
+            self.node.grants.remove(k);
+        }
+        let r = self.node.report(store);
+        self.node.grants.extend(others);
+        r?;
+        let moved = self.node.grants[&key].reported != before;
+        if moved {
+            self.stats.reports += 1;
+            self.store_line(local, u).map_err(KvError::Unavailable)?;
+        }
+        Ok(moved)
+    }
+
+    /// One round: keep the lease, register if not, keep every grant ahead
+    /// of its use, report, give idle room back, reclaim dead nodes' grants,
+    /// and apply new definitions.
+    pub fn tick(&mut self, store: &mut dyn GlobalStore, local: &dyn Local, now: u64) {
+        if let Err(e) = self.round(store, local, now) {
+            self.failed(&e);
+        } else {
+            self.reachable = true;
+        }
+    }
+
+    fn round(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        now: u64,
+    ) -> Result<(), KvError> {
+        let ttl = self.config.lease_ttl_ms;
+        if self.registered && now.saturating_sub(self.last_keepalive) >= ttl / 3 {
+            let lease = self.node.lease.unwrap_or(0);
+            store.lease_keepalive(lease)?;
+            self.last_keepalive = now;
+        }
+        if !self.registered {
+            if !self.register(store, local).map_err(KvError::Unavailable)? {
+                return Ok(());
+            }
+            self.last_keepalive = now;
+        }
+        if now.saturating_sub(self.last_definitions) >= self.config.definitions_every_ms {
+            self.apply_definitions(store, local)?;
+            self.last_definitions = now;
+        }
+        let uses = local.uses().map_err(KvError::Unavailable)?;
+        let dt = now.saturating_sub(self.last_tick).max(1) as f64 / 1000.0;
+        self.last_tick = now;
+        let report_due = now.saturating_sub(self.last_report) >= self.config.report_every_ms;
+        for u in &uses {
+            if u.amount == 0 {
+                continue;
+            }
+            let key = u.line.key();
+            let (last, rate) = self.rates.get(&key).copied().unwrap_or((u.used, 0.0));
+            let inst = u.used.saturating_sub(last) as f64 / dt;
+            // A one-second time constant: a node that starts taking calls
+            // sizes its refills from its rate within a few rounds.
+            let alpha = dt.min(1.0);
+            self.rates
+                .insert(key.clone(), (u.used, rate + alpha * (inst - rate)));
+            let want = self.want(u);
+            let left = u.line.granted.saturating_sub(u.used);
+            let idle = u.line.epoch == self.node.epoch && u.used == 0 && rate == 0.0;
+            if (left < want / 2 || u.line.epoch != self.node.epoch) && !idle {
+                self.serve_one(store, local, u, want.saturating_sub(left).max(1))?;
+            } else if u.used > u.line.reported
+                && (report_due || u.used - u.line.reported >= u.u_max / 2)
+            {
+                self.serve_one(store, local, u, 0)?;
+            }
+        }
+        if report_due {
+            self.last_report = now;
+        }
+        if !self.low.is_empty() {
+            self.answer_recalls(store, local)?;
+        }
+        if now.saturating_sub(self.last_relieve) >= self.config.relieve_every_ms {
+            self.relieve(store, local)?;
+            self.last_relieve = now;
+        }
+        // The first live node (by name) looks every second, so a dead
+        // node's room comes back within a second of its lease; the others
+        // every TTL, in case it is the one that died.
+        let first = self.live.first().is_some_and(|n| *n == self.node.name);
+        let every = if first {
+            ttl.min(JANITOR_EVERY_MS)
+        } else {
+            ttl
+        };
+        if now.saturating_sub(self.last_janitor) >= every {
+            self.janitor(store)?;
+            self.last_janitor = now;
+        }
+        Ok(())
+    }
+
+    /// Gives back room beyond a second of its rate on every limit whose
+    /// pool has less than an eighth of the limit left.
+    fn relieve(&mut self, store: &mut dyn GlobalStore, local: &dyn Local) -> Result<(), KvError> {
+        for u in local.uses().map_err(KvError::Unavailable)? {
+            let key = u.line.key();
+            if u.line.epoch != self.node.epoch || u.line.granted <= u.used || u.amount == 0 {
+                continue;
+            }
+            if escrow::read_pool(store, &key)?.available() >= (u.amount / 8).max(1) {
+                self.low.remove(&key);
+                continue;
+            }
+            self.low.insert(key.clone(), ());
+            let rate = self.rates.get(&key).map_or(0.0, |r| r.1);
+            self.give_back_idle(store, local, u, rate as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Reclaims the grants of every node whose registration is gone.
+    fn janitor(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
+        let live: Vec<String> = (store.range(&format!("{PREFIX}node/"))?.into_iter())
+            .filter_map(|kv| Some(kv.key.strip_prefix(&format!("{PREFIX}node/"))?.to_string()))
+            .collect();
+        self.live = live.clone();
+        let grant_prefix = format!("{PREFIX}grant/");
+        for kv in store.range(&grant_prefix)? {
+            let Some((limit, node)) = kv.key[grant_prefix.len()..].rsplit_once('/') else {
+                continue;
+            };
+            if live.iter().any(|n| n == node) {
+                continue;
+            }
+            let limit = unescape(limit);
+            let pool = escrow::read_pool(store, &limit)?;
+            let Some(plan) = escrow::plan_reclaim(store, &limit, node)? else {
+                continue;
+            };
+            let u_max = self.u_max(pool.limit);
+            if escrow::reclaim(store, &plan, u_max, escrow::Fencing::Checked)? {
+                self.stats.reclaims += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every definition written since it last looked, in revision
+    /// order, and the deletion of any it had applied.
+    fn apply_definitions(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+    ) -> Result<(), KvError> {
+        let mut found = Vec::new();
+        for prefix in ["budget/", "price/"] {
+            found.extend(store.range(&format!("{PREFIX}{prefix}"))?);
+        }
+        found.sort_by_key(|kv| kv.mod_rev);
+        let mut seen = BTreeMap::new();
+        for kv in found {
+            seen.insert(kv.key.clone(), ());
+            if self.applied.get(&kv.key).is_some_and(|r| *r >= kv.mod_rev) {
+                continue;
+            }
+            let def: Option<DefinitionV1> = serde_json::from_slice(&kv.value).ok();
+            let Some(def) = def else {
+                return Err(KvError::Corrupt(format!("{}: not a definition", kv.key)));
+            };
+            let cmd = command_of(&kv.key, Some(&def)).map_err(KvError::Corrupt)?;
+            local.define(cmd).map_err(KvError::Unavailable)?;
+            self.stats.definitions_applied += 1;
+            self.applied.insert(kv.key, kv.mod_rev);
+        }
+        let gone: Vec<String> = (self.applied.keys())
+            .filter(|k| !seen.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.applied.remove(&key);
+            if key.starts_with(&format!("{PREFIX}budget/")) {
+                local
+                    .define(command_of(&key, None).map_err(KvError::Corrupt)?)
+                    .map_err(KvError::Unavailable)?;
+                self.stats.definitions_applied += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that this node wrote a definition at `rev` (it has applied it).
+    pub fn published(&mut self, cmd: &Command, rev: Rev) {
+        if let Some((key, def)) = definition(cmd) {
+            match def {
+                Some(_) => {
+                    self.applied.insert(key, rev);
+                }
+                None => {
+                    self.applied.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::limit::{Period, Window, Zone};
+
+    #[test]
+    fn a_definition_round_trips_through_the_store_format() {
+        let cmd = Command::BudgetSet {
+            scope: "org:a/team:b".into(),
+            limits: vec![
+                LimitSpec {
+                    dim: Dim::Cost,
+                    window: Window::Calendar(Period::Day, Zone::parse("Europe/Berlin").unwrap()),
+                    amount: 5_000_000_000,
+                },
+                LimitSpec {
+                    dim: Dim::Tokens,
+                    window: Window::Rolling(60_000),
+                    amount: 1_000,
+                },
+                LimitSpec {
+                    dim: Dim::Requests,
+                    window: Window::Total,
+                    amount: 9,
+                },
+            ],
+        };
+        let (key, def) = definition(&cmd).unwrap();
+        assert_eq!(key, "/spendb/v1/budget/org:a%2Fteam:b");
+        assert_eq!(command_of(&key, def.as_ref()).unwrap(), cmd);
+        let del = Command::BudgetDel {
+            scope: "org:a".into(),
+        };
+        let (key, def) = definition(&del).unwrap();
+        assert_eq!(def, None);
+        assert_eq!(command_of(&key, None).unwrap(), del);
+        let price = Command::PriceSet {
+            model: "acme/m-1".into(),
+            input: 1,
+            output: 2,
+            cached: None,
+            cache_write: Some(3),
+            max_output: Some(4),
+        };
+        let (key, def) = definition(&price).unwrap();
+        assert_eq!(command_of(&key, def.as_ref()).unwrap(), price);
+        assert!(command_of("/spendb/v1/pool/x", None).is_err());
+    }
+}

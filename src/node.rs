@@ -1,0 +1,292 @@
+//! A cluster node (`spendb serve --etcd … --node …`, docs/CLUSTER.md): the
+//! cluster agent's thread beside the engine, and the two links between
+//! them — the engine asks the agent for room and for definitions to be
+//! written to the store ([`ClusterLink`]), and the agent reads and records
+//! grant lines and applies definitions through the engine ([`Local`]).
+//! Every decision is the agent's (`cluster/agent.rs`) or the state's
+//! (`state/grant.rs`); this file owns the thread, the clock and the
+//! channel.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::cluster::agent::{self, Agent, AgentConfig, AgentStats, Answer, Local, Shortage};
+use crate::cluster::escrow::{self, ClusterStatus};
+use crate::cluster::kv::GlobalStore;
+use crate::engine::{Asked, ClusterLink, EngineHandle};
+use crate::state::grant::{GrantLine, GrantUse};
+use crate::state::outcome::Denied;
+use crate::state::{Command, Outcome};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+enum Request {
+    Short(Shortage, oneshot::Sender<Asked>),
+    Publish(Command, oneshot::Sender<Result<(), String>>),
+    Status(oneshot::Sender<Result<ClusterStatus, String>>),
+}
+
+/// What `/v1/cluster` and `/metrics` show of this node.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeView {
+    pub node: String,
+    pub epoch: u64,
+    pub registered: bool,
+    /// Whether the last store request was answered.
+    pub store_reachable: bool,
+    pub stats: AgentStats,
+    /// This node's grants: key, granted, reported, used (in the period).
+    pub grants: Vec<GrantView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GrantView {
+    pub key: String,
+    pub epoch: u64,
+    pub granted: u64,
+    pub reported: u64,
+    pub used: u64,
+    pub u_max: u64,
+}
+
+/// The running agent: a handle to ask it things.
+pub struct ClusterNode {
+    tx: Mutex<mpsc::Sender<Request>>,
+    view: Arc<Mutex<NodeView>>,
+}
+
+struct EngineLocal(EngineHandle);
+
+impl Local for EngineLocal {
+    fn uses(&self) -> Result<Vec<GrantUse>, String> {
+        self.0.decide_with(|s, now, _| s.grant_uses(now))
+    }
+    fn confirm(&self, line: GrantLine) -> Result<(), String> {
+        self.0
+            .decide_with(|s, now, out| s.grant_confirm(now, line, out))
+    }
+    fn lower(&self, key: &str, keep: u64) -> Result<Option<GrantLine>, String> {
+        self.0
+            .decide_with(|s, now, out| s.grant_lower(now, key, keep, out))
+    }
+    fn define(&self, cmd: Command) -> Result<(), String> {
+        match self.0.execute_blocking(&[cmd], None).remove(0) {
+            // A definition this build refuses is refused on every node
+            // alike; the store keeps it for the operator to fix.
+            Outcome::Refused {
+                code: crate::state::ErrorCode::IoErr,
+                msg,
+            } => Err(msg),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ClusterNode {
+    /// Starts the agent's thread on `store` and links it to the engine.
+    pub fn start(
+        engine: EngineHandle,
+        mut store: Box<dyn GlobalStore + Send>,
+        name: &str,
+        config: AgentConfig,
+    ) -> std::io::Result<Arc<ClusterNode>> {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let view = Arc::new(Mutex::new(NodeView {
+            node: name.to_string(),
+            ..NodeView::default()
+        }));
+        let node = Arc::new(ClusterNode {
+            tx: Mutex::new(tx),
+            view: view.clone(),
+        });
+        let local = EngineLocal(engine.clone());
+        let mut agent = Agent::new(name, config);
+        std::thread::Builder::new()
+            .name("spendb-cluster".into())
+            .spawn(move || {
+                let tick = Duration::from_millis(100);
+                let mut last_tick = 0;
+                // RESERVEs waiting while other nodes give recalled room back.
+                let mut waiting: Vec<Waiting> = Vec::new();
+                loop {
+                    let wait = if waiting.is_empty() {
+                        tick
+                    } else {
+                        RECALL_POLL
+                    };
+                    match rx.recv_timeout(wait) {
+                        Ok(req) => {
+                            if let Some(w) = serve(&mut agent, store.as_mut(), &local, req) {
+                                waiting.push(w);
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    let now = now_ms();
+                    if now.saturating_sub(last_tick) >= tick.as_millis() as u64 {
+                        agent.tick(store.as_mut(), &local, now);
+                        last_tick = now;
+                    }
+                    waiting = (waiting.into_iter())
+                        .filter_map(|w| poll(&mut agent, store.as_mut(), &local, w, now))
+                        .collect();
+                    let fresh = view_of(&agent, &local);
+                    *view.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                }
+            })?;
+        engine.set_cluster_link(node.clone());
+        Ok(node)
+    }
+
+    fn send(&self, req: Request) {
+        // A stopped agent drops the reply's sender: the caller sees it.
+        let _ = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(req);
+    }
+
+    /// This node's figures, as of the agent's last round.
+    pub fn view(&self) -> NodeView {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The whole cluster's figures, read from the store now.
+    pub async fn status(&self) -> Result<ClusterStatus, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Status(tx));
+        rx.await
+            .unwrap_or_else(|_| Err("the cluster agent stopped".into()))
+    }
+}
+
+fn view_of(agent: &Agent, local: &EngineLocal) -> NodeView {
+    let grants = (local.uses().unwrap_or_default().into_iter())
+        .filter(|u| u.line.epoch != 0)
+        .map(|u| GrantView {
+            key: u.line.key(),
+            epoch: u.line.epoch,
+            granted: u.line.granted,
+            reported: u.line.reported,
+            used: u.used,
+            u_max: u.u_max,
+        })
+        .collect();
+    NodeView {
+        node: agent.node.name.clone(),
+        epoch: agent.node.epoch,
+        registered: agent.registered,
+        store_reachable: agent.reachable,
+        stats: agent.stats,
+        grants,
+    }
+}
+
+/// How long a RESERVE waits for recalled room, and how often it looks.
+const RECALL_WAIT_MS: u64 = 3_000;
+const RECALL_POLL: Duration = Duration::from_millis(50);
+
+struct Waiting {
+    short: Shortage,
+    reply: oneshot::Sender<Asked>,
+    until: u64,
+}
+
+fn asked(agent: &Agent, short: &Shortage, r: Result<Answer, String>) -> Asked {
+    match r {
+        Ok(Answer::Moved) => Asked::Retry,
+        Ok(Answer::Dry | Answer::Nothing) => Asked::NoMore,
+        Err(e) => {
+            tracing::warn!("cluster: asking the store for room of {}: {e}", short.key);
+            match agent.reachable {
+                false => Asked::Unreachable,
+                true => Asked::NoMore,
+            }
+        }
+    }
+}
+
+/// Asks again for a waiting RESERVE: Some while it should wait on.
+fn poll(
+    agent: &mut Agent,
+    store: &mut dyn GlobalStore,
+    local: &EngineLocal,
+    w: Waiting,
+    now: u64,
+) -> Option<Waiting> {
+    let r = agent.ask(store, local, &w.short, false);
+    if r == Ok(Answer::Dry) && now < w.until {
+        return Some(w);
+    }
+    let _ = w.reply.send(asked(agent, &w.short, r));
+    None
+}
+
+fn serve(
+    agent: &mut Agent,
+    store: &mut dyn GlobalStore,
+    local: &EngineLocal,
+    req: Request,
+) -> Option<Waiting> {
+    match req {
+        Request::Short(short, reply) => {
+            let r = agent.ask(store, local, &short, true);
+            if r == Ok(Answer::Dry) {
+                let until = now_ms() + RECALL_WAIT_MS;
+                return Some(Waiting {
+                    short,
+                    reply,
+                    until,
+                });
+            }
+            let _ = reply.send(asked(agent, &short, r));
+        }
+        Request::Publish(cmd, reply) => {
+            let r = match agent::publish(store, &cmd, now_ms()) {
+                Ok(rev) => {
+                    agent.published(&cmd, rev.unwrap_or(0));
+                    Ok(())
+                }
+                Err(e) => Err(format!("the cluster store did not take it: {e}")),
+            };
+            let _ = reply.send(r);
+        }
+        Request::Status(reply) => {
+            let _ = reply.send(escrow::status(store).map_err(|e| e.to_string()));
+        }
+    }
+    None
+}
+
+impl ClusterLink for ClusterNode {
+    fn short(&self, denied: &Denied) -> oneshot::Receiver<Asked> {
+        let (tx, rx) = oneshot::channel();
+        match crate::state::grant::key(&denied.scope, &denied.limit, now_ms()) {
+            Some((key, _)) => self.send(Request::Short(
+                Shortage {
+                    key,
+                    by: denied.short_by,
+                    report: denied.reason == crate::state::limit::Blocker::Unreported,
+                },
+                tx,
+            )),
+            None => {
+                let _ = tx.send(Asked::NoMore);
+            }
+        }
+        rx
+    }
+
+    fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>> {
+        agent::definition(cmd)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Publish(cmd.clone(), tx));
+        Some(rx)
+    }
+}

@@ -1,0 +1,221 @@
+//! Cluster mode's rules on a node (docs/CLUSTER.md): the room this node was
+//! granted of each global limit, and the two rules a RESERVE keeps on top
+//! of the limit itself, for every covering limit at once:
+//!
+//! 1. `use + amount ≤ granted` — never spend room the store did not grant;
+//! 2. `use + amount ≤ reported + u_max` — report-or-stall: never hold more
+//!    than `u_max` of usage the store has not seen (the agent may report
+//!    ahead of use, up to the grant, for a request larger than `u_max`).
+//!
+//! `use` is this node's usage of the limit (settled, plus its open holds)
+//! in the current period, less `base`: what an earlier grant of the same
+//! period already accounted for. Lines change only by ledger entries
+//! (`EntryKind::Grant`), written when the cluster agent has the store's
+//! confirmation (or, to lower a line, before it asks), so a restart with the
+//! disk knows its grants. Rolling windows are not global in this build:
+//! each node applies them alone (docs/CLUSTER.md, "Still to do").
+
+use super::limit::{period_end, period_start, Dim, LimitSpec, Window};
+
+/// What one node holds of one global limit in one period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantLine {
+    pub scope: String,
+    /// The limit (its amount as when the line was written; the rules read
+    /// the scope's current amount).
+    pub spec: LimitSpec,
+    /// The calendar period's start (ms), 0 for TOTAL.
+    pub period: u64,
+    /// The node's registration the grant is under.
+    pub epoch: u64,
+    /// The node's usage in the period an earlier grant accounted for.
+    pub base: u64,
+    pub granted: u64,
+    /// Usage the store has confirmed (never above `granted`).
+    pub reported: u64,
+}
+
+impl GrantLine {
+    pub fn key(&self) -> String {
+        key_of(&self.scope, self.spec.dim, self.spec.window, self.period)
+    }
+
+    /// Whether the line's period has ended by `now` (TOTAL never ends).
+    pub fn ended(&self, now: u64) -> bool {
+        match self.spec.window {
+            Window::Calendar(p, z) => period_end(p, z, self.period) <= now,
+            Window::Total | Window::Rolling(_) => false,
+        }
+    }
+}
+
+/// A line with this node's use of it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantUse {
+    pub line: GrantLine,
+    /// Usage and open holds in the period beyond `line.base`.
+    pub used: u64,
+    /// The limit's amount now (0 if the scope no longer has it).
+    pub amount: u64,
+    pub u_max: u64,
+}
+
+/// Cluster mode's settings for the rules (None on a single node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterRules {
+    /// `u_max` of a limit is its amount divided by this (at least 1).
+    pub u_max_divisor: u64,
+}
+
+impl Default for ClusterRules {
+    fn default() -> Self {
+        ClusterRules { u_max_divisor: 20 }
+    }
+}
+
+impl ClusterRules {
+    pub fn u_max(&self, amount: u64) -> u64 {
+        (amount / self.u_max_divisor.max(1)).max(1)
+    }
+}
+
+/// The global limit a scope's limit is at `now`, and its period's start:
+/// None for a rolling window (node-local in this build).
+pub fn key(scope: &str, spec: &LimitSpec, now: u64) -> Option<(String, u64)> {
+    let period = match spec.window {
+        Window::Rolling(_) => return None,
+        Window::Total => 0,
+        Window::Calendar(p, z) => period_start(p, z, now),
+    };
+    Some((key_of(scope, spec.dim, spec.window, period), period))
+}
+
+/// `<scope>|<DIM>|<window>|<period start>`, e.g.
+/// `org:acme|COST|PER MONTH TZ Europe/Berlin|1798761600000`: a new period is
+/// a new pool in the store.
+fn key_of(scope: &str, dim: Dim, window: Window, period: u64) -> String {
+    format!("{scope}|{}|{}|{period}", dim.name(), window.describe())
+}
+
+/// Why a request does not fit a line: what would let it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Short {
+    /// More room from the store (`by` more).
+    Room { by: u64 },
+    /// A report of the usage the store has not seen, reported `by` ahead
+    /// of the node's use (a request larger than `u_max` is let through by
+    /// reporting it before it is made: a reclaim then charges it).
+    Report { by: u64 },
+}
+
+/// Checks a request of `amount` against a line (None: no line, no room):
+/// `taken` is the node's usage and open holds of the limit in the period,
+/// `u_max` the limit's. None if it fits.
+pub fn shortfall(line: Option<&GrantLine>, taken: u64, amount: u64, u_max: u64) -> Option<Short> {
+    let (base, granted, reported) = line.map_or((0, 0, 0), |l| (l.base, l.granted, l.reported));
+    let after = (taken.saturating_sub(base) as u128) + amount as u128;
+    if after > granted as u128 {
+        return Some(Short::Room {
+            by: (after - granted as u128).min(u64::MAX as u128) as u64,
+        });
+    }
+    let unreported_room = reported as u128 + u_max as u128;
+    if after > unreported_room {
+        return Some(Short::Report {
+            by: (after - unreported_room).min(u64::MAX as u128) as u64,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::limit::{Period, Zone};
+
+    fn line(base: u64, granted: u64, reported: u64) -> GrantLine {
+        GrantLine {
+            scope: "org:a".into(),
+            spec: LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Total,
+                amount: 10_000,
+            },
+            period: 0,
+            epoch: 1,
+            base,
+            granted,
+            reported,
+        }
+    }
+
+    #[test]
+    fn a_request_fits_within_the_grant_and_u_max_of_unreported_use() {
+        let l = line(0, 1_000, 400);
+        assert_eq!(shortfall(Some(&l), 500, 100, 300), None);
+        // Exactly the grant, exactly reported + u_max.
+        assert_eq!(shortfall(Some(&l), 600, 100, 300), None);
+        assert_eq!(
+            shortfall(Some(&l), 700, 1, 300),
+            Some(Short::Report { by: 1 })
+        );
+        assert_eq!(
+            shortfall(Some(&l), 900, 101, 10_000),
+            Some(Short::Room { by: 1 })
+        );
+        assert_eq!(shortfall(None, 0, 5, 100), Some(Short::Room { by: 5 }));
+    }
+
+    #[test]
+    fn usage_an_earlier_grant_accounted_for_is_not_counted_again() {
+        // 400 used under the last grant (closed into the pool's consumed).
+        let l = line(400, 100, 0);
+        assert_eq!(shortfall(Some(&l), 400, 100, 1_000), None);
+        assert_eq!(
+            shortfall(Some(&l), 450, 100, 1_000),
+            Some(Short::Room { by: 50 })
+        );
+    }
+
+    #[test]
+    fn each_calendar_period_is_a_limit_of_its_own_and_rolling_windows_are_local() {
+        let day = LimitSpec {
+            dim: Dim::Cost,
+            window: Window::Calendar(Period::Day, Zone::UTC),
+            amount: 5,
+        };
+        let (k1, p1) = key("org:a/team:b", &day, 86_400_000 + 5).unwrap();
+        assert_eq!(k1, "org:a/team:b|COST|PER DAY|86400000");
+        assert_eq!(p1, 86_400_000);
+        let (k2, _) = key("org:a/team:b", &day, 2 * 86_400_000).unwrap();
+        assert_ne!(k1, k2);
+        let mut l = line(0, 0, 0);
+        l.scope = "org:a/team:b".into();
+        l.spec = day;
+        l.period = p1;
+        assert_eq!(l.key(), k1);
+        assert!(!l.ended(2 * 86_400_000 - 1));
+        assert!(l.ended(2 * 86_400_000));
+        let rolling = LimitSpec {
+            window: Window::Rolling(60_000),
+            ..day
+        };
+        assert_eq!(key("org:a", &rolling, 0), None);
+        let total = LimitSpec {
+            window: Window::Total,
+            ..day
+        };
+        assert_eq!(
+            key("org:a", &total, 99).unwrap().0,
+            "org:a|COST|PER TOTAL|0"
+        );
+    }
+
+    #[test]
+    fn u_max_is_a_share_of_the_limit_and_never_zero() {
+        let r = ClusterRules::default();
+        assert_eq!(r.u_max(1_000), 50);
+        assert_eq!(r.u_max(3), 1);
+        assert_eq!(ClusterRules { u_max_divisor: 0 }.u_max(7), 7);
+    }
+}

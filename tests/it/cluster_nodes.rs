@@ -1,0 +1,441 @@
+//! Cluster mode end to end (issue #15): real `spendb serve --etcd … --node
+//! …` processes on a real three-member etcd on loopback, driven over the
+//! Redis protocol: nodes share one budget and use it up without passing
+//! it; a SIGKILLed node's room comes back after its lease; a node SIGSTOPped
+//! past its lease resumes fenced; a node cut off from etcd by a proxy serves
+//! from its grant, then denies with `store_unreachable`, and recovers when
+//! the proxy lets traffic through again. Definitions reach every node.
+//!
+//! Needs the `etcd` binary (`scripts/test` installs it).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::etcd::EtcdCluster;
+use crate::common::{err, q, raw, unsafe_kill, Get, Http, Server};
+
+const TTL: &str = "3s";
+
+fn node(endpoints: &[String], name: &str) -> Server {
+    let etcd = endpoints.join(",");
+    let s = Server::start(&["--etcd", &etcd, "--node", name, "--lease-ttl", TTL]);
+    wait_until(Duration::from_secs(30), "the node registers", || {
+        cluster(&s)["node"]["registered"] == true
+    });
+    s
+}
+
+fn cluster(s: &Server) -> serde_json::Value {
+    Http::new(s, None).get("/v1/cluster").1
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Sets a budget through `via` and waits until every node has it.
+fn budget(via: &Server, all: &[&Server], line: &str) {
+    let mut c = via.conn();
+    assert_eq!(
+        raw(&mut c, &format!("BUDGET.SET {line}")).unwrap(),
+        redis::Value::Okay
+    );
+    let scope = line.split_whitespace().next().unwrap();
+    for s in all {
+        let mut c = s.conn();
+        wait_until(Duration::from_secs(10), "a node applies the budget", || {
+            raw(&mut c, &format!("BUDGET.GET {scope}")).is_ok()
+        });
+    }
+}
+
+/// RESERVE then COMMIT all of it: Ok(tokens) or Err(denial reason).
+fn call(c: &mut redis::Connection, id: &str, scope: &str, input: u64) -> Result<u64, String> {
+    let r = q(
+        c,
+        &format!("RESERVE {id} {scope} gpt-4o INPUT {input} OUTPUT 1"),
+    );
+    if r.s("status") != "granted" {
+        return Err(r.s("reason"));
+    }
+    q(c, &format!("COMMIT {id} INPUT {input} OUTPUT 1"));
+    Ok(input + 1)
+}
+
+/// The pool of the limit whose key starts with `prefix`, as the store has it.
+fn pool(s: &Server, prefix: &str) -> serde_json::Value {
+    let st = cluster(s);
+    (st["store"]["pools"].as_array().unwrap().iter())
+        .find(|p| p["key"].as_str().unwrap().starts_with(prefix))
+        .cloned()
+        .unwrap_or_else(|| panic!("no pool {prefix} in {st}"))
+}
+
+fn spent(s: &Server, scope: &str) -> u64 {
+    let b = q(&mut s.conn(), &format!("BALANCE {scope}"));
+    crate::common::dim(&b, "spent", "tokens").parse().unwrap()
+}
+
+#[test]
+fn three_nodes_use_a_shared_budget_up_without_passing_it() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let nodes: Vec<Server> = (1..=3).map(|i| node(&eps, &format!("n{i}"))).collect();
+    let all: Vec<&Server> = nodes.iter().collect();
+    const LIMIT: u64 = 300_000;
+    budget(&nodes[0], &all, &format!("org:t TOKENS {LIMIT} PER TOTAL"));
+    // Two clients per node, calls of 200–1,499 tokens, until each is
+    // denied three times running.
+    let committed = Arc::new(AtomicU64::new(0));
+    let at_first_denial = Arc::new(Mutex::new(None::<(u64, String)>));
+    let mut threads = Vec::new();
+    for (i, s) in nodes.iter().enumerate() {
+        for k in 0..2 {
+            let mut c = s.conn();
+            let (committed, first) = (committed.clone(), at_first_denial.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut seed = (i * 2 + k) as u64 * 7919 + 17;
+                let (mut n, mut denials, mut reasons) = (0u64, 0, Vec::new());
+                while denials < 3 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let input = 200 + (seed >> 33) % 1_300;
+                    match call(&mut c, &format!("n{i}-{k}-{n}"), "org:t/team:a", input) {
+                        Ok(t) => {
+                            committed.fetch_add(t, Ordering::SeqCst);
+                            denials = 0;
+                        }
+                        Err(reason) => {
+                            let mut f = first.lock().unwrap();
+                            if f.is_none() {
+                                *f = Some((committed.load(Ordering::SeqCst), reason.clone()));
+                            }
+                            denials += 1;
+                            reasons.push(reason);
+                            // A denied client tries smaller calls, as the
+                            // room left is spread over the nodes.
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                    n += 1;
+                }
+                (n, reasons)
+            }));
+        }
+    }
+    let mut calls = 0;
+    for t in threads {
+        let (n, reasons) = t.join().unwrap();
+        calls += n;
+        for r in reasons {
+            assert!(
+                ["grant", "used", "limit"].contains(&r.as_str()),
+                "denied for {r}"
+            );
+        }
+    }
+    let total: u64 = nodes.iter().map(|s| spent(s, "org:t")).sum();
+    assert_eq!(total, committed.load(Ordering::SeqCst));
+    assert!(total <= LIMIT, "the nodes spent {total} of a {LIMIT} limit");
+    let (first, reason) = at_first_denial.lock().unwrap().clone().unwrap();
+    eprintln!(
+        "cluster drain: {calls} calls; {first} of {LIMIT} used ({:.2} %) at the first denial \
+         ({reason}); {total} ({:.2} %) at the end",
+        first as f64 * 100.0 / LIMIT as f64,
+        total as f64 * 100.0 / LIMIT as f64
+    );
+    assert!(
+        first * 100 >= LIMIT * 95,
+        "only {first} of {LIMIT} was used when the first node was denied"
+    );
+    // The store agrees: every grant's room is counted once.
+    let p = pool(&nodes[0], "org:t|TOKENS|PER TOTAL");
+    let grants: u64 = (p["grants"].as_array().unwrap().iter())
+        .map(|g| g["granted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(p["granted"].as_u64().unwrap(), grants);
+    assert!(
+        p["granted"].as_u64().unwrap()
+            + p["consumed"].as_u64().unwrap()
+            + p["presumed"].as_u64().unwrap()
+            <= LIMIT
+    );
+}
+
+/// Node `a` takes room (three calls of 1,000), then dies with `kill`.
+fn a_holds_room(a: &Server) -> u64 {
+    let mut c = a.conn();
+    for i in 0..3 {
+        call(&mut c, &format!("a{i}"), "org:k", 999).unwrap();
+    }
+    3_000
+}
+
+/// Node `b` takes calls of 1,000 until denied; what it got.
+fn drain(b: &Server, tag: &str) -> u64 {
+    let mut c = b.conn();
+    let mut got = 0;
+    for i in 0.. {
+        match call(&mut c, &format!("{tag}{i}"), "org:k", 999) {
+            Ok(t) => got += t,
+            Err(reason) => {
+                eprintln!("drain {tag}: {got}, then denied ({reason})");
+                return got;
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_killed_nodes_room_comes_back_after_its_lease_and_its_disk_reconciles_it() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let mut a = node(&eps, "a");
+    let b = node(&eps, "b");
+    const LIMIT: u64 = 100_000;
+    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let used_by_a = a_holds_room(&a);
+    let held_by_a = wait_grant(&b, "a", |g| g["reported"] == used_by_a);
+    assert!(held_by_a > used_by_a, "a holds room beyond its use");
+    a.crash();
+    // Once a's lease has run out, a janitor (b) reclaims its grant.
+    let reclaimed_after = wait_until(Duration::from_secs(30), "a's grant is reclaimed", || {
+        pool(&b, "org:k")["presumed"].as_u64().unwrap() > 0
+    });
+    // b uses everything but what a's grant is presumed to have used.
+    let got = drain(&b, "b");
+    let presumed = pool(&b, "org:k")["presumed"].as_u64().unwrap();
+    eprintln!(
+        "a's grant reclaimed {reclaimed_after:?} after SIGKILL (lease {TTL}); presumed {presumed}, \
+         b used {got}"
+    );
+    // a reported all it used: it is charged that plus at most u_max (5,000).
+    assert!((used_by_a..=used_by_a + LIMIT / 20).contains(&presumed));
+    assert!(got + used_by_a <= LIMIT);
+    assert!(
+        got + presumed >= LIMIT - 1_000,
+        "b could use all but a's presumed use"
+    );
+    // a comes back with its disk: its true use replaces the presumed.
+    a.restart();
+    wait_until(Duration::from_secs(30), "a registers again", || {
+        cluster(&a)["node"]["registered"] == true
+    });
+    let p = pool(&b, "org:k");
+    assert_eq!(p["presumed"].as_u64().unwrap(), 0);
+    assert_eq!(
+        p["consumed"].as_u64().unwrap(),
+        used_by_a,
+        "a's reconciled use: {p}"
+    );
+    let after = drain(&b, "d");
+    assert!(
+        after >= (presumed - used_by_a) / 1_000 * 1_000,
+        "the difference came back: {after}"
+    );
+    assert!(got + after + used_by_a <= LIMIT);
+}
+
+/// Waits until node `node`'s grant of org:k satisfies `f`; its `granted`.
+fn wait_grant(s: &Server, node: &str, f: impl Fn(&serde_json::Value) -> bool) -> u64 {
+    let mut granted = 0;
+    wait_until(Duration::from_secs(10), "the grant is reported", || {
+        let p = pool(s, "org:k");
+        let g = (p["grants"].as_array().unwrap().iter())
+            .find(|g| g["node"] == node)
+            .cloned();
+        g.is_some_and(|g| {
+            granted = g["granted"].as_u64().unwrap();
+            f(&g)
+        })
+    });
+    granted
+}
+
+#[test]
+fn a_node_stopped_past_its_lease_resumes_fenced_and_the_budget_holds() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let a = node(&eps, "a");
+    let b = node(&eps, "b");
+    const LIMIT: u64 = 100_000;
+    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let used_by_a = a_holds_room(&a);
+    wait_grant(&b, "a", |g| g["reported"] == used_by_a);
+    unsafe_kill(a.child.id(), "STOP");
+    wait_until(Duration::from_secs(30), "a's grant is reclaimed", || {
+        pool(&b, "org:k")["presumed"].as_u64().unwrap() > 0
+    });
+    let presumed = pool(&b, "org:k")["presumed"].as_u64().unwrap();
+    let got_b = drain(&b, "b");
+    unsafe_kill(a.child.id(), "CONT");
+    // a does not know it was reclaimed: it may go on from its grant, but
+    // only within the presumed charge; then it registers again.
+    let got_a = drain(&a, "a-late");
+    let total = got_b + used_by_a + got_a;
+    eprintln!(
+        "stopped node: b {got_b}, a {used_by_a} + {got_a} after SIGCONT, presumed {presumed}"
+    );
+    assert!(total <= LIMIT, "{total} of {LIMIT}");
+    wait_until(Duration::from_secs(30), "a registers again", || {
+        let v = cluster(&a);
+        v["node"]["registered"] == true && v["node"]["epoch"].as_u64() == Some(2)
+    });
+    let spent_all = spent(&a, "org:k") + spent(&b, "org:k");
+    assert_eq!(spent_all, total);
+    assert!(spent_all <= LIMIT);
+}
+
+/// A TCP proxy to one etcd member that can cut every connection.
+struct Proxy {
+    url: String,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn to(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("http://").to_string();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (o, cs) = (open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                cs.lock().unwrap().push(inbound.try_clone().unwrap());
+                cs.lock().unwrap().push(outbound.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { url, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let proxies: Vec<Proxy> = eps.iter().map(|e| Proxy::to(e)).collect();
+    let via: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
+    let a = node(&via, "a");
+    let b = node(&eps, "b");
+    const LIMIT: u64 = 100_000;
+    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let mut c = a.conn();
+    call(&mut c, "first", "org:k", 999).unwrap();
+    let held = wait_grant(&b, "a", |g| g["reported"] == 1_000);
+    for p in &proxies {
+        p.cut();
+    }
+    // Cut off, a answers from its grant until the grant or u_max (5,000
+    // unreported) is used up, then denies, saying why.
+    let mut got = 1_000;
+    let reason = loop {
+        match call(&mut c, &format!("cut{got}"), "org:k", 999) {
+            Ok(t) => got += t,
+            Err(r) => break r,
+        }
+    };
+    eprintln!("cut off: a used {got} of its grant of {held}, then: {reason}");
+    assert_eq!(reason, "store_unreachable");
+    assert!(got <= held.min(1_000 + LIMIT / 20));
+    assert!(
+        err(&mut c, "BUDGET.SET org:x TOKENS 5 PER DAY").starts_with("CLUSTERDOWN"),
+        "a definition is not applied while the store is out of reach"
+    );
+    assert!(raw(&mut c, "BUDGET.GET org:x").is_err());
+    // Past its lease: a stays cut off and fenced, and keeps failing closed.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(cluster(&a)["node"]["store_reachable"], false);
+    assert_eq!(
+        call(&mut c, "still-cut", "org:k", 999),
+        Err("store_unreachable".to_string())
+    );
+    // The partition heals: a reports, refills, and serves again.
+    for p in &proxies {
+        p.heal();
+    }
+    wait_until(Duration::from_secs(30), "a serves again", || {
+        call(&mut c, &format!("healed{got}"), "org:k", 999).is_ok()
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "a's view says it reaches etcd",
+        || cluster(&a)["node"]["store_reachable"] == true,
+    );
+    let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", a.admin_port))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let errors: u64 = (text.lines())
+        .find_map(|l| l.strip_prefix("spendb_cluster_store_errors_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(errors > 0, "the cut was counted: {text}");
+}
+
+#[test]
+fn a_single_node_has_no_cluster_page_and_refuses_cluster_flags_alone() {
+    let s = Server::start(&[]);
+    let (status, body) = Http::new(&s, None).get("/v1/cluster");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "NOTCLUSTER");
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["serve", "--node", "n1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--etcd"));
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["serve", "--etcd", "http://127.0.0.1:1", "--node", "a/b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node 'a/b'"));
+}
