@@ -189,6 +189,8 @@ pub trait ClusterLink: Send + Sync {
     /// Some for a definition (BUDGET.SET / DEL, PRICE.SET): the answer
     /// comes once the store holds it (Err: refuse the command).
     fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>>;
+    /// This node's name (a hold another node granted is not here).
+    fn node(&self) -> &str;
 }
 
 /// What asking the global store for room did.
@@ -364,6 +366,23 @@ impl EngineHandle {
                         unreachable = true;
                     }
                 }
+            }
+        }
+        // Holds live on the node that granted them (Redis Cluster's MOVED,
+        // without the address: a sidecar's clients talk to their own node).
+        for (cmd, o) in cmds.iter().zip(out.iter_mut()) {
+            if let (
+                Command::Commit { .. } | Command::Release { .. } | Command::HoldGet { .. },
+                Outcome::Refused {
+                    code: ErrorCode::Unknown,
+                    msg,
+                },
+            ) = (cmd, o)
+            {
+                msg.push_str(&format!(
+                    " on node {} (a hold is settled on the node that granted it)",
+                    link.node()
+                ));
             }
         }
         out

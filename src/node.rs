@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster::agent::{self, Agent, AgentConfig, AgentStats, Answer, Local, Shortage};
 use crate::cluster::escrow::{self, ClusterStatus};
-use crate::cluster::kv::GlobalStore;
+use crate::cluster::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, Op, Rev};
 use crate::engine::{Asked, ClusterLink, EngineHandle};
 use crate::state::grant::{GrantLine, GrantUse};
 use crate::state::outcome::Denied;
@@ -34,6 +34,44 @@ enum Request {
     Status(oneshot::Sender<Result<ClusterStatus, String>>),
 }
 
+/// The store, counting every request this node sends it (the figure the
+/// issue's "store operations per node per second" is measured by).
+struct Counted {
+    inner: Box<dyn GlobalStore + Send>,
+    ops: u64,
+}
+
+impl GlobalStore for Counted {
+    fn get(&mut self, key: &str) -> Result<Option<KeyValue>, KvError> {
+        self.ops += 1;
+        self.inner.get(key)
+    }
+    fn range(&mut self, prefix: &str) -> Result<Vec<KeyValue>, KvError> {
+        self.ops += 1;
+        self.inner.range(prefix)
+    }
+    fn count(&mut self, prefix: &str) -> Result<u64, KvError> {
+        self.ops += 1;
+        self.inner.count(prefix)
+    }
+    fn txn(&mut self, when: &[Compare], then: &[Op]) -> Result<bool, KvError> {
+        self.ops += 1;
+        self.inner.txn(when, then)
+    }
+    fn lease_grant(&mut self, ttl_ms: u64) -> Result<LeaseId, KvError> {
+        self.ops += 1;
+        self.inner.lease_grant(ttl_ms)
+    }
+    fn lease_keepalive(&mut self, lease: LeaseId) -> Result<(), KvError> {
+        self.ops += 1;
+        self.inner.lease_keepalive(lease)
+    }
+    fn revision(&mut self) -> Result<Rev, KvError> {
+        self.ops += 1;
+        self.inner.revision()
+    }
+}
+
 /// What `/v1/cluster` and `/metrics` show of this node.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NodeView {
@@ -42,6 +80,9 @@ pub struct NodeView {
     pub registered: bool,
     /// Whether the last store request was answered.
     pub store_reachable: bool,
+    /// Requests sent to the store since start (reads, transactions,
+    /// leases).
+    pub store_ops: u64,
     pub stats: AgentStats,
     /// This node's grants: key, granted, reported, used (in the period).
     pub grants: Vec<GrantView>,
@@ -59,6 +100,7 @@ pub struct GrantView {
 
 /// The running agent: a handle to ask it things.
 pub struct ClusterNode {
+    name: String,
     tx: Mutex<mpsc::Sender<Request>>,
     view: Arc<Mutex<NodeView>>,
 }
@@ -94,7 +136,7 @@ impl ClusterNode {
     /// Starts the agent's thread on `store` and links it to the engine.
     pub fn start(
         engine: EngineHandle,
-        mut store: Box<dyn GlobalStore + Send>,
+        store: Box<dyn GlobalStore + Send>,
         name: &str,
         config: AgentConfig,
     ) -> std::io::Result<Arc<ClusterNode>> {
@@ -104,10 +146,15 @@ impl ClusterNode {
             ..NodeView::default()
         }));
         let node = Arc::new(ClusterNode {
+            name: name.to_string(),
             tx: Mutex::new(tx),
             view: view.clone(),
         });
         let local = EngineLocal(engine.clone());
+        let mut store = Counted {
+            inner: store,
+            ops: 0,
+        };
         let mut agent = Agent::new(name, config);
         std::thread::Builder::new()
             .name("spendb-cluster".into())
@@ -124,7 +171,7 @@ impl ClusterNode {
                     };
                     match rx.recv_timeout(wait) {
                         Ok(req) => {
-                            if let Some(w) = serve(&mut agent, store.as_mut(), &local, req) {
+                            if let Some(w) = serve(&mut agent, &mut store, &local, req) {
                                 waiting.push(w);
                             }
                         }
@@ -133,13 +180,13 @@ impl ClusterNode {
                     }
                     let now = now_ms();
                     if now.saturating_sub(last_tick) >= tick.as_millis() as u64 {
-                        agent.tick(store.as_mut(), &local, now);
+                        agent.tick(&mut store, &local, now);
                         last_tick = now;
                     }
                     waiting = (waiting.into_iter())
-                        .filter_map(|w| poll(&mut agent, store.as_mut(), &local, w, now))
+                        .filter_map(|w| poll(&mut agent, &mut store, &local, w, now))
                         .collect();
-                    let fresh = view_of(&agent, &local);
+                    let fresh = view_of(&agent, &local, store.ops);
                     *view.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                 }
             })?;
@@ -166,7 +213,7 @@ impl ClusterNode {
     }
 }
 
-fn view_of(agent: &Agent, local: &EngineLocal) -> NodeView {
+fn view_of(agent: &Agent, local: &EngineLocal, store_ops: u64) -> NodeView {
     let grants = (local.uses().unwrap_or_default().into_iter())
         .filter(|u| u.line.epoch != 0)
         .map(|u| GrantView {
@@ -183,6 +230,7 @@ fn view_of(agent: &Agent, local: &EngineLocal) -> NodeView {
         epoch: agent.node.epoch,
         registered: agent.registered,
         store_reachable: agent.reachable,
+        store_ops,
         stats: agent.stats,
         grants,
     }
@@ -281,6 +329,10 @@ impl ClusterLink for ClusterNode {
             }
         }
         rx
+    }
+
+    fn node(&self) -> &str {
+        &self.name
     }
 
     fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>> {

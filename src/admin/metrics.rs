@@ -230,6 +230,11 @@ fn cluster_metrics(v: &crate::node::NodeView, out: &mut String) {
             st.give_backs,
         ),
         (
+            "spendb_cluster_recalls_total",
+            "Recalls of idle room this node sent when a pool ran dry.",
+            st.recalls,
+        ),
+        (
             "spendb_cluster_reclaims_total",
             "Grants of dead nodes this node reclaimed.",
             st.reclaims,
@@ -250,6 +255,13 @@ fn cluster_metrics(v: &crate::node::NodeView, out: &mut String) {
             st.definitions_applied,
         ),
     ];
+    metric(
+        out,
+        "spendb_cluster_store_ops_total",
+        "counter",
+        "Requests this node sent to the store.",
+        v.store_ops,
+    );
     for (name, help, value) in counters {
         metric(out, name, "counter", help, value);
     }

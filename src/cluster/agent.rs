@@ -55,9 +55,9 @@ impl AgentConfig {
         AgentConfig {
             lease_ttl_ms,
             horizon_ms: 10_000,
-            report_every_ms: 1_000,
-            relieve_every_ms: 2_000,
-            definitions_every_ms: 500,
+            report_every_ms: 5_000,
+            relieve_every_ms: 5_000,
+            definitions_every_ms: 2_000,
             u_max_divisor: crate::state::grant::ClusterRules::default().u_max_divisor,
         }
     }
@@ -150,6 +150,10 @@ fn price_key(model: &str) -> String {
     )
 }
 
+fn definitions_version_key() -> String {
+    format!("{PREFIX}definitions")
+}
+
 fn unescape(s: &str) -> String {
     s.replace("%2F", "/").replace("%25", "%")
 }
@@ -238,7 +242,14 @@ pub fn publish(
         },
         None => Op::Delete(key.clone()),
     };
-    store.txn(&[], &[op])?;
+    // The version key moves with every definition: nodes read it, and
+    // read the definitions only when it has moved.
+    let version = Op::Put {
+        key: definitions_version_key(),
+        value: b"{}".to_vec(),
+        lease: None,
+    };
+    store.txn(&[], &[op, version])?;
     if let Command::BudgetSet { scope, limits } = cmd {
         for l in limits {
             if let Some((k, _)) = crate::state::grant::key(scope, l, now) {
@@ -259,8 +270,9 @@ pub struct Shortage {
     pub report: bool,
 }
 
-/// How often the first live node looks for dead nodes' grants.
-const JANITOR_EVERY_MS: u64 = 1_000;
+/// How often the first live node looks for dead nodes' grants (a dead
+/// node's room is back within this of its lease running out).
+const JANITOR_EVERY_MS: u64 = 2_000;
 
 /// How many times a refill is tried again when another node's write moved
 /// the pool under its guard (each try reads the pool afresh).
@@ -285,9 +297,13 @@ pub struct Agent {
     last_janitor: u64,
     /// The live nodes at the last janitor round, by name.
     live: Vec<String>,
+    /// The last janitor round left a dead node's grant to reclaim.
+    janitor_pending: bool,
     last_definitions: u64,
     /// The store revision each definition key was applied at.
     applied: BTreeMap<String, Rev>,
+    /// The definitions' version key's revision when last read.
+    definitions_seen: Rev,
     /// Keys whose pool was last seen low: recalls of them are looked for
     /// every round.
     low: BTreeMap<String, ()>,
@@ -338,8 +354,10 @@ impl Agent {
             last_relieve: 0,
             last_janitor: 0,
             live: Vec::new(),
+            janitor_pending: true,
             last_definitions: 0,
             applied: BTreeMap::new(),
+            definitions_seen: 0,
             low: BTreeMap::new(),
             recalls_served: BTreeMap::new(),
         }
@@ -656,6 +674,11 @@ impl Agent {
         for _ in 0..MAX_CONFLICTS {
             got = self.node.refill(store, &key, need, want)?;
             if got > 0 {
+                // Less than it wanted: the fair share bound it, so the
+                // pool is running low; look for recalls from now on.
+                if got < want {
+                    self.low.insert(key.clone(), ());
+                }
                 break;
             }
             let pool = escrow::read_pool(store, &key)?;
@@ -800,8 +823,8 @@ impl Agent {
             self.relieve(store, local)?;
             self.last_relieve = now;
         }
-        // The first live node (by name) looks every second, so a dead
-        // node's room comes back within a second of its lease; the others
+        // The first live node (by name) looks every 2 s, so a dead node's
+        // room comes back within 2 s of its lease running out; the others
         // every TTL, in case it is the one that died.
         let first = self.live.first().is_some_and(|n| *n == self.node.name);
         let every = if first {
@@ -840,7 +863,14 @@ impl Agent {
         let live: Vec<String> = (store.range(&format!("{PREFIX}node/"))?.into_iter())
             .filter_map(|kv| Some(kv.key.strip_prefix(&format!("{PREFIX}node/"))?.to_string()))
             .collect();
+        // The grants are read only when the live nodes changed (one died,
+        // one joined) or the last pass left a grant unreclaimed: one read
+        // every round otherwise.
+        if live == self.live && !self.janitor_pending {
+            return Ok(());
+        }
         self.live = live.clone();
+        self.janitor_pending = false;
         let grant_prefix = format!("{PREFIX}grant/");
         for kv in store.range(&grant_prefix)? {
             let Some((limit, node)) = kv.key[grant_prefix.len()..].rsplit_once('/') else {
@@ -857,6 +887,9 @@ impl Agent {
             let u_max = self.u_max(pool.limit);
             if escrow::reclaim(store, &plan, u_max, escrow::Fencing::Checked)? {
                 self.stats.reclaims += 1;
+            } else {
+                // Its grant or the pool moved since the plan: next round.
+                self.janitor_pending = true;
             }
         }
         Ok(())
@@ -869,6 +902,12 @@ impl Agent {
         store: &mut dyn GlobalStore,
         local: &dyn Local,
     ) -> Result<(), KvError> {
+        let version = store
+            .get(&definitions_version_key())?
+            .map_or(0, |kv| kv.mod_rev);
+        if version == self.definitions_seen {
+            return Ok(());
+        }
         let mut found = Vec::new();
         for prefix in ["budget/", "price/"] {
             found.extend(store.range(&format!("{PREFIX}{prefix}"))?);
@@ -902,6 +941,7 @@ impl Agent {
                 self.stats.definitions_applied += 1;
             }
         }
+        self.definitions_seen = version;
         Ok(())
     }
 

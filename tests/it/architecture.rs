@@ -87,9 +87,12 @@ const RULES: &[Rule] = &[
             "crate::admin",
             "crate::auth",
             "crate::webhook",
+            "crate::node",
+            "crate::cluster",
         ],
         allowed: &[],
-        why: "the engine (and the metrics it keeps) sit below the front ends",
+        why: "the engine (and the metrics it keeps) sit below the front ends, and know \
+              cluster mode only as the ClusterLink trait",
     },
     Rule {
         applies: |p| p.starts_with("src/store/"),
@@ -119,6 +122,7 @@ const RULES: &[Rule] = &[
         applies: |p| p.starts_with("src/cluster/"),
         forbidden: &[
             "crate::engine",
+            "crate::node",
             "crate::resp",
             "crate::admin",
             "crate::embedded",

@@ -157,6 +157,12 @@ fn three_nodes_use_a_shared_budget_up_without_passing_it() {
         first * 100 >= LIMIT * 95,
         "only {first} of {LIMIT} was used when the first node was denied"
     );
+    // A hold is settled on the node that granted it; another node says so.
+    let moved = err(&mut nodes[1].conn(), "COMMIT n0-0-0 INPUT 1 OUTPUT 1");
+    assert!(
+        moved.starts_with("UNKNOWN") && moved.contains("on node n2"),
+        "{moved}"
+    );
     // The store agrees: every grant's room is counted once.
     let p = pool(&nodes[0], "org:t|TOKENS|PER TOTAL");
     let grants: u64 = (p["grants"].as_array().unwrap().iter())

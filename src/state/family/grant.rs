@@ -95,3 +95,197 @@ impl State {
         Some(lowered)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::state::grant::{ClusterRules, GrantLine};
+    use crate::state::limit::{Blocker, Dim, LimitSpec, Period, Window, Zone};
+    use crate::state::outcome::Denied;
+    use crate::state::*;
+
+    const DAY: u64 = 86_400_000;
+
+    fn node() -> State {
+        let mut st = State::new(Config {
+            cluster: Some(ClusterRules::default()),
+            ..Config::default()
+        });
+        let mut out = Vec::new();
+        let budget = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![
+                LimitSpec {
+                    dim: Dim::Tokens,
+                    window: Window::Total,
+                    amount: 1_000,
+                },
+                LimitSpec {
+                    dim: Dim::Requests,
+                    window: Window::Calendar(Period::Day, Zone::UTC),
+                    amount: 100,
+                },
+                LimitSpec {
+                    dim: Dim::Requests,
+                    window: Window::Rolling(60_000),
+                    amount: 3,
+                },
+            ],
+        };
+        st.apply(DAY, &budget, &mut out);
+        st
+    }
+
+    fn reserve(st: &mut State, now: u64, id: &str, tokens: u64) -> Outcome {
+        let r = Command::Reserve(ReserveArgs::new(id, "org:a/agent:x", "gpt-4o", tokens, 0));
+        st.decide(now, &r, None, &mut Vec::new())
+    }
+
+    fn line(st: &State, now: u64, dim: Dim) -> GrantLine {
+        let u = st.grant_uses(now);
+        u.into_iter()
+            .find(|u| u.line.spec.dim == dim)
+            .unwrap_or_else(|| panic!("no {dim:?} line"))
+            .line
+    }
+
+    fn confirm(st: &mut State, now: u64, dim: Dim, granted: u64, reported: u64) {
+        let l = GrantLine {
+            epoch: 1,
+            granted,
+            reported,
+            ..line(st, now, dim)
+        };
+        st.grant_confirm(now, l, &mut Vec::new());
+    }
+
+    fn denied(o: Outcome) -> Denied {
+        match o {
+            Outcome::Denied(d) => d,
+            other => panic!("not denied: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_reserves_only_within_its_grant_and_its_unreported_allowance() {
+        let mut st = node();
+        let now = DAY + 1;
+        // No grant yet: short of all of it, on the first global limit.
+        let d = denied(reserve(&mut st, now, "h1", 300));
+        assert_eq!(
+            (d.reason, d.short_by, d.retry_after),
+            (Blocker::Grant, 300, Some(0))
+        );
+        assert_eq!(d.limit.dim, Dim::Tokens);
+        confirm(&mut st, now, Dim::Tokens, 500, 0);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        // u_max is 1,000 / 20 = 50: 300 unreported is too much.
+        let d = denied(reserve(&mut st, now, "h1", 300));
+        assert_eq!((d.reason, d.short_by), (Blocker::Unreported, 250));
+        assert_eq!(d.remaining, 500, "what the grant has left");
+        // Reported ahead of use, it fits; the next does not fit the grant.
+        confirm(&mut st, now, Dim::Tokens, 500, 250);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 300),
+            Outcome::Granted(_)
+        ));
+        let d = denied(reserve(&mut st, now, "h2", 201));
+        assert_eq!(
+            (d.reason, d.short_by, d.remaining),
+            (Blocker::Grant, 1, 200)
+        );
+        // A limit that is itself full is named before a short grant.
+        confirm(&mut st, now, Dim::Tokens, 1_000, 1_000);
+        let d = denied(reserve(&mut st, now, "h3", 701));
+        assert_eq!(d.reason, Blocker::Held);
+    }
+
+    #[test]
+    fn the_uses_are_each_global_limits_use_beyond_its_base() {
+        let mut st = node();
+        let now = DAY + 1;
+        confirm(&mut st, now, Dim::Tokens, 500, 100);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 40),
+            Outcome::Granted(_)
+        ));
+        let uses = st.grant_uses(now);
+        assert_eq!(uses.len(), 2, "rolling windows are not global: {uses:?}");
+        let tokens = uses
+            .iter()
+            .find(|u| u.line.spec.dim == Dim::Tokens)
+            .unwrap();
+        assert_eq!((tokens.used, tokens.amount, tokens.u_max), (40, 1_000, 50));
+        let requests = uses
+            .iter()
+            .find(|u| u.line.spec.dim == Dim::Requests)
+            .unwrap();
+        assert_eq!((requests.used, requests.u_max), (1, 5));
+        // A base (use an earlier grant accounted for) comes off.
+        let l = GrantLine {
+            base: 30,
+            ..tokens.line.clone()
+        };
+        st.grant_confirm(now, l, &mut Vec::new());
+        let u = st.grant_uses(now);
+        assert_eq!(
+            u.iter()
+                .find(|u| u.line.spec.dim == Dim::Tokens)
+                .unwrap()
+                .used,
+            10
+        );
+        // A single node has no global limits.
+        assert!(State::new(Config::default()).grant_uses(now).is_empty());
+    }
+
+    #[test]
+    fn lowering_keeps_what_is_used_or_reported_and_gives_nothing_twice() {
+        let mut st = node();
+        let now = DAY + 1;
+        confirm(&mut st, now, Dim::Tokens, 500, 45);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 40),
+            Outcome::Granted(_)
+        ));
+        let key = line(&st, now, Dim::Tokens).key();
+        let mut out = Vec::new();
+        // Reported 45 is more than the 40 used: the line keeps 45 + 5.
+        let l = st.grant_lower(now, &key, 5, &mut out).unwrap();
+        assert_eq!((l.granted, l.reported), (50, 45));
+        assert_eq!(out.len(), 1, "one entry");
+        assert_eq!(st.grant_lower(now, &key, 5, &mut out), None);
+        assert_eq!(st.grant_lower(now, &key, 10, &mut out), None);
+        assert_eq!(st.grant_lower(now, "no such key", 0, &mut out), None);
+        // The node now holds 50: 11 more does not fit.
+        let d = denied(reserve(&mut st, now, "h2", 11));
+        assert_eq!((d.reason, d.remaining), (Blocker::Grant, 10));
+    }
+
+    #[test]
+    fn a_periods_line_ends_with_the_period() {
+        let mut st = node();
+        let now = DAY + 1;
+        confirm(&mut st, now, Dim::Tokens, 500, 100);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        assert_eq!(st.grants.len(), 2);
+        // The next day: a new period is a new pool; yesterday's line goes
+        // with the next line written.
+        let tomorrow = 2 * DAY + 1;
+        let d = denied(reserve(&mut st, tomorrow, "h1", 1));
+        assert_eq!((d.limit.dim, d.reason), (Dim::Requests, Blocker::Grant));
+        confirm(&mut st, tomorrow, Dim::Requests, 10, 0);
+        assert_eq!(
+            st.grants.len(),
+            2,
+            "the TOTAL line and today's: {:?}",
+            st.grants.keys()
+        );
+        assert!(st.grants.values().all(|l| !l.ended(tomorrow)));
+        assert!(matches!(
+            reserve(&mut st, tomorrow, "h1", 1),
+            Outcome::Granted(_)
+        ));
+    }
+}
