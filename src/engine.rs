@@ -191,6 +191,9 @@ pub trait ClusterLink: Send + Sync {
     fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>>;
     /// This node's name (a hold another node granted is not here).
     fn node(&self) -> &str;
+    /// Why the node may not grant yet (it has not read the cluster's
+    /// definitions since it started), or None.
+    fn not_ready(&self) -> Option<String>;
 }
 
 /// What asking the global store for room did.
@@ -316,8 +319,17 @@ impl EngineHandle {
         let mut out = Vec::with_capacity(cmds.len());
         let mut asks = 0;
         let mut unreachable = false;
+        // A node that has not read the cluster's definitions grants nothing.
+        let not_ready = link.not_ready();
+        let stops_here = |c: &Command| {
+            link_publishes(c) || (not_ready.is_some() && matches!(c, Command::Reserve(_)))
+        };
         while out.len() < cmds.len() {
             let at = out.len();
+            if let (Some(why), Command::Reserve(_)) = (&not_ready, &cmds[at]) {
+                out.push(Outcome::refused(ErrorCode::ClusterDown, why.clone()));
+                continue;
+            }
             if asks == 0 && link_publishes(&cmds[at]) {
                 // Refused whatever the state: refused here, never written.
                 if let Err((code, msg)) = State::check_definition(&cmds[at], access.as_deref()) {
@@ -338,7 +350,7 @@ impl EngineHandle {
                 + 1
                 + cmds[at + 1..]
                     .iter()
-                    .position(link_publishes)
+                    .position(stops_here)
                     .unwrap_or(cmds.len() - at - 1);
             let (sub, short) = self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS);
             let mut replies = match sub {

@@ -101,6 +101,8 @@ pub struct GrantView {
 /// The running agent: a handle to ask it things.
 pub struct ClusterNode {
     name: String,
+    /// Set once the agent has read the cluster's definitions.
+    ready: Arc<std::sync::atomic::AtomicBool>,
     tx: Mutex<mpsc::Sender<Request>>,
     view: Arc<Mutex<NodeView>>,
 }
@@ -145,7 +147,9 @@ impl ClusterNode {
             node: name.to_string(),
             ..NodeView::default()
         }));
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let node = Arc::new(ClusterNode {
+            ready: ready.clone(),
             name: name.to_string(),
             tx: Mutex::new(tx),
             view: view.clone(),
@@ -186,6 +190,9 @@ impl ClusterNode {
                     waiting = (waiting.into_iter())
                         .filter_map(|w| poll(&mut agent, &mut store, &local, w, now))
                         .collect();
+                    if agent.definitions_loaded {
+                        ready.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     let fresh = view_of(&agent, &local, store.ops);
                     *view.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                 }
@@ -222,7 +229,7 @@ fn view_of(agent: &Agent, local: &EngineLocal, store_ops: u64) -> NodeView {
             granted: u.line.granted,
             reported: u.line.reported,
             used: u.used,
-            u_max: u.u_max,
+            u_max: u.line.u_max,
         })
         .collect();
     NodeView {
@@ -321,6 +328,9 @@ impl ClusterLink for ClusterNode {
                     key,
                     by: denied.short_by,
                     report: denied.reason == crate::state::limit::Blocker::Unreported,
+                    amount: denied
+                        .short_by
+                        .saturating_add(denied.remaining.max(0) as u64),
                 },
                 tx,
             )),
@@ -333,6 +343,16 @@ impl ClusterLink for ClusterNode {
 
     fn node(&self) -> &str {
         &self.name
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        match self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            true => None,
+            false => Some(format!(
+                "node {} has not read the cluster's budgets from etcd yet",
+                self.name
+            )),
+        }
     }
 
     fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>> {

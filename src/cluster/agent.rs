@@ -45,9 +45,6 @@ pub struct AgentConfig {
     pub relieve_every_ms: u64,
     /// Reads the definitions this often (`budget/`, `price/`).
     pub definitions_every_ms: u64,
-    /// The share of the limit a node's unreported usage may reach
-    /// (`u_max` = limit / this), as the rules (`ClusterRules`) have it.
-    pub u_max_divisor: u64,
 }
 
 impl AgentConfig {
@@ -58,7 +55,6 @@ impl AgentConfig {
             report_every_ms: 5_000,
             relieve_every_ms: 5_000,
             definitions_every_ms: 2_000,
-            u_max_divisor: crate::state::grant::ClusterRules::default().u_max_divisor,
         }
     }
 }
@@ -268,6 +264,8 @@ pub struct Shortage {
     pub by: u64,
     /// It lacks a report (of `by` more than the node reported), not room.
     pub report: bool,
+    /// What the RESERVE asks of the limit (in its unit).
+    pub amount: u64,
 }
 
 /// How often the first live node looks for dead nodes' grants (a dead
@@ -285,6 +283,11 @@ pub struct Agent {
     pub config: AgentConfig,
     pub registered: bool,
     pub reachable: bool,
+    /// The definitions in the store have been read and applied since this
+    /// agent started: until then the node must not grant (a node restarted
+    /// without its disk knows no budgets; one with its disk may have missed
+    /// some).
+    pub definitions_loaded: bool,
     pub stats: AgentStats,
     /// Keys whose pool exists and which this registration has joined.
     joined: BTreeMap<String, ()>,
@@ -334,8 +337,8 @@ fn local_grant(u: &GrantUse) -> LocalGrant {
 impl Agent {
     pub fn new(name: &str, config: AgentConfig) -> Agent {
         let escrow = EscrowConfig {
-            // The rules' u_max is per limit (its amount / divisor): the
-            // escrow's reclaim charges that one, set per call below.
+            // Per limit (a twentieth of its amount, `GrantUse::u_max`),
+            // set before each call: what a grant this node begins declares.
             u_max: 0,
             chunk: u64::MAX,
             lease_ttl_ms: config.lease_ttl_ms,
@@ -345,6 +348,7 @@ impl Agent {
             config,
             registered: false,
             reachable: true,
+            definitions_loaded: false,
             stats: AgentStats::default(),
             joined: BTreeMap::new(),
             rates: BTreeMap::new(),
@@ -361,10 +365,6 @@ impl Agent {
             low: BTreeMap::new(),
             recalls_served: BTreeMap::new(),
         }
-    }
-
-    fn u_max(&self, amount: u64) -> u64 {
-        (amount / self.config.u_max_divisor.max(1)).max(1)
     }
 
     /// Sets the escrow's per-limit figures and the node's view of a line.
@@ -429,13 +429,12 @@ impl Agent {
         self.reachable = true;
         self.stats.registrations += 1;
         self.joined.clear();
-        for u in &before {
+        for u in before.iter().filter(|u| u.line.epoch != 0) {
             let key = u.line.key();
             let g = self.node.grants.get(&key).copied();
             let line = match g {
                 // Kept under the new epoch, all its use reported.
                 Some(g) if g.epoch == self.node.epoch && (g.granted > 0 || g.used > 0) => {
-                    self.joined.insert(key, ());
                     GrantLine {
                         epoch: g.epoch,
                         granted: g.granted,
@@ -445,18 +444,16 @@ impl Agent {
                 }
                 // Settled into the pool (reconciled or charged): what it
                 // used is the pool's now, not the next grant's.
-                other => {
-                    if other.is_some() {
-                        self.joined.insert(key, ());
-                    }
-                    GrantLine {
-                        epoch: self.node.epoch,
-                        base: u.line.base.saturating_add(u.used),
-                        granted: 0,
-                        reported: 0,
-                        ..u.line.clone()
-                    }
-                }
+                // (Its u_max is the store's fresh grant's: the next join
+                // reads it.)
+                _ => GrantLine {
+                    epoch: self.node.epoch,
+                    base: u.line.base.saturating_add(u.used),
+                    granted: 0,
+                    reported: 0,
+                    u_max: 0,
+                    ..u.line.clone()
+                },
             };
             local.confirm(line)?;
         }
@@ -493,23 +490,50 @@ impl Agent {
         self.load(u);
         if u.line.epoch != self.node.epoch {
             self.node.grants.remove(&key);
-            self.node.join(store, &key)?;
-            // What the node used before this grant is not the grant's.
-            let line = GrantLine {
-                epoch: self.node.epoch,
-                base: u.line.base.saturating_add(u.used),
-                granted: 0,
-                reported: 0,
-                ..u.line.clone()
+        }
+        // Creates this registration's grant, or finds it there (a join
+        // whose reply was lost, a grant kept or begun at registration); a
+        // grant of an older registration still to settle is not joined.
+        // Its declared u_max is raised to this limit's first (the store
+        // before the line: the node may use only what a reclaim charges).
+        self.node.join(store, &key)?;
+        let Some(g) = self.node.declare(store, &key, u.u_max)? else {
+            self.joined.remove(&key);
+            return Ok(());
+        };
+        let new_line = u.line.epoch != self.node.epoch;
+        if new_line || u.line.u_max != g.u_max {
+            // A fresh grant: what the node used before it is not its.
+            let fresh = g.granted == 0 && g.reported == 0;
+            let line = match new_line {
+                true => GrantLine {
+                    epoch: self.node.epoch,
+                    base: match fresh {
+                        true => u.line.base.saturating_add(u.used),
+                        false => u.line.base,
+                    },
+                    granted: g.granted,
+                    reported: g.reported,
+                    u_max: g.u_max,
+                    ..u.line.clone()
+                },
+                false => GrantLine {
+                    u_max: g.u_max,
+                    ..u.line.clone()
+                },
             };
             local.confirm(line).map_err(KvError::Unavailable)?;
-            self.node.grants.insert(
-                key.clone(),
-                LocalGrant {
-                    epoch: self.node.epoch,
-                    ..LocalGrant::default()
-                },
-            );
+            if new_line {
+                self.node.grants.insert(
+                    key.clone(),
+                    LocalGrant {
+                        epoch: self.node.epoch,
+                        granted: g.granted,
+                        used: g.reported,
+                        reported: g.reported,
+                    },
+                );
+            }
         }
         self.joined.insert(key, ());
         Ok(())
@@ -545,6 +569,16 @@ impl Agent {
         else {
             return Ok(Answer::Nothing);
         };
+        // A round of the agent may have done it since the RESERVE was
+        // decided: decide it again.
+        let l = &u.line;
+        let after = u.used.saturating_add(short.amount);
+        if l.epoch == self.node.epoch
+            && after <= l.granted
+            && after <= l.reported.saturating_add(l.u_max)
+        {
+            return Ok(Answer::Moved);
+        }
         let r = match short.report {
             true => self.report_ahead(store, local, &u, short.by),
             false => self.serve_one(store, local, &u, short.by.max(1)),
@@ -656,12 +690,7 @@ impl Agent {
         need: u64,
     ) -> Result<bool, KvError> {
         self.join(store, local, u)?;
-        let u = local
-            .uses()
-            .map_err(KvError::Unavailable)?
-            .into_iter()
-            .find(|x| x.line.key() == u.line.key())
-            .unwrap_or_else(|| u.clone());
+        let u = self.fresh(local, u)?;
         self.load(&u);
         let key = u.line.key();
         if need == 0 {
@@ -714,7 +743,18 @@ impl Agent {
         by: u64,
     ) -> Result<bool, KvError> {
         self.join(store, local, u)?;
-        self.report_one(store, local, u, by)
+        let u = self.fresh(local, u)?;
+        self.report_one(store, local, &u, by)
+    }
+
+    /// `u` read again (after a join may have rewritten its line).
+    fn fresh(&self, local: &dyn Local, u: &GrantUse) -> Result<GrantUse, KvError> {
+        Ok(local
+            .uses()
+            .map_err(KvError::Unavailable)?
+            .into_iter()
+            .find(|x| x.line.key() == u.line.key())
+            .unwrap_or_else(|| u.clone()))
     }
 
     fn report_one(
@@ -742,12 +782,21 @@ impl Agent {
         for (k, _) in &others {
             self.node.grants.remove(k);
         }
-        let r = self.node.report(store);
+        let mut r = self.node.report(store);
+        if r.is_ok() && self.node.grants[&key].reported == before {
+            // Nothing to report as the store sees it: read its figures.
+            r = self.node.sync(store);
+        }
         self.node.grants.extend(others);
         r?;
-        let moved = self.node.grants[&key].reported != before;
-        if moved {
+        let now = self.node.grants[&key];
+        if now.reported != before {
             self.stats.reports += 1;
+        }
+        // The store's figures differ from the line (this report, or one
+        // whose reply was lost before): the line takes them.
+        let moved = now.reported != u.line.reported || now.granted != u.line.granted;
+        if moved {
             self.store_line(local, u).map_err(KvError::Unavailable)?;
         }
         Ok(moved)
@@ -776,15 +825,18 @@ impl Agent {
             store.lease_keepalive(lease)?;
             self.last_keepalive = now;
         }
+        if !self.definitions_loaded
+            || now.saturating_sub(self.last_definitions) >= self.config.definitions_every_ms
+        {
+            self.apply_definitions(store, local)?;
+            self.last_definitions = now;
+            self.definitions_loaded = true;
+        }
         if !self.registered {
             if !self.register(store, local).map_err(KvError::Unavailable)? {
                 return Ok(());
             }
             self.last_keepalive = now;
-        }
-        if now.saturating_sub(self.last_definitions) >= self.config.definitions_every_ms {
-            self.apply_definitions(store, local)?;
-            self.last_definitions = now;
         }
         let uses = local.uses().map_err(KvError::Unavailable)?;
         let dt = now.saturating_sub(self.last_tick).max(1) as f64 / 1000.0;
@@ -808,7 +860,7 @@ impl Agent {
             if (left < want / 2 || u.line.epoch != self.node.epoch) && !idle {
                 self.serve_one(store, local, u, want.saturating_sub(left).max(1))?;
             } else if u.used > u.line.reported
-                && (report_due || u.used - u.line.reported >= u.u_max / 2)
+                && (report_due || u.used - u.line.reported >= u.line.u_max / 2)
             {
                 self.serve_one(store, local, u, 0)?;
             }
@@ -880,12 +932,10 @@ impl Agent {
                 continue;
             }
             let limit = unescape(limit);
-            let pool = escrow::read_pool(store, &limit)?;
             let Some(plan) = escrow::plan_reclaim(store, &limit, node)? else {
                 continue;
             };
-            let u_max = self.u_max(pool.limit);
-            if escrow::reclaim(store, &plan, u_max, escrow::Fencing::Checked)? {
+            if escrow::reclaim(store, &plan, escrow::Fencing::Checked)? {
                 self.stats.reclaims += 1;
             } else {
                 // Its grant or the pool moved since the plan: next round.

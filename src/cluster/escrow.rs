@@ -82,10 +82,14 @@ pub struct GrantV1 {
     /// The node's registration that holds it.
     pub epoch: u64,
     pub granted: u64,
-    /// Usage the node has reported (it never exceeds `granted`).
+    /// Usage the node has reported (it may report ahead of use).
     pub reported: u64,
     /// Set when the grant was reclaimed: what the pool was charged for it.
     pub presumed: Option<u64>,
+    /// The most usage the node holds unreported under this grant, as it
+    /// declared it (raised here before the node uses more, lowered there
+    /// first): what a reclaim charges beyond `reported`.
+    pub u_max: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +271,7 @@ impl Node {
                         granted: g.granted,
                         reported: l.used,
                         presumed: None,
+                        u_max: g.u_max,
                     };
                     let kept = LocalGrant {
                         epoch: self.epoch,
@@ -278,7 +283,7 @@ impl Node {
                 }
                 // Live, no disk: charged as a reclaim would charge it.
                 (None, None) => {
-                    let p = presumed(&g, self.config.u_max);
+                    let p = presumed(&g);
                     let pool = PoolV1 {
                         granted: pool.granted.saturating_sub(g.granted),
                         presumed: pool.presumed + p,
@@ -287,8 +292,15 @@ impl Node {
                     (pool, GrantV1::default(), None)
                 }
             };
+            // A fresh grant declares the node's configured allowance (a
+            // kept one keeps its own).
             let grant = GrantV1 {
                 epoch: self.epoch,
+                u_max: if kept.is_some() {
+                    grant.u_max
+                } else {
+                    self.config.u_max
+                },
                 ..grant
             };
             if store.txn(
@@ -534,6 +546,31 @@ impl Node {
         l.reported = l.reported.max(g.reported);
     }
 
+    /// Raises the `u_max` its grant of `limit` declares (the store first:
+    /// the node may use the larger allowance only once this is confirmed).
+    /// Ok(the grant as the store now has it, if it is this registration's).
+    pub fn declare(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        u_max: u64,
+    ) -> Result<Option<GrantV1>, KvError> {
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
+        if g.epoch != self.epoch || g.presumed.is_some() || grev == 0 {
+            return Ok(None);
+        }
+        if g.u_max >= u_max {
+            return Ok(Some(g));
+        }
+        let g2 = GrantV1 { u_max, ..g };
+        let guard = [
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+        ];
+        let ok = store.txn(&guard, &[put(grant_key(limit, &self.name), &g2)])?;
+        Ok(Some(if ok { g2 } else { g }))
+    }
+
     /// Joins a limit: an empty grant under this epoch (no room yet).
     pub fn join(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<bool, KvError> {
         let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
@@ -542,6 +579,7 @@ impl Node {
         }
         let g2 = GrantV1 {
             epoch: self.epoch,
+            u_max: self.config.u_max,
             ..GrantV1::default()
         };
         let guard = [
@@ -563,9 +601,10 @@ impl Node {
 }
 
 /// What a reclaim charges for a grant: all it reported, plus all it may
-/// have used unreported (`u_max`), never more than it was granted.
-pub fn presumed(g: &GrantV1, u_max: u64) -> u64 {
-    g.reported + u_max.min(g.granted.saturating_sub(g.reported))
+/// have used unreported (its declared `u_max`), never more than it was
+/// granted.
+pub fn presumed(g: &GrantV1) -> u64 {
+    g.reported + g.u_max.min(g.granted.saturating_sub(g.reported))
 }
 
 /// How a reclaim checks the grant's owner is dead. `Unchecked` is a
@@ -612,12 +651,11 @@ pub fn plan_reclaim(
 pub fn reclaim(
     store: &mut dyn GlobalStore,
     plan: &ReclaimPlan,
-    u_max: u64,
     fencing: Fencing,
 ) -> Result<bool, KvError> {
     let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(&plan.limit))?)?;
     let g = plan.grant;
-    let p = presumed(&g, u_max);
+    let p = presumed(&g);
     let pool2 = PoolV1 {
         granted: pool.granted.saturating_sub(g.granted),
         presumed: pool.presumed + p,
@@ -648,6 +686,16 @@ pub fn reclaim(
 /// The store's pool of one limit (the default, limit 0, if it has none).
 pub fn read_pool(store: &mut dyn GlobalStore, limit: &str) -> Result<PoolV1, KvError> {
     Ok(decode::<PoolV1>(&store.get(&pool_key(limit))?)?.0)
+}
+
+/// A node's grant of one limit as the store has it (the default, epoch 0,
+/// if it has none).
+pub fn read_grant(
+    store: &mut dyn GlobalStore,
+    limit: &str,
+    node: &str,
+) -> Result<GrantV1, KvError> {
+    Ok(decode::<GrantV1>(&store.get(&grant_key(limit, node))?)?.0)
 }
 
 /// The store's figures for one limit: its pool and every grant.
@@ -752,12 +800,21 @@ mod tests {
         let g = |granted, reported| GrantV1 {
             granted,
             reported,
+            u_max: 100,
             ..GrantV1::default()
         };
-        assert_eq!(presumed(&g(1_000, 300), 100), 400);
+        assert_eq!(presumed(&g(1_000, 300)), 400);
         // Never more than was granted.
-        assert_eq!(presumed(&g(1_000, 950), 100), 1_000);
-        assert_eq!(presumed(&g(0, 0), 100), 0);
+        assert_eq!(presumed(&g(1_000, 950)), 1_000);
+        assert_eq!(presumed(&g(0, 0)), 0);
+        // The grant's own declared allowance, whatever the config.
+        assert_eq!(
+            presumed(&GrantV1 {
+                u_max: 7,
+                ..g(1_000, 300)
+            }),
+            307
+        );
     }
 
     #[test]

@@ -31,8 +31,11 @@ pub struct GrantLine {
     /// The node's usage in the period an earlier grant accounted for.
     pub base: u64,
     pub granted: u64,
-    /// Usage the store has confirmed (never above `granted`).
+    /// Usage the store has confirmed (the agent may report ahead of use).
     pub reported: u64,
+    /// The most unreported usage the grant allows, as declared in the
+    /// store (a reclaim charges `reported` plus this, at most `granted`).
+    pub u_max: u64,
 }
 
 impl GrantLine {
@@ -57,6 +60,9 @@ pub struct GrantUse {
     pub used: u64,
     /// The limit's amount now (0 if the scope no longer has it).
     pub amount: u64,
+    /// The unreported allowance a grant of it should declare (a twentieth
+    /// of the amount, `ClusterRules`); the line's own `u_max` is what the
+    /// store has.
     pub u_max: u64,
 }
 
@@ -109,10 +115,11 @@ pub enum Short {
 }
 
 /// Checks a request of `amount` against a line (None: no line, no room):
-/// `taken` is the node's usage and open holds of the limit in the period,
-/// `u_max` the limit's. None if it fits.
-pub fn shortfall(line: Option<&GrantLine>, taken: u64, amount: u64, u_max: u64) -> Option<Short> {
-    let (base, granted, reported) = line.map_or((0, 0, 0), |l| (l.base, l.granted, l.reported));
+/// `taken` is the node's usage and open holds of the limit in the period.
+/// None if it fits.
+pub fn shortfall(line: Option<&GrantLine>, taken: u64, amount: u64) -> Option<Short> {
+    let (base, granted, reported, u_max) =
+        line.map_or((0, 0, 0, 0), |l| (l.base, l.granted, l.reported, l.u_max));
     let after = (taken.saturating_sub(base) as u128) + amount as u128;
     if after > granted as u128 {
         return Some(Short::Room {
@@ -134,6 +141,10 @@ mod tests {
     use crate::state::limit::{Period, Zone};
 
     fn line(base: u64, granted: u64, reported: u64) -> GrantLine {
+        line_u(base, granted, reported, 300)
+    }
+
+    fn line_u(base: u64, granted: u64, reported: u64, u_max: u64) -> GrantLine {
         GrantLine {
             scope: "org:a".into(),
             spec: LimitSpec {
@@ -146,35 +157,37 @@ mod tests {
             base,
             granted,
             reported,
+            u_max,
         }
     }
 
     #[test]
     fn a_request_fits_within_the_grant_and_u_max_of_unreported_use() {
         let l = line(0, 1_000, 400);
-        assert_eq!(shortfall(Some(&l), 500, 100, 300), None);
+        assert_eq!(shortfall(Some(&l), 500, 100), None);
         // Exactly the grant, exactly reported + u_max.
-        assert_eq!(shortfall(Some(&l), 600, 100, 300), None);
+        assert_eq!(shortfall(Some(&l), 600, 100), None);
+        assert_eq!(shortfall(Some(&l), 700, 1), Some(Short::Report { by: 1 }));
+        let wide = line_u(0, 1_000, 400, 10_000);
         assert_eq!(
-            shortfall(Some(&l), 700, 1, 300),
-            Some(Short::Report { by: 1 })
-        );
-        assert_eq!(
-            shortfall(Some(&l), 900, 101, 10_000),
+            shortfall(Some(&wide), 900, 101),
             Some(Short::Room { by: 1 })
         );
-        assert_eq!(shortfall(None, 0, 5, 100), Some(Short::Room { by: 5 }));
+        assert_eq!(shortfall(None, 0, 5), Some(Short::Room { by: 5 }));
+        // No declared allowance: every use must be reported first.
+        let none = line_u(0, 1_000, 400, 0);
+        assert_eq!(
+            shortfall(Some(&none), 400, 1),
+            Some(Short::Report { by: 1 })
+        );
     }
 
     #[test]
     fn usage_an_earlier_grant_accounted_for_is_not_counted_again() {
         // 400 used under the last grant (closed into the pool's consumed).
-        let l = line(400, 100, 0);
-        assert_eq!(shortfall(Some(&l), 400, 100, 1_000), None);
-        assert_eq!(
-            shortfall(Some(&l), 450, 100, 1_000),
-            Some(Short::Room { by: 50 })
-        );
+        let l = line_u(400, 100, 0, 1_000);
+        assert_eq!(shortfall(Some(&l), 400, 100), None);
+        assert_eq!(shortfall(Some(&l), 450, 100), Some(Short::Room { by: 50 }));
     }
 
     #[test]

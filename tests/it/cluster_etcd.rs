@@ -68,7 +68,7 @@ fn reclaim_once_expired(store: &mut EtcdStore, limit: &str, node: &str) {
         assert!(Instant::now() < deadline, "{node}'s lease never expired");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(escrow::reclaim(store, &plan, config(2_000).u_max, Fencing::Checked).unwrap());
+    assert!(escrow::reclaim(store, &plan, Fencing::Checked).unwrap());
 }
 
 /// Takes `step` at a time until the node can get no more: what it got.

@@ -264,7 +264,7 @@ impl Sim {
             }
             900..=939 if !self.plans.is_empty() => {
                 let plan = self.plans.remove(net.rng.random_range(0..self.plans.len()));
-                let done = escrow::reclaim(&mut net, &plan, config().u_max, self.fencing);
+                let done = escrow::reclaim(&mut net, &plan, self.fencing);
                 if done == Ok(true) {
                     self.stats.reclaims += 1;
                 }
@@ -585,7 +585,7 @@ fn a_thousand_nodes_share_one_budget() {
             );
             // (Nothing to reclaim if it never held room.)
             if let Some(plan) = escrow::plan_reclaim(&mut c, limit, &name).unwrap() {
-                assert!(escrow::reclaim(&mut c, &plan, cfg.u_max, Fencing::Checked).unwrap());
+                assert!(escrow::reclaim(&mut c, &plan, Fencing::Checked).unwrap());
             }
             continue;
         }
@@ -666,4 +666,268 @@ fn a_thousand_nodes_share_one_budget() {
         stranded_pct
     );
     assert!(stranded_pct <= 5.0, "{stranded_pct} % stranded");
+}
+
+// ----- the agent and the state machine together -------------------------
+//
+// The same faults, with what a real node runs: `cluster::agent::Agent`
+// deciding against `MemStore` (through the lossy `Net`), and a real
+// `State` with cluster rules deciding every RESERVE, its grant lines
+// changed only through the agent's `Local` calls. Nodes crash (with their
+// state, as a restart with the disk replays it, or without) and pause past
+// their lease. After every step the true use (every hold granted, on every
+// node and incarnation, committed in full) must be within the limit.
+
+mod agents {
+    use std::cell::{Cell, RefCell};
+
+    use rand::rngs::SmallRng;
+    use rand::{RngExt, SeedableRng};
+    use spendb::cluster::agent::{self, Agent, AgentConfig, Answer, Local, Shortage};
+    use spendb::cluster::escrow;
+    use spendb::cluster::kv::MemStore;
+    use spendb::state::grant::{self, ClusterRules, GrantLine, GrantUse};
+    use spendb::state::limit::{Blocker, Dim, LimitSpec, Period, Window, Zone};
+    use spendb::state::price::Usage;
+    use spendb::state::{Command, Config, Outcome, ReserveArgs, State};
+
+    use super::Net;
+    use crate::common::env_u64;
+
+    const TTL: u64 = 3_000;
+
+    struct LocalState {
+        state: RefCell<State>,
+        now: Cell<u64>,
+    }
+
+    impl Local for LocalState {
+        fn uses(&self) -> Result<Vec<GrantUse>, String> {
+            Ok(self.state.borrow().grant_uses(self.now.get()))
+        }
+        fn confirm(&self, line: GrantLine) -> Result<(), String> {
+            let mut st = self.state.borrow_mut();
+            st.grant_confirm(self.now.get(), line, &mut Vec::new());
+            Ok(())
+        }
+        fn lower(&self, key: &str, keep: u64) -> Result<Option<GrantLine>, String> {
+            let mut st = self.state.borrow_mut();
+            Ok(st.grant_lower(self.now.get(), key, keep, &mut Vec::new()))
+        }
+        fn define(&self, cmd: Command) -> Result<(), String> {
+            self.state
+                .borrow_mut()
+                .apply(self.now.get(), &cmd, &mut Vec::new());
+            Ok(())
+        }
+    }
+
+    fn fresh_state() -> State {
+        State::new(Config {
+            cluster: Some(ClusterRules::default()),
+            ..Config::default()
+        })
+    }
+
+    struct SimNode {
+        local: LocalState,
+        agent: Agent,
+        /// Does nothing until then (a pause past its lease).
+        paused_until: u64,
+    }
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            report_every_ms: 1_000,
+            relieve_every_ms: 1_000,
+            definitions_every_ms: 200,
+            ..AgentConfig::new(TTL)
+        }
+    }
+
+    fn limits() -> Vec<LimitSpec> {
+        vec![
+            LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Total,
+                amount: 40_000,
+            },
+            LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Calendar(Period::Day, Zone::UTC),
+                amount: 400,
+            },
+        ]
+    }
+
+    /// One seed: Ok(granted calls, crashes) or the first violation.
+    fn run(seed: u64, steps: usize) -> Result<(u64, u64), String> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut store = MemStore::new(0);
+        // Start 20 s before a UTC midnight: the day's pool changes midway.
+        let mut now = 1_796_256_000_000 - 20_000;
+        let budget = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: limits(),
+        };
+        store.set_time(now);
+        agent::publish(&mut store, &budget, now).map_err(|e| e.to_string())?;
+        let mut nodes: Vec<SimNode> = (0..4)
+            .map(|i| SimNode {
+                local: LocalState {
+                    state: RefCell::new(fresh_state()),
+                    now: Cell::new(now),
+                },
+                agent: Agent::new(&format!("n{i}"), config()),
+                paused_until: 0,
+            })
+            .collect();
+        // What every RESERVE granted took: tokens in total, requests per day.
+        let mut tokens = 0u64;
+        let mut requests: std::collections::BTreeMap<u64, u64> = Default::default();
+        let (mut granted, mut crashes) = (0u64, 0u64);
+        for step in 0..steps {
+            now += rng.random_range(1..120);
+            store.set_time(now);
+            let i = rng.random_range(0..nodes.len());
+            let n = &mut nodes[i];
+            n.local.now.set(now);
+            if n.paused_until > now {
+                continue;
+            }
+            let mut net = Net {
+                store: &mut store,
+                rng: &mut rng,
+                lose_request: 20,
+                lose_reply: 20,
+            };
+            let roll = net.rng.random_range(0..100);
+            match roll {
+                // A node that has not read the definitions refuses (the
+                // engine's CLUSTERDOWN).
+                0..=59 if !n.agent.definitions_loaded => {}
+                0..=59 => {
+                    let amount = net.rng.random_range(1..600);
+                    let r = Command::Reserve(ReserveArgs::new(
+                        format!("h{step}"),
+                        "org:a/agent:x",
+                        "gpt-4o",
+                        amount,
+                        0,
+                    ));
+                    let mut outcome =
+                        n.local
+                            .state
+                            .borrow_mut()
+                            .decide(now, &r, None, &mut Vec::new());
+                    for _ in 0..8 {
+                        let Outcome::Denied(d) = &outcome else { break };
+                        if !matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
+                            break;
+                        }
+                        let key = grant::key(&d.scope, &d.limit, now).unwrap().0;
+                        let short = Shortage {
+                            key,
+                            by: d.short_by,
+                            report: d.reason == Blocker::Unreported,
+                            amount: d.short_by + d.remaining.max(0) as u64,
+                        };
+                        let mut net = Net {
+                            store: &mut store,
+                            rng: &mut rng,
+                            lose_request: 20,
+                            lose_reply: 20,
+                        };
+                        if n.agent.ask(&mut net, &n.local, &short, true) != Ok(Answer::Moved) {
+                            break;
+                        }
+                        outcome = n
+                            .local
+                            .state
+                            .borrow_mut()
+                            .decide(now, &r, None, &mut Vec::new());
+                    }
+                    if let Outcome::Granted(_) = outcome {
+                        granted += 1;
+                        tokens += amount;
+                        let day = now / 86_400_000;
+                        *requests.entry(day).or_default() += 1;
+                        let commit = Command::Commit {
+                            hold: format!("h{step}"),
+                            usage: Usage {
+                                input: amount,
+                                ..Usage::default()
+                            },
+                        };
+                        n.local
+                            .state
+                            .borrow_mut()
+                            .apply(now, &commit, &mut Vec::new());
+                    }
+                }
+                60..=93 => n.agent.tick(&mut net, &n.local, now),
+                94..=96 => {
+                    // A crash: with the disk the state comes back as the
+                    // ledger replays it; without it, empty.
+                    crashes += 1;
+                    if net.rng.random_range(0..2) == 0 {
+                        n.local.state.replace(fresh_state());
+                    }
+                    n.agent = Agent::new(&format!("n{i}"), config());
+                }
+                _ => n.paused_until = now + TTL + net.rng.random_range(0..TTL),
+            }
+            // The bound: every limit, every period.
+            if tokens > 40_000 {
+                let st = escrow::read_limit(&mut store, "org:a|TOKENS|PER TOTAL|0");
+                let views: Vec<_> = (nodes.iter())
+                    .map(|n| {
+                        let u: Vec<_> = (n.local.state.borrow().grant_uses(now).into_iter())
+                            .filter(|u| u.line.spec.dim == Dim::Tokens)
+                            .map(|u| {
+                                (
+                                    u.line.epoch,
+                                    u.line.base,
+                                    u.line.granted,
+                                    u.line.reported,
+                                    u.used,
+                                )
+                            })
+                            .collect();
+                        (n.agent.node.epoch, u)
+                    })
+                    .collect();
+                return Err(format!(
+                    "step {step}: {tokens} tokens granted of 40,000; store {st:?}; nodes {views:?}"
+                ));
+            }
+            if let Some((day, r)) = requests.iter().find(|(_, r)| **r > 400) {
+                return Err(format!("step {step}: {r} requests on day {day} of 400"));
+            }
+            let (pool, grants) = escrow::read_limit(&mut store, "org:a|TOKENS|PER TOTAL|0")
+                .map_err(|e| e.to_string())?;
+            let live: u64 = (grants.iter())
+                .filter(|(_, g)| g.presumed.is_none())
+                .map(|(_, g)| g.granted)
+                .sum();
+            if pool.granted != live || pool.granted + pool.consumed + pool.presumed > pool.limit {
+                return Err(format!("step {step}: pool {pool:?}, live grants {live}"));
+            }
+        }
+        Ok((granted, crashes))
+    }
+
+    #[test]
+    fn agents_on_real_states_never_pass_the_limit() {
+        let seeds = env_u64("SPENDB_CLUSTER_SEEDS", 40);
+        let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
+        let (mut calls, mut crashes) = (0, 0);
+        for seed in 0..seeds {
+            let (g, c) = run(seed, steps).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            calls += g;
+            crashes += c;
+        }
+        eprintln!("agents: {seeds} seeds, {calls} calls granted, {crashes} crashes");
+        assert!(calls > seeds * 100, "the nodes got room: {calls} calls");
+    }
 }

@@ -40,6 +40,7 @@ impl State {
                     base: 0,
                     granted: 0,
                     reported: 0,
+                    u_max: 0,
                 });
                 out.insert(key, self.grant_use(now, line, rules));
             }
@@ -149,10 +150,15 @@ mod tests {
     }
 
     fn confirm(st: &mut State, now: u64, dim: Dim, granted: u64, reported: u64) {
+        let u_max = (st.grant_uses(now).into_iter())
+            .find(|u| u.line.spec.dim == dim)
+            .unwrap()
+            .u_max;
         let l = GrantLine {
             epoch: 1,
             granted,
             reported,
+            u_max,
             ..line(st, now, dim)
         };
         st.grant_confirm(now, l, &mut Vec::new());
@@ -181,7 +187,7 @@ mod tests {
         // u_max is 1,000 / 20 = 50: 300 unreported is too much.
         let d = denied(reserve(&mut st, now, "h1", 300));
         assert_eq!((d.reason, d.short_by), (Blocker::Unreported, 250));
-        assert_eq!(d.remaining, 500, "what the grant has left");
+        assert_eq!(d.remaining, 50, "what the unreported allowance has left");
         // Reported ahead of use, it fits; the next does not fit the grant.
         confirm(&mut st, now, Dim::Tokens, 500, 250);
         assert!(matches!(

@@ -227,19 +227,25 @@ impl State {
     /// (`retry_after` 0: the cluster agent is asked for room and the
     /// request decided again), so a limit that is itself full names itself.
     fn grant_check(&self, now: u64, s: &str, l: &Limit, taken: u64, amount: u64) -> Option<Denial> {
-        let rules = self.config.cluster?;
+        self.config.cluster?;
         let (key, _) = grant::key(s, &l.spec, now)?;
         let line = self.grants.get(&key);
-        let short = grant::shortfall(line, taken, amount, rules.u_max(l.spec.amount))?;
-        let (base, granted) = line.map_or((0, 0), |g| (g.base, g.granted));
-        let (blocker, short_by) = match short {
-            grant::Short::Room { by } => (limit::Blocker::Grant, by),
-            grant::Short::Report { by } => (limit::Blocker::Unreported, by),
+        let short = grant::shortfall(line, taken, amount)?;
+        let (base, granted, reported, u_max) =
+            line.map_or((0, 0, 0, 0), |g| (g.base, g.granted, g.reported, g.u_max));
+        // What is left: of the grant, or of the unreported allowance.
+        let (blocker, short_by, room) = match short {
+            grant::Short::Room { by } => (limit::Blocker::Grant, by, granted as i128),
+            grant::Short::Report { by } => (
+                limit::Blocker::Unreported,
+                by,
+                reported as i128 + u_max as i128,
+            ),
         };
         Some(Denial {
             scope: s.to_string(),
             spec: l.spec,
-            remaining: granted as i128 - taken.saturating_sub(base) as i128,
+            remaining: room - taken.saturating_sub(base) as i128,
             held: 0,
             blocker,
             retry_after: Some(0),

@@ -138,6 +138,7 @@ pub enum KindV1<'a> {
         base: u64,
         granted: u64,
         reported: u64,
+        u_max: u64,
     },
 }
 
@@ -525,6 +526,7 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
                 base: g.base,
                 granted: g.granted,
                 reported: g.reported,
+                u_max: g.u_max,
             },
         };
         EntryV1 {
@@ -776,6 +778,7 @@ impl From<EntryV1<'_>> for Entry {
                 base,
                 granted,
                 reported,
+                u_max,
             } => EntryKind::Grant(GrantLine {
                 scope: owned(scope),
                 spec: limit.into(),
@@ -784,6 +787,7 @@ impl From<EntryV1<'_>> for Entry {
                 base,
                 granted,
                 reported,
+                u_max,
             }),
         };
         Entry {

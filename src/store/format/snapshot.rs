@@ -368,6 +368,7 @@ pub fn encode(state: &State) -> Vec<u8> {
             base: g.base,
             granted: g.granted,
             reported: g.reported,
+            u_max: g.u_max,
         })
         .collect();
     frame::encode(&(SNAPSHOT_LAYOUT, state_out(state), max_outputs, grants))
@@ -383,6 +384,7 @@ struct GrantLineV1<'a> {
     base: u64,
     granted: u64,
     reported: u64,
+    u_max: u64,
 }
 
 // ----- the format → the state ----------------------------------------------
@@ -707,6 +709,7 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
             base: g.base,
             granted: g.granted,
             reported: g.reported,
+            u_max: g.u_max,
         };
         state.grants.insert(line.key(), line);
     }
