@@ -46,7 +46,7 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: LedgerCmd,
     },
-    /// Cluster mode (in progress, docs/CLUSTER.md).
+    /// Cluster mode (docs/CLUSTER.md): look at a cluster in etcd.
     Cluster {
         #[command(subcommand)]
         cmd: ClusterCmd,

@@ -130,16 +130,51 @@ pub enum KindV1<'a> {
         outcome: RunOutcomeV1,
     },
     /// Cluster mode: this node's grant of a global limit (issue #15).
-    Grant {
-        scope: Text<'a>,
-        limit: LimitSpecV1,
-        period: u64,
-        epoch: u64,
-        base: u64,
-        granted: u64,
-        reported: u64,
-        u_max: u64,
-    },
+    Grant(GrantLineV1<'a>),
+}
+
+/// A cluster node's grant line (`state::grant::GrantLine`): the ledger's
+/// `grant` entry, and the lines of a layout 5 snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantLineV1<'a> {
+    pub scope: Text<'a>,
+    pub limit: LimitSpecV1,
+    pub period: u64,
+    pub epoch: u64,
+    pub base: u64,
+    pub granted: u64,
+    pub reported: u64,
+    pub u_max: u64,
+}
+
+impl<'a> From<&'a GrantLine> for GrantLineV1<'a> {
+    fn from(g: &'a GrantLine) -> GrantLineV1<'a> {
+        GrantLineV1 {
+            scope: Cow::Borrowed(&g.scope),
+            limit: g.spec.into(),
+            period: g.period,
+            epoch: g.epoch,
+            base: g.base,
+            granted: g.granted,
+            reported: g.reported,
+            u_max: g.u_max,
+        }
+    }
+}
+
+impl From<GrantLineV1<'_>> for GrantLine {
+    fn from(g: GrantLineV1<'_>) -> GrantLine {
+        GrantLine {
+            scope: g.scope.into_owned(),
+            spec: g.limit.into(),
+            period: g.period,
+            epoch: g.epoch,
+            base: g.base,
+            granted: g.granted,
+            reported: g.reported,
+            u_max: g.u_max,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -518,16 +553,7 @@ impl<'a> From<&'a Entry> for EntryV1<'a> {
             },
             EntryKind::Alert(ev) => KindV1::Alert(ev.into()),
             EntryKind::AlertDelivered { id } => KindV1::AlertDelivered { id: *id },
-            EntryKind::Grant(g) => KindV1::Grant {
-                scope: text(&g.scope),
-                limit: g.spec.into(),
-                period: g.period,
-                epoch: g.epoch,
-                base: g.base,
-                granted: g.granted,
-                reported: g.reported,
-                u_max: g.u_max,
-            },
+            EntryKind::Grant(g) => KindV1::Grant(g.into()),
         };
         EntryV1 {
             seq: e.seq,
@@ -770,25 +796,7 @@ impl From<EntryV1<'_>> for Entry {
             },
             KindV1::Alert(ev) => EntryKind::Alert(ev.into()),
             KindV1::AlertDelivered { id } => EntryKind::AlertDelivered { id },
-            KindV1::Grant {
-                scope,
-                limit,
-                period,
-                epoch,
-                base,
-                granted,
-                reported,
-                u_max,
-            } => EntryKind::Grant(GrantLine {
-                scope: owned(scope),
-                spec: limit.into(),
-                period,
-                epoch,
-                base,
-                granted,
-                reported,
-                u_max,
-            }),
+            KindV1::Grant(g) => EntryKind::Grant(g.into()),
         };
         Entry {
             seq: e.seq,
@@ -817,7 +825,7 @@ impl KindV1<'_> {
             KindV1::AlertRules { .. } => "alert_rules",
             KindV1::Alert(_) => "alert",
             KindV1::AlertDelivered { .. } => "alert_delivered",
-            KindV1::Grant { .. } => "grant",
+            KindV1::Grant(_) => "grant",
         }
     }
 }
@@ -994,6 +1002,40 @@ mod tests {
         assert_eq!(
             (json["kind"].as_str(), json["run"].as_str()),
             (Some("hold"), Some("r"))
+        );
+    }
+
+    #[test]
+    fn a_grant_line_reads_back_and_shows_its_figures_in_json() {
+        let line = GrantLine {
+            scope: "org:a/team:b".into(),
+            spec: LimitSpec {
+                dim: Dim::Cost,
+                window: Window::Calendar(Period::Day, Zone::parse("Europe/Berlin").unwrap()),
+                amount: 5_000_000_000,
+            },
+            period: 1_796_166_000_000,
+            epoch: 3,
+            base: 10,
+            granted: 400,
+            reported: 250,
+            u_max: 50,
+        };
+        let e = Entry {
+            seq: 1,
+            ts: 7,
+            kind: EntryKind::Grant(line.clone()),
+        };
+        assert_eq!(round_trip(&e), e);
+        let json = entry_json(&e);
+        assert_eq!(json["kind"], "grant");
+        assert_eq!(
+            (&json["scope"], &json["granted"], &json["u_max"]),
+            (
+                &serde_json::json!("org:a/team:b"),
+                &serde_json::json!(400),
+                &serde_json::json!(50)
+            )
         );
     }
 }

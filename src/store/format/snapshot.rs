@@ -30,7 +30,9 @@ use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::ledger::{AlertEventV1, AlertRulesV1, DimsV1, LimitSpecV1, PriceV1, UsageV1};
+use super::ledger::{
+    AlertEventV1, AlertRulesV1, DimsV1, GrantLineV1, LimitSpecV1, PriceV1, UsageV1,
+};
 use crate::state::alerts::{AlertRecord, Alerts, ScopeAlerts};
 use crate::state::grant::GrantLine;
 use crate::state::holds::HoldRecord;
@@ -359,32 +361,8 @@ pub fn encode(state: &State) -> Vec<u8> {
         v
     };
     // Layout 5 appends cluster mode's grant lines, in key order.
-    let grants: Vec<GrantLineV1> = (state.grants.values())
-        .map(|g| GrantLineV1 {
-            scope: Cow::Borrowed(&g.scope),
-            limit: g.spec.into(),
-            period: g.period,
-            epoch: g.epoch,
-            base: g.base,
-            granted: g.granted,
-            reported: g.reported,
-            u_max: g.u_max,
-        })
-        .collect();
+    let grants: Vec<GrantLineV1> = state.grants.values().map(GrantLineV1::from).collect();
     frame::encode(&(SNAPSHOT_LAYOUT, state_out(state), max_outputs, grants))
-}
-
-/// A cluster node's grant of a global limit (`state::grant::GrantLine`).
-#[derive(Serialize, Deserialize)]
-struct GrantLineV1<'a> {
-    scope: Text<'a>,
-    limit: LimitSpecV1,
-    period: u64,
-    epoch: u64,
-    base: u64,
-    granted: u64,
-    reported: u64,
-    u_max: u64,
 }
 
 // ----- the format → the state ----------------------------------------------
@@ -701,16 +679,7 @@ pub fn decode(seq: u64, bytes: &[u8], config: &Config) -> Result<State, String> 
         }
     }
     for g in grants {
-        let line = GrantLine {
-            scope: g.scope.into_owned(),
-            spec: g.limit.into(),
-            period: g.period,
-            epoch: g.epoch,
-            base: g.base,
-            granted: g.granted,
-            reported: g.reported,
-            u_max: g.u_max,
-        };
+        let line = GrantLine::from(g);
         state.grants.insert(line.key(), line);
     }
     if layout == SNAPSHOT_LAYOUT_3 {
@@ -865,5 +834,40 @@ mod tests {
             bincode::serde::decode_from_slice::<HoldsIn, _>(cut, bincode::config::standard())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_layout_5_snapshot_keeps_the_grant_lines_and_layout_4_reads_without() {
+        use crate::state::grant::ClusterRules;
+        use crate::state::limit::{Dim, LimitSpec, Window};
+        let config = Config {
+            cluster: Some(ClusterRules::default()),
+            ..Config::default()
+        };
+        let mut st = State::new(config.clone());
+        let line = GrantLine {
+            scope: "org:a".into(),
+            spec: LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Total,
+                amount: 1_000,
+            },
+            period: 0,
+            epoch: 2,
+            base: 5,
+            granted: 300,
+            reported: 100,
+            u_max: 50,
+        };
+        st.grant_confirm(1_000, line.clone(), &mut Vec::new());
+        let bytes = encode(&st);
+        let back = decode(st.next_seq - 1, &bytes, &config).unwrap();
+        assert_eq!(back.grants.get(&line.key()), Some(&line));
+        assert_eq!(back.digest(), st.digest());
+        // The layout before: the same state without its lines.
+        let max_outputs: Pairs<&str, u64> = Vec::new();
+        let old = frame::encode(&(SNAPSHOT_LAYOUT_4, state_out(&st), max_outputs));
+        let back = decode(st.next_seq - 1, &old, &config).unwrap();
+        assert!(back.grants.is_empty());
     }
 }
