@@ -235,6 +235,11 @@ fn cluster_metrics(v: &crate::node::NodeView, out: &mut String) {
             st.recalls,
         ),
         (
+            "spendb_cluster_undeclared_total",
+            "Grants an idle node declared no unreported allowance for.",
+            st.undeclared,
+        ),
+        (
             "spendb_cluster_reclaims_total",
             "Grants of dead nodes this node reclaimed.",
             st.reclaims,

@@ -69,6 +69,8 @@ pub struct AgentStats {
     pub give_backs: u64,
     /// Recalls of idle room this node sent (its pool was dry).
     pub recalls: u64,
+    /// Grants an idle node lowered its declared allowance of to 0.
+    pub undeclared: u64,
     pub reclaims: u64,
     /// RESERVEs that waited for the store (room or a report).
     pub waits: u64,
@@ -268,6 +270,10 @@ pub struct Shortage {
     pub amount: u64,
 }
 
+/// A limit whose use has not moved for this long, all of it reported, has
+/// its grant declare no unreported allowance.
+const IDLE_MS: u64 = 10_000;
+
 /// How often the first live node looks for dead nodes' grants (a dead
 /// node's room is back within this of its lease running out).
 const JANITOR_EVERY_MS: u64 = 2_000;
@@ -293,6 +299,8 @@ pub struct Agent {
     joined: BTreeMap<String, ()>,
     /// Per key: the use last seen and an EWMA of its rate (per second).
     rates: BTreeMap<String, (u64, f64)>,
+    /// Per key: since when its use has not moved.
+    idle_since: BTreeMap<String, u64>,
     last_tick: u64,
     last_keepalive: u64,
     last_report: u64,
@@ -352,6 +360,7 @@ impl Agent {
             stats: AgentStats::default(),
             joined: BTreeMap::new(),
             rates: BTreeMap::new(),
+            idle_since: BTreeMap::new(),
             last_tick: 0,
             last_keepalive: 0,
             last_report: 0,
@@ -578,6 +587,31 @@ impl Agent {
             && after <= l.reported.saturating_add(l.u_max)
         {
             return Ok(Answer::Moved);
+        }
+        // An idle grant declares no allowance: raise it (the store first),
+        // then decide again.
+        if short.report && u.line.epoch == self.node.epoch && u.line.u_max < u.u_max {
+            let raised = (self.node.declare(store, &short.key, u.u_max)).and_then(|g| match g {
+                Some(g) if g.u_max > u.line.u_max => local
+                    .confirm(GrantLine {
+                        u_max: g.u_max,
+                        ..u.line.clone()
+                    })
+                    .map(|_| true)
+                    .map_err(KvError::Unavailable),
+                _ => Ok(false),
+            });
+            match raised {
+                Ok(true) => {
+                    self.reachable = true;
+                    return Ok(Answer::Moved);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.failed(&e);
+                    return Err(e.to_string());
+                }
+            }
         }
         let r = match short.report {
             true => self.report_ahead(store, local, &u, short.by),
@@ -854,6 +888,28 @@ impl Agent {
             let alpha = dt.min(1.0);
             self.rates
                 .insert(key.clone(), (u.used, rate + alpha * (inst - rate)));
+            if u.used != last || !self.idle_since.contains_key(&key) {
+                self.idle_since.insert(key.clone(), now);
+            }
+            // Idle long enough, all its use reported: declare no unreported
+            // allowance (the line first), so its death strands nothing; the
+            // next RESERVE raises it again with one round trip.
+            let quiet = now.saturating_sub(self.idle_since[&key]) >= IDLE_MS;
+            if quiet
+                && u.line.epoch == self.node.epoch
+                && u.line.u_max > 0
+                && u.used <= u.line.reported
+            {
+                local
+                    .confirm(GrantLine {
+                        u_max: 0,
+                        ..u.line.clone()
+                    })
+                    .map_err(KvError::Unavailable)?;
+                self.node.undeclare(store, &key)?;
+                self.stats.undeclared += 1;
+                continue;
+            }
             let want = self.want(u);
             let left = u.line.granted.saturating_sub(u.used);
             let idle = u.line.epoch == self.node.epoch && u.used == 0 && rate == 0.0;

@@ -571,6 +571,23 @@ impl Node {
         Ok(Some(if ok { g2 } else { g }))
     }
 
+    /// Lowers the `u_max` its grant of `limit` declares to 0 (an idle node
+    /// that has reported all it used: its death then strands none of its
+    /// room). The caller has lowered its own line first. Ok(whether the
+    /// store took it).
+    pub fn undeclare(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<bool, KvError> {
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
+        if g.epoch != self.epoch || g.presumed.is_some() || grev == 0 || g.u_max == 0 {
+            return Ok(false);
+        }
+        let g2 = GrantV1 { u_max: 0, ..g };
+        let guard = [
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+        ];
+        store.txn(&guard, &[put(grant_key(limit, &self.name), &g2)])
+    }
+
     /// Joins a limit: an empty grant under this epoch (no room yet).
     pub fn join(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<bool, KvError> {
         let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;

@@ -252,10 +252,35 @@ fn a_killed_nodes_room_comes_back_after_its_lease_and_its_disk_reconciles_it() {
     assert!(got + after + used_by_a <= LIMIT);
 }
 
+#[test]
+fn the_death_of_an_idle_node_strands_none_of_its_room() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let mut a = node(&eps, "a");
+    let b = node(&eps, "b");
+    const LIMIT: u64 = 100_000;
+    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let used_by_a = a_holds_room(&a);
+    // Idle for 10 s with all its use reported, a declares no unreported
+    // allowance.
+    let held = wait_grant(&b, "a", |g| g["reported"] == used_by_a && g["u_max"] == 0);
+    assert!(held > used_by_a);
+    a.crash();
+    wait_until(Duration::from_secs(30), "a's grant is reclaimed", || {
+        pool(&b, "org:k")["presumed"].as_u64().unwrap() > 0
+    });
+    assert_eq!(
+        pool(&b, "org:k")["presumed"].as_u64().unwrap(),
+        used_by_a,
+        "charged what it used, nothing more"
+    );
+    assert_eq!(drain(&b, "b"), LIMIT - used_by_a, "b uses all the rest");
+}
+
 /// Waits until node `node`'s grant of org:k satisfies `f`; its `granted`.
 fn wait_grant(s: &Server, node: &str, f: impl Fn(&serde_json::Value) -> bool) -> u64 {
     let mut granted = 0;
-    wait_until(Duration::from_secs(10), "the grant is reported", || {
+    wait_until(Duration::from_secs(30), "the grant is reported", || {
         let p = pool(s, "org:k");
         let g = (p["grants"].as_array().unwrap().iter())
             .find(|g| g["node"] == node)
