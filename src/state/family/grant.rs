@@ -294,4 +294,82 @@ mod tests {
             Outcome::Granted(_)
         ));
     }
+
+    #[test]
+    fn each_line_counts_its_own_limits_use_and_lines_outlive_their_limit() {
+        let mut st = node();
+        let mut out = Vec::new();
+        // Two token limits on one scope: the day's and the total's use part
+        // the next day.
+        let both = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![
+                LimitSpec {
+                    dim: Dim::Tokens,
+                    window: Window::Calendar(Period::Day, Zone::UTC),
+                    amount: 1_000,
+                },
+                LimitSpec {
+                    dim: Dim::Tokens,
+                    window: Window::Total,
+                    amount: 5_000,
+                },
+            ],
+        };
+        st.apply(DAY + 1, &both, &mut out);
+        let now = DAY + 2;
+        for u in st.grant_uses(now) {
+            let l = GrantLine {
+                epoch: 1,
+                granted: 1_000,
+                reported: 1_000,
+                ..u.line
+            };
+            st.grant_confirm(now, l, &mut out);
+        }
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 300),
+            Outcome::Granted(_)
+        ));
+        let commit = Command::Commit {
+            hold: "h1".into(),
+            usage: price::Usage {
+                input: 300,
+                ..price::Usage::default()
+            },
+        };
+        st.apply(now, &commit, &mut out);
+        let tomorrow = 2 * DAY + 1;
+        let used = |st: &State, window: Window| {
+            (st.grant_uses(tomorrow).into_iter())
+                .find(|u| u.line.spec.window == window)
+                .map(|u| u.used)
+        };
+        assert_eq!(used(&st, Window::Total), Some(300));
+        assert_eq!(used(&st, Window::Calendar(Period::Day, Zone::UTC)), Some(0));
+        // The total limit removed: its line is still listed (amount 0), so
+        // the agent can report and give its room back; yesterday's day line
+        // is not (its period ended), today's is.
+        let day_only = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Calendar(Period::Day, Zone::UTC),
+                amount: 1_000,
+            }],
+        };
+        st.apply(tomorrow, &day_only, &mut out);
+        let uses = st.grant_uses(tomorrow);
+        let total = uses
+            .iter()
+            .find(|u| u.line.spec.window == Window::Total)
+            .unwrap();
+        assert_eq!((total.amount, total.line.granted), (0, 1_000));
+        assert_eq!(uses.len(), 2, "{uses:?}");
+        assert!(uses.iter().all(|u| !u.line.ended(tomorrow)));
+        assert!(
+            st.grants.values().any(|l| l.ended(tomorrow)),
+            "yesterday's line is kept until the next entry"
+        );
+    }
 }
