@@ -919,6 +919,12 @@ impl Agent {
                 && (report_due || u.used - u.line.reported >= u.line.u_max / 2)
             {
                 self.serve_one(store, local, u, 0)?;
+                // A busy node learns with its reports whether the pool runs
+                // low, so it answers a recall while the starving node waits.
+                let pool = escrow::read_pool(store, &key)?;
+                if pool.available() < (pool.limit / 8).max(1) {
+                    self.low.insert(key.clone(), ());
+                }
             }
         }
         if report_due {

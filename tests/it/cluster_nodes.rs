@@ -177,6 +177,20 @@ fn three_nodes_use_a_shared_budget_up_without_passing_it() {
     );
 }
 
+/// The limit the two-node tests share, `org:k TOKENS … PER TOTAL`.
+const LIMIT: u64 = 100_000;
+
+/// Three etcd members and nodes `a` and `b`, both with the shared limit
+/// (drop order: the nodes, then etcd).
+fn two_nodes() -> (EtcdCluster, Server, Server) {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let a = node(&eps, "a");
+    let b = node(&eps, "b");
+    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    (etcd, a, b)
+}
+
 /// Node `a` takes room (three calls of 1,000), then dies with `kill`.
 fn a_holds_room(a: &Server) -> u64 {
     let mut c = a.conn();
@@ -215,12 +229,7 @@ fn drain(b: &Server, tag: &str) -> u64 {
 
 #[test]
 fn a_killed_nodes_room_comes_back_after_its_lease_and_its_disk_reconciles_it() {
-    let etcd = EtcdCluster::start();
-    let eps = etcd.endpoints();
-    let mut a = node(&eps, "a");
-    let b = node(&eps, "b");
-    const LIMIT: u64 = 100_000;
-    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let (_etcd, mut a, b) = two_nodes();
     let used_by_a = a_holds_room(&a);
     let held_by_a = wait_grant(&b, "a", |g| g["reported"] == used_by_a);
     assert!(held_by_a > used_by_a, "a holds room beyond its use");
@@ -265,12 +274,7 @@ fn a_killed_nodes_room_comes_back_after_its_lease_and_its_disk_reconciles_it() {
 
 #[test]
 fn the_death_of_an_idle_node_strands_none_of_its_room() {
-    let etcd = EtcdCluster::start();
-    let eps = etcd.endpoints();
-    let mut a = node(&eps, "a");
-    let b = node(&eps, "b");
-    const LIMIT: u64 = 100_000;
-    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let (_etcd, mut a, b) = two_nodes();
     let used_by_a = a_holds_room(&a);
     // Idle for 10 s with all its use reported, a declares no unreported
     // allowance.
@@ -306,12 +310,7 @@ fn wait_grant(s: &Server, node: &str, f: impl Fn(&serde_json::Value) -> bool) ->
 
 #[test]
 fn a_node_stopped_past_its_lease_resumes_fenced_and_the_budget_holds() {
-    let etcd = EtcdCluster::start();
-    let eps = etcd.endpoints();
-    let a = node(&eps, "a");
-    let b = node(&eps, "b");
-    const LIMIT: u64 = 100_000;
-    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let (_etcd, a, b) = two_nodes();
     let used_by_a = a_holds_room(&a);
     wait_grant(&b, "a", |g| g["reported"] == used_by_a);
     unsafe_kill(a.child.id(), "STOP");
@@ -404,7 +403,6 @@ fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
     let via: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
     let a = node(&via, "a");
     let b = node(&eps, "b");
-    const LIMIT: u64 = 100_000;
     budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
     let mut c = a.conn();
     call(&mut c, "first", "org:k", 999).unwrap();
