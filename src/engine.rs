@@ -164,6 +164,25 @@ struct Core {
 }
 
 impl Core {
+    /// After commands queued entries beyond `before`: wakes the committer
+    /// if it waits for work, and returns what releases the caller once the
+    /// ledger holds everything it could have observed (the whole ledger so
+    /// far, other callers' entries not yet written included); None when
+    /// that is durable already.
+    fn queued(&mut self, before: usize, work: &Condvar) -> Option<oneshot::Receiver<bool>> {
+        if self.pending.len() > before && self.committer_idle {
+            self.committer_idle = false;
+            work.notify_one();
+        }
+        let seq = self.state.next_seq - 1;
+        if seq <= self.durable {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push_back((seq, tx));
+        Some(rx)
+    }
+
     fn now(&mut self) -> u64 {
         // Never let time run backwards, whatever the system clock does.
         self.last_now = (self.clock)().max(self.last_now);
@@ -330,7 +349,7 @@ impl EngineHandle {
                 out.push(Outcome::refused(ErrorCode::ClusterDown, why.clone()));
                 continue;
             }
-            if asks == 0 && link_publishes(&cmds[at]) {
+            if link_publishes(&cmds[at]) {
                 // Refused whatever the state: refused here, never written.
                 if let Err((code, msg)) = State::check_definition(&cmds[at], access.as_deref()) {
                     out.push(Outcome::refused(code, msg));
@@ -357,11 +376,10 @@ impl EngineHandle {
                 Submitted::Done(r) => r,
                 Submitted::Waiting(r, released) => settle(r, released.await),
             };
-            if asks > 0 {
-                if let (true, Some(Outcome::Denied(d))) = (unreachable, replies.first_mut()) {
-                    if matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
-                        d.reason = Blocker::StoreUnreachable;
-                    }
+            // The store could not be asked: the denial says so.
+            if let (true, Some(Outcome::Denied(d))) = (unreachable, replies.first_mut()) {
+                if matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
+                    d.reason = Blocker::StoreUnreachable;
                 }
             }
             if !replies.is_empty() {
@@ -431,17 +449,10 @@ impl EngineHandle {
             let now = core.now();
             let before = core.pending.len();
             let r = f(&mut core.state, now, &mut core.pending);
-            if core.pending.len() > before && core.committer_idle {
-                core.committer_idle = false;
-                self.shared.work.notify_one();
+            match core.queued(before, &self.shared.work) {
+                None => return Ok(r),
+                Some(rx) => (r, rx),
             }
-            let seq = core.state.next_seq - 1;
-            if seq <= core.durable {
-                return Ok(r);
-            }
-            let (tx, rx) = oneshot::channel();
-            core.waiters.push_back((seq, tx));
-            (r, rx)
         };
         match rx.blocking_recv() {
             Ok(true) => Ok(r),
@@ -552,19 +563,9 @@ impl EngineHandle {
                 replies.push(o);
             }
             core.commands += replies.len() as u64;
-            if core.pending.len() > before && core.committer_idle {
-                core.committer_idle = false;
-                self.shared.work.notify_one();
-            }
-            // Everything this caller could have observed: the whole ledger
-            // so far, including other callers' entries not yet written.
-            let seq = core.state.next_seq - 1;
-            if seq <= core.durable {
-                Submitted::Done(replies)
-            } else {
-                let (tx, rx) = oneshot::channel();
-                core.waiters.push_back((seq, tx));
-                Submitted::Waiting(replies, rx)
+            match core.queued(before, &self.shared.work) {
+                None => Submitted::Done(replies),
+                Some(rx) => Submitted::Waiting(replies, rx),
             }
         };
         (submitted, short)

@@ -7,17 +7,15 @@
 //! an argument) and reaches the engine only through [`Local`], so it runs
 //! on `MemStore` as well as on etcd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::escrow::{self, EscrowConfig, LocalGrant, Node, PoolV1};
-use super::kv::{Compare, GlobalStore, KvError, Op, Rev};
+use super::escrow::{self, segment, unsegment, EscrowConfig, LocalGrant, Node, PREFIX};
+use super::kv::{GlobalStore, KvError, Op, Rev};
 use crate::state::grant::{GrantLine, GrantUse};
 use crate::state::limit::{Dim, LimitSpec};
 use crate::state::Command;
-
-const PREFIX: &str = "/spendb/v1/";
 
 /// The engine, as the agent sees it.
 pub trait Local {
@@ -135,25 +133,15 @@ impl LimitV1 {
 }
 
 fn budget_key(scope: &str) -> String {
-    format!(
-        "{PREFIX}budget/{}",
-        scope.replace('%', "%25").replace('/', "%2F")
-    )
+    format!("{PREFIX}budget/{}", segment(scope))
 }
 
 fn price_key(model: &str) -> String {
-    format!(
-        "{PREFIX}price/{}",
-        model.replace('%', "%25").replace('/', "%2F")
-    )
+    format!("{PREFIX}price/{}", segment(model))
 }
 
 fn definitions_version_key() -> String {
     format!("{PREFIX}definitions")
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("%2F", "/").replace("%25", "%")
 }
 
 /// The store's copy of a definition command: its key and value (None to
@@ -194,12 +182,12 @@ fn command_of(key: &str, def: Option<&DefinitionV1>) -> Result<Command, String> 
     match (rest.split_once('/'), def) {
         (Some(("budget", scope)), Some(DefinitionV1::Budget { limits })) => {
             Ok(Command::BudgetSet {
-                scope: unescape(scope),
+                scope: unsegment(scope),
                 limits: limits.iter().map(LimitV1::spec).collect::<Result<_, _>>()?,
             })
         }
         (Some(("budget", scope)), None) => Ok(Command::BudgetDel {
-            scope: unescape(scope),
+            scope: unsegment(scope),
         }),
         (
             Some(("price", model)),
@@ -211,7 +199,7 @@ fn command_of(key: &str, def: Option<&DefinitionV1>) -> Result<Command, String> 
                 max_output,
             }),
         ) => Ok(Command::PriceSet {
-            model: unescape(model),
+            model: unsegment(model),
             input: *input,
             output: *output,
             cached: *cached,
@@ -296,7 +284,7 @@ pub struct Agent {
     pub definitions_loaded: bool,
     pub stats: AgentStats,
     /// Keys whose pool exists and which this registration has joined.
-    joined: BTreeMap<String, ()>,
+    joined: BTreeSet<String>,
     /// Per key: the use last seen and an EWMA of its rate (per second).
     rates: BTreeMap<String, (u64, f64)>,
     /// Per key: since when its use has not moved.
@@ -317,7 +305,7 @@ pub struct Agent {
     definitions_seen: Rev,
     /// Keys whose pool was last seen low: recalls of them are looked for
     /// every round.
-    low: BTreeMap<String, ()>,
+    low: BTreeSet<String>,
     /// The revision of the last recall of each key this node answered.
     recalls_served: BTreeMap<String, Rev>,
 }
@@ -358,7 +346,7 @@ impl Agent {
             reachable: true,
             definitions_loaded: false,
             stats: AgentStats::default(),
-            joined: BTreeMap::new(),
+            joined: BTreeSet::new(),
             rates: BTreeMap::new(),
             idle_since: BTreeMap::new(),
             last_tick: 0,
@@ -371,7 +359,7 @@ impl Agent {
             last_definitions: 0,
             applied: BTreeMap::new(),
             definitions_seen: 0,
-            low: BTreeMap::new(),
+            low: BTreeSet::new(),
             recalls_served: BTreeMap::new(),
         }
     }
@@ -478,24 +466,10 @@ impl Agent {
         u: &GrantUse,
     ) -> Result<(), KvError> {
         let key = u.line.key();
-        if self.joined.contains_key(&key) && u.line.epoch == self.node.epoch {
+        if self.joined.contains(&key) && u.line.epoch == self.node.epoch {
             return Ok(());
         }
-        let pool = escrow::pool_key(&key);
-        if store.get(&pool)?.is_none() {
-            let fresh = PoolV1 {
-                limit: u.amount,
-                ..PoolV1::default()
-            };
-            store.txn(
-                &[Compare::ModRev(pool.clone(), 0)],
-                &[Op::Put {
-                    key: pool,
-                    value: serde_json::to_vec(&fresh).expect("pools encode"),
-                    lease: None,
-                }],
-            )?;
-        }
+        escrow::ensure_pool(store, &key, u.amount)?;
         self.load(u);
         if u.line.epoch != self.node.epoch {
             self.node.grants.remove(&key);
@@ -544,7 +518,7 @@ impl Agent {
                 );
             }
         }
-        self.joined.insert(key, ());
+        self.joined.insert(key);
         Ok(())
     }
 
@@ -571,68 +545,10 @@ impl Agent {
         if !self.registered {
             return Ok(Answer::Nothing);
         }
-        let Some(u) = local
-            .uses()?
-            .into_iter()
-            .find(|u| u.line.key() == short.key)
-        else {
+        let Some(u) = (local.uses()?.into_iter()).find(|u| u.line.key() == short.key) else {
             return Ok(Answer::Nothing);
         };
-        // A round of the agent may have done it since the RESERVE was
-        // decided: decide it again.
-        let l = &u.line;
-        let after = u.used.saturating_add(short.amount);
-        if l.epoch == self.node.epoch
-            && after <= l.granted
-            && after <= l.reported.saturating_add(l.u_max)
-        {
-            return Ok(Answer::Moved);
-        }
-        // An idle grant declares no allowance: raise it (the store first),
-        // then decide again.
-        if short.report && u.line.epoch == self.node.epoch && u.line.u_max < u.u_max {
-            let raised = (self.node.declare(store, &short.key, u.u_max)).and_then(|g| match g {
-                Some(g) if g.u_max > u.line.u_max => local
-                    .confirm(GrantLine {
-                        u_max: g.u_max,
-                        ..u.line.clone()
-                    })
-                    .map(|_| true)
-                    .map_err(KvError::Unavailable),
-                _ => Ok(false),
-            });
-            match raised {
-                Ok(true) => {
-                    self.reachable = true;
-                    return Ok(Answer::Moved);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    self.failed(&e);
-                    return Err(e.to_string());
-                }
-            }
-        }
-        let r = match short.report {
-            true => self.report_ahead(store, local, &u, short.by),
-            false => self.serve_one(store, local, &u, short.by.max(1)),
-        };
-        let r = r.and_then(|moved| match moved || short.report {
-            true => Ok(if moved {
-                Answer::Moved
-            } else {
-                Answer::Nothing
-            }),
-            // The pool is dry: recall idle room from the other nodes (once
-            // per RESERVE); the caller asks again while they give it back.
-            false => {
-                if first {
-                    self.recall(store, &short.key)?;
-                }
-                Ok(Answer::Dry)
-            }
-        });
-        match r {
+        match self.answer(store, local, short, &u, first) {
             Ok(a) => {
                 self.reachable = true;
                 Ok(a)
@@ -644,19 +560,58 @@ impl Agent {
         }
     }
 
+    fn answer(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        short: &Shortage,
+        u: &GrantUse,
+        first: bool,
+    ) -> Result<Answer, KvError> {
+        // A round of the agent may have done it since the RESERVE was
+        // decided: decide it again.
+        let l = &u.line;
+        let after = u.used.saturating_add(short.amount);
+        let mine = l.epoch == self.node.epoch;
+        if mine && after <= l.granted && after <= l.reported.saturating_add(l.u_max) {
+            return Ok(Answer::Moved);
+        }
+        if !short.report {
+            if self.serve_one(store, local, u, short.by.max(1))? {
+                return Ok(Answer::Moved);
+            }
+            // The pool is dry: recall idle room from the other nodes (once
+            // per RESERVE); the caller asks again while they give it back.
+            if first {
+                self.recall(store, &short.key)?;
+            }
+            return Ok(Answer::Dry);
+        }
+        // An idle grant declares no allowance: raise it (the store first),
+        // then decide again.
+        if mine && l.u_max < u.u_max {
+            if let Some(g) = self.node.declare(store, &short.key, u.u_max)? {
+                if g.u_max > l.u_max {
+                    let line = GrantLine {
+                        u_max: g.u_max,
+                        ..l.clone()
+                    };
+                    local.confirm(line).map_err(KvError::Unavailable)?;
+                    return Ok(Answer::Moved);
+                }
+            }
+        }
+        Ok(match self.report_ahead(store, local, u, short.by)? {
+            true => Answer::Moved,
+            false => Answer::Nothing,
+        })
+    }
+
     /// Asks every node holding idle room of `key` to give it back.
     fn recall(&mut self, store: &mut dyn GlobalStore, key: &str) -> Result<(), KvError> {
         self.stats.recalls += 1;
-        self.low.insert(key.to_string(), ());
-        store.txn(
-            &[],
-            &[Op::Put {
-                key: escrow::recall_key(key),
-                value: serde_json::to_vec(&self.node.name).expect("names encode"),
-                lease: None,
-            }],
-        )?;
-        Ok(())
+        self.low.insert(key.to_string());
+        escrow::recall(store, key, &self.node.name)
     }
 
     /// Gives back idle room of every low pool another node recalled since
@@ -666,29 +621,28 @@ impl Agent {
         store: &mut dyn GlobalStore,
         local: &dyn Local,
     ) -> Result<(), KvError> {
-        let low: Vec<String> = self.low.keys().cloned().collect();
+        let low: Vec<String> = self.low.iter().cloned().collect();
+        let mut uses = None;
         for key in low {
-            let Some(kv) = store.get(&escrow::recall_key(&key))? else {
+            let Some((by, rev)) = escrow::read_recall(store, &key)? else {
                 continue;
             };
-            if self
-                .recalls_served
-                .get(&key)
-                .is_some_and(|r| *r >= kv.mod_rev)
-            {
+            if self.recalls_served.get(&key).is_some_and(|r| *r >= rev) {
                 continue;
             }
-            self.recalls_served.insert(key.clone(), kv.mod_rev);
-            let by: String = serde_json::from_slice(&kv.value).unwrap_or_default();
+            self.recalls_served.insert(key.clone(), rev);
             if by == self.node.name {
                 continue;
             }
-            let Some(u) = (local.uses().map_err(KvError::Unavailable)?.into_iter())
+            if uses.is_none() {
+                uses = Some(local.uses().map_err(KvError::Unavailable)?);
+            }
+            let Some(u) = (uses.iter().flatten())
                 .find(|u| u.line.key() == key && u.line.epoch == self.node.epoch)
             else {
                 continue;
             };
-            self.give_back_idle(store, local, u, 0)?;
+            self.give_back_idle(store, local, u.clone(), 0)?;
         }
         Ok(())
     }
@@ -740,13 +694,13 @@ impl Agent {
                 // Less than it wanted: the fair share bound it, so the
                 // pool is running low; look for recalls from now on.
                 if got < want {
-                    self.low.insert(key.clone(), ());
+                    self.low.insert(key.clone());
                 }
                 break;
             }
             let pool = escrow::read_pool(store, &key)?;
-            if pool.available() < (pool.limit / 8).max(1) {
-                self.low.insert(key.clone(), ());
+            if pool.is_low() {
+                self.low.insert(key.clone());
             }
             if pool.available() == 0 {
                 break;
@@ -760,7 +714,7 @@ impl Agent {
         // A refill that found the store's grant moved (a lost reply) reads
         // it again.
         if got == 0 {
-            self.node.sync(store)?;
+            self.node.sync_limit(store, &key)?;
             self.store_line(local, &u).map_err(KvError::Unavailable)?;
         }
         Ok(got > 0)
@@ -808,21 +762,11 @@ impl Agent {
                 .min(g.granted.max(g.used));
         }
         let before = self.node.grants[&key].reported;
-        // Report this key only: the escrow reports every grant it holds.
-        let others: Vec<(String, LocalGrant)> = (self.node.grants.iter())
-            .filter(|(k, _)| **k != key)
-            .map(|(k, g)| (k.clone(), *g))
-            .collect();
-        for (k, _) in &others {
-            self.node.grants.remove(k);
-        }
-        let mut r = self.node.report(store);
-        if r.is_ok() && self.node.grants[&key].reported == before {
+        self.node.report_limit(store, &key)?;
+        if self.node.grants[&key].reported == before {
             // Nothing to report as the store sees it: read its figures.
-            r = self.node.sync(store);
+            self.node.sync_limit(store, &key)?;
         }
-        self.node.grants.extend(others);
-        r?;
         let now = self.node.grants[&key];
         if now.reported != before {
             self.stats.reports += 1;
@@ -921,9 +865,8 @@ impl Agent {
                 self.serve_one(store, local, u, 0)?;
                 // A busy node learns with its reports whether the pool runs
                 // low, so it answers a recall while the starving node waits.
-                let pool = escrow::read_pool(store, &key)?;
-                if pool.available() < (pool.limit / 8).max(1) {
-                    self.low.insert(key.clone(), ());
+                if escrow::read_pool(store, &key)?.is_low() {
+                    self.low.insert(key.clone());
                 }
             }
         }
@@ -961,11 +904,11 @@ impl Agent {
             if u.line.epoch != self.node.epoch || u.line.granted <= u.used || u.amount == 0 {
                 continue;
             }
-            if escrow::read_pool(store, &key)?.available() >= (u.amount / 8).max(1) {
+            if !escrow::read_pool(store, &key)?.is_low() {
                 self.low.remove(&key);
                 continue;
             }
-            self.low.insert(key.clone(), ());
+            self.low.insert(key.clone());
             let rate = self.rates.get(&key).map_or(0.0, |r| r.1);
             self.give_back_idle(store, local, u, rate as u64)?;
         }
@@ -974,27 +917,19 @@ impl Agent {
 
     /// Reclaims the grants of every node whose registration is gone.
     fn janitor(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
-        let live: Vec<String> = (store.range(&format!("{PREFIX}node/"))?.into_iter())
-            .filter_map(|kv| Some(kv.key.strip_prefix(&format!("{PREFIX}node/"))?.to_string()))
-            .collect();
+        let live = escrow::live_nodes(store)?;
         // The grants are read only when the live nodes changed (one died,
         // one joined) or the last pass left a grant unreclaimed: one read
         // every round otherwise.
         if live == self.live && !self.janitor_pending {
             return Ok(());
         }
-        self.live = live.clone();
         self.janitor_pending = false;
-        let grant_prefix = format!("{PREFIX}grant/");
-        for kv in store.range(&grant_prefix)? {
-            let Some((limit, node)) = kv.key[grant_prefix.len()..].rsplit_once('/') else {
-                continue;
-            };
-            if live.iter().any(|n| n == node) {
+        for (limit, node) in escrow::grant_holders(store)? {
+            if live.contains(&node) {
                 continue;
             }
-            let limit = unescape(limit);
-            let Some(plan) = escrow::plan_reclaim(store, &limit, node)? else {
+            let Some(plan) = escrow::plan_reclaim(store, &limit, &node)? else {
                 continue;
             };
             if escrow::reclaim(store, &plan, escrow::Fencing::Checked)? {
@@ -1004,6 +939,7 @@ impl Agent {
                 self.janitor_pending = true;
             }
         }
+        self.live = live;
         Ok(())
     }
 

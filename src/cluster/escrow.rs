@@ -25,16 +25,16 @@ use serde::{Deserialize, Serialize};
 
 use super::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, Op, Rev};
 
-const PREFIX: &str = "/spendb/v1/";
+pub(super) const PREFIX: &str = "/spendb/v1/";
 
 /// A limit's name as one key segment: scopes hold `/`, so it is escaped
 /// (`%2F`, and `%` as `%25`), and `grant/<limit>/` is a prefix of that
 /// limit's grants only.
-fn segment(limit: &str) -> String {
+pub(super) fn segment(limit: &str) -> String {
     limit.replace('%', "%25").replace('/', "%2F")
 }
 
-fn unsegment(s: &str) -> String {
+pub(super) fn unsegment(s: &str) -> String {
     s.replace("%2F", "/").replace("%25", "%")
 }
 
@@ -45,7 +45,7 @@ pub fn grant_key(limit: &str, node: &str) -> String {
     format!("{PREFIX}grant/{}/{node}", segment(limit))
 }
 /// Where a node whose pool ran dry asks the others for their idle room.
-pub fn recall_key(limit: &str) -> String {
+fn recall_key(limit: &str) -> String {
     format!("{PREFIX}recall/{}", segment(limit))
 }
 pub fn node_key(node: &str) -> String {
@@ -68,6 +68,12 @@ pub struct PoolV1 {
 }
 
 impl PoolV1 {
+    /// Less than an eighth of the limit left: nodes give back idle room
+    /// and answer recalls.
+    pub fn is_low(&self) -> bool {
+        self.available() < (self.limit / 8).max(1)
+    }
+
     pub fn available(&self) -> u64 {
         self.limit
             .saturating_sub(self.granted)
@@ -212,12 +218,9 @@ impl Node {
         }
         self.epoch = next;
         self.lease = Some(lease);
-        let limits: Vec<String> = (store.range(&format!("{PREFIX}grant/"))?.into_iter())
-            .filter_map(|kv| {
-                let rest = kv.key.strip_prefix(&format!("{PREFIX}grant/"))?;
-                let (limit, node) = rest.rsplit_once('/')?;
-                (node == self.name).then(|| unsegment(limit))
-            })
+        let limits: Vec<String> = (grant_holders(store)?.into_iter())
+            .filter(|(_, node)| *node == self.name)
+            .map(|(limit, _)| limit)
             .collect();
         for limit in limits {
             self.settle_old_grant(store, &limit)?;
@@ -404,24 +407,57 @@ impl Node {
     pub fn report(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
         let limits: Vec<String> = self.grants.keys().cloned().collect();
         for limit in limits {
-            let local = self.grants[&limit];
-            let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?)?;
-            if g.epoch != self.epoch || g.presumed.is_some() || local.used == g.reported {
-                continue;
-            }
-            let g2 = GrantV1 {
-                reported: local.used,
-                ..g
-            };
-            let guard = [
-                Compare::ModRev(grant_key(&limit, &self.name), grev),
-                Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
-            ];
-            if store.txn(&guard, &[put(grant_key(&limit, &self.name), &g2)])? {
-                self.confirm(&limit, &g2);
-            }
+            self.report_limit(store, &limit)?;
         }
         Ok(())
+    }
+
+    /// Reports the usage of one grant (`report` for one limit).
+    pub fn report_limit(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+    ) -> Result<(), KvError> {
+        let Some(local) = self.grants.get(limit).copied() else {
+            return Ok(());
+        };
+        self.rewrite_own(store, limit, |g| {
+            (local.used != g.reported).then_some(GrantV1 {
+                reported: local.used,
+                ..*g
+            })
+        })?;
+        Ok(())
+    }
+
+    /// Rewrites this registration's live grant of `limit` as `change` has
+    /// it (None: leave it), guarded by the grant's revision and the node's
+    /// key; a written grant is confirmed locally. Ok(None) when the grant
+    /// is not this registration's live one; otherwise the grant as the
+    /// store now has it, and whether this call wrote it.
+    fn rewrite_own(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        change: impl FnOnce(&GrantV1) -> Option<GrantV1>,
+    ) -> Result<Option<(GrantV1, bool)>, KvError> {
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
+        if g.epoch != self.epoch || g.presumed.is_some() || grev == 0 {
+            return Ok(None);
+        }
+        let Some(g2) = change(&g) else {
+            return Ok(Some((g, false)));
+        };
+        let guard = [
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
+        ];
+        if store.txn(&guard, &[put(grant_key(limit, &self.name), &g2)])? {
+            self.confirm(limit, &g2);
+            Ok(Some((g2, true)))
+        } else {
+            Ok(Some((g, false)))
+        }
     }
 
     /// When `limit`'s pool runs low (less than a `chunk` left), gives back
@@ -524,10 +560,16 @@ impl Node {
     pub fn sync(&mut self, store: &mut dyn GlobalStore) -> Result<(), KvError> {
         let limits: Vec<String> = self.grants.keys().cloned().collect();
         for limit in limits {
-            let (g, _) = decode::<GrantV1>(&store.get(&grant_key(&limit, &self.name))?)?;
-            if g.epoch == self.epoch && g.presumed.is_none() {
-                self.confirm(&limit, &g);
-            }
+            self.sync_limit(store, &limit)?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads one grant (`sync` for one limit).
+    pub fn sync_limit(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<(), KvError> {
+        let (g, _) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
+        if g.epoch == self.epoch && g.presumed.is_none() {
+            self.confirm(limit, &g);
         }
         Ok(())
     }
@@ -555,20 +597,10 @@ impl Node {
         limit: &str,
         u_max: u64,
     ) -> Result<Option<GrantV1>, KvError> {
-        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
-        if g.epoch != self.epoch || g.presumed.is_some() || grev == 0 {
-            return Ok(None);
-        }
-        if g.u_max >= u_max {
-            return Ok(Some(g));
-        }
-        let g2 = GrantV1 { u_max, ..g };
-        let guard = [
-            Compare::ModRev(grant_key(limit, &self.name), grev),
-            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
-        ];
-        let ok = store.txn(&guard, &[put(grant_key(limit, &self.name), &g2)])?;
-        Ok(Some(if ok { g2 } else { g }))
+        let raised = self.rewrite_own(store, limit, |g| {
+            (g.u_max < u_max).then_some(GrantV1 { u_max, ..*g })
+        })?;
+        Ok(raised.map(|(g, _)| g))
     }
 
     /// Lowers the `u_max` its grant of `limit` declares to 0 (an idle node
@@ -576,16 +608,10 @@ impl Node {
     /// room). The caller has lowered its own line first. Ok(whether the
     /// store took it).
     pub fn undeclare(&mut self, store: &mut dyn GlobalStore, limit: &str) -> Result<bool, KvError> {
-        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
-        if g.epoch != self.epoch || g.presumed.is_some() || grev == 0 || g.u_max == 0 {
-            return Ok(false);
-        }
-        let g2 = GrantV1 { u_max: 0, ..g };
-        let guard = [
-            Compare::ModRev(grant_key(limit, &self.name), grev),
-            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
-        ];
-        store.txn(&guard, &[put(grant_key(limit, &self.name), &g2)])
+        let lowered = self.rewrite_own(store, limit, |g| {
+            (g.u_max > 0).then_some(GrantV1 { u_max: 0, ..*g })
+        })?;
+        Ok(lowered.is_some_and(|(_, wrote)| wrote))
     }
 
     /// Joins a limit: an empty grant under this epoch (no room yet).
@@ -698,6 +724,60 @@ pub fn reclaim(
             put(grant_key(&plan.limit, &plan.node), &g2),
         ],
     )
+}
+
+/// Creates `limit`'s pool with `amount` if it has none (a pool that
+/// exists keeps its figures).
+pub fn ensure_pool(store: &mut dyn GlobalStore, limit: &str, amount: u64) -> Result<(), KvError> {
+    if store.get(&pool_key(limit))?.is_none() {
+        let fresh = PoolV1 {
+            limit: amount,
+            ..PoolV1::default()
+        };
+        store.txn(
+            &[Compare::ModRev(pool_key(limit), 0)],
+            &[put(pool_key(limit), &fresh)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Asks every node holding idle room of `limit` to give it back: the
+/// recall's revision tells a new recall from one already answered.
+pub fn recall(store: &mut dyn GlobalStore, limit: &str, by: &str) -> Result<(), KvError> {
+    store.txn(&[], &[put(recall_key(limit), &by)])?;
+    Ok(())
+}
+
+/// The last recall of `limit`: who sent it, and its revision.
+pub fn read_recall(
+    store: &mut dyn GlobalStore,
+    limit: &str,
+) -> Result<Option<(String, Rev)>, KvError> {
+    let kv = store.get(&recall_key(limit))?;
+    Ok(match kv.is_some() {
+        true => Some(decode::<String>(&kv)?),
+        false => None,
+    })
+}
+
+/// The names of the registered (live) nodes, in name order.
+pub fn live_nodes(store: &mut dyn GlobalStore) -> Result<Vec<String>, KvError> {
+    let prefix = format!("{PREFIX}node/");
+    Ok((store.range(&prefix)?.into_iter())
+        .filter_map(|kv| Some(kv.key.strip_prefix(&prefix)?.to_string()))
+        .collect())
+}
+
+/// Every grant in the store, as (limit, node).
+pub fn grant_holders(store: &mut dyn GlobalStore) -> Result<Vec<(String, String)>, KvError> {
+    let prefix = format!("{PREFIX}grant/");
+    Ok((store.range(&prefix)?.into_iter())
+        .filter_map(|kv| {
+            let (limit, node) = kv.key.strip_prefix(&prefix)?.rsplit_once('/')?;
+            Some((unsegment(limit), node.to_string()))
+        })
+        .collect())
 }
 
 /// The store's pool of one limit (the default, limit 0, if it has none).
