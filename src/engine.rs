@@ -220,8 +220,9 @@ pub trait ClusterLink: Send + Sync {
 pub enum Asked {
     /// Room was granted or usage reported: decide the RESERVE again.
     Retry,
-    /// The store had nothing more to give.
-    NoMore,
+    /// The store had nothing more to give (a rolling window's pool: for
+    /// `retry_after` ms, when its oldest charge ages out).
+    NoMore { retry_after: Option<u64> },
     /// The store could not be reached.
     Unreachable,
 }
@@ -338,6 +339,9 @@ impl EngineHandle {
         let mut out = Vec::with_capacity(cmds.len());
         let mut asks = 0;
         let mut unreachable = false;
+        // When a rolling window's pool frees room, if that is why the
+        // store had no more.
+        let mut frees_in: Option<u64> = None;
         // A node that has not read the cluster's definitions grants nothing.
         let not_ready = link.not_ready();
         let stops_here = |c: &Command| {
@@ -376,21 +380,29 @@ impl EngineHandle {
                 Submitted::Done(r) => r,
                 Submitted::Waiting(r, released) => settle(r, released.await),
             };
-            // The store could not be asked: the denial says so.
-            if let (true, Some(Outcome::Denied(d))) = (unreachable, replies.first_mut()) {
-                if matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
+            // The store could not be asked: the denial says so; or it had
+            // no room until a rolling window frees some: it says when.
+            if let Some(Outcome::Denied(d)) = replies.first_mut() {
+                if unreachable && matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
                     d.reason = Blocker::StoreUnreachable;
+                }
+                if let (Some(ms), Blocker::Grant) = (frees_in, d.reason) {
+                    d.retry_after = Some(ms);
                 }
             }
             if !replies.is_empty() {
                 asks = 0;
                 unreachable = false;
+                frees_in = None;
             }
             out.extend(replies);
             if let Some(d) = short {
                 match link.short(&d).await.unwrap_or(Asked::Unreachable) {
                     Asked::Retry => asks += 1,
-                    Asked::NoMore => asks = MAX_ASKS,
+                    Asked::NoMore { retry_after } => {
+                        asks = MAX_ASKS;
+                        frees_in = retry_after;
+                    }
                     Asked::Unreachable => {
                         asks = MAX_ASKS;
                         unreachable = true;

@@ -244,7 +244,7 @@ fn view_of(agent: &Agent, local: &EngineLocal, store_ops: u64) -> NodeView {
 }
 
 /// How long a RESERVE waits for recalled room, and how often it looks.
-const RECALL_WAIT_MS: u64 = 3_000;
+const RECALL_WAIT_MS: u64 = agent::RECALL_LIFE_MS;
 const RECALL_POLL: Duration = Duration::from_millis(50);
 
 struct Waiting {
@@ -256,12 +256,15 @@ struct Waiting {
 fn asked(agent: &Agent, short: &Shortage, r: Result<Answer, String>) -> Asked {
     match r {
         Ok(Answer::Moved) => Asked::Retry,
-        Ok(Answer::Dry | Answer::Nothing) => Asked::NoMore,
+        Ok(Answer::Dry { frees_at, .. }) => Asked::NoMore {
+            retry_after: frees_at.map(|at| at.saturating_sub(now_ms())),
+        },
+        Ok(Answer::Nothing) => Asked::NoMore { retry_after: None },
         Err(e) => {
             tracing::warn!("cluster: asking the store for room of {}: {e}", short.key);
             match agent.reachable {
                 false => Asked::Unreachable,
-                true => Asked::NoMore,
+                true => Asked::NoMore { retry_after: None },
             }
         }
     }
@@ -275,8 +278,8 @@ fn poll(
     w: Waiting,
     now: u64,
 ) -> Option<Waiting> {
-    let r = agent.ask(store, local, &w.short, false);
-    if r == Ok(Answer::Dry) && now < w.until {
+    let r = agent.ask(store, local, &w.short, false, now);
+    if matches!(r, Ok(Answer::Dry { .. })) && now < w.until {
         return Some(w);
     }
     let _ = w.reply.send(asked(agent, &w.short, r));
@@ -291,8 +294,8 @@ fn serve(
 ) -> Option<Waiting> {
     match req {
         Request::Short(short, reply) => {
-            let r = agent.ask(store, local, &short, true);
-            if r == Ok(Answer::Dry) {
+            let r = agent.ask(store, local, &short, true, now_ms());
+            if matches!(r, Ok(Answer::Dry { recalled: true, .. })) {
                 let until = now_ms() + RECALL_WAIT_MS;
                 return Some(Waiting {
                     short,
@@ -313,7 +316,7 @@ fn serve(
             let _ = reply.send(r);
         }
         Request::Status(reply) => {
-            let _ = reply.send(escrow::status(store).map_err(|e| e.to_string()));
+            let _ = reply.send(escrow::status(store, now_ms()).map_err(|e| e.to_string()));
         }
     }
     None
@@ -335,7 +338,7 @@ impl ClusterLink for ClusterNode {
                 tx,
             )),
             None => {
-                let _ = tx.send(Asked::NoMore);
+                let _ = tx.send(Asked::NoMore { retry_after: None });
             }
         }
         rx

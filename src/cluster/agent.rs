@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::escrow::{self, segment, unsegment, EscrowConfig, LocalGrant, Node, PREFIX};
 use super::kv::{GlobalStore, KvError, Op, Rev};
+use super::rolling::{self, Took};
 use crate::state::grant::{GrantLine, GrantUse};
-use crate::state::limit::{Dim, LimitSpec};
+use crate::state::limit::{Dim, LimitSpec, Window};
 use crate::state::Command;
 
 /// The engine, as the agent sees it.
@@ -238,7 +239,9 @@ pub fn publish(
     store.txn(&[], &[op, version])?;
     if let Command::BudgetSet { scope, limits } = cmd {
         for l in limits {
-            if let Some((k, _)) = crate::state::grant::key(scope, l, now) {
+            if let Window::Rolling(_) = l.window {
+                rolling::set_limit(store, &rolling::pool_name_of(scope, l), l.amount)?;
+            } else if let Some((k, _)) = crate::state::grant::key(scope, l, now) {
                 escrow::set_limit(store, &k, l.amount)?;
             }
         }
@@ -265,6 +268,10 @@ const IDLE_MS: u64 = 10_000;
 /// How often the first live node looks for dead nodes' grants (a dead
 /// node's room is back within this of its lease running out).
 const JANITOR_EVERY_MS: u64 = 2_000;
+
+/// How long a recall of a rolling pool's idle room is waited on: another
+/// RESERVE short of the same pool meanwhile does not wait.
+pub const RECALL_LIFE_MS: u64 = 3_000;
 
 /// How many times a refill is tried again when another node's write moved
 /// the pool under its guard (each try reads the pool afresh).
@@ -308,6 +315,15 @@ pub struct Agent {
     low: BTreeSet<String>,
     /// The revision of the last recall of each key this node answered.
     recalls_served: BTreeMap<String, Rev>,
+    /// Ended rolling lines whose unused room this registration gave back.
+    returned: BTreeSet<String>,
+    /// Rolling pools found dry, and until when a round does not ask them
+    /// again (a RESERVE still does).
+    dry_until: BTreeMap<String, u64>,
+    /// When this node last recalled idle room of each rolling pool.
+    recalled: BTreeMap<String, u64>,
+    /// The grant period each rolling pool's rate was last observed in.
+    rate_periods: BTreeMap<String, u64>,
 }
 
 /// What asking the store did for a RESERVE.
@@ -315,8 +331,13 @@ pub struct Agent {
 pub enum Answer {
     /// Room granted or usage reported: decide it again.
     Moved,
-    /// The pool is dry and idle room was recalled: ask again shortly.
-    Dry,
+    /// The pool is dry. `recalled`: idle room was recalled for this
+    /// RESERVE, ask again shortly. A rolling window's pool says when its
+    /// oldest charge ages out (ms).
+    Dry {
+        frees_at: Option<u64>,
+        recalled: bool,
+    },
     /// Nothing to be had.
     Nothing,
 }
@@ -361,6 +382,10 @@ impl Agent {
             definitions_seen: 0,
             low: BTreeSet::new(),
             recalls_served: BTreeMap::new(),
+            returned: BTreeSet::new(),
+            dry_until: BTreeMap::new(),
+            recalled: BTreeMap::new(),
+            rate_periods: BTreeMap::new(),
         }
     }
 
@@ -408,7 +433,8 @@ impl Agent {
         let before = local.uses()?;
         self.node.grants.clear();
         for u in &before {
-            if u.line.epoch != 0 {
+            // A rolling line's charges need no settling: they age out.
+            if u.line.epoch != 0 && !u.line.is_rolling() {
                 self.load(u);
             }
         }
@@ -426,6 +452,7 @@ impl Agent {
         self.reachable = true;
         self.stats.registrations += 1;
         self.joined.clear();
+        self.returned.clear();
         for u in before.iter().filter(|u| u.line.epoch != 0) {
             let key = u.line.key();
             let g = self.node.grants.get(&key).copied();
@@ -538,6 +565,7 @@ impl Agent {
         local: &dyn Local,
         short: &Shortage,
         first: bool,
+        now: u64,
     ) -> Result<Answer, String> {
         if first {
             self.stats.waits += 1;
@@ -545,10 +573,25 @@ impl Agent {
         if !self.registered {
             return Ok(Answer::Nothing);
         }
-        let Some(u) = (local.uses()?.into_iter()).find(|u| u.line.key() == short.key) else {
+        let uses = local.uses()?;
+        // A rolling window's current line, whichever period the RESERVE
+        // was decided in (a wait for recalled room outlasts a period).
+        let current = |u: &&GrantUse| {
+            u.line.is_rolling()
+                && !u.ended
+                && (short.key.strip_prefix(&rolling::pool_name(&u.line)))
+                    .is_some_and(|rest| rest.starts_with('|'))
+        };
+        let found =
+            (uses.iter().find(current)).or_else(|| uses.iter().find(|u| u.line.key() == short.key));
+        let Some(u) = found.cloned() else {
             return Ok(Answer::Nothing);
         };
-        match self.answer(store, local, short, &u, first) {
+        let answered = match u.line.is_rolling() {
+            true => self.rolling_answer(store, local, short, &u, first, now),
+            false => self.answer(store, local, short, &u, first),
+        };
+        match answered {
             Ok(a) => {
                 self.reachable = true;
                 Ok(a)
@@ -585,7 +628,10 @@ impl Agent {
             if first {
                 self.recall(store, &short.key)?;
             }
-            return Ok(Answer::Dry);
+            return Ok(Answer::Dry {
+                frees_at: None,
+                recalled: first,
+            });
         }
         // An idle grant declares no allowance: raise it (the store first),
         // then decide again.
@@ -620,6 +666,7 @@ impl Agent {
         &mut self,
         store: &mut dyn GlobalStore,
         local: &dyn Local,
+        now: u64,
     ) -> Result<(), KvError> {
         let low: Vec<String> = self.low.iter().cloned().collect();
         let mut uses = None;
@@ -642,7 +689,7 @@ impl Agent {
             else {
                 continue;
             };
-            self.give_back_idle(store, local, u.clone(), 0)?;
+            self.give_back_idle(store, local, u.clone(), 0, now)?;
         }
         Ok(())
     }
@@ -654,11 +701,18 @@ impl Agent {
         local: &dyn Local,
         u: GrantUse,
         keep: u64,
+        now: u64,
     ) -> Result<(), KvError> {
         let key = u.line.key();
         let Some(lowered) = local.lower(&key, keep).map_err(KvError::Unavailable)? else {
             return Ok(());
         };
+        if lowered.is_rolling() {
+            if lowered.epoch == self.node.epoch {
+                self.rolling_return(store, &lowered, lowered.granted, now)?;
+            }
+            return Ok(());
+        }
         self.load(&GrantUse {
             line: lowered.clone(),
             ..u.clone()
@@ -825,13 +879,11 @@ impl Agent {
                 continue;
             }
             let key = u.line.key();
-            let (last, rate) = self.rates.get(&key).copied().unwrap_or((u.used, 0.0));
-            let inst = u.used.saturating_sub(last) as f64 / dt;
-            // A one-second time constant: a node that starts taking calls
-            // sizes its refills from its rate within a few rounds.
-            let alpha = dt.min(1.0);
-            self.rates
-                .insert(key.clone(), (u.used, rate + alpha * (inst - rate)));
+            if u.line.is_rolling() {
+                self.rolling_round(store, local, u, now, dt)?;
+                continue;
+            }
+            let (last, rate) = self.observe(&key, u.used, dt, false);
             if u.used != last || !self.idle_since.contains_key(&key) {
                 self.idle_since.insert(key.clone(), now);
             }
@@ -873,11 +925,13 @@ impl Agent {
         if report_due {
             self.last_report = now;
         }
+        self.returned
+            .retain(|k| uses.iter().any(|u| u.line.key() == *k));
         if !self.low.is_empty() {
-            self.answer_recalls(store, local)?;
+            self.answer_recalls(store, local, now)?;
         }
         if now.saturating_sub(self.last_relieve) >= self.config.relieve_every_ms {
-            self.relieve(store, local)?;
+            self.relieve(store, local, now)?;
             self.last_relieve = now;
         }
         // The first live node (by name) looks every 2 s, so a dead node's
@@ -898,21 +952,241 @@ impl Agent {
 
     /// Gives back room beyond a second of its rate on every limit whose
     /// pool has less than an eighth of the limit left.
-    fn relieve(&mut self, store: &mut dyn GlobalStore, local: &dyn Local) -> Result<(), KvError> {
+    fn relieve(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        now: u64,
+    ) -> Result<(), KvError> {
         for u in local.uses().map_err(KvError::Unavailable)? {
             let key = u.line.key();
-            if u.line.epoch != self.node.epoch || u.line.granted <= u.used || u.amount == 0 {
+            let mine = u.line.epoch == self.node.epoch;
+            if !mine || u.ended || u.line.granted <= u.used || u.amount == 0 {
                 continue;
             }
-            if !escrow::read_pool(store, &key)?.is_low() {
+            let low = match u.line.is_rolling() {
+                true => rolling::read_pool(store, &rolling::pool_name(&u.line))?.is_low(now),
+                false => escrow::read_pool(store, &key)?.is_low(),
+            };
+            if !low {
                 self.low.remove(&key);
                 continue;
             }
             self.low.insert(key.clone());
-            let rate = self.rates.get(&key).map_or(0.0, |r| r.1);
-            self.give_back_idle(store, local, u, rate as u64)?;
+            let rate = self.rates.get(&self.rate_key(&u.line)).map_or(0.0, |r| r.1);
+            self.give_back_idle(store, local, u, rate as u64, now)?;
         }
         Ok(())
+    }
+
+    /// The rate of a limit is kept under its line's key, or for a rolling
+    /// window under its pool's name (a line lasts one grant period).
+    fn rate_key(&self, line: &GrantLine) -> String {
+        match line.is_rolling() {
+            true => rolling::pool_name(line),
+            false => line.key(),
+        }
+    }
+
+    /// Updates the EWMA of `key`'s rate (per second) with its use now,
+    /// `dt` seconds after the last round (`restarted`: the use counts from
+    /// 0 again since, a rolling line's new period): the use last seen, and
+    /// the rate.
+    fn observe(&mut self, key: &str, used: u64, dt: f64, restarted: bool) -> (u64, f64) {
+        let (last, rate) = self.rates.get(key).copied().unwrap_or((used, 0.0));
+        let last = if restarted { 0 } else { last };
+        // (Use can fall: a hold settled for less than it held.)
+        let inst = used.saturating_sub(last) as f64 / dt;
+        // A one-second time constant: a node that starts taking calls
+        // sizes its refills from its rate within a few rounds.
+        let alpha = dt.min(1.0);
+        let rate = rate + alpha * (inst - rate);
+        self.rates.insert(key.to_string(), (used, rate));
+        (last, rate)
+    }
+
+    /// What to ask for when refilling a rolling line: its recent rate over
+    /// the rest of its period (at most the horizon), at least a hundredth
+    /// and at most an eighth of the limit.
+    fn rolling_want(&self, u: &GrantUse, now: u64) -> u64 {
+        let rate = self.rates.get(&self.rate_key(&u.line)).map_or(0.0, |r| r.1);
+        let left_ms = u.line.end().saturating_sub(now).min(self.config.horizon_ms);
+        let by_rate = (rate * left_ms as f64 / 1000.0) as u64;
+        by_rate.clamp((u.amount / 100).max(1), (u.amount / 8).max(1))
+    }
+
+    /// A round's work on a rolling line: give back what an ended period did
+    /// not use, keep the current one ahead of its use.
+    fn rolling_round(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+        now: u64,
+        dt: f64,
+    ) -> Result<(), KvError> {
+        let key = u.line.key();
+        let mine = u.line.epoch == self.node.epoch;
+        if u.ended {
+            if mine && u.line.granted > u.used && !self.returned.contains(&key) {
+                self.rolling_return(store, &u.line, u.used, now)?;
+            }
+            return Ok(());
+        }
+        let pool = rolling::pool_name(&u.line);
+        let restarted =
+            self.rate_periods.insert(pool.clone(), u.line.period) != Some(u.line.period);
+        let (_, rate) = self.observe(&pool, u.used, dt, restarted);
+        let want = self.rolling_want(u, now);
+        let left = match mine {
+            true => u.line.granted.saturating_sub(u.used),
+            false => 0,
+        };
+        let dry = self.dry_until.get(&pool).is_some_and(|t| *t > now);
+        // Taken ahead only for use expected in the rest of the period (an
+        // idle node's decaying rate asks for nothing).
+        let expected = rate * u.line.end().saturating_sub(now) as f64 / 1000.0;
+        if left < want / 2 && expected >= 1.0 && !dry {
+            self.rolling_take(store, local, u, 1, want.saturating_sub(left), now)?;
+        }
+        Ok(())
+    }
+
+    /// Charges more room of a rolling line's period: at least `need` (or
+    /// nothing), `want` if the pool can spare it. What ended periods of
+    /// the same pool did not use goes back in the same transaction.
+    fn rolling_take(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+        need: u64,
+        want: u64,
+        now: u64,
+    ) -> Result<Took, KvError> {
+        if !self.registered {
+            return Ok(Took::Conflict);
+        }
+        let pool = rolling::pool_name(&u.line);
+        let uses = local.uses().map_err(KvError::Unavailable)?;
+        let u = (uses.iter())
+            .find(|x| x.line.key() == u.line.key())
+            .unwrap_or(u)
+            .clone();
+        let ended: Vec<&GrantUse> = (uses.iter())
+            .filter(|x| x.ended && x.line.is_rolling() && x.line.epoch == self.node.epoch)
+            .filter(|x| x.line.granted > x.used && !self.returned.contains(&x.line.key()))
+            .filter(|x| rolling::pool_name(&x.line) == pool)
+            .collect();
+        let returns: Vec<(u64, u64)> = ended.iter().map(|x| (x.line.period, x.used)).collect();
+        for _ in 0..MAX_CONFLICTS {
+            let took = rolling::take(
+                store,
+                &self.node,
+                &u.line,
+                u.amount,
+                need,
+                want.max(need),
+                &returns,
+                now,
+            )?;
+            match took {
+                Took::Charged { total, more } => {
+                    self.dry_until.remove(&pool);
+                    self.returned.extend(ended.iter().map(|x| x.line.key()));
+                    // A line of an earlier registration: what it used
+                    // was charged under that one.
+                    let base = match u.line.epoch == self.node.epoch {
+                        true => u.line.base,
+                        false => u.line.base.saturating_add(u.used),
+                    };
+                    let line = GrantLine {
+                        epoch: self.node.epoch,
+                        base,
+                        granted: total,
+                        reported: 0,
+                        u_max: 0,
+                        ..u.line.clone()
+                    };
+                    local.confirm(line).map_err(KvError::Unavailable)?;
+                    self.stats.refills += 1;
+                    self.stats.room_granted += more;
+                    if more < want {
+                        self.low.insert(u.line.key());
+                    }
+                    return Ok(took);
+                }
+                Took::Conflict => continue,
+                Took::Dry { frees_at } => {
+                    self.low.insert(u.line.key());
+                    // Room comes back as charges age out, or when another
+                    // node gives some back: look again by then, or in 1 s.
+                    let until = frees_at.unwrap_or(u64::MAX).min(now + 1_000);
+                    self.dry_until.insert(pool, until);
+                    return Ok(took);
+                }
+            }
+        }
+        Ok(Took::Conflict)
+    }
+
+    /// Lowers this registration's charge of `line`'s period to `keep` (the
+    /// line is lowered or ended already: the node uses no more of it).
+    fn rolling_return(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        line: &GrantLine,
+        keep: u64,
+        now: u64,
+    ) -> Result<(), KvError> {
+        for _ in 0..MAX_CONFLICTS {
+            let back = rolling::give_back(store, &self.node, line, &[(line.period, keep)], now)?;
+            if let Some(back) = back {
+                if back > 0 {
+                    self.stats.give_backs += 1;
+                }
+                if line.ended(now) {
+                    self.returned.insert(line.key());
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// A RESERVE short of a rolling line's room: charge it, or say when
+    /// the pool frees room.
+    fn rolling_answer(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        short: &Shortage,
+        u: &GrantUse,
+        first: bool,
+        now: u64,
+    ) -> Result<Answer, KvError> {
+        let mine = u.line.epoch == self.node.epoch;
+        if mine && u.used.saturating_add(short.amount) <= u.line.granted {
+            return Ok(Answer::Moved);
+        }
+        let need = short.by.max(1);
+        let want = self.rolling_want(u, now).max(need);
+        Ok(match self.rolling_take(store, local, u, need, want, now)? {
+            Took::Charged { .. } => Answer::Moved,
+            Took::Dry { frees_at } => {
+                // One recall at a time: while one is out, another RESERVE
+                // short of room is answered at once.
+                let pool = rolling::pool_name(&u.line);
+                let out = (self.recalled.get(&pool)).is_some_and(|t| now < t + RECALL_LIFE_MS);
+                let recalled = first && !out;
+                if recalled {
+                    self.recall(store, &short.key)?;
+                    self.recalled.insert(pool, now);
+                }
+                Answer::Dry { frees_at, recalled }
+            }
+            Took::Conflict => Answer::Nothing,
+        })
     }
 
     /// Reclaims the grants of every node whose registration is gone.

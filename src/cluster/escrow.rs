@@ -326,7 +326,7 @@ impl Node {
     /// The revision of this registration's node key, to guard every write
     /// with; `NOT_OURS` (which no key has) when the key is gone or is
     /// another registration's, so no guarded write of ours can succeed.
-    fn node_rev(&self, store: &mut dyn GlobalStore) -> Result<Rev, KvError> {
+    pub(super) fn node_rev(&self, store: &mut dyn GlobalStore) -> Result<Rev, KvError> {
         Ok(match store.get(&node_key(&self.name))? {
             Some(kv) if kv.lease == self.lease => kv.mod_rev,
             _ => NOT_OURS,
@@ -818,6 +818,8 @@ pub struct ClusterStatus {
     pub revision: Rev,
     pub nodes: Vec<NodeStatus>,
     pub pools: Vec<PoolStatus>,
+    /// The rolling windows' pools (`rolling.rs`).
+    pub rolling: Vec<super::rolling::RollingStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -844,8 +846,9 @@ pub struct GrantStatus {
     pub grant: GrantV1,
 }
 
-/// Reads the whole cluster's figures (three ranges).
-pub fn status(store: &mut dyn GlobalStore) -> Result<ClusterStatus, KvError> {
+/// Reads the whole cluster's figures (five ranges); `now` (ms) says which
+/// rolling charges still count.
+pub fn status(store: &mut dyn GlobalStore, now: u64) -> Result<ClusterStatus, KvError> {
     let nodes = (store.range(&format!("{PREFIX}node/"))?.into_iter())
         .map(|kv| {
             let node = kv.key[format!("{PREFIX}node/").len()..].to_string();
@@ -872,10 +875,12 @@ pub fn status(store: &mut dyn GlobalStore) -> Result<ClusterStatus, KvError> {
             key: limit,
         });
     }
+    let rolling = super::rolling::status(store, now)?;
     Ok(ClusterStatus {
         revision,
         nodes,
         pools,
+        rolling,
     })
 }
 
@@ -957,7 +962,7 @@ mod tests {
         assert!(n.register(&mut s).unwrap());
         n.join(&mut s, "org:a/team:b").unwrap();
         assert_eq!(n.refill(&mut s, "org:a/team:b", 0, 1_000).unwrap(), 1_000);
-        let st = status(&mut s).unwrap();
+        let st = status(&mut s, 0).unwrap();
         assert_eq!(st.revision, s.revision().unwrap());
         assert_eq!(st.nodes.len(), 1);
         assert_eq!((st.nodes[0].node.as_str(), st.nodes[0].epoch), ("n1", 1));

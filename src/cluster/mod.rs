@@ -8,6 +8,8 @@
 //! - `escrow.rs` — the protocol: pools and grants, a node's transactions
 //!   (refill, report, give back, declare, register and settle) and the
 //!   reclaim of a dead node's grant;
+//! - `rolling.rs` — rolling windows' pools: room charged to a period of
+//!   the window, counting until it ages out;
 //! - `agent.rs` — what a node does with the store each round and when a
 //!   RESERVE is short, over the engine seen as the `Local` trait;
 //! - `etcd.rs` — `GlobalStore` on a real etcd, through its JSON API.
@@ -20,3 +22,4 @@ pub mod agent;
 pub mod escrow;
 pub mod etcd;
 pub mod kv;
+pub mod rolling;

@@ -12,10 +12,36 @@
 //! period already accounted for. Lines change only by ledger entries
 //! (`EntryKind::Grant`), written when the cluster agent has the store's
 //! confirmation (or, to lower a line, before it asks), so a restart with the
-//! disk knows its grants. Rolling windows are not global in this build:
-//! each node applies them alone (docs/CLUSTER.md, "Still to do").
+//! disk knows its grants.
+//!
+//! A rolling window is cut into *grant periods* of [`rolling_span`] (a
+//! whole number of its sub-buckets, a sixth of the window for a window of a
+//! minute or more): a line covers what the window counts in one period,
+//! and the store charges the room it grants to that period in full, ageing
+//! it out a window after the period ends (`cluster/rolling.rs`). Every use
+//! is covered by a charge that leaves the window no sooner than the use
+//! does, so the sum of the charges in the window bounds the cluster's use
+//! in it; rule 2 does not apply (nothing is charged after the fact).
 
-use super::limit::{period_end, period_start, Dim, LimitSpec, Window};
+use super::limit::{period_end, period_start, Dim, LimitSpec, Ring, Window};
+
+/// The sub-buckets in a rolling window's grant period, at least: a
+/// shorter period means more refills, a longer one holds room in the
+/// window longer than its use.
+pub const ROLLING_SPAN_BUCKETS: u64 = 10;
+/// A rolling grant period lasts at least this long (ms), so a short window
+/// does not send a refill to the store every few milliseconds ...
+pub const ROLLING_SPAN_MIN_MS: u64 = 1_000;
+
+/// The length (ms) of a rolling window's grant periods: a whole number of
+/// its sub-buckets, at least [`ROLLING_SPAN_BUCKETS`] of them and
+/// [`ROLLING_SPAN_MIN_MS`], at most half the window.
+pub fn rolling_span(window_ms: u64) -> u64 {
+    let width = Ring::width_of(window_ms);
+    let buckets = window_ms.div_ceil(width);
+    let wanted = ROLLING_SPAN_BUCKETS.max(ROLLING_SPAN_MIN_MS.div_ceil(width));
+    width * wanted.min(buckets / 2).max(1)
+}
 
 /// What one node holds of one global limit in one period.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,11 +69,30 @@ impl GrantLine {
         key_of(&self.scope, self.spec.dim, self.spec.window, self.period)
     }
 
+    /// When the line's period ends (ms; `u64::MAX` for TOTAL).
+    pub fn end(&self) -> u64 {
+        match self.spec.window {
+            Window::Calendar(p, z) => period_end(p, z, self.period),
+            Window::Rolling(ms) => self.period.saturating_add(rolling_span(ms)),
+            Window::Total => u64::MAX,
+        }
+    }
+
     /// Whether the line's period has ended by `now` (TOTAL never ends).
     pub fn ended(&self, now: u64) -> bool {
+        self.end() <= now
+    }
+
+    pub fn is_rolling(&self) -> bool {
+        matches!(self.spec.window, Window::Rolling(_))
+    }
+
+    /// A rolling line whose period has ended but whose room the store still
+    /// counts in the window: what it did not use can be given back.
+    pub fn returnable(&self, now: u64) -> bool {
         match self.spec.window {
-            Window::Calendar(p, z) => period_end(p, z, self.period) <= now,
-            Window::Total | Window::Rolling(_) => false,
+            Window::Rolling(ms) => self.ended(now) && self.end().saturating_add(ms) > now,
+            _ => false,
         }
     }
 }
@@ -64,6 +109,9 @@ pub struct GrantUse {
     /// of the amount, `ClusterRules`); the line's own `u_max` is what the
     /// store has.
     pub u_max: u64,
+    /// The line's period is over (a rolling line listed for the room it
+    /// can give back; no request uses it any more).
+    pub ended: bool,
 }
 
 /// Cluster mode's settings for the rules (None on a single node).
@@ -85,11 +133,12 @@ impl ClusterRules {
     }
 }
 
-/// The global limit a scope's limit is at `now`, and its period's start:
-/// None for a rolling window (node-local in this build).
+/// The line a scope's limit takes at `now`, and its period's start. (An
+/// Option so that a limit may yet stay node-local; every limit is global
+/// today.)
 pub fn key(scope: &str, spec: &LimitSpec, now: u64) -> Option<(String, u64)> {
     let period = match spec.window {
-        Window::Rolling(_) => return None,
+        Window::Rolling(ms) => now - now % rolling_span(ms),
         Window::Total => 0,
         Window::Calendar(p, z) => period_start(p, z, now),
     };
@@ -125,6 +174,10 @@ pub fn shortfall(line: Option<&GrantLine>, taken: u64, amount: u64) -> Option<Sh
         return Some(Short::Room {
             by: (after - granted as u128).min(u64::MAX as u128) as u64,
         });
+    }
+    // A rolling window's room is charged in full when granted.
+    if line.is_some_and(GrantLine::is_rolling) {
+        return None;
     }
     let unreported_room = reported as u128 + u_max as u128;
     if after > unreported_room {
@@ -191,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn each_calendar_period_is_a_limit_of_its_own_and_rolling_windows_are_local() {
+    fn each_period_is_a_line_of_its_own() {
         let day = LimitSpec {
             dim: Dim::Cost,
             window: Window::Calendar(Period::Day, Zone::UTC),
@@ -213,7 +266,18 @@ mod tests {
             window: Window::Rolling(60_000),
             ..day
         };
-        assert_eq!(key("org:a", &rolling, 0), None);
+        // A rolling window's grant periods: a sixth of the window.
+        let (k, p) = key("org:a", &rolling, 25_000).unwrap();
+        assert_eq!((k.as_str(), p), ("org:a|COST|ROLLING 1m|20000", 20_000));
+        let mut r = line(0, 0, 0);
+        r.spec = rolling;
+        r.period = p;
+        assert_eq!(r.end(), 30_000);
+        assert!(!r.ended(29_999) && r.ended(30_000));
+        // Only the grant applies: no report is ever asked for.
+        r.granted = 5;
+        assert_eq!(shortfall(Some(&r), 0, 5), None);
+        assert_eq!(shortfall(Some(&r), 1, 5), Some(Short::Room { by: 1 }));
         let total = LimitSpec {
             window: Window::Total,
             ..day
@@ -222,6 +286,20 @@ mod tests {
             key("org:a", &total, 99).unwrap().0,
             "org:a|COST|PER TOTAL|0"
         );
+    }
+
+    #[test]
+    fn a_rolling_grant_period_is_whole_buckets_at_least_a_second_at_most_half_the_window() {
+        // A minute: 60 buckets of 1 s, periods of 10.
+        assert_eq!(rolling_span(60_000), 10_000);
+        // An hour: buckets of a minute, periods of ten minutes.
+        assert_eq!(rolling_span(3_600_000), 600_000);
+        // Three seconds: buckets of 50 ms, 20 of them make a second.
+        assert_eq!(rolling_span(3_000), 1_000);
+        // One second: 59 buckets of 17 ms, at most half of them.
+        assert_eq!(rolling_span(1_000), 29 * 17);
+        // A millisecond: one bucket.
+        assert_eq!(rolling_span(1), 1);
     }
 
     #[test]

@@ -480,8 +480,13 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// The width (ms) of a rolling window's sub-buckets.
+    pub fn width_of(duration_ms: u64) -> u64 {
+        duration_ms.div_ceil(ROLLING_BUCKETS).max(1)
+    }
+
     pub fn new(duration_ms: u64) -> Ring {
-        let width = duration_ms.div_ceil(ROLLING_BUCKETS).max(1);
+        let width = Ring::width_of(duration_ms);
         let n = duration_ms.div_ceil(width);
         Ring {
             width,
@@ -507,6 +512,16 @@ impl Ring {
 
     pub fn sum(&self, now: u64) -> u64 {
         self.live(now)
+            .map(|(_, v)| v)
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// The live buckets' amounts from time `from` (its bucket included)
+    /// to `to` (its bucket excluded).
+    pub fn sum_between(&self, from: u64, to: u64, now: u64) -> u64 {
+        let (first, end) = (from / self.width, to / self.width);
+        self.live(now)
+            .filter(|&(i, _)| i >= first && i < end)
             .map(|(_, v)| v)
             .fold(0u64, u64::saturating_add)
     }
@@ -711,6 +726,17 @@ impl Limit {
             projected,
             exhausted_at,
         })
+    }
+
+    /// What a cluster grant line of this limit covers at `now` (`grant.rs`):
+    /// its usage and the open holds (`held`) — of a rolling window, what
+    /// the window counted from `from` to `to`, the line's period (its ring
+    /// counts open holds already).
+    pub fn taken_between(&self, now: u64, held: u64, from: u64, to: u64) -> u64 {
+        match &self.counter {
+            Counter::Rolling(r) => r.sum_between(from, to, now),
+            _ => self.used(now).saturating_add(self.held_part(held)),
+        }
     }
 
     /// A rolling limit counts a request in the window when it is made, so

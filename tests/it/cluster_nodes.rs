@@ -479,3 +479,92 @@ fn a_single_node_has_no_cluster_page_and_refuses_cluster_flags_alone() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node 'a/b'"));
 }
+
+/// RESERVE one request of `org:w` then COMMIT it: Ok, or Err(the denial's
+/// reason and retry_after_ms).
+fn request(c: &mut redis::Connection, id: &str) -> Result<(), (String, i64)> {
+    let r = q(c, &format!("RESERVE {id} org:w gpt-4o INPUT 1 OUTPUT 1"));
+    if r.s("status") != "granted" {
+        return Err((r.s("reason"), r.i("retry_after_ms")));
+    }
+    q(c, &format!("COMMIT {id} INPUT 1 OUTPUT 1"));
+    Ok(())
+}
+
+#[test]
+fn two_nodes_share_a_rolling_window_and_its_room_comes_back_as_it_ages_out() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let (a, b) = (node(&eps, "a"), node(&eps, "b"));
+    const WINDOW_LIMIT: usize = 50;
+    budget(&a, &[&a, &b], "org:w REQUESTS 50 ROLLING 10s");
+    let start = Instant::now();
+    let mut times = Vec::new();
+    let mut ca = a.conn();
+    for i in 0..10 {
+        request(&mut ca, &format!("a{i}")).unwrap();
+        times.push(start.elapsed());
+    }
+    // b takes requests until denied three times running: a's idle room
+    // comes back to the pool when b's asks find it dry (a recall), or when
+    // a's grant period ends.
+    let mut cb = b.conn();
+    let (mut denials, mut last) = (0, None);
+    for i in 0.. {
+        match request(&mut cb, &format!("b{i}")) {
+            Ok(()) => {
+                times.push(start.elapsed());
+                denials = 0;
+            }
+            Err(d) => {
+                denials += 1;
+                last = Some(d);
+                if denials == 3 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    let drained = start.elapsed();
+    let (reason, retry_after) = last.unwrap();
+    // The most requests granted within 9.5 s of one another (the server's
+    // window, at its 1/60 resolution, is at least 9.83 s long).
+    let peak = (times.iter())
+        .map(|&t| {
+            (times.iter())
+                .filter(|&&x| x <= t && t - x < Duration::from_millis(9_500))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let st = cluster(&b);
+    let rolling = &st["store"]["rolling"][0];
+    eprintln!(
+        "rolling: {} granted in {drained:?}, peak {peak} of {WINDOW_LIMIT} in a window; \
+         denied ({reason}, retry after {retry_after} ms); pool {rolling}",
+        times.len()
+    );
+    assert!(peak <= WINDOW_LIMIT, "{peak} requests in one window");
+    if drained < Duration::from_millis(9_500) {
+        assert!(
+            times.len() >= WINDOW_LIMIT - 2,
+            "the window was used up before the first denial: {}",
+            times.len()
+        );
+    }
+    assert_eq!(rolling["key"], "org:w|REQUESTS|ROLLING 10s");
+    assert_eq!(rolling["limit"], 50);
+    // b's own window is not full: the cluster's is, and it says when the
+    // oldest charge leaves it (a period of 1.67 s plus the window).
+    assert_eq!(reason, "grant");
+    assert!(
+        (1..=11_700).contains(&retry_after),
+        "retry_after_ms {retry_after}"
+    );
+    // Once it has, b is granted again.
+    std::thread::sleep(Duration::from_millis(retry_after as u64 + 200));
+    wait_until(Duration::from_secs(15), "room comes back", || {
+        request(&mut cb, &format!("again{}", start.elapsed().as_millis())).is_ok()
+    });
+}

@@ -745,7 +745,14 @@ mod agents {
         }
     }
 
-    fn limits() -> Vec<LimitSpec> {
+    fn limits(rolling_only: bool) -> Vec<LimitSpec> {
+        if rolling_only {
+            return vec![LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Rolling(ROLLING_MS),
+                amount: ROLLING_LIMIT,
+            }];
+        }
         vec![
             LimitSpec {
                 dim: Dim::Tokens,
@@ -757,18 +764,45 @@ mod agents {
                 window: Window::Calendar(Period::Day, Zone::UTC),
                 amount: 400,
             },
+            LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Rolling(ROLLING_MS),
+                amount: ROLLING_LIMIT,
+            },
         ]
     }
 
+    const ROLLING_MS: u64 = 10_000;
+    const ROLLING_LIMIT: u64 = 60;
+
+    /// The most requests granted in any rolling window as a node's ring
+    /// counts it (a request counts until its sub-bucket is `n` buckets
+    /// old), among `times`, the grants' times, at each of them.
+    fn rolling_peak(times: &[u64]) -> (u64, u64) {
+        let w = spendb::state::limit::Ring::width_of(ROLLING_MS);
+        let n = ROLLING_MS.div_ceil(w);
+        let mut peak = (0, 0);
+        for &t in times {
+            let c = times
+                .iter()
+                .filter(|&&x| x <= t && x / w + n > t / w)
+                .count() as u64;
+            if c > peak.0 {
+                peak = (c, t);
+            }
+        }
+        peak
+    }
+
     /// One seed: Ok(granted calls, crashes) or the first violation.
-    fn run(seed: u64, steps: usize) -> Result<(u64, u64), String> {
+    fn run(seed: u64, steps: usize, rolling_only: bool) -> Result<(u64, u64, u64), String> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut store = MemStore::new(0);
         // Start 20 s before a UTC midnight: the day's pool changes midway.
         let mut now = 1_796_256_000_000 - 20_000;
         let budget = Command::BudgetSet {
             scope: "org:a".into(),
-            limits: limits(),
+            limits: limits(rolling_only),
         };
         store.set_time(now);
         agent::publish(&mut store, &budget, now).map_err(|e| e.to_string())?;
@@ -785,6 +819,8 @@ mod agents {
         // What every RESERVE granted took: tokens in total, requests per day.
         let mut tokens = 0u64;
         let mut requests: std::collections::BTreeMap<u64, u64> = Default::default();
+        let mut times: Vec<u64> = Vec::new();
+        let mut max_peak = 0;
         let (mut granted, mut crashes) = (0u64, 0u64);
         for step in 0..steps {
             now += rng.random_range(1..120);
@@ -838,7 +874,7 @@ mod agents {
                             lose_request: 20,
                             lose_reply: 20,
                         };
-                        if n.agent.ask(&mut net, &n.local, &short, true) != Ok(Answer::Moved) {
+                        if n.agent.ask(&mut net, &n.local, &short, true, now) != Ok(Answer::Moved) {
                             break;
                         }
                         outcome = n
@@ -852,6 +888,7 @@ mod agents {
                         tokens += amount;
                         let day = now / 86_400_000;
                         *requests.entry(day).or_default() += 1;
+                        times.push(now);
                         let commit = Command::Commit {
                             hold: format!("h{step}"),
                             usage: Usage {
@@ -878,7 +915,7 @@ mod agents {
                 _ => n.paused_until = now + TTL + net.rng.random_range(0..TTL),
             }
             // The bound: every limit, every period.
-            if tokens > 40_000 {
+            if tokens > 40_000 && !rolling_only {
                 let st = escrow::read_limit(&mut store, "org:a|TOKENS|PER TOTAL|0");
                 let views: Vec<_> = (nodes.iter())
                     .map(|n| {
@@ -901,8 +938,17 @@ mod agents {
                     "step {step}: {tokens} tokens granted of 40,000; store {st:?}; nodes {views:?}"
                 ));
             }
-            if let Some((day, r)) = requests.iter().find(|(_, r)| **r > 400) {
+            let over_day = requests.iter().find(|(_, r)| **r > 400 && !rolling_only);
+            if let Some((day, r)) = over_day {
                 return Err(format!("step {step}: {r} requests on day {day} of 400"));
+            }
+            times.retain(|&t| t + 2 * ROLLING_MS > now);
+            let (peak, at) = rolling_peak(&times);
+            max_peak = max_peak.max(peak);
+            if peak > ROLLING_LIMIT {
+                return Err(format!(
+                    "step {step}: {peak} requests in the rolling window at {at} of {ROLLING_LIMIT}"
+                ));
             }
             let (pool, grants) = escrow::read_limit(&mut store, "org:a|TOKENS|PER TOTAL|0")
                 .map_err(|e| e.to_string())?;
@@ -914,7 +960,7 @@ mod agents {
                 return Err(format!("step {step}: pool {pool:?}, live grants {live}"));
             }
         }
-        Ok((granted, crashes))
+        Ok((granted, crashes, max_peak))
     }
 
     #[test]
@@ -923,11 +969,34 @@ mod agents {
         let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
         let (mut calls, mut crashes) = (0, 0);
         for seed in 0..seeds {
-            let (g, c) = run(seed, steps).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let (g, c, _) = run(seed, steps, false).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             calls += g;
             crashes += c;
         }
         eprintln!("agents: {seeds} seeds, {calls} calls granted, {crashes} crashes");
         assert!(calls > seeds * 100, "the nodes got room: {calls} calls");
+    }
+
+    /// Four nodes share a rolling window of 60 requests per 10 s, asked
+    /// for about 100 per 10 s, under the same faults: never more than 60
+    /// in any window, and the window fills.
+    #[test]
+    fn agents_share_a_rolling_window_without_passing_it() {
+        let seeds = env_u64("SPENDB_CLUSTER_SEEDS", 40);
+        let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
+        let (mut calls, mut peaks) = (0, Vec::new());
+        for seed in 0..seeds {
+            let (g, _, peak) =
+                run(seed, steps, true).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            calls += g;
+            peaks.push(peak);
+        }
+        peaks.sort_unstable();
+        let median = peaks[peaks.len() / 2];
+        eprintln!("rolling agents: {seeds} seeds, {calls} calls granted, peak per seed {peaks:?}");
+        assert!(
+            median >= ROLLING_LIMIT * 3 / 4,
+            "the window fills: median peak {median} of {ROLLING_LIMIT}"
+        );
     }
 }

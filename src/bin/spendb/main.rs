@@ -122,7 +122,10 @@ fn main() -> ExitCode {
 fn cluster_status(etcd: &[String]) -> Result<(), String> {
     use spendb::cluster::{escrow, etcd::EtcdStore};
     let mut store = EtcdStore::new(etcd, std::time::Duration::from_secs(5));
-    let status = escrow::status(&mut store).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let status = escrow::status(&mut store, now).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
     println!("{json}");
     Ok(())

@@ -8,20 +8,21 @@ use crate::state::grant::{GrantLine, GrantUse};
 use crate::state::*;
 
 impl State {
-    /// The node's usage and open holds of a limit (dimension and window)
-    /// on `scope` at `now`; None when the scope has no such limit.
-    fn taken(&self, now: u64, scope: &str, dim: Dim, window: limit::Window) -> Option<(u64, u64)> {
-        let node = self.nodes.get(scope)?;
+    /// What `line` covers of the node's usage and open holds of its limit
+    /// at `now`, and the limit's amount; None when the scope no longer has
+    /// the limit.
+    fn taken(&self, now: u64, line: &GrantLine) -> Option<(u64, u64)> {
+        let node = self.nodes.get(&line.scope)?;
+        let (dim, window) = (line.spec.dim, line.spec.window);
         let l = (node.limits.iter()).find(|l| l.spec.dim == dim && l.spec.window == window)?;
-        Some((
-            l.used(now).saturating_add(l.held_part(node.held.get(dim))),
-            l.spec.amount,
-        ))
+        let taken = l.taken_between(now, node.held.get(dim), line.period, line.end());
+        Some((taken, l.spec.amount))
     }
 
     /// Every global limit this node has a line of, or needs one for (its
-    /// scopes' calendar and TOTAL limits now), with its use. Lines of
-    /// limits a scope no longer has are listed with amount 0.
+    /// scopes' limits now), with its use. Lines of limits a scope no longer
+    /// has are listed with amount 0; a rolling line whose period ended is
+    /// listed (`ended`) while the store still counts room it did not use.
     pub fn grant_uses(&self, now: u64) -> Vec<GrantUse> {
         let Some(rules) = self.config.cluster else {
             return Vec::new();
@@ -46,7 +47,8 @@ impl State {
             }
         }
         for (key, line) in &self.grants {
-            if !out.contains_key(key) && !line.ended(now) {
+            let listed = !line.ended(now) || line.returnable(now);
+            if !out.contains_key(key) && listed {
                 out.insert(key.clone(), self.grant_use(now, line.clone(), rules));
             }
         }
@@ -54,13 +56,12 @@ impl State {
     }
 
     fn grant_use(&self, now: u64, line: GrantLine, rules: grant::ClusterRules) -> GrantUse {
-        let (taken, amount) = self
-            .taken(now, &line.scope, line.spec.dim, line.spec.window)
-            .unwrap_or((0, 0));
+        let (taken, amount) = self.taken(now, &line).unwrap_or((0, 0));
         GrantUse {
             used: taken.saturating_sub(line.base),
             amount,
             u_max: rules.u_max(amount),
+            ended: line.ended(now),
             line,
         }
     }
@@ -124,11 +125,6 @@ mod tests {
                     dim: Dim::Requests,
                     window: Window::Calendar(Period::Day, Zone::UTC),
                     amount: 100,
-                },
-                LimitSpec {
-                    dim: Dim::Requests,
-                    window: Window::Rolling(60_000),
-                    amount: 3,
                 },
             ],
         };
@@ -216,7 +212,7 @@ mod tests {
             Outcome::Granted(_)
         ));
         let uses = st.grant_uses(now);
-        assert_eq!(uses.len(), 2, "rolling windows are not global: {uses:?}");
+        assert_eq!(uses.len(), 2, "{uses:?}");
         let tokens = uses
             .iter()
             .find(|u| u.line.spec.dim == Dim::Tokens)
@@ -293,6 +289,74 @@ mod tests {
             reserve(&mut st, tomorrow, "h1", 1),
             Outcome::Granted(_)
         ));
+    }
+
+    #[test]
+    fn a_rolling_window_is_granted_by_period_and_each_line_counts_its_period_only() {
+        let mut st = State::new(Config {
+            cluster: Some(ClusterRules::default()),
+            ..Config::default()
+        });
+        let budget = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Rolling(60_000),
+                amount: 10,
+            }],
+        };
+        st.apply(DAY, &budget, &mut Vec::new());
+        let span = crate::state::grant::rolling_span(60_000);
+        assert_eq!(span, 10_000, "a sixth of a minute");
+        let now = DAY + 1;
+        let d = denied(reserve(&mut st, now, "h0", 1));
+        assert_eq!((d.reason, d.short_by, d.remaining), (Blocker::Grant, 1, 0));
+        let set = |st: &mut State, now: u64, granted: u64| {
+            let u = (st.grant_uses(now).into_iter()).find(|u| !u.ended).unwrap();
+            assert_eq!(u.line.period, now - now % span);
+            let l = GrantLine {
+                epoch: 1,
+                granted,
+                ..u.line
+            };
+            st.grant_confirm(now, l, &mut Vec::new());
+        };
+        // Rule 2 does not apply: nothing reported, no allowance, still room.
+        set(&mut st, now, 3);
+        for h in ["h1", "h2", "h3"] {
+            assert!(matches!(reserve(&mut st, now, h, 1), Outcome::Granted(_)));
+        }
+        let d = denied(reserve(&mut st, now, "h4", 1));
+        assert_eq!((d.reason, d.short_by, d.remaining), (Blocker::Grant, 1, 0));
+        // The next period is a line of its own, which counts only its own
+        // use; the window still counts the last period's.
+        let later = DAY + span + 1;
+        let d = denied(reserve(&mut st, later, "h4", 1));
+        assert_eq!((d.reason, d.short_by), (Blocker::Grant, 1));
+        let uses = st.grant_uses(later);
+        let old = uses.iter().find(|u| u.ended).expect("the ended line");
+        assert_eq!((old.line.period, old.used, old.line.granted), (DAY, 3, 3));
+        set(&mut st, later, 20);
+        for i in 0..7 {
+            let h = format!("n{i}");
+            assert!(matches!(
+                reserve(&mut st, later, &h, 1),
+                Outcome::Granted(_)
+            ));
+        }
+        // Room on the line, none in the window: the limit names itself.
+        let d = denied(reserve(&mut st, later, "n7", 1));
+        assert_eq!(d.reason, Blocker::Used, "{d:?}");
+        let new = (st.grant_uses(later).into_iter())
+            .find(|u| !u.ended)
+            .unwrap();
+        assert_eq!((new.used, new.line.granted), (7, 20));
+        // An ended line is listed while the store counts its room: until a
+        // window after its period.
+        let old_line = old.line.clone();
+        assert!(old_line.returnable(DAY + span + 60_000 - 1));
+        assert!(!old_line.returnable(DAY + span + 60_000));
+        assert!(!old_line.returnable(DAY + span - 1), "not ended yet");
     }
 
     #[test]

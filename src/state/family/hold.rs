@@ -191,7 +191,7 @@ impl State {
                 let held = l.held_part(node.held.get(dim));
                 let after = (used as u128) + (held as u128) + (amt as u128);
                 let d = if after <= l.spec.amount as u128 {
-                    match self.grant_check(now, s, l, used.saturating_add(held), amt) {
+                    match self.grant_check(now, s, l, node.held.get(dim), amt) {
                         Some(d) => d,
                         None => continue,
                     }
@@ -222,14 +222,19 @@ impl State {
     }
 
     /// Cluster mode: whether `amount` fits this node's grant of a global
-    /// limit `l` on scope `s`, with `taken` (usage and open holds) already
-    /// in it (`grant.rs`). A denial here is the least binding kind
+    /// limit `l` on scope `s`, whose open holds hold `held` of its
+    /// dimension (`grant.rs`). A denial here is the least binding kind
     /// (`retry_after` 0: the cluster agent is asked for room and the
     /// request decided again), so a limit that is itself full names itself.
-    fn grant_check(&self, now: u64, s: &str, l: &Limit, taken: u64, amount: u64) -> Option<Denial> {
+    fn grant_check(&self, now: u64, s: &str, l: &Limit, held: u64, amount: u64) -> Option<Denial> {
         self.config.cluster?;
         let (key, _) = grant::key(s, &l.spec, now)?;
         let line = self.grants.get(&key);
+        // What the line covers (a rolling line: its period of the window).
+        let taken = match line {
+            Some(g) => l.taken_between(now, held, g.period, g.end()),
+            None => l.taken_between(now, held, now, now),
+        };
         let short = grant::shortfall(line, taken, amount)?;
         let (base, granted, reported, u_max) =
             line.map_or((0, 0, 0, 0), |g| (g.base, g.granted, g.reported, g.u_max));
