@@ -121,6 +121,9 @@ impl Local for EngineLocal {
         self.0
             .decide_with(|s, now, out| s.grant_lower(now, key, keep, out))
     }
+    fn cut_off(&self, yes: bool) -> Result<(), String> {
+        self.0.decide_with(|s, _, _| s.cut_off = yes)
+    }
     fn define(&self, cmd: Command) -> Result<(), String> {
         match self.0.execute_blocking(&[cmd], None).remove(0) {
             // A definition this build refuses is refused on every node

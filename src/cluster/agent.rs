@@ -29,6 +29,9 @@ pub trait Local {
     fn lower(&self, key: &str, keep: u64) -> Result<Option<GrantLine>, String>;
     /// Applies a definition read from the store, on this node only.
     fn define(&self, cmd: Command) -> Result<(), String>;
+    /// Tells the rules whether the node is cut off from the store (it may
+    /// then use its partition allowance).
+    fn cut_off(&self, yes: bool) -> Result<(), String>;
 }
 
 /// The agent's timing and sizing.
@@ -324,6 +327,8 @@ pub struct Agent {
     recalled: BTreeMap<String, u64>,
     /// The grant period each rolling pool's rate was last observed in.
     rate_periods: BTreeMap<String, u64>,
+    /// What the rules were last told of `reachable` (`Local::cut_off`).
+    told_cut_off: bool,
 }
 
 /// What asking the store did for a RESERVE.
@@ -386,6 +391,7 @@ impl Agent {
             dry_until: BTreeMap::new(),
             recalled: BTreeMap::new(),
             rate_periods: BTreeMap::new(),
+            told_cut_off: false,
         }
     }
 
@@ -591,7 +597,7 @@ impl Agent {
             true => self.rolling_answer(store, local, short, &u, first, now),
             false => self.answer(store, local, short, &u, first),
         };
-        match answered {
+        let r = match answered {
             Ok(a) => {
                 self.reachable = true;
                 Ok(a)
@@ -600,7 +606,20 @@ impl Agent {
                 self.failed(&e);
                 Err(e.to_string())
             }
+        };
+        self.tell_reachability(local)?;
+        r
+    }
+
+    /// Tells the rules when the store has become unreachable, or reachable
+    /// again (before the RESERVE that asked is decided again).
+    fn tell_reachability(&mut self, local: &dyn Local) -> Result<(), String> {
+        let cut_off = !self.reachable;
+        if self.told_cut_off != cut_off {
+            local.cut_off(cut_off)?;
+            self.told_cut_off = cut_off;
         }
+        Ok(())
     }
 
     fn answer(
@@ -842,6 +861,9 @@ impl Agent {
             self.failed(&e);
         } else {
             self.reachable = true;
+        }
+        if let Err(e) = self.tell_reachability(local) {
+            self.failed(&KvError::Unavailable(e));
         }
     }
 

@@ -254,12 +254,13 @@ impl Node {
             ];
             let (pool, grant, kept) = match (g.presumed, local) {
                 // Reclaimed, and the disk says what was used: the true figure
-                // replaces the presumed one (never larger, by the two rules).
+                // replaces the presumed one (never larger, by the two rules,
+                // but for a partition allowance the node used while cut off:
+                // that is charged too).
                 (Some(p), Some(l)) => {
-                    debug_assert!(l.used <= p, "a node used more than it was charged");
                     let pool = PoolV1 {
                         presumed: pool.presumed.saturating_sub(p),
-                        consumed: pool.consumed + l.used.min(p),
+                        consumed: pool.consumed + l.used,
                         ..pool
                     };
                     (pool, GrantV1::default(), None)

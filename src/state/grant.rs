@@ -119,17 +119,41 @@ pub struct GrantUse {
 pub struct ClusterRules {
     /// `u_max` of a limit is its amount divided by this (at least 1).
     pub u_max_divisor: u64,
+    /// `--partition-allowance`, in millionths of a limit: how far past its
+    /// grant this node may go while it cannot reach the store (0: never).
+    pub partition_allowance_ppm: u64,
 }
 
 impl Default for ClusterRules {
     fn default() -> Self {
-        ClusterRules { u_max_divisor: 20 }
+        ClusterRules {
+            u_max_divisor: 20,
+            partition_allowance_ppm: 0,
+        }
     }
 }
+
+/// The most `--partition-allowance` may be: all of a limit.
+pub const MAX_PARTITION_ALLOWANCE_PPM: u64 = 1_000_000;
 
 impl ClusterRules {
     pub fn u_max(&self, amount: u64) -> u64 {
         (amount / self.u_max_divisor.max(1)).max(1)
+    }
+
+    /// How far past its grant (and its unreported allowance) a node cut off
+    /// from the store may use a limit of `amount`: its partition allowance
+    /// of the limit, or for a rolling window a share of it per grant period
+    /// such that the periods one window overlaps add up to no more.
+    pub fn partition_extra(&self, spec: &LimitSpec, amount: u64) -> u64 {
+        let ppm = self
+            .partition_allowance_ppm
+            .min(MAX_PARTITION_ALLOWANCE_PPM);
+        let whole = (amount as u128 * ppm as u128 / 1_000_000) as u64;
+        match spec.window {
+            Window::Rolling(ms) => whole / (ms.div_ceil(rolling_span(ms)) + 1),
+            _ => whole,
+        }
     }
 }
 
@@ -164,22 +188,25 @@ pub enum Short {
 }
 
 /// Checks a request of `amount` against a line (None: no line, no room):
-/// `taken` is the node's usage and open holds of the limit in the period.
-/// None if it fits.
-pub fn shortfall(line: Option<&GrantLine>, taken: u64, amount: u64) -> Option<Short> {
+/// `taken` is the node's usage and open holds of the limit in the period;
+/// `extra` is what a node cut off from the store may use beyond both rules
+/// (`ClusterRules::partition_extra`; 0 while it reaches the store). None
+/// if it fits.
+pub fn shortfall(line: Option<&GrantLine>, taken: u64, amount: u64, extra: u64) -> Option<Short> {
     let (base, granted, reported, u_max) =
         line.map_or((0, 0, 0, 0), |l| (l.base, l.granted, l.reported, l.u_max));
     let after = (taken.saturating_sub(base) as u128) + amount as u128;
-    if after > granted as u128 {
+    let room = granted as u128 + extra as u128;
+    if after > room {
         return Some(Short::Room {
-            by: (after - granted as u128).min(u64::MAX as u128) as u64,
+            by: (after - room).min(u64::MAX as u128) as u64,
         });
     }
     // A rolling window's room is charged in full when granted.
     if line.is_some_and(GrantLine::is_rolling) {
         return None;
     }
-    let unreported_room = reported as u128 + u_max as u128;
+    let unreported_room = reported as u128 + u_max as u128 + extra as u128;
     if after > unreported_room {
         return Some(Short::Report {
             by: (after - unreported_room).min(u64::MAX as u128) as u64,
@@ -217,20 +244,23 @@ mod tests {
     #[test]
     fn a_request_fits_within_the_grant_and_u_max_of_unreported_use() {
         let l = line(0, 1_000, 400);
-        assert_eq!(shortfall(Some(&l), 500, 100), None);
+        assert_eq!(shortfall(Some(&l), 500, 100, 0), None);
         // Exactly the grant, exactly reported + u_max.
-        assert_eq!(shortfall(Some(&l), 600, 100), None);
-        assert_eq!(shortfall(Some(&l), 700, 1), Some(Short::Report { by: 1 }));
+        assert_eq!(shortfall(Some(&l), 600, 100, 0), None);
+        assert_eq!(
+            shortfall(Some(&l), 700, 1, 0),
+            Some(Short::Report { by: 1 })
+        );
         let wide = line_u(0, 1_000, 400, 10_000);
         assert_eq!(
-            shortfall(Some(&wide), 900, 101),
+            shortfall(Some(&wide), 900, 101, 0),
             Some(Short::Room { by: 1 })
         );
-        assert_eq!(shortfall(None, 0, 5), Some(Short::Room { by: 5 }));
+        assert_eq!(shortfall(None, 0, 5, 0), Some(Short::Room { by: 5 }));
         // No declared allowance: every use must be reported first.
         let none = line_u(0, 1_000, 400, 0);
         assert_eq!(
-            shortfall(Some(&none), 400, 1),
+            shortfall(Some(&none), 400, 1, 0),
             Some(Short::Report { by: 1 })
         );
     }
@@ -239,8 +269,11 @@ mod tests {
     fn usage_an_earlier_grant_accounted_for_is_not_counted_again() {
         // 400 used under the last grant (closed into the pool's consumed).
         let l = line_u(400, 100, 0, 1_000);
-        assert_eq!(shortfall(Some(&l), 400, 100), None);
-        assert_eq!(shortfall(Some(&l), 450, 100), Some(Short::Room { by: 50 }));
+        assert_eq!(shortfall(Some(&l), 400, 100, 0), None);
+        assert_eq!(
+            shortfall(Some(&l), 450, 100, 0),
+            Some(Short::Room { by: 50 })
+        );
     }
 
     #[test]
@@ -276,8 +309,8 @@ mod tests {
         assert!(!r.ended(29_999) && r.ended(30_000));
         // Only the grant applies: no report is ever asked for.
         r.granted = 5;
-        assert_eq!(shortfall(Some(&r), 0, 5), None);
-        assert_eq!(shortfall(Some(&r), 1, 5), Some(Short::Room { by: 1 }));
+        assert_eq!(shortfall(Some(&r), 0, 5, 0), None);
+        assert_eq!(shortfall(Some(&r), 1, 5, 0), Some(Short::Room { by: 1 }));
         let total = LimitSpec {
             window: Window::Total,
             ..day
@@ -303,10 +336,62 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_off_node_may_pass_both_rules_by_its_partition_allowance_only() {
+        let l = line_u(0, 1_000, 400, 300);
+        // Rule 2 first: 700 unreported + 20 more.
+        assert_eq!(
+            shortfall(Some(&l), 700, 20, 0),
+            Some(Short::Report { by: 20 })
+        );
+        assert_eq!(shortfall(Some(&l), 700, 20, 20), None);
+        assert_eq!(
+            shortfall(Some(&l), 700, 21, 20),
+            Some(Short::Report { by: 1 })
+        );
+        // Rule 1: the grant plus the allowance.
+        let wide = line_u(0, 1_000, 1_000, 1_000);
+        assert_eq!(shortfall(Some(&wide), 1_000, 50, 50), None);
+        assert_eq!(
+            shortfall(Some(&wide), 1_000, 51, 50),
+            Some(Short::Room { by: 1 })
+        );
+        assert_eq!(shortfall(None, 0, 5, 5), None);
+        let r = ClusterRules {
+            partition_allowance_ppm: 10_000,
+            ..ClusterRules::default()
+        };
+        let spec = |window| LimitSpec {
+            dim: Dim::Tokens,
+            window,
+            amount: 0,
+        };
+        // 1 % of the limit; none by default.
+        assert_eq!(r.partition_extra(&spec(Window::Total), 100_000), 1_000);
+        let none = ClusterRules::default();
+        assert_eq!(none.partition_extra(&spec(Window::Total), 100_000), 0);
+        // A minute's window overlaps at most 7 periods of 10 s: a seventh each.
+        let minute = spec(Window::Rolling(60_000));
+        assert_eq!(r.partition_extra(&minute, 70_000), 100);
+        // Never more than the whole limit, without overflow.
+        let all = ClusterRules {
+            partition_allowance_ppm: u64::MAX,
+            ..ClusterRules::default()
+        };
+        assert_eq!(
+            all.partition_extra(&spec(Window::Total), u64::MAX),
+            u64::MAX
+        );
+    }
+
+    #[test]
     fn u_max_is_a_share_of_the_limit_and_never_zero() {
         let r = ClusterRules::default();
         assert_eq!(r.u_max(1_000), 50);
         assert_eq!(r.u_max(3), 1);
-        assert_eq!(ClusterRules { u_max_divisor: 0 }.u_max(7), 7);
+        let zero = ClusterRules {
+            u_max_divisor: 0,
+            ..ClusterRules::default()
+        };
+        assert_eq!(zero.u_max(7), 7);
     }
 }

@@ -189,6 +189,10 @@ pub struct State {
     pub series: SpendSeries,
     /// Cluster mode: this node's grants of the global limits, by key.
     pub grants: BTreeMap<String, grant::GrantLine>,
+    /// Cluster mode: the node cannot reach the store now, so RESERVE may
+    /// use its partition allowance (`grant::ClusterRules`). An input, like
+    /// the clock: set by the node, never in the ledger or a snapshot.
+    pub cut_off: bool,
 }
 
 /// Settled usage per top-level scope and model, with a bounded number of

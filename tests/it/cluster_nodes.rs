@@ -20,8 +20,14 @@ use crate::common::{err, q, raw, unsafe_kill, Get, Http, Server};
 const TTL: &str = "3s";
 
 fn node(endpoints: &[String], name: &str) -> Server {
+    node_with(endpoints, name, &[])
+}
+
+fn node_with(endpoints: &[String], name: &str, args: &[&str]) -> Server {
     let etcd = endpoints.join(",");
-    let s = Server::start(&["--etcd", &etcd, "--node", name, "--lease-ttl", TTL]);
+    let mut all = vec!["--etcd", &etcd, "--node", name, "--lease-ttl", TTL];
+    all.extend_from_slice(args);
+    let s = Server::start(&all);
     wait_until(Duration::from_secs(30), "the node registers", || {
         cluster(&s)["node"]["registered"] == true
     });
@@ -461,6 +467,49 @@ fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
 }
 
 #[test]
+fn a_cut_off_node_passes_its_grant_by_its_partition_allowance_and_the_overshoot_is_charged() {
+    let etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let proxies: Vec<Proxy> = eps.iter().map(|e| Proxy::to(e)).collect();
+    let via: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
+    let a = node_with(&via, "a", &["--partition-allowance", "2%"]);
+    let b = node(&eps, "b");
+    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+    let mut c = a.conn();
+    call(&mut c, "first", "org:k", 999).unwrap();
+    let held = wait_grant(&b, "a", |g| g["reported"] == 1_000);
+    for p in &proxies {
+        p.cut();
+    }
+    let mut got = 1_000;
+    let reason = loop {
+        match call(&mut c, &format!("cut{got}"), "org:k", 999) {
+            Ok(t) => got += t,
+            Err(r) => break r,
+        }
+    };
+    // Without the allowance a stops at its grant or at u_max (5,000) of
+    // unreported use; with it, at most 2 % of the limit (2,000) further.
+    let fail_closed = held.min(1_000 + LIMIT / 20);
+    eprintln!("cut off with 2 %: a used {got}, its grant {held}, closed at {fail_closed}");
+    assert_eq!(reason, "store_unreachable");
+    assert!(got <= fail_closed + LIMIT / 50, "{got}");
+    assert!(got > fail_closed, "the allowance was used: {got}");
+    for p in &proxies {
+        p.heal();
+    }
+    // Healed, a reports all it used: the store charges the overshoot.
+    wait_until(Duration::from_secs(30), "a reports what it used", || {
+        let p = pool(&b, "org:k");
+        let reported: u64 = (p["grants"].as_array().unwrap().iter())
+            .map(|g| g["reported"].as_u64().unwrap())
+            .sum();
+        reported + p["consumed"].as_u64().unwrap() >= got
+    });
+    assert_eq!(spent(&a, "org:k"), got);
+}
+
+#[test]
 fn a_single_node_has_no_cluster_page_and_refuses_cluster_flags_alone() {
     let s = Server::start(&[]);
     let (status, body) = Http::new(&s, None).get("/v1/cluster");
@@ -478,6 +527,32 @@ fn a_single_node_has_no_cluster_page_and_refuses_cluster_flags_alone() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--node 'a/b'"));
+    for (args, says) in [
+        (
+            &["serve", "--partition-allowance", "1%"][..],
+            "--partition-allowance is for a cluster node",
+        ),
+        (
+            &[
+                "serve",
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--node",
+                "a",
+                "--partition-allowance",
+                "5",
+            ][..],
+            "a share of the limit such as 0.5%",
+        ),
+    ] {
+        let out = std::process::Command::new(crate::common::bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 /// RESERVE one request of `org:w` then COMMIT it: Ok, or Err(the denial's

@@ -19,6 +19,32 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     parse_duration_ms(s).map(Duration::from_millis)
 }
 
+/// A share of a limit, `0.5%` (up to four decimals, at most `100%`; a
+/// bare `0` is none), in millionths.
+pub(crate) fn share_ppm(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}': a share of the limit such as 0.5% (0% to 100%)");
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    let number = s.trim().strip_suffix('%').ok_or_else(bad)?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let (whole, frac) = match number.split_once('.') {
+        Some((w, f)) if digits(f) => (w, f),
+        Some(_) => return Err(bad()),
+        None => (number, ""),
+    };
+    if !digits(whole) || frac.len() > 4 || whole.len() > 3 {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let frac: u64 = format!("{frac:0<4}").parse().map_err(|_| bad())?;
+    let ppm = whole * 10_000 + frac;
+    match ppm <= 1_000_000 {
+        true => Ok(ppm),
+        false => Err(bad()),
+    }
+}
+
 pub(crate) fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -265,7 +291,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SPENDB_WEBHOOK_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub(crate) webhook_timeout: Duration,
     /// Cluster mode: etcd client URLs, comma-separated; every node given the
-    /// same etcd shares its calendar and TOTAL limits (docs/CLUSTER.md).
+    /// same etcd shares its limits (docs/CLUSTER.md).
     #[arg(long, env = "SPENDB_ETCD", value_delimiter = ',', requires = "node")]
     pub(crate) etcd: Vec<String>,
     /// Cluster mode: this node's name, unique in the cluster (letters,
@@ -276,6 +302,12 @@ pub(crate) struct ServeArgs {
     /// keepalive; a dead node's room returns to the others after it.
     #[arg(long, env = "SPENDB_LEASE_TTL", default_value = "10s", value_parser = duration)]
     pub(crate) lease_ttl: Duration,
+    /// Cluster mode: how far past its grant this node may go while it
+    /// cannot reach etcd, as a share of each limit (`0.5%`): the cluster's
+    /// spend stays within each limit plus every node's allowance. 0, the
+    /// default, never passes a limit (the node fails closed).
+    #[arg(long, env = "SPENDB_PARTITION_ALLOWANCE", default_value = "0%", value_parser = share_ppm)]
+    pub(crate) partition_allowance: u64,
     #[command(flatten)]
     pub(crate) rules: RulesArgs,
 }
@@ -365,4 +397,24 @@ pub(crate) fn rules(a: &RulesArgs) -> Result<Config, String> {
         }
         Ok(c)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_ppm;
+
+    #[test]
+    fn a_partition_allowance_is_a_share_of_the_limit() {
+        assert_eq!(share_ppm("0"), Ok(0));
+        assert_eq!(share_ppm("0%"), Ok(0));
+        assert_eq!(share_ppm("1%"), Ok(10_000));
+        assert_eq!(share_ppm("0.5%"), Ok(5_000));
+        assert_eq!(share_ppm("2.0001%"), Ok(20_001));
+        assert_eq!(share_ppm("100%"), Ok(1_000_000));
+        for bad in [
+            "1", "100.01%", "101%", "-1%", "1.23456%", ".5%", "5.%", "x%", "", "%",
+        ] {
+            assert!(share_ppm(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -194,8 +194,14 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             if a.lease_ttl < Duration::from_secs(1) {
                 return Err("--lease-ttl must be at least 1s".into());
             }
-            rules.cluster = Some(spendb::state::grant::ClusterRules::default());
+            rules.cluster = Some(spendb::state::grant::ClusterRules {
+                partition_allowance_ppm: a.partition_allowance,
+                ..Default::default()
+            });
             Some(name)
+        }
+        None if a.partition_allowance > 0 => {
+            return Err("--partition-allowance is for a cluster node (--etcd … --node …)".into())
         }
         None => None,
     };

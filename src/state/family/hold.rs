@@ -227,7 +227,7 @@ impl State {
     /// (`retry_after` 0: the cluster agent is asked for room and the
     /// request decided again), so a limit that is itself full names itself.
     fn grant_check(&self, now: u64, s: &str, l: &Limit, held: u64, amount: u64) -> Option<Denial> {
-        self.config.cluster?;
+        let rules = self.config.cluster?;
         let (key, _) = grant::key(s, &l.spec, now)?;
         let line = self.grants.get(&key);
         // What the line covers (a rolling line: its period of the window).
@@ -235,7 +235,11 @@ impl State {
             Some(g) => l.taken_between(now, held, g.period, g.end()),
             None => l.taken_between(now, held, now, now),
         };
-        let short = grant::shortfall(line, taken, amount)?;
+        let extra = match self.cut_off {
+            true => rules.partition_extra(&l.spec, l.spec.amount),
+            false => 0,
+        };
+        let short = grant::shortfall(line, taken, amount, extra)?;
         let (base, granted, reported, u_max) =
             line.map_or((0, 0, 0, 0), |g| (g.base, g.granted, g.reported, g.u_max));
         // What is left: of the grant, or of the unreported allowance.
