@@ -60,13 +60,16 @@ start() { # start <name> [cluster node name]: prints "<resp port> <admin port>"
 }
 
 read -r single _ <<<"$(start single)"
-redis-cli -p "$single" BUDGET.SET org:bench TOKENS 1000000000000 PER MONTH >/dev/null
+# A month's tokens and a rate limit (a rolling window: in cluster mode its
+# room is taken per grant period of 10 s), neither of them binding.
+budget=(org:bench TOKENS 1000000000000 PER MONTH REQUESTS 1000000000 ROLLING 1m)
+redis-cli -p "$single" BUDGET.SET "${budget[@]}" >/dev/null
 ports=() admins=()
 for i in 1 2 3; do
   read -r p a <<<"$(start "node$i" "n$i")"
   ports+=("$p"); admins+=("$a")
 done
-redis-cli -p "${ports[0]}" BUDGET.SET org:bench TOKENS 1000000000000 PER MONTH >/dev/null
+redis-cli -p "${ports[0]}" BUDGET.SET "${budget[@]}" >/dev/null
 for p in "${ports[@]}"; do
   for _ in $(seq 100); do redis-cli -p "$p" BUDGET.GET org:bench 2>/dev/null | grep -q org:bench && break; sleep 0.1; done
 done

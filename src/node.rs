@@ -32,6 +32,8 @@ enum Request {
     Short(Shortage, oneshot::Sender<Asked>),
     Publish(Command, oneshot::Sender<Result<(), String>>),
     Status(oneshot::Sender<Result<ClusterStatus, String>>),
+    /// A watched key changed (None: a watch started).
+    Watched(Option<String>),
 }
 
 /// The store, counting every request this node sends it (the figure the
@@ -138,14 +140,35 @@ impl Local for EngineLocal {
 }
 
 impl ClusterNode {
-    /// Starts the agent's thread on `store` and links it to the engine.
+    /// Starts the agent's thread on `store` and links it to the engine;
+    /// with `watch` (etcd's client URLs), a thread per watched key tells
+    /// the agent of recalls and definitions as they happen.
     pub fn start(
         engine: EngineHandle,
         store: Box<dyn GlobalStore + Send>,
         name: &str,
         config: AgentConfig,
+        watch: Option<Vec<String>>,
     ) -> std::io::Result<Arc<ClusterNode>> {
         let (tx, rx) = mpsc::channel::<Request>();
+        for (key, prefix) in agent::watched_keys()
+            .into_iter()
+            .filter(|_| watch.is_some())
+        {
+            let (tx, endpoints) = (tx.clone(), watch.clone().unwrap_or_default());
+            std::thread::Builder::new()
+                .name("spendb-watch".into())
+                .spawn(move || {
+                    // Each member in turn, for as long as the agent runs.
+                    for endpoint in endpoints.iter().cycle() {
+                        let on = |k| tx.send(Request::Watched(k)).is_ok();
+                        if crate::cluster::etcd::watch(endpoint, &key, prefix, on) == Ok(false) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                })?;
+        }
         let view = Arc::new(Mutex::new(NodeView {
             node: name.to_string(),
             ..NodeView::default()
@@ -318,6 +341,7 @@ fn serve(
             };
             let _ = reply.send(r);
         }
+        Request::Watched(key) => agent.watched(key.as_deref()),
         Request::Status(reply) => {
             let _ = reply.send(escrow::status(store, now_ms()).map_err(|e| e.to_string()));
         }

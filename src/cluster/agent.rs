@@ -216,6 +216,15 @@ fn command_of(key: &str, def: Option<&DefinitionV1>) -> Result<Command, String> 
 
 /// Writes a definition to the store (the node applies it locally after):
 /// the budget's current pools take its new amounts.
+/// The keys a node watches (`watched`): the definitions' version key, and
+/// every recall (a prefix).
+pub fn watched_keys() -> [(String, bool); 2] {
+    [
+        (definitions_version_key(), false),
+        (format!("{PREFIX}recall/"), true),
+    ]
+}
+
 pub fn publish(
     store: &mut dyn GlobalStore,
     cmd: &Command,
@@ -276,6 +285,9 @@ const JANITOR_EVERY_MS: u64 = 2_000;
 /// RESERVE short of the same pool meanwhile does not wait.
 pub const RECALL_LIFE_MS: u64 = 3_000;
 
+/// How often a watched agent reads the definitions anyway.
+const WATCHED_DEFINITIONS_EVERY_MS: u64 = 30_000;
+
 /// How many times a refill is tried again when another node's write moved
 /// the pool under its guard (each try reads the pool afresh).
 const MAX_CONFLICTS: usize = 32;
@@ -329,6 +341,16 @@ pub struct Agent {
     rate_periods: BTreeMap<String, u64>,
     /// What the rules were last told of `reachable` (`Local::cut_off`).
     told_cut_off: bool,
+    /// A watch on the store tells this agent of recalls and definitions
+    /// (`watched`): it then polls for neither (but for a slow look at the
+    /// definitions, in case a watch is silently stuck).
+    watching: bool,
+    /// Watched changes to act on in the next round: recalls by limit, and
+    /// whether the definitions moved.
+    recalls_due: BTreeSet<String>,
+    definitions_due: bool,
+    /// A watch (re)started: every recall is read once.
+    recalls_rescan: bool,
 }
 
 /// What asking the store did for a RESERVE.
@@ -392,6 +414,10 @@ impl Agent {
             recalled: BTreeMap::new(),
             rate_periods: BTreeMap::new(),
             told_cut_off: false,
+            watching: false,
+            recalls_due: BTreeSet::new(),
+            definitions_due: false,
+            recalls_rescan: false,
         }
     }
 
@@ -556,11 +582,18 @@ impl Agent {
     }
 
     /// What to ask for when refilling `u`: the recent rate over the
-    /// horizon, at least a hundredth and at most an eighth of the limit.
+    /// horizon, at most an eighth of the limit. No floor: with a thousand
+    /// nodes, a hundredth of the limit each is ten limits; a node with
+    /// next to no rate asks when a RESERVE needs it (for what it needs).
     fn want(&self, u: &GrantUse) -> u64 {
-        let rate = self.rates.get(&u.line.key()).map_or(0.0, |r| r.1);
-        let by_rate = (rate * self.config.horizon_ms as f64 / 1000.0) as u64;
-        by_rate.clamp((u.amount / 100).max(1), (u.amount / 8).max(1))
+        let by_rate = self.expected(&u.line.key(), self.config.horizon_ms);
+        (by_rate as u64).clamp(1, (u.amount / 8).max(1))
+    }
+
+    /// The use `key`'s rate expects in the next `ms`.
+    fn expected(&self, key: &str, ms: u64) -> f64 {
+        let rate = self.rates.get(key).map_or(0.0, |r| r.1);
+        rate * ms as f64 / 1000.0
     }
 
     /// A RESERVE lacks room or a report of `key`: ask the store now.
@@ -679,15 +712,39 @@ impl Agent {
         escrow::recall(store, key, &self.node.name)
     }
 
+    /// A watch on the store saw `key` change (Some), or (re)started (None:
+    /// what changed before may have been missed, so every recall and the
+    /// definitions are read once). From the first call on, the agent polls
+    /// for neither.
+    pub fn watched(&mut self, key: Option<&str>) {
+        self.watching = true;
+        let Some(key) = key else {
+            self.definitions_due = true;
+            self.recalls_rescan = true;
+            return;
+        };
+        if key == definitions_version_key() {
+            self.definitions_due = true;
+        } else if let Some(limit) = escrow::recall_limit(key) {
+            // A recall of a pool this node had not seen low: it may hold
+            // idle room of it all the same.
+            self.low.insert(limit.clone());
+            self.recalls_due.insert(limit);
+        }
+    }
+
     /// Gives back idle room of every low pool another node recalled since
-    /// it last looked.
+    /// it last looked (watched: of every pool a recall was seen for).
     fn answer_recalls(
         &mut self,
         store: &mut dyn GlobalStore,
         local: &dyn Local,
         now: u64,
     ) -> Result<(), KvError> {
-        let low: Vec<String> = self.low.iter().cloned().collect();
+        let low: Vec<String> = match self.watching {
+            true => std::mem::take(&mut self.recalls_due).into_iter().collect(),
+            false => self.low.iter().cloned().collect(),
+        };
         let mut uses = None;
         for key in low {
             let Some((by, rev)) = escrow::read_recall(store, &key)? else {
@@ -879,12 +936,18 @@ impl Agent {
             store.lease_keepalive(lease)?;
             self.last_keepalive = now;
         }
+        let every = match self.watching {
+            true => WATCHED_DEFINITIONS_EVERY_MS,
+            false => self.config.definitions_every_ms,
+        };
         if !self.definitions_loaded
-            || now.saturating_sub(self.last_definitions) >= self.config.definitions_every_ms
+            || self.definitions_due
+            || now.saturating_sub(self.last_definitions) >= every
         {
             self.apply_definitions(store, local)?;
             self.last_definitions = now;
             self.definitions_loaded = true;
+            self.definitions_due = false;
         }
         if !self.registered {
             if !self.register(store, local).map_err(KvError::Unavailable)? {
@@ -905,7 +968,7 @@ impl Agent {
                 self.rolling_round(store, local, u, now, dt)?;
                 continue;
             }
-            let (last, rate) = self.observe(&key, u.used, dt, false);
+            let (last, _) = self.observe(&key, u.used, dt, false);
             if u.used != last || !self.idle_since.contains_key(&key) {
                 self.idle_since.insert(key.clone(), now);
             }
@@ -930,8 +993,10 @@ impl Agent {
             }
             let want = self.want(u);
             let left = u.line.granted.saturating_sub(u.used);
-            let idle = u.line.epoch == self.node.epoch && u.used == 0 && rate == 0.0;
-            if (left < want / 2 || u.line.epoch != self.node.epoch) && !idle {
+            // Ahead of use only for use its rate expects (an idle node's
+            // decaying rate asks for nothing; a RESERVE asks itself).
+            let busy = self.expected(&key, self.config.horizon_ms) >= 1.0;
+            if (left < want / 2 || u.line.epoch != self.node.epoch) && busy {
                 self.serve_one(store, local, u, want.saturating_sub(left).max(1))?;
             } else if u.used > u.line.reported
                 && (report_due || u.used - u.line.reported >= u.line.u_max / 2)
@@ -949,7 +1014,15 @@ impl Agent {
         }
         self.returned
             .retain(|k| uses.iter().any(|u| u.line.key() == *k));
-        if !self.low.is_empty() {
+        if self.recalls_rescan {
+            self.recalls_due.extend(escrow::recalled_limits(store)?);
+            self.recalls_rescan = false;
+        }
+        let recalls = match self.watching {
+            true => !self.recalls_due.is_empty(),
+            false => !self.low.is_empty(),
+        };
+        if recalls {
             self.answer_recalls(store, local, now)?;
         }
         if now.saturating_sub(self.last_relieve) >= self.config.relieve_every_ms {
@@ -1028,13 +1101,12 @@ impl Agent {
     }
 
     /// What to ask for when refilling a rolling line: its recent rate over
-    /// the rest of its period (at most the horizon), at least a hundredth
-    /// and at most an eighth of the limit.
+    /// the rest of its period (at most the horizon), at most an eighth of
+    /// the limit.
     fn rolling_want(&self, u: &GrantUse, now: u64) -> u64 {
-        let rate = self.rates.get(&self.rate_key(&u.line)).map_or(0.0, |r| r.1);
         let left_ms = u.line.end().saturating_sub(now).min(self.config.horizon_ms);
-        let by_rate = (rate * left_ms as f64 / 1000.0) as u64;
-        by_rate.clamp((u.amount / 100).max(1), (u.amount / 8).max(1))
+        let by_rate = self.expected(&self.rate_key(&u.line), left_ms);
+        (by_rate as u64).clamp(1, (u.amount / 8).max(1))
     }
 
     /// A round's work on a rolling line: give back what an ended period did
@@ -1308,6 +1380,37 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::state::limit::{Period, Window, Zone};
+
+    #[test]
+    fn a_watched_recall_or_definition_is_acted_on_in_the_next_round() {
+        let mut a = Agent::new("n1", AgentConfig::new(3_000));
+        assert!(!a.watching);
+        a.watched(Some("/spendb/v1/recall/org:a%2Fteam:b|TOKENS|PER TOTAL|0"));
+        assert!(a.watching);
+        let limit = "org:a/team:b|TOKENS|PER TOTAL|0".to_string();
+        assert!(a.low.contains(&limit) && a.recalls_due.contains(&limit));
+        assert!(!a.definitions_due);
+        a.watched(Some("/spendb/v1/definitions"));
+        assert!(a.definitions_due);
+        // Other keys are none of its business; a (re)started watch reads
+        // every recall and the definitions once.
+        a.recalls_due.clear();
+        a.definitions_due = false;
+        a.watched(Some("/spendb/v1/pool/x"));
+        assert!(a.recalls_due.is_empty() && !a.definitions_due);
+        a.watched(None);
+        assert!(a.recalls_rescan && a.definitions_due);
+        let mut store = crate::cluster::kv::MemStore::new(0);
+        escrow::recall(&mut store, &limit, "n2").unwrap();
+        escrow::recall(&mut store, "org:c|REQUESTS|PER TOTAL|0", "n3").unwrap();
+        assert_eq!(
+            escrow::recalled_limits(&mut store).unwrap(),
+            vec![limit, "org:c|REQUESTS|PER TOTAL|0".to_string()]
+        );
+        let keys = watched_keys();
+        assert_eq!(keys[0], ("/spendb/v1/definitions".to_string(), false));
+        assert_eq!(keys[1], ("/spendb/v1/recall/".to_string(), true));
+    }
 
     #[test]
     fn a_definition_round_trips_through_the_store_format() {

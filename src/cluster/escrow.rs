@@ -750,6 +750,19 @@ pub fn recall(store: &mut dyn GlobalStore, limit: &str, by: &str) -> Result<(), 
     Ok(())
 }
 
+/// The limit a recall key is of (None: not a recall key).
+pub fn recall_limit(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(PREFIX)?.strip_prefix("recall/")?;
+    Some(unsegment(rest))
+}
+
+/// Every limit a recall was ever written for (one range read).
+pub fn recalled_limits(store: &mut dyn GlobalStore) -> Result<Vec<String>, KvError> {
+    Ok((store.range(&format!("{PREFIX}recall/"))?.iter())
+        .filter_map(|kv| recall_limit(&kv.key))
+        .collect())
+}
+
 /// The last recall of `limit`: who sent it, and its revision.
 pub fn read_recall(
     store: &mut dyn GlobalStore,

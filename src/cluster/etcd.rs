@@ -1,6 +1,7 @@
 //! [`GlobalStore`] on a real etcd (3.4+), through etcd's own JSON API (the
 //! gRPC gateway every etcd member serves on its client URL: `/v3/kv/range`,
-//! `/v3/kv/txn`, `/v3/lease/grant`, `/v3/lease/keepalive`).
+//! `/v3/kv/txn`, `/v3/lease/grant`, `/v3/lease/keepalive`), and [`watch`],
+//! its streaming `/v3/watch`.
 //!
 //! Why not the `etcd-client` crate: it generates its gRPC code at build time
 //! with `protoc`, so every build of spendb (the README's first command on a
@@ -205,6 +206,60 @@ impl GlobalStore for EtcdStore {
         }
         Ok(())
     }
+}
+
+/// Watches a key (or, with `prefix`, every key under it) on one etcd
+/// member, through the JSON gateway's streaming `/v3/watch` (one JSON
+/// message a line), for as long as the stream lasts and `on` returns true.
+/// `on(None)` when the watch starts: what changed before it may have been
+/// missed, so the caller looks itself once; `on(Some(key))` for every
+/// change after. Ok(false) when `on` asked to stop; Ok(true) when the
+/// stream ended (the member went away, or the watch was cancelled); Err
+/// when the member could not be reached. Blocks; `crate::node` runs it on
+/// threads of its own, moving to the next member when one ends.
+pub fn watch(
+    endpoint: &str,
+    key: &str,
+    prefix: bool,
+    mut on: impl FnMut(Option<String>) -> bool,
+) -> Result<bool, String> {
+    use std::io::BufRead;
+    // No overall timeout: the stream is meant to stay open.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut request = json!({ "key": b64(key.as_bytes()) });
+    if prefix {
+        request["range_end"] = b64(&prefix_end(key.as_bytes())).into();
+    }
+    let body = json!({ "create_request": request });
+    let url = format!("{}/v3/watch", endpoint.trim_end_matches('/'));
+    let resp = agent
+        .post(&url)
+        .send_json(&body)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let lines = std::io::BufReader::new(resp.into_body().into_reader()).lines();
+    for line in lines {
+        let Ok(msg) = serde_json::from_str::<Value>(&line.map_err(|e| format!("{url}: {e}"))?)
+        else {
+            break;
+        };
+        let result = &msg["result"];
+        if result["canceled"] == true {
+            break;
+        }
+        if result["created"] == true && !on(None) {
+            return Ok(false);
+        }
+        for event in result["events"].as_array().into_iter().flatten() {
+            let key = String::from_utf8_lossy(&unb64(&event["kv"]["key"])).into_owned();
+            if !on(Some(key)) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -243,3 +243,50 @@ fn a_node_paused_past_its_lease_resumes_fenced_and_the_bound_holds() {
     );
     audit(&mut store, limit, amount);
 }
+
+/// The watch a node keeps on recalls and definitions: it starts with a
+/// "look yourself" (None), then sees each change under the prefix (and
+/// nothing outside it); when the member it streams from dies, it moves to
+/// another, says so again, and goes on.
+#[test]
+fn a_watch_sees_each_change_and_survives_its_member_dying() {
+    use spendb::cluster::kv::Op;
+    use std::sync::mpsc;
+    let mut etcd = EtcdCluster::start();
+    let eps = etcd.endpoints();
+    let (tx, rx) = mpsc::channel::<Option<String>>();
+    let watching = eps.clone();
+    // As the node does: each member in turn.
+    std::thread::spawn(move || {
+        for endpoint in watching.iter().cycle() {
+            let on = |k| tx.send(k).is_ok();
+            if spendb::cluster::etcd::watch(endpoint, "/spendb/v1/recall/", true, on) == Ok(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+    assert_eq!(next(), None, "a started watch says so first");
+    let mut s = etcd.store();
+    let put = |s: &mut EtcdStore, key: &str| {
+        let op = Op::Put {
+            key: key.to_string(),
+            value: b"\"n1\"".to_vec(),
+            lease: None,
+        };
+        assert!(s.txn(&[], &[op]).unwrap());
+    };
+    put(&mut s, "/spendb/v1/pool/x");
+    put(&mut s, "/spendb/v1/recall/a");
+    put(&mut s, "/spendb/v1/recall/b");
+    assert_eq!(next(), Some("/spendb/v1/recall/a".to_string()));
+    assert_eq!(next(), Some("/spendb/v1/recall/b".to_string()));
+    // The watch streams from the first member: kill it.
+    etcd.kill(0);
+    etcd.wait_healthy(Duration::from_secs(30));
+    assert_eq!(next(), None, "a restarted watch says so");
+    let mut s = etcd.store();
+    put(&mut s, "/spendb/v1/recall/c");
+    assert_eq!(next(), Some("/spendb/v1/recall/c".to_string()));
+}

@@ -1056,3 +1056,316 @@ mod agents {
         );
     }
 }
+
+// ----- 1,000 agents -------------------------------------------------------
+
+mod scale {
+    use std::cell::{Cell, RefCell};
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    use rand::rngs::SmallRng;
+    use rand::{RngExt, SeedableRng};
+    use spendb::cluster::agent::{self, Agent, AgentConfig, Answer, Local, Shortage};
+    use spendb::cluster::kv::MemStore;
+    use spendb::state::grant::{self, ClusterRules, GrantLine, GrantUse};
+    use spendb::state::limit::{Blocker, Dim, LimitSpec, Window};
+    use spendb::state::price::Usage;
+    use spendb::state::{Command, Config, Outcome, ReserveArgs, State};
+
+    use super::Counting;
+    use crate::common::env_u64;
+
+    struct LocalState {
+        state: RefCell<State>,
+        now: Cell<u64>,
+    }
+
+    impl Local for LocalState {
+        fn uses(&self) -> Result<Vec<GrantUse>, String> {
+            Ok(self.state.borrow().grant_uses(self.now.get()))
+        }
+        fn confirm(&self, line: GrantLine) -> Result<(), String> {
+            let now = self.now.get();
+            self.state
+                .borrow_mut()
+                .grant_confirm(now, line, &mut Vec::new());
+            Ok(())
+        }
+        fn lower(&self, key: &str, keep: u64) -> Result<Option<GrantLine>, String> {
+            let now = self.now.get();
+            Ok(self
+                .state
+                .borrow_mut()
+                .grant_lower(now, key, keep, &mut Vec::new()))
+        }
+        fn define(&self, cmd: Command) -> Result<(), String> {
+            let now = self.now.get();
+            self.state.borrow_mut().apply(now, &cmd, &mut Vec::new());
+            Ok(())
+        }
+        fn cut_off(&self, yes: bool) -> Result<(), String> {
+            self.state.borrow_mut().cut_off = yes;
+            Ok(())
+        }
+    }
+
+    struct SimNode {
+        local: LocalState,
+        agent: Agent,
+        alive: bool,
+        /// A RESERVE waiting for recalled room: its amount, when it began,
+        /// and the store operations it has waited for so far.
+        waiting: Option<(u64, u64, u64)>,
+    }
+
+    #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+    enum Ev {
+        Call,
+        /// A RESERVE that found the pool dry asks again (every 200 ms, for
+        /// up to 3 s, as the node's thread does every 50 ms).
+        Retry,
+        Tick,
+    }
+
+    const SCOPE: &str = "org:planet";
+    const KEY: &str = "org:planet|TOKENS|PER TOTAL|0";
+
+    /// The scale run with what a node runs: N agents, each on a
+    /// real `State`, sharing one TOTAL budget under skewed load (1 % of the
+    /// nodes hot, 9 % warm, 90 % nearly idle), a node dying now and then
+    /// and a new one joining, at production timings (lease 10 s, a round
+    /// every 100 ms). A recall reaches every node as etcd's watch would
+    /// deliver it (no store operation). Overshoot is checked after every
+    /// call; printed: store operations per node per second between 60 s
+    /// and the first global denial, room on other nodes then, the share of
+    /// calls that asked the store and their p99 store round trips.
+    #[test]
+    fn a_thousand_agents_share_one_budget() {
+        let n_nodes = env_u64("SPENDB_CLUSTER_AGENT_NODES", 300) as usize;
+        let seconds = env_u64("SPENDB_CLUSTER_AGENT_SECONDS", 100);
+        let rate_mhz = |i: usize| -> u64 {
+            if i.is_multiple_of(100) {
+                40_000
+            } else if i % 100 < 10 {
+                2_000
+            } else {
+                17
+            }
+        };
+        let expected: u64 = (0..n_nodes)
+            .map(|i| rate_mhz(i) * 100 * seconds / 1000)
+            .sum();
+        // Sized to run dry well before the end (a node that dies is
+        // replaced by one of the class its new index falls in).
+        let amount = expected * 3 / 4;
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut store = MemStore::new(0);
+        let budget = Command::BudgetSet {
+            scope: SCOPE.into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Total,
+                amount,
+            }],
+        };
+        agent::publish(&mut store, &budget, 0).unwrap();
+        let mut c = Counting {
+            store: &mut store,
+            ops: 0,
+        };
+        let gap = |rng: &mut SmallRng, mhz: u64| -> u64 {
+            let u: f64 = rng.random_range(1e-9..1.0);
+            (-u.ln() * 1e6 / mhz as f64) as u64
+        };
+        let mut nodes: Vec<SimNode> = Vec::new();
+        let mut queue: BinaryHeap<Reverse<(u64, usize, Ev)>> = BinaryHeap::new();
+        let join = |nodes: &mut Vec<SimNode>,
+                    queue: &mut BinaryHeap<Reverse<(u64, usize, Ev)>>,
+                    rng: &mut SmallRng,
+                    now: u64| {
+            let i = nodes.len();
+            let mut agent = Agent::new(&format!("n{i}"), AgentConfig::new(10_000));
+            agent.watched(None);
+            let state = State::new(Config {
+                cluster: Some(ClusterRules::default()),
+                ..Config::default()
+            });
+            nodes.push(SimNode {
+                local: LocalState {
+                    state: RefCell::new(state),
+                    now: Cell::new(now),
+                },
+                agent,
+                alive: true,
+                waiting: None,
+            });
+            queue.push(Reverse((now + gap(rng, rate_mhz(i)), i, Ev::Call)));
+            queue.push(Reverse((now + rng.random_range(0..100), i, Ev::Tick)));
+        };
+        for _ in 0..n_nodes {
+            join(&mut nodes, &mut queue, &mut rng, 0);
+        }
+        let (mut granted, mut calls, mut asked, mut deaths, mut recalls) = (0u64, 0u64, 0, 0, 0);
+        let mut steady_calls = 0u64;
+        let mut waits: Vec<u64> = Vec::new();
+        let mut first_denial: Option<(u64, u64)> = None;
+        let (mut ops_at_20, mut ops_at_60, mut live_at_20) = (None, None, 0);
+        let end = seconds * 1000;
+        let mut seq = 0u64;
+        while let Some(Reverse((t, i, ev))) = queue.pop() {
+            // Until a little after the first global denial.
+            if t > 2 * end || first_denial.is_some_and(|(at, _)| t > at + 5_000) {
+                break;
+            }
+            // Steady state: from 20 s (all registered, rates measured) to
+            // 60 s (before the pool runs low).
+            if t >= 20_000 && ops_at_20.is_none() {
+                ops_at_20 = Some(c.ops);
+                live_at_20 = nodes.iter().filter(|n| n.alive).count();
+            }
+            if t >= 60_000 && ops_at_60.is_none() {
+                ops_at_60 = Some(c.ops);
+            }
+            c.store.set_time(t);
+            if !nodes[i].alive {
+                continue;
+            }
+            nodes[i].local.now.set(t);
+            let mut recalled = false;
+            match ev {
+                Ev::Tick => {
+                    let n = &mut nodes[i];
+                    n.agent.tick(&mut c, &n.local, t);
+                    queue.push(Reverse((t + 100, i, Ev::Tick)));
+                    if rng.random_range(0..100_000) == 0 {
+                        nodes[i].alive = false;
+                        deaths += 1;
+                        join(&mut nodes, &mut queue, &mut rng, t);
+                    }
+                }
+                Ev::Call | Ev::Retry => {
+                    // A node that has not read the definitions refuses
+                    // (the engine's CLUSTERDOWN).
+                    let not_ready = !nodes[i].agent.definitions_loaded;
+                    if ev == Ev::Call && (nodes[i].waiting.is_some() || not_ready) {
+                        // Its client waits for the RESERVE before.
+                        queue.push(Reverse((t + gap(&mut rng, rate_mhz(i)), i, Ev::Call)));
+                        continue;
+                    }
+                    let (a, began, mut ops) = match (ev, nodes[i].waiting.take()) {
+                        (Ev::Retry, Some(w)) => w,
+                        _ => (rng.random_range(1..200), t, 0),
+                    };
+                    if ev == Ev::Call && first_denial.is_none() {
+                        calls += 1;
+                        steady_calls += (20_000..60_000).contains(&t) as u64;
+                    }
+                    seq += 1;
+                    let id = format!("h{seq}");
+                    let r = Command::Reserve(ReserveArgs::new(&id, SCOPE, "gpt-4o", a, 0));
+                    let n = &mut nodes[i];
+                    let decide = |n: &SimNode| {
+                        let mut st = n.local.state.borrow_mut();
+                        st.decide(t, &r, None, &mut Vec::new())
+                    };
+                    let mut outcome = decide(n);
+                    let mut dry = false;
+                    for ask in 0..8 {
+                        let Outcome::Denied(d) = &outcome else { break };
+                        if !matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
+                            break;
+                        }
+                        if ask == 0 && ev == Ev::Call && (20_000..60_000).contains(&t) {
+                            asked += 1;
+                        }
+                        let short = Shortage {
+                            key: grant::key(&d.scope, &d.limit, t).unwrap().0,
+                            by: d.short_by,
+                            report: d.reason == Blocker::Unreported,
+                            amount: d.short_by + d.remaining.max(0) as u64,
+                        };
+                        let before = c.ops;
+                        let answer = n.agent.ask(&mut c, &n.local, &short, ev == Ev::Call, t);
+                        ops += c.ops - before;
+                        match answer {
+                            Ok(Answer::Moved) => outcome = decide(n),
+                            Ok(Answer::Dry { recalled: r, .. }) => {
+                                recalled |= r;
+                                dry = true;
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                    match outcome {
+                        Outcome::Granted(_) => {
+                            granted += a;
+                            let commit = Command::Commit {
+                                hold: id,
+                                usage: Usage {
+                                    input: a,
+                                    ..Usage::default()
+                                },
+                            };
+                            n.local
+                                .state
+                                .borrow_mut()
+                                .apply(t, &commit, &mut Vec::new());
+                            if ops > 0 && (20_000..60_000).contains(&began) {
+                                waits.push(ops);
+                            }
+                        }
+                        _ if dry && t < began + 3_000 => {
+                            n.waiting = Some((a, began, ops));
+                            queue.push(Reverse((t + 200, i, Ev::Retry)));
+                        }
+                        _ => {
+                            if first_denial.is_none() {
+                                let idle: u64 = (nodes.iter().filter(|n| n.alive))
+                                    .flat_map(|n| n.local.state.borrow().grant_uses(t))
+                                    .filter(|u| u.line.key() == KEY)
+                                    .map(|u| u.line.granted.saturating_sub(u.used))
+                                    .sum();
+                                first_denial = Some((t, idle));
+                            }
+                        }
+                    }
+                    assert!(granted <= amount, "overshoot at {t}: {granted} > {amount}");
+                    // The client's next call, once this one is answered.
+                    if nodes[i].waiting.is_none() {
+                        queue.push(Reverse((t + gap(&mut rng, rate_mhz(i)), i, Ev::Call)));
+                    }
+                }
+            }
+            if recalled {
+                // etcd's watch tells every node of the recall.
+                recalls += 1;
+                let key = format!("/spendb/v1/recall/{KEY}");
+                for n in nodes.iter_mut().filter(|n| n.alive) {
+                    n.agent.watched(Some(&key));
+                }
+            }
+        }
+        let (denied_at, stranded) = first_denial.unwrap_or_else(|| {
+            panic!("the budget was sized to run dry: {granted} of {amount} used, {calls} calls")
+        });
+        let (ops20, ops60) = (ops_at_20.unwrap(), ops_at_60.expect("ran past 60 s"));
+        assert!(denied_at > 60_000, "the pool ran low before 60 s");
+        let steady = (ops60 - ops20) as f64 / (live_at_20 as f64 * 40.0);
+        waits.sort_unstable();
+        let p99 = waits.get(waits.len() * 99 / 100).copied().unwrap_or(0);
+        let stranded_pct = stranded as f64 * 100.0 / amount as f64;
+        eprintln!(
+            "{n_nodes} agents: {calls} calls before the first global denial at {:.0} s; from 20 to 60 s {steady:.2} store operations per node per second, and {:.2} % of the calls asked the store (p99 {p99} store round trips); {:.2} % of the limit on other nodes at the first denial; {deaths} nodes died, {recalls} recalls; overshoot 0",
+            denied_at as f64 / 1e3,
+            asked as f64 * 100.0 / steady_calls.max(1) as f64,
+            stranded_pct,
+        );
+        assert!(
+            steady <= 2.0,
+            "{steady} store operations per node per second"
+        );
+        assert!(stranded_pct <= 5.0, "{stranded_pct} % stranded");
+    }
+}

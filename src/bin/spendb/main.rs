@@ -255,9 +255,14 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         Some(name) => {
             let store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(2));
             let config = spendb::cluster::agent::AgentConfig::new(cli::millis(a.lease_ttl));
-            let node =
-                spendb::node::ClusterNode::start(handle.clone(), Box::new(store), name, config)
-                    .map_err(|e| format!("starting the cluster agent: {e}"))?;
+            let node = spendb::node::ClusterNode::start(
+                handle.clone(),
+                Box::new(store),
+                name,
+                config,
+                Some(a.etcd.clone()),
+            )
+            .map_err(|e| format!("starting the cluster agent: {e}"))?;
             tracing::info!("cluster node {name} on etcd {}", a.etcd.join(","));
             Some(node)
         }

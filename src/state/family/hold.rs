@@ -235,7 +235,10 @@ impl State {
             Some(g) => l.taken_between(now, held, g.period, g.end()),
             None => l.taken_between(now, held, now, now),
         };
-        let extra = match self.cut_off {
+        // Only on a line the store granted room: a node re-registered while
+        // the pool was exhausted has none, so its allowance is not spent
+        // again before what it used past its last grant was absorbed.
+        let extra = match self.cut_off && line.is_some_and(|g| g.granted > 0) {
             true => rules.partition_extra(&l.spec, l.spec.amount),
             false => 0,
         };
