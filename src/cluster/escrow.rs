@@ -110,7 +110,7 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// A record and the revision it was read at; an absent key is the default
 /// record at revision 0. A value that is not such a record (written by
 /// something else) is an error, never a guess.
-fn decode<T: for<'a> Deserialize<'a> + Default>(
+pub(super) fn decode<T: for<'a> Deserialize<'a> + Default>(
     kv: &Option<KeyValue>,
 ) -> Result<(T, Rev), KvError> {
     match kv {

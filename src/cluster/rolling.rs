@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::escrow::{node_key, segment, unsegment, Node, PREFIX};
-use super::kv::{Compare, GlobalStore, KeyValue, KvError, Op, Rev};
+use super::escrow::{decode, node_key, segment, unsegment, Node, PREFIX};
+use super::kv::{Compare, GlobalStore, KvError, Op, Rev};
 use crate::state::grant::{rolling_span, GrantLine};
 use crate::state::limit::{LimitSpec, Window};
 
@@ -100,17 +100,6 @@ impl RollingPoolV1 {
 pub struct RollingGrantV1 {
     pub epoch: u64,
     pub charges: BTreeMap<u64, u64>,
-}
-
-fn decode<T: for<'a> Deserialize<'a> + Default>(
-    kv: &Option<KeyValue>,
-) -> Result<(T, Rev), KvError> {
-    match kv {
-        Some(kv) => serde_json::from_slice(&kv.value)
-            .map(|v| (v, kv.mod_rev))
-            .map_err(|e| KvError::Corrupt(format!("{}: {e}", kv.key))),
-        None => Ok((T::default(), 0)),
-    }
 }
 
 fn put<T: Serialize>(key: String, v: &T, lease: Option<u64>) -> Op {

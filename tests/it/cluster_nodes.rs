@@ -401,30 +401,59 @@ impl Proxy {
     }
 }
 
+/// Node `a` (with `args`) reaches etcd through proxies, `b` directly; the
+/// shared limit set, `a` holds room (`held`), used 1,000 and reported it,
+/// and the proxies are cut. (Drop order: the nodes, then etcd.)
+struct CutOff {
+    a: Server,
+    b: Server,
+    proxies: Vec<Proxy>,
+    held: u64,
+    _etcd: EtcdCluster,
+}
+
+impl CutOff {
+    fn start(args: &[&str]) -> CutOff {
+        let etcd = EtcdCluster::start();
+        let eps = etcd.endpoints();
+        let proxies: Vec<Proxy> = eps.iter().map(|e| Proxy::to(e)).collect();
+        let via: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
+        let a = node_with(&via, "a", args);
+        let b = node(&eps, "b");
+        budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
+        call(&mut a.conn(), "first", "org:k", 999).unwrap();
+        let held = wait_grant(&b, "a", |g| g["reported"] == 1_000);
+        for p in &proxies {
+            p.cut();
+        }
+        CutOff {
+            a,
+            b,
+            proxies,
+            held,
+            _etcd: etcd,
+        }
+    }
+
+    /// Calls of 1,000 on `a` until one is denied: a's use, and the reason.
+    fn drain(&self, c: &mut redis::Connection) -> (u64, String) {
+        let mut got = 1_000;
+        loop {
+            match call(c, &format!("cut{got}"), "org:k", 999) {
+                Ok(t) => got += t,
+                Err(r) => return (got, r),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
-    let etcd = EtcdCluster::start();
-    let eps = etcd.endpoints();
-    let proxies: Vec<Proxy> = eps.iter().map(|e| Proxy::to(e)).collect();
-    let via: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
-    let a = node(&via, "a");
-    let b = node(&eps, "b");
-    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
-    let mut c = a.conn();
-    call(&mut c, "first", "org:k", 999).unwrap();
-    let held = wait_grant(&b, "a", |g| g["reported"] == 1_000);
-    for p in &proxies {
-        p.cut();
-    }
+    let cut = CutOff::start(&[]);
+    let (proxies, a, mut c, held) = (&cut.proxies, &cut.a, cut.a.conn(), cut.held);
     // Cut off, a answers from its grant until the grant or u_max (5,000
     // unreported) is used up, then denies, saying why.
-    let mut got = 1_000;
-    let reason = loop {
-        match call(&mut c, &format!("cut{got}"), "org:k", 999) {
-            Ok(t) => got += t,
-            Err(r) => break r,
-        }
-    };
+    let (got, reason) = cut.drain(&mut c);
     eprintln!("cut off: a used {got} of its grant of {held}, then: {reason}");
     assert_eq!(reason, "store_unreachable");
     assert!(got <= held.min(1_000 + LIMIT / 20));
@@ -435,13 +464,13 @@ fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
     assert!(raw(&mut c, "BUDGET.GET org:x").is_err());
     // Past its lease: a stays cut off and fenced, and keeps failing closed.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(cluster(&a)["node"]["store_reachable"], false);
+    assert_eq!(cluster(a)["node"]["store_reachable"], false);
     assert_eq!(
         call(&mut c, "still-cut", "org:k", 999),
         Err("store_unreachable".to_string())
     );
     // The partition heals: a reports, refills, and serves again.
-    for p in &proxies {
+    for p in proxies {
         p.heal();
     }
     wait_until(Duration::from_secs(30), "a serves again", || {
@@ -450,7 +479,7 @@ fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
     wait_until(
         Duration::from_secs(5),
         "a's view says it reaches etcd",
-        || cluster(&a)["node"]["store_reachable"] == true,
+        || cluster(a)["node"]["store_reachable"] == true,
     );
     let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", a.admin_port))
         .call()
@@ -468,26 +497,9 @@ fn a_node_cut_off_from_etcd_serves_from_its_grant_then_fails_closed() {
 
 #[test]
 fn a_cut_off_node_passes_its_grant_by_its_partition_allowance_and_the_overshoot_is_charged() {
-    let etcd = EtcdCluster::start();
-    let eps = etcd.endpoints();
-    let proxies: Vec<Proxy> = eps.iter().map(|e| Proxy::to(e)).collect();
-    let via: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
-    let a = node_with(&via, "a", &["--partition-allowance", "2%"]);
-    let b = node(&eps, "b");
-    budget(&b, &[&a, &b], &format!("org:k TOKENS {LIMIT} PER TOTAL"));
-    let mut c = a.conn();
-    call(&mut c, "first", "org:k", 999).unwrap();
-    let held = wait_grant(&b, "a", |g| g["reported"] == 1_000);
-    for p in &proxies {
-        p.cut();
-    }
-    let mut got = 1_000;
-    let reason = loop {
-        match call(&mut c, &format!("cut{got}"), "org:k", 999) {
-            Ok(t) => got += t,
-            Err(r) => break r,
-        }
-    };
+    let cut = CutOff::start(&["--partition-allowance", "2%"]);
+    let (proxies, a, b, mut c, held) = (&cut.proxies, &cut.a, &cut.b, cut.a.conn(), cut.held);
+    let (got, reason) = cut.drain(&mut c);
     // Without the allowance a stops at its grant or at u_max (5,000) of
     // unreported use; with it, at most 2 % of the limit (2,000) further.
     let fail_closed = held.min(1_000 + LIMIT / 20);
@@ -495,18 +507,18 @@ fn a_cut_off_node_passes_its_grant_by_its_partition_allowance_and_the_overshoot_
     assert_eq!(reason, "store_unreachable");
     assert!(got <= fail_closed + LIMIT / 50, "{got}");
     assert!(got > fail_closed, "the allowance was used: {got}");
-    for p in &proxies {
+    for p in proxies {
         p.heal();
     }
     // Healed, a reports all it used: the store charges the overshoot.
     wait_until(Duration::from_secs(30), "a reports what it used", || {
-        let p = pool(&b, "org:k");
+        let p = pool(b, "org:k");
         let reported: u64 = (p["grants"].as_array().unwrap().iter())
             .map(|g| g["reported"].as_u64().unwrap())
             .sum();
         reported + p["consumed"].as_u64().unwrap() >= got
     });
-    assert_eq!(spent(&a, "org:k"), got);
+    assert_eq!(spent(a, "org:k"), got);
 }
 
 #[test]

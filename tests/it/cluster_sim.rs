@@ -707,9 +707,9 @@ mod agents {
 
     const TTL: u64 = 3_000;
 
-    struct LocalState {
-        state: RefCell<State>,
-        now: Cell<u64>,
+    pub(super) struct LocalState {
+        pub(super) state: RefCell<State>,
+        pub(super) now: Cell<u64>,
     }
 
     impl Local for LocalState {
@@ -1109,49 +1109,16 @@ mod scale {
 
     use rand::rngs::SmallRng;
     use rand::{RngExt, SeedableRng};
-    use spendb::cluster::agent::{self, Agent, AgentConfig, Answer, Local, Shortage};
+    use spendb::cluster::agent::{self, Agent, AgentConfig, Answer, Shortage};
     use spendb::cluster::kv::MemStore;
-    use spendb::state::grant::{self, ClusterRules, GrantLine, GrantUse};
+    use spendb::state::grant::{self, ClusterRules};
     use spendb::state::limit::{Blocker, Dim, LimitSpec, Window};
     use spendb::state::price::Usage;
     use spendb::state::{Command, Config, Outcome, ReserveArgs, State};
 
+    use super::agents::LocalState;
     use super::Counting;
     use crate::common::env_u64;
-
-    struct LocalState {
-        state: RefCell<State>,
-        now: Cell<u64>,
-    }
-
-    impl Local for LocalState {
-        fn uses(&self) -> Result<Vec<GrantUse>, String> {
-            Ok(self.state.borrow().grant_uses(self.now.get()))
-        }
-        fn confirm(&self, line: GrantLine) -> Result<(), String> {
-            let now = self.now.get();
-            self.state
-                .borrow_mut()
-                .grant_confirm(now, line, &mut Vec::new());
-            Ok(())
-        }
-        fn lower(&self, key: &str, keep: u64) -> Result<Option<GrantLine>, String> {
-            let now = self.now.get();
-            Ok(self
-                .state
-                .borrow_mut()
-                .grant_lower(now, key, keep, &mut Vec::new()))
-        }
-        fn define(&self, cmd: Command) -> Result<(), String> {
-            let now = self.now.get();
-            self.state.borrow_mut().apply(now, &cmd, &mut Vec::new());
-            Ok(())
-        }
-        fn cut_off(&self, yes: bool) -> Result<(), String> {
-            self.state.borrow_mut().cut_off = yes;
-            Ok(())
-        }
-    }
 
     struct SimNode {
         local: LocalState,
