@@ -1069,6 +1069,18 @@ mod tests {
     fn rolling_ring_slides_and_predicts_retry() {
         let mut r = Ring::new(60_000);
         assert_eq!((r.width, r.buckets.len()), (1000, 60));
+        {
+            // What a grant period of the window counted: its buckets only.
+            let mut p = Ring::new(60_000);
+            p.add(10_500, 3);
+            p.add(20_000, 7);
+            assert_eq!(p.sum_between(10_000, 20_000, 20_500), 3);
+            assert_eq!(p.sum_between(10_000, 21_000, 20_500), 10);
+            assert_eq!(p.sum_between(11_000, 20_000, 20_500), 0);
+            assert_eq!(p.sum_between(20_000, 20_000, 20_500), 0);
+            // Gone from the window, gone from every period.
+            assert_eq!(p.sum_between(10_000, 21_000, 70_000), 7);
+        }
         r.add(T0, 10);
         r.add(T0 + 30_500, 5);
         assert_eq!(r.sum(T0 + 59_999), 15);

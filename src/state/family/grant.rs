@@ -360,6 +360,52 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_allowance_is_used_only_cut_off_and_only_on_a_granted_line() {
+        let mut st = State::new(Config {
+            cluster: Some(ClusterRules {
+                partition_allowance_ppm: 10_000,
+                ..ClusterRules::default()
+            }),
+            ..Config::default()
+        });
+        let budget = Command::BudgetSet {
+            scope: "org:a".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Tokens,
+                window: Window::Total,
+                amount: 1_000,
+            }],
+        };
+        st.apply(DAY, &budget, &mut Vec::new());
+        let now = DAY + 1;
+        // Cut off without a line, or with one the store granted nothing
+        // (as after registering while the pool was exhausted): no allowance.
+        st.cut_off = true;
+        let d = denied(reserve(&mut st, now, "h0", 1));
+        assert_eq!(d.reason, Blocker::Grant);
+        confirm(&mut st, now, Dim::Tokens, 0, 0);
+        let d = denied(reserve(&mut st, now, "h0", 1));
+        assert_eq!(d.reason, Blocker::Grant);
+        st.cut_off = false;
+        confirm(&mut st, now, Dim::Tokens, 100, 100);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 100),
+            Outcome::Granted(_)
+        ));
+        // Reaching the store: the grant is the grant.
+        let d = denied(reserve(&mut st, now, "h2", 1));
+        assert_eq!((d.reason, d.short_by), (Blocker::Grant, 1));
+        // Cut off: 1 % of the limit (10) more, no further.
+        st.cut_off = true;
+        assert!(matches!(
+            reserve(&mut st, now, "h2", 10),
+            Outcome::Granted(_)
+        ));
+        let d = denied(reserve(&mut st, now, "h3", 1));
+        assert_eq!((d.reason, d.short_by), (Blocker::Grant, 1));
+    }
+
+    #[test]
     fn each_line_counts_its_own_limits_use_and_lines_outlive_their_limit() {
         let mut st = node();
         let mut out = Vec::new();
