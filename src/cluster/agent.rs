@@ -341,6 +341,9 @@ pub struct Agent {
     rate_periods: BTreeMap<String, u64>,
     /// What the rules were last told of `reachable` (`Local::cut_off`).
     told_cut_off: bool,
+    /// Per line key (a rolling pool's name): when its last refill was, and
+    /// what it got.
+    last_refill: BTreeMap<String, (u64, u64)>,
     /// A watch on the store tells this agent of recalls and definitions
     /// (`watched`): it then polls for neither (but for a slow look at the
     /// definitions, in case a watch is silently stuck).
@@ -414,6 +417,7 @@ impl Agent {
             recalled: BTreeMap::new(),
             rate_periods: BTreeMap::new(),
             told_cut_off: false,
+            last_refill: BTreeMap::new(),
             watching: false,
             recalls_due: BTreeSet::new(),
             definitions_due: false,
@@ -590,6 +594,18 @@ impl Agent {
         (by_rate as u64).clamp(1, (u.amount / 8).max(1))
     }
 
+    /// Twice the last refill of `key` (a line's key, a rolling pool's
+    /// name) if it was less than a second ago, at most an eighth of the
+    /// limit; else 0.
+    fn doubled(&self, key: &str, amount: u64, now: u64) -> u64 {
+        match self.last_refill.get(key) {
+            Some(&(at, got)) if now.saturating_sub(at) < 1_000 => {
+                got.saturating_mul(2).min((amount / 8).max(1))
+            }
+            _ => 0,
+        }
+    }
+
     /// The use `key`'s rate expects in the next `ms`.
     fn expected(&self, key: &str, ms: u64) -> f64 {
         let rate = self.rates.get(key).map_or(0.0, |r| r.1);
@@ -628,7 +644,7 @@ impl Agent {
         };
         let answered = match u.line.is_rolling() {
             true => self.rolling_answer(store, local, short, &u, first, now),
-            false => self.answer(store, local, short, &u, first),
+            false => self.answer(store, local, short, &u, first, now),
         };
         let r = match answered {
             Ok(a) => {
@@ -662,6 +678,7 @@ impl Agent {
         short: &Shortage,
         u: &GrantUse,
         first: bool,
+        now: u64,
     ) -> Result<Answer, KvError> {
         // A round of the agent may have done it since the RESERVE was
         // decided: decide it again.
@@ -672,7 +689,7 @@ impl Agent {
             return Ok(Answer::Moved);
         }
         if !short.report {
-            if self.serve_one(store, local, u, short.by.max(1))? {
+            if self.serve_one(store, local, u, short.by.max(1), now)? {
                 return Ok(Answer::Moved);
             }
             // The pool is dry: recall idle room from the other nodes (once
@@ -806,6 +823,7 @@ impl Agent {
         local: &dyn Local,
         u: &GrantUse,
         need: u64,
+        now: u64,
     ) -> Result<bool, KvError> {
         self.join(store, local, u)?;
         let u = self.fresh(local, u)?;
@@ -814,7 +832,13 @@ impl Agent {
         if need == 0 {
             return self.report_one(store, local, &u, 0);
         }
-        let want = self.want(&u).max(need);
+        // A refill within a second of the last asks for twice as much: a
+        // node going from idle to a burst reaches its rate in a few round
+        // trips while its rate estimate catches up.
+        let want = self
+            .want(&u)
+            .max(need)
+            .max(self.doubled(&key, u.amount, now));
         // Other nodes' refills move the pool's revision under this one's
         // guard: try again while the pool has room.
         let mut got = 0;
@@ -837,6 +861,7 @@ impl Agent {
             }
         }
         if got > 0 {
+            self.last_refill.insert(key.clone(), (now, got));
             self.stats.refills += 1;
             self.stats.room_granted += got;
             self.store_line(local, &u).map_err(KvError::Unavailable)?;
@@ -997,11 +1022,11 @@ impl Agent {
             // decaying rate asks for nothing; a RESERVE asks itself).
             let busy = self.expected(&key, self.config.horizon_ms) >= 1.0;
             if (left < want / 2 || u.line.epoch != self.node.epoch) && busy {
-                self.serve_one(store, local, u, want.saturating_sub(left).max(1))?;
+                self.serve_one(store, local, u, want.saturating_sub(left).max(1), now)?;
             } else if u.used > u.line.reported
                 && (report_due || u.used - u.line.reported >= u.line.u_max / 2)
             {
-                self.serve_one(store, local, u, 0)?;
+                self.serve_one(store, local, u, 0, now)?;
                 // A busy node learns with its reports whether the pool runs
                 // low, so it answers a recall while the starving node waits.
                 if escrow::read_pool(store, &key)?.is_low() {
@@ -1186,6 +1211,7 @@ impl Agent {
             )?;
             match took {
                 Took::Charged { total, more } => {
+                    self.last_refill.insert(pool.clone(), (now, more));
                     self.dry_until.remove(&pool);
                     self.returned.extend(ended.iter().map(|x| x.line.key()));
                     // A line of an earlier registration: what it used
@@ -1265,6 +1291,7 @@ impl Agent {
         }
         let need = short.by.max(1);
         let want = self.rolling_want(u, now).max(need);
+        let want = want.max(self.doubled(&rolling::pool_name(&u.line), u.amount, now));
         Ok(match self.rolling_take(store, local, u, need, want, now)? {
             Took::Charged { .. } => Answer::Moved,
             Took::Dry { frees_at } => {
