@@ -19,9 +19,6 @@ rounds=${1:-3}
 n=${2:-50000}
 . benches/lib.sh
 
-rb() { redis-benchmark --csv "$@" 2>/dev/null | tail -1 | tr -d '"' | awk -F, '{print $2, $7}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-
 # Three etcd members.
 peers=() clients=()
 for i in 0 1 2; do peers+=("$(free_port)"); clients+=("$(free_port)"); done

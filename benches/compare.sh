@@ -17,10 +17,6 @@ rounds=${1:-3}
 n=${2:-100000}
 . benches/lib.sh
 
-# "rps p99_ms" of one redis-benchmark run (its --csv line).
-rb() { redis-benchmark --csv "$@" 2>/dev/null | tail -1 | tr -d '"' | awk -F, '{print $2, $7}'; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-
 run_mode() { # run_mode <spendb durability> <redis appendfsync>
   local dur=$1 fsync=$2 sp rp
   sp=$(free_port); rp=$(free_port)
