@@ -275,16 +275,6 @@ pub fn give_back(
     Ok(write(store, node, &name, &r, now)?.then_some(given))
 }
 
-/// The node's charge of `line`'s period as the store has it (0 when it has
-/// none under this registration).
-pub fn charged(store: &mut dyn GlobalStore, node: &Node, line: &GrantLine) -> Result<u64, KvError> {
-    let (g, _) = decode::<RollingGrantV1>(&store.get(&grant_key(&pool_name(line), &node.name))?)?;
-    Ok(match g.epoch == node.epoch {
-        true => g.charges.get(&line.period).copied().unwrap_or(0),
-        false => 0,
-    })
-}
-
 pub fn read_pool(store: &mut dyn GlobalStore, pool: &str) -> Result<RollingPoolV1, KvError> {
     Ok(decode::<RollingPoolV1>(&store.get(&pool_key(pool))?)?.0)
 }
@@ -396,6 +386,17 @@ mod tests {
             reported: 0,
             u_max: 0,
         }
+    }
+
+    /// The node's charge of `line`'s period as the store has it (0 when it has
+    /// none under this registration).
+    fn charged(store: &mut dyn GlobalStore, node: &Node, line: &GrantLine) -> Result<u64, KvError> {
+        let (g, _) =
+            decode::<RollingGrantV1>(&store.get(&grant_key(&pool_name(line), &node.name))?)?;
+        Ok(match g.epoch == node.epoch {
+            true => g.charges.get(&line.period).copied().unwrap_or(0),
+            false => 0,
+        })
     }
 
     fn pool(s: &mut MemStore) -> RollingPoolV1 {

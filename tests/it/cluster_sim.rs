@@ -505,6 +505,25 @@ fn little_room_is_stranded_at_the_first_global_denial() {
 /// denial; printed: store operations per node per second, the share of calls
 /// (before the budget ran dry) that waited for the store, and the stranded
 /// share.
+/// The scale runs' skewed load: node `i`'s calls per second, times 1000
+/// (1 % of the nodes hot, 9 % warm, the rest nearly idle; a call is 100
+/// tokens on average).
+fn rate_mhz(i: usize) -> u64 {
+    if i.is_multiple_of(100) {
+        40_000
+    } else if i % 100 < 10 {
+        2_000
+    } else {
+        17
+    }
+}
+
+/// An exponential inter-arrival time (ms) at `mhz` calls per 1000 s.
+fn gap(rng: &mut SmallRng, mhz: u64) -> u64 {
+    let u: f64 = rng.random_range(1e-9..1.0);
+    (-u.ln() * 1e6 / mhz as f64) as u64
+}
+
 #[test]
 fn a_thousand_nodes_share_one_budget() {
     use std::cmp::Reverse;
@@ -517,16 +536,6 @@ fn a_thousand_nodes_share_one_budget() {
         u_max: 20_000,
         chunk: 20_000,
         lease_ttl_ms: TTL,
-    };
-    // Calls per second per class, times 1000 (mean amount 100 tokens).
-    let rate_mhz = |i: usize| -> u64 {
-        if i.is_multiple_of(100) {
-            40_000
-        } else if i % 100 < 10 {
-            2_000
-        } else {
-            17
-        }
     };
     // The room a node asks for: what it uses in 10 s at its rate (the
     // agent measures its rate; here it is known), at least one call's worth.
@@ -553,11 +562,6 @@ fn a_thousand_nodes_share_one_budget() {
     }
     let mut nodes: Vec<(Node, bool)> = Vec::new();
     let mut queue: BinaryHeap<Reverse<(u64, usize, Ev)>> = BinaryHeap::new();
-    let gap = |rng: &mut SmallRng, mhz: u64| -> u64 {
-        // Exponential inter-arrival, in ms.
-        let u: f64 = rng.random_range(1e-9..1.0);
-        (-u.ln() * 1e6 / mhz as f64) as u64
-    };
     let join = |c: &mut Counting,
                 nodes: &mut Vec<(Node, bool)>,
                 queue: &mut BinaryHeap<Reverse<(u64, usize, Ev)>>,
@@ -1117,7 +1121,7 @@ mod scale {
     use spendb::state::{Command, Config, Outcome, ReserveArgs, State};
 
     use super::agents::LocalState;
-    use super::Counting;
+    use super::{gap, rate_mhz, Counting};
     use crate::common::env_u64;
 
     struct SimNode {
@@ -1154,15 +1158,6 @@ mod scale {
     fn a_thousand_agents_share_one_budget() {
         let n_nodes = env_u64("SPENDB_CLUSTER_AGENT_NODES", 300) as usize;
         let seconds = env_u64("SPENDB_CLUSTER_AGENT_SECONDS", 100);
-        let rate_mhz = |i: usize| -> u64 {
-            if i.is_multiple_of(100) {
-                40_000
-            } else if i % 100 < 10 {
-                2_000
-            } else {
-                17
-            }
-        };
         let expected: u64 = (0..n_nodes)
             .map(|i| rate_mhz(i) * 100 * seconds / 1000)
             .sum();
@@ -1183,10 +1178,6 @@ mod scale {
         let mut c = Counting {
             store: &mut store,
             ops: 0,
-        };
-        let gap = |rng: &mut SmallRng, mhz: u64| -> u64 {
-            let u: f64 = rng.random_range(1e-9..1.0);
-            (-u.ln() * 1e6 / mhz as f64) as u64
         };
         let mut nodes: Vec<SimNode> = Vec::new();
         let mut queue: BinaryHeap<Reverse<(u64, usize, Ev)>> = BinaryHeap::new();
