@@ -1,0 +1,460 @@
+"""The asyncio client: `spendb.aio.connect(url)` → `AsyncClient`.
+
+The same commands, replies and idioms as `spendb.Client` (see its module),
+awaited, on `redis.asyncio`:
+
+    async with client.reserve("org:acme/agent:coder", "gpt-4o", text=prompt) as hold:
+        resp = await openai_client.chat.completions.create(model=hold.model, ...)
+        await hold.commit_usage(resp)
+
+Commands are built and read by `_commands`, shared with the sync client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import redis.asyncio as aredis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from . import _commands as cmd
+from . import errors
+from . import types as t
+from ._commands import Call, Money, OutputSpec, cache_key, new_id
+from .client import DEFAULT_URL, call_key, cost_of, stream_charge, wait_for
+from .usage import StreamUsage, Usage, usage_from
+
+T = TypeVar("T")
+E = TypeVar("E")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class AsyncClient:
+    """A connection pool to one spendb server, for asyncio. Arguments as
+    `spendb.Client`'s."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        retries: int = 3,
+        retry_backoff: float = 0.05,
+        wait_max: float = 60.0,
+        redis_client: aredis.Redis | None = None,
+        **redis_kwargs: Any,
+    ) -> None:
+        if redis_client is None:
+            redis_kwargs.setdefault("protocol", 3)
+            redis_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+            redis_client = aredis.Redis.from_url(url, **redis_kwargs)
+        self.redis = redis_client
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.wait_max = wait_max
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _run(self, call: Call[T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                reply = await self.redis.execute_command(*call.args)  # type: ignore[no-untyped-call]
+            except AuthenticationError as e:
+                raise errors.Unauthorized(str(e)) from None
+            except ResponseError as e:
+                raise errors.from_reply(str(e), getattr(e, "status_code", None)) from None
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                if call.retryable and attempt < self.retries:
+                    await asyncio.sleep(self.retry_backoff * 2**attempt)
+                    attempt += 1
+                    continue
+                raise errors.Unavailable(f"{call.args[0]!s}: {e}") from e
+            return call.parse(reply)
+
+    async def ping(self) -> bool:
+        return await self._run(cmd.ping())
+
+    async def set_budget(self, scope: str, limits: Iterable[t.Limit]) -> None:
+        await self._run(cmd.set_budget(scope, list(limits)))
+
+    async def get_budget(self, scope: str) -> t.Budget:
+        return await self._run(cmd.get_budget(scope))
+
+    async def delete_budget(self, scope: str) -> bool:
+        return await self._run(cmd.delete_budget(scope))
+
+    async def list_budgets(self, prefix: str | None = None) -> list[str]:
+        return await self._run(cmd.list_budgets(prefix))
+
+    async def balance(self, scope: str) -> t.Balance:
+        return await self._run(cmd.balance(scope))
+
+    async def try_reserve(
+        self,
+        scope: str,
+        model: str,
+        *,
+        text: str | None = None,
+        input: int | None = None,
+        max_output: OutputSpec = None,
+        fallback: Iterable[str] = (),
+        ttl_ms: int | None = None,
+        run: str | None = None,
+        hold_id: str | None = None,
+    ) -> t.Grant | t.Denied:
+        return await self._run(
+            cmd.reserve(
+                hold_id or new_id(),
+                scope,
+                model,
+                input=input,
+                text=text,
+                max_output=max_output,
+                fallback=fallback,
+                ttl_ms=ttl_ms,
+                run=run,
+            )
+        )
+
+    def reserve(
+        self,
+        scope: str,
+        model: str,
+        *,
+        text: str | None = None,
+        input: int | None = None,
+        max_output: OutputSpec = None,
+        fallback: Iterable[str] = (),
+        ttl_ms: int | None = None,
+        run: str | None = None,
+        hold_id: str | None = None,
+        wait: bool = False,
+        wait_max: float | None = None,
+    ) -> AsyncReservation:
+        """`async with client.reserve(...) as hold:` (see `Client.reserve`)."""
+        call = cmd.reserve(
+            hold_id or new_id(),
+            scope,
+            model,
+            input=input,
+            text=text,
+            max_output=max_output,
+            fallback=fallback,
+            ttl_ms=ttl_ms,
+            run=run,
+        )
+        return AsyncReservation(self, call, wait, self.wait_max if wait_max is None else wait_max)
+
+    async def commit(
+        self, hold_id: str, input: int, output: int, *, cached: int = 0, cachewrite: int = 0
+    ) -> t.Committed:
+        return await self._run(cmd.commit(hold_id, Usage(input, output, cached, cachewrite)))
+
+    async def commit_usage(self, hold_id: str, response: Any) -> t.Committed:
+        return await self._run(cmd.commit(hold_id, usage_from(response)))
+
+    async def release(self, hold_id: str) -> t.Released:
+        return await self._run(cmd.release(hold_id))
+
+    async def get_hold(self, hold_id: str) -> t.HoldInfo:
+        return await self._run(cmd.get_hold(hold_id))
+
+    async def spend(
+        self,
+        scope: str,
+        model: str,
+        usage: Usage | Any,
+        *,
+        id: str | None = None,
+        run: str | None = None,
+    ) -> t.Spent:
+        return await self._run(cmd.spend(scope, model, usage_from(usage), id=id, run=run))
+
+    async def step(
+        self,
+        run: str,
+        signature: str | bytes,
+        *,
+        scope: str | None = None,
+        max_steps: int | None = None,
+        repeats: int | None = None,
+        window: int | None = None,
+        raise_on_deny: bool = True,
+    ) -> t.Step:
+        s = await self._run(
+            cmd.step(
+                run, signature, scope=scope, max_steps=max_steps, repeats=repeats, window=window
+            )
+        )
+        if not s.allowed and raise_on_deny:
+            raise errors.LoopDetected(s)
+        return s
+
+    async def end_run(
+        self, run: str, outcome: Literal["success", "failure"] | None = None
+    ) -> t.RunEnded:
+        return await self._run(cmd.end_run(run, outcome))
+
+    async def cache_set(
+        self,
+        ns: str,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        ttl_ms: int | None = None,
+        cost: Money | None = None,
+    ) -> None:
+        await self._run(cmd.cache_set(ns, key, value, ttl_ms=ttl_ms, cost=cost))
+
+    async def cache_get(
+        self, ns: str, key: str | bytes, *, scope: str | None = None
+    ) -> bytes | None:
+        return await self._run(cmd.cache_get(ns, key, scope=scope))
+
+    async def cache_delete(self, ns: str, key: str | bytes) -> bool:
+        return await self._run(cmd.cache_delete(ns, key))
+
+    async def cache_stats(self, ns: str | None = None) -> t.CacheStats:
+        return await self._run(cmd.cache_stats(ns))
+
+    def cached(
+        self,
+        ns: str,
+        key_parts: Any = None,
+        *,
+        ttl_ms: int | None = None,
+        cost: Money | Callable[[Any], Money] | None = None,
+        scope: str | None = None,
+    ) -> AsyncCached:
+        """`async with client.cached(...) as entry:` or `@client.cached(...)` on
+        an `async def` (see `Client.cached`)."""
+        return AsyncCached(self, ns, key_parts, ttl_ms, cost, scope)
+
+    async def count(self, model: str, text: str) -> t.Count:
+        return await self._run(cmd.count(model, text))
+
+    async def truncate(self, model: str, text: str, max_tokens: int) -> t.Truncated:
+        return await self._run(cmd.truncate(model, text, max_tokens))
+
+    async def set_price(
+        self,
+        model: str,
+        *,
+        input: Money,
+        output: Money,
+        cached: Money | None = None,
+        cachewrite: Money | None = None,
+        max_output: int | None = None,
+    ) -> None:
+        await self._run(
+            cmd.set_price(
+                model,
+                input=input,
+                output=output,
+                cached=cached,
+                cachewrite=cachewrite,
+                max_output=max_output,
+            )
+        )
+
+    async def get_price(self, model: str) -> t.Price:
+        return await self._run(cmd.get_price(model))
+
+    async def list_prices(self) -> list[t.Price]:
+        return await self._run(cmd.list_prices())
+
+
+def connect(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncClient:
+    return AsyncClient(url, **kwargs)
+
+
+class AsyncReservation:
+    def __init__(
+        self,
+        client: AsyncClient,
+        call: Call[t.Grant | t.Denied],
+        wait: bool,
+        wait_max: float,
+    ) -> None:
+        self._client = client
+        self._call = call
+        self._wait = wait
+        self._wait_max = wait_max
+        self.hold: AsyncHold | None = None
+
+    async def __aenter__(self) -> AsyncHold:
+        deadline = time.monotonic() + self._wait_max
+        while True:
+            reply = await self._client._run(self._call)
+            if isinstance(reply, t.Grant):
+                self.hold = AsyncHold(self._client, reply)
+                return self.hold
+            pause = wait_for(reply, deadline) if self._wait else None
+            if pause is None:
+                raise errors.BudgetExceeded(reply)
+            await asyncio.sleep(pause)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.hold is not None:
+            await self.hold.close_streams()
+        if self.hold is not None and self.hold.settled is None:
+            try:
+                await self.hold.release()
+            except errors.SpendbError:
+                if exc is None:
+                    raise
+
+
+class AsyncHold:
+    """A granted hold (see `spendb.client.Hold`), settled with awaits."""
+
+    def __init__(self, client: AsyncClient, grant: t.Grant) -> None:
+        self._client = client
+        self.grant = grant
+        self.settled: t.Committed | t.Released | None = None
+        self._streams: list[AsyncGenerator[Any, None]] = []
+
+    @property
+    def id(self) -> str:
+        return self.grant.hold
+
+    @property
+    def model(self) -> str:
+        return self.grant.model
+
+    @property
+    def output(self) -> int:
+        return self.grant.output
+
+    async def commit(
+        self, input: int, output: int, *, cached: int = 0, cachewrite: int = 0
+    ) -> t.Committed:
+        return await self.commit_usage(Usage(input, output, cached, cachewrite))
+
+    async def commit_usage(self, response: Any) -> t.Committed:
+        done = await self._client._run(cmd.commit(self.id, usage_from(response)))
+        self.settled = done
+        return done
+
+    async def release(self) -> t.Released:
+        done = await self._client._run(cmd.release(self.id))
+        self.settled = done
+        return done
+
+    def stream(self, events: AsyncIterable[E]) -> AsyncIterator[E]:
+        """Pass an async stream through, gathering its usage, and commit when
+        it ends (see `spendb.client.stream_charge`)."""
+
+        async def gen() -> AsyncGenerator[E, None]:
+            seen = StreamUsage()
+            try:
+                async for event in events:
+                    seen.feed(event)
+                    yield event
+            finally:
+                if self.settled is None:
+                    await self.commit_usage(stream_charge(seen, self.grant))
+
+        g = gen()
+        self._streams.append(g)
+        return g
+
+    async def close_streams(self) -> None:
+        for g in self._streams:
+            await g.aclose()
+
+
+class AsyncCacheEntry:
+    def __init__(self, cached: AsyncCached, key: str, value: bytes | None) -> None:
+        self._cached = cached
+        self.key = key
+        self.value = value
+
+    @property
+    def hit(self) -> bool:
+        return self.value is not None
+
+    async def set(self, value: str | bytes, *, cost: Money | None = None) -> None:
+        c = self._cached
+        price = cost if cost is not None else c.static_cost()
+        await c.client.cache_set(c.ns, self.key, value, ttl_ms=c.ttl_ms, cost=price)
+        self.value = value.encode() if isinstance(value, str) else value
+
+
+class AsyncCached:
+    def __init__(
+        self,
+        client: AsyncClient,
+        ns: str,
+        key_parts: Any,
+        ttl_ms: int | None,
+        cost: Money | Callable[[Any], Money] | None,
+        scope: str | None,
+    ) -> None:
+        self.client = client
+        self.ns = ns
+        self.key_parts = key_parts
+        self.ttl_ms = ttl_ms
+        self.cost = cost
+        self.scope = scope
+
+    def static_cost(self) -> Money | None:
+        return None if callable(self.cost) else self.cost
+
+    async def __aenter__(self) -> AsyncCacheEntry:
+        key = cache_key(self.key_parts)
+        value = await self.client.cache_get(self.ns, key, scope=self.scope)
+        return AsyncCacheEntry(self, key, value)
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def cached_call(*args: P.args, **kwargs: P.kwargs) -> R:
+            key = call_key(self.key_parts, fn, args, kwargs)
+            hit = await self.client.cache_get(self.ns, key, scope=self.scope)
+            if hit is not None:
+                result: R = json.loads(hit)
+                return result
+            result = await fn(*args, **kwargs)
+            await self.client.cache_set(
+                self.ns,
+                key,
+                json.dumps(result),
+                ttl_ms=self.ttl_ms,
+                cost=cost_of(self.cost, result),
+            )
+            return result
+
+        return cached_call
