@@ -11,9 +11,10 @@ those SDKs; `spendb.litellm` is a budget hook for the LiteLLM proxy.
 """
 
 from . import errors, types, usage
+from ._base import DEFAULT_URL
 from ._commands import new_id
 from .aio import AsyncClient
-from .client import DEFAULT_URL, Client, Hold, Reservation, connect
+from .client import Client, Hold, Reservation, connect
 from .errors import (
     AlreadyExists,
     BudgetExceeded,

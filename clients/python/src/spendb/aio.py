@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -28,17 +27,23 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import redis.asyncio as aredis
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from . import _commands as cmd
 from . import errors
 from . import types as t
-from ._commands import Call, Money, OutputSpec, cache_key, new_id
-from .client import DEFAULT_URL, call_key, cost_of, stream_charge, wait_for
+from ._base import (
+    DEFAULT_URL,
+    CachedBase,
+    CacheEntryBase,
+    HoldBase,
+    ReservationBase,
+    redis_options,
+    stream_charge,
+)
+from ._commands import Call, Money, OutputSpec, new_id
 from .usage import StreamUsage, Usage, usage_from
 
 T = TypeVar("T")
@@ -62,9 +67,7 @@ class AsyncClient:
         **redis_kwargs: Any,
     ) -> None:
         if redis_client is None:
-            redis_kwargs.setdefault("protocol", 3)
-            redis_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-            redis_client = aredis.Redis.from_url(url, **redis_kwargs)
+            redis_client = aredis.Redis.from_url(url, **redis_options(redis_kwargs))
         self.redis = redis_client
         self.retries = retries
         self.retry_backoff = retry_backoff
@@ -293,7 +296,9 @@ def connect(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncClient:
     return AsyncClient(url, **kwargs)
 
 
-class AsyncReservation:
+class AsyncReservation(ReservationBase):
+    """What `AsyncClient.reserve` returns: `async with` it to hold."""
+
     def __init__(
         self,
         client: AsyncClient,
@@ -301,20 +306,18 @@ class AsyncReservation:
         wait: bool,
         wait_max: float,
     ) -> None:
+        super().__init__(call, wait, wait_max)
         self._client = client
-        self._call = call
-        self._wait = wait
-        self._wait_max = wait_max
         self.hold: AsyncHold | None = None
 
     async def __aenter__(self) -> AsyncHold:
-        deadline = time.monotonic() + self._wait_max
+        deadline = self._deadline()
         while True:
             reply = await self._client._run(self._call)
             if isinstance(reply, t.Grant):
                 self.hold = AsyncHold(self._client, reply)
                 return self.hold
-            pause = wait_for(reply, deadline) if self._wait else None
+            pause = self._pause(reply, deadline)
             if pause is None:
                 raise errors.BudgetExceeded(reply)
             await asyncio.sleep(pause)
@@ -325,9 +328,10 @@ class AsyncReservation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.hold is not None:
-            await self.hold.close_streams()
-        if self.hold is not None and self.hold.settled is None:
+        if self.hold is None:
+            return
+        await self.hold.close_streams()
+        if self.hold.settled is None:
             try:
                 await self.hold.release()
             except errors.SpendbError:
@@ -335,26 +339,13 @@ class AsyncReservation:
                     raise
 
 
-class AsyncHold:
-    """A granted hold (see `spendb.client.Hold`), settled with awaits."""
+class AsyncHold(HoldBase):
+    """A granted hold (`HoldBase`), settled with awaits."""
 
     def __init__(self, client: AsyncClient, grant: t.Grant) -> None:
+        super().__init__(grant)
         self._client = client
-        self.grant = grant
-        self.settled: t.Committed | t.Released | None = None
         self._streams: list[AsyncGenerator[Any, None]] = []
-
-    @property
-    def id(self) -> str:
-        return self.grant.hold
-
-    @property
-    def model(self) -> str:
-        return self.grant.model
-
-    @property
-    def output(self) -> int:
-        return self.grant.output
 
     async def commit(
         self, input: int, output: int, *, cached: int = 0, cachewrite: int = 0
@@ -373,7 +364,7 @@ class AsyncHold:
 
     def stream(self, events: AsyncIterable[E]) -> AsyncIterator[E]:
         """Pass an async stream through, gathering its usage, and commit when
-        it ends (see `spendb.client.stream_charge`)."""
+        it ends (see `stream_charge`)."""
 
         async def gen() -> AsyncGenerator[E, None]:
             seen = StreamUsage()
@@ -394,24 +385,18 @@ class AsyncHold:
             await g.aclose()
 
 
-class AsyncCacheEntry:
+class AsyncCacheEntry(CacheEntryBase):
     def __init__(self, cached: AsyncCached, key: str, value: bytes | None) -> None:
+        super().__init__(key, value)
         self._cached = cached
-        self.key = key
-        self.value = value
-
-    @property
-    def hit(self) -> bool:
-        return self.value is not None
 
     async def set(self, value: str | bytes, *, cost: Money | None = None) -> None:
         c = self._cached
-        price = cost if cost is not None else c.static_cost()
-        await c.client.cache_set(c.ns, self.key, value, ttl_ms=c.ttl_ms, cost=price)
-        self.value = value.encode() if isinstance(value, str) else value
+        await c.client.cache_set(c.ns, self.key, value, ttl_ms=c.ttl_ms, cost=c.entry_cost(cost))
+        self._stored(value)
 
 
-class AsyncCached:
+class AsyncCached(CachedBase):
     def __init__(
         self,
         client: AsyncClient,
@@ -421,18 +406,11 @@ class AsyncCached:
         cost: Money | Callable[[Any], Money] | None,
         scope: str | None,
     ) -> None:
+        super().__init__(ns, key_parts, ttl_ms, cost, scope)
         self.client = client
-        self.ns = ns
-        self.key_parts = key_parts
-        self.ttl_ms = ttl_ms
-        self.cost = cost
-        self.scope = scope
-
-    def static_cost(self) -> Money | None:
-        return None if callable(self.cost) else self.cost
 
     async def __aenter__(self) -> AsyncCacheEntry:
-        key = cache_key(self.key_parts)
+        key = self.key()
         value = await self.client.cache_get(self.ns, key, scope=self.scope)
         return AsyncCacheEntry(self, key, value)
 
@@ -442,18 +420,14 @@ class AsyncCached:
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
         async def cached_call(*args: P.args, **kwargs: P.kwargs) -> R:
-            key = call_key(self.key_parts, fn, args, kwargs)
+            key = self.call_key(fn, args, kwargs)
             hit = await self.client.cache_get(self.ns, key, scope=self.scope)
             if hit is not None:
                 result: R = json.loads(hit)
                 return result
             result = await fn(*args, **kwargs)
             await self.client.cache_set(
-                self.ns,
-                key,
-                json.dumps(result),
-                ttl_ms=self.ttl_ms,
-                cost=cost_of(self.cost, result),
+                self.ns, key, json.dumps(result), ttl_ms=self.ttl_ms, cost=self.cost_of(result)
             )
             return result
 

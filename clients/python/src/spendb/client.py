@@ -24,17 +24,22 @@ from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
-from redis.retry import Retry
 
 from . import _commands as cmd
 from . import errors
 from . import types as t
-from ._commands import Call, Money, OutputSpec, cache_key, new_id
+from ._base import (
+    DEFAULT_URL,
+    CachedBase,
+    CacheEntryBase,
+    HoldBase,
+    ReservationBase,
+    redis_options,
+    stream_charge,
+)
+from ._commands import Call, Money, OutputSpec, new_id
 from .usage import StreamUsage, Usage, usage_from
-
-DEFAULT_URL = "redis://127.0.0.1:7379"
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -62,9 +67,7 @@ class Client:
         **redis_kwargs: Any,
     ) -> None:
         if redis_client is None:
-            redis_kwargs.setdefault("protocol", 3)
-            redis_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
-            redis_client = redis.Redis.from_url(url, **redis_kwargs)
+            redis_client = redis.Redis.from_url(url, **redis_options(redis_kwargs))
         self.redis = redis_client
         self.retries = retries
         self.retry_backoff = retry_backoff
@@ -330,26 +333,24 @@ def connect(url: str = DEFAULT_URL, **kwargs: Any) -> Client:
     return Client(url, **kwargs)
 
 
-class Reservation:
+class Reservation(ReservationBase):
     """What `Client.reserve` returns: enter it to hold, leave it to settle."""
 
     def __init__(
         self, client: Client, call: Call[t.Grant | t.Denied], wait: bool, wait_max: float
     ) -> None:
+        super().__init__(call, wait, wait_max)
         self._client = client
-        self._call = call
-        self._wait = wait
-        self._wait_max = wait_max
         self.hold: Hold | None = None
 
     def __enter__(self) -> Hold:
-        deadline = time.monotonic() + self._wait_max
+        deadline = self._deadline()
         while True:
             reply = self._client._run(self._call)
             if isinstance(reply, t.Grant):
                 self.hold = Hold(self._client, reply)
                 return self.hold
-            pause = wait_for(reply, deadline) if self._wait else None
+            pause = self._pause(reply, deadline)
             if pause is None:
                 raise errors.BudgetExceeded(reply)
             time.sleep(pause)
@@ -360,9 +361,10 @@ class Reservation:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.hold is not None:
-            self.hold.close_streams()
-        if self.hold is not None and self.hold.settled is None:
+        if self.hold is None:
+            return
+        self.hold.close_streams()
+        if self.hold.settled is None:
             try:
                 self.hold.release()
             except errors.SpendbError:
@@ -372,38 +374,14 @@ class Reservation:
                 # at its TTL if the release did not reach the server.
 
 
-def wait_for(denied: t.Denied, deadline: float) -> float | None:
-    """How long `wait=True` sleeps before asking again, or `None` to give up:
-    the denial's retry_after (at least 10 ms), if that is before the deadline."""
-    if denied.retry_after is None:
-        return None
-    pause = max(denied.retry_after, 0.01)
-    return pause if time.monotonic() + pause <= deadline else None
-
-
-class Hold:
-    """A granted hold. `id`, `model` (call the provider with this one: a
-    FALLBACK may have chosen it), `output` (the most output tokens it covers),
-    and the reply as `grant`. Settle it once: `commit`, `commit_usage`,
+class Hold(HoldBase):
+    """A granted hold (`HoldBase`). Settle it once: `commit`, `commit_usage`,
     `release`, or `stream`."""
 
     def __init__(self, client: Client, grant: t.Grant) -> None:
+        super().__init__(grant)
         self._client = client
-        self.grant = grant
-        self.settled: t.Committed | t.Released | None = None
         self._streams: list[Generator[Any, None, None]] = []
-
-    @property
-    def id(self) -> str:
-        return self.grant.hold
-
-    @property
-    def model(self) -> str:
-        return self.grant.model
-
-    @property
-    def output(self) -> int:
-        return self.grant.output
 
     def commit(
         self, input: int, output: int, *, cached: int = 0, cachewrite: int = 0
@@ -446,46 +424,20 @@ class Hold:
             g.close()
 
 
-def stream_charge(seen: StreamUsage, grant: t.Grant) -> Usage:
-    """What to commit for a stream: its final usage; for a stream that stopped
-    before one (closed early, or failed midway), what it reported so far
-    (Anthropic's counts arrive as it goes) with at least the hold's input, or
-    else the whole hold: the provider charged something, and spendb would
-    rather count too much than let a budget overspend."""
-    usage = seen.usage
-    if usage is not None and seen.complete:
-        return usage
-    held_input = grant.tokens - grant.output
-    if usage is not None:
-        return Usage(
-            input=max(usage.input, held_input),
-            output=usage.output,
-            cached=usage.cached,
-            cachewrite=usage.cachewrite,
-        )
-    return Usage(input=held_input, output=grant.output)
-
-
-class CacheEntry:
+class CacheEntry(CacheEntryBase):
     """One exact-cache lookup: `hit`, `value`, and `set` for a miss."""
 
     def __init__(self, cached: Cached, key: str, value: bytes | None) -> None:
+        super().__init__(key, value)
         self._cached = cached
-        self.key = key
-        self.value = value
-
-    @property
-    def hit(self) -> bool:
-        return self.value is not None
 
     def set(self, value: str | bytes, *, cost: Money | None = None) -> None:
         c = self._cached
-        price = cost if cost is not None else c.static_cost()
-        c.client.cache_set(c.ns, self.key, value, ttl_ms=c.ttl_ms, cost=price)
-        self.value = value.encode() if isinstance(value, str) else value
+        c.client.cache_set(c.ns, self.key, value, ttl_ms=c.ttl_ms, cost=c.entry_cost(cost))
+        self._stored(value)
 
 
-class Cached:
+class Cached(CachedBase):
     """What `Client.cached` returns: a context manager and a decorator."""
 
     def __init__(
@@ -497,18 +449,11 @@ class Cached:
         cost: Money | Callable[[Any], Money] | None,
         scope: str | None,
     ) -> None:
+        super().__init__(ns, key_parts, ttl_ms, cost, scope)
         self.client = client
-        self.ns = ns
-        self.key_parts = key_parts
-        self.ttl_ms = ttl_ms
-        self.cost = cost
-        self.scope = scope
-
-    def static_cost(self) -> Money | None:
-        return None if callable(self.cost) else self.cost
 
     def __enter__(self) -> CacheEntry:
-        key = cache_key(self.key_parts)
+        key = self.key()
         return CacheEntry(self, key, self.client.cache_get(self.ns, key, scope=self.scope))
 
     def __exit__(self, *exc: object) -> None:
@@ -517,29 +462,15 @@ class Cached:
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def cached_call(*args: P.args, **kwargs: P.kwargs) -> R:
-            key = call_key(self.key_parts, fn, args, kwargs)
+            key = self.call_key(fn, args, kwargs)
             hit = self.client.cache_get(self.ns, key, scope=self.scope)
             if hit is not None:
                 result: R = json.loads(hit)
                 return result
             result = fn(*args, **kwargs)
             self.client.cache_set(
-                self.ns,
-                key,
-                json.dumps(result),
-                ttl_ms=self.ttl_ms,
-                cost=cost_of(self.cost, result),
+                self.ns, key, json.dumps(result), ttl_ms=self.ttl_ms, cost=self.cost_of(result)
             )
             return result
 
         return cached_call
-
-
-def call_key(key_parts: Any, fn: Callable[..., Any], args: Any, kwargs: Any) -> str:
-    """The cache key of a decorated function's call: its qualified name, its
-    arguments and the decorator's key_parts, as canonical JSON."""
-    return cache_key([key_parts, f"{fn.__module__}.{fn.__qualname__}", list(args), kwargs])
-
-
-def cost_of(cost: Money | Callable[[Any], Money] | None, result: Any) -> Money | None:
-    return cost(result) if callable(cost) else cost

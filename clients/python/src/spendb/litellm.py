@@ -39,9 +39,9 @@ from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
 from . import errors
+from ._base import DEFAULT_URL
 from ._wrapping import prompt_text
 from .aio import AsyncClient
-from .client import DEFAULT_URL
 from .types import Denied, Grant
 from .usage import Usage, usage_from
 
