@@ -1,7 +1,8 @@
-//! CACHE.SET / GET / DEL / STATS: parsed here and run against the cache on
-//! the connection's side (sled reads and writes, no budget rules). A hit
-//! with SCOPE also books its COST as savings, which is a ledger entry and so
-//! goes through the engine (`Command::CacheSaved`).
+//! CACHE.SET / GET / DEL / STATS and the semantic cache's CACHE.VSET / VGET /
+//! VDEL / VCONFIG: parsed here and run against the cache on the connection's
+//! side (sled reads and writes, no budget rules). A hit with SCOPE also books
+//! its COST as savings, which is a ledger entry and so goes through the
+//! engine (`Command::CacheSaved`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,6 +11,7 @@ use crate::state::bounds;
 use crate::state::money::parse_usd;
 use crate::state::{Access, Command, ErrorCode, Value};
 use crate::store::cache::{check_namespace, Cache};
+use crate::store::vcache::{check_dimension, check_threshold, fp32_blob};
 
 /// What a cache command produced.
 pub enum Outcome {
@@ -31,6 +33,37 @@ fn text(arg: &[u8], what: &str) -> Result<String, Value> {
 
 fn err(msg: String) -> Value {
     Value::err(ErrorCode::Err, msg)
+}
+
+fn float(arg: &[u8], what: &str) -> Result<f32, Value> {
+    let t = text(arg, what)?;
+    match t.trim().parse::<f32>() {
+        Ok(f) if f.is_finite() => Ok(f),
+        _ => Err(err(format!("{what} must be a number"))),
+    }
+}
+
+/// `FP32 <blob>` or `VALUES <n> <v1> … <vn>` at the front of `args`: the
+/// vector and what follows it.
+fn vector_arg<'a, 'b>(name: &str, args: &'b Args<'a>) -> Result<(Vec<f32>, &'b Args<'a>), Value> {
+    match args {
+        [form, blob, rest @ ..] if form.eq_ignore_ascii_case(b"FP32") => {
+            Ok((fp32_blob(blob).map_err(err)?, rest))
+        }
+        [form, n, rest @ ..] if form.eq_ignore_ascii_case(b"VALUES") => {
+            let n = cmd::uint(n, "VALUES count")? as usize;
+            check_dimension(n).map_err(err)?;
+            if rest.len() < n {
+                return Err(err(format!("VALUES {n} needs {n} numbers")));
+            }
+            let v = rest[..n]
+                .iter()
+                .map(|x| float(x, "a vector component"))
+                .collect::<Result<Vec<f32>, Value>>()?;
+            Ok((v, &rest[n..]))
+        }
+        _ => Err(cmd::syntax(name)),
+    }
 }
 
 /// Runs a cache command for a caller with `access`: a tenant's namespaces
@@ -113,13 +146,118 @@ fn run_inner(
             reply(Value::Int(cache.del(&ns, &args[1]).map_err(err)? as i64))
         }
         "cache.stats" => {
-            let s = match (args.len(), access.and_then(Access::tenant)) {
-                (0, None) => cache.stats(None),
-                (0, Some(tenant)) => cache.stats_prefixed(tenant),
-                (1, _) => cache.stats(Some(&namespace(&args[0], access)?)),
+            let v = cache.semantic();
+            let (s, vs) = match (args.len(), access.and_then(Access::tenant)) {
+                (0, None) => (cache.stats(None), v.stats_where(|_| true)),
+                (0, Some(tenant)) => (
+                    cache.stats_prefixed(tenant),
+                    v.stats_where(|n| n.starts_with(tenant)),
+                ),
+                (1, _) => {
+                    let ns = namespace(&args[0], access)?;
+                    (cache.stats(Some(&ns)), v.stats_where(|n| n == ns))
+                }
                 _ => return Err(cmd::syntax(name)),
             };
-            reply(s.reply())
+            let Value::Map(mut fields) = s.reply() else {
+                unreachable!("Stats::reply is a map")
+            };
+            fields.extend(vs.reply_fields());
+            reply(Value::Map(fields))
+        }
+        "cache.vset" => {
+            let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
+            let (vector, rest) = vector_arg(name, &args[1..])?;
+            let (value, options) = rest.split_first().ok_or_else(|| cmd::syntax(name))?;
+            let (mut ttl, mut cost, mut key) = (None, 0u64, None);
+            if !options.len().is_multiple_of(2) {
+                return Err(cmd::syntax(name));
+            }
+            for pair in options.chunks(2) {
+                if pair[0].eq_ignore_ascii_case(b"TTL") && ttl.is_none() {
+                    ttl = Some(cmd::uint(&pair[1], "TTL")?);
+                } else if pair[0].eq_ignore_ascii_case(b"COST") {
+                    cost = parse_usd(&text(&pair[1], "COST")?).map_err(err)?;
+                    bounds::check_usd(cost, "COST").map_err(err)?;
+                } else if pair[0].eq_ignore_ascii_case(b"KEY") && key.is_none() {
+                    key = Some(&*pair[1]);
+                } else {
+                    return Err(cmd::syntax(name));
+                }
+            }
+            let id = cache
+                .semantic()
+                .set(&ns, &vector, value, ttl, cost, key, now_ms())
+                .map_err(err)?;
+            reply(Value::Int(id as i64))
+        }
+        "cache.vget" => {
+            let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
+            let (vector, options) = vector_arg(name, &args[1..])?;
+            let (mut threshold, mut scope) = (None, None);
+            if !options.len().is_multiple_of(2) {
+                return Err(cmd::syntax(name));
+            }
+            for pair in options.chunks(2) {
+                if pair[0].eq_ignore_ascii_case(b"THRESHOLD") && threshold.is_none() {
+                    threshold = Some(check_threshold(float(&pair[1], "THRESHOLD")?).map_err(err)?);
+                } else if pair[0].eq_ignore_ascii_case(b"SCOPE") && scope.is_none() {
+                    scope = Some(text(&pair[1], "scope")?);
+                } else {
+                    return Err(cmd::syntax(name));
+                }
+            }
+            let Some(hit) = cache
+                .semantic()
+                .get(&ns, &vector, threshold, now_ms())
+                .map_err(err)?
+            else {
+                return reply(Value::Null);
+            };
+            let found = Value::Map(vec![
+                ("value", Value::Bulk(hit.value)),
+                ("score", Value::Str(format!("{:.6}", hit.score))),
+                ("key", hit.key.map_or(Value::Null, Value::Bulk)),
+                ("id", Value::Int(hit.id as i64)),
+            ]);
+            match scope {
+                Some(scope) if hit.cost > 0 => Ok(Outcome::HitSaved(
+                    found,
+                    Command::CacheSaved {
+                        scope,
+                        cost: hit.cost,
+                    },
+                )),
+                _ => reply(found),
+            }
+        }
+        "cache.vdel" => {
+            if args.len() != 2 {
+                return Err(cmd::syntax(name));
+            }
+            let ns = namespace(&args[0], access)?;
+            let id = cmd::uint(&args[1], "id")?;
+            reply(Value::Int(
+                cache.semantic().del(&ns, id).map_err(err)? as i64
+            ))
+        }
+        "cache.vconfig" => {
+            let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
+            match &args[1..] {
+                [] => {
+                    let c = cache.semantic().config(&ns);
+                    reply(Value::Map(vec![
+                        ("threshold", Value::Str(format!("{}", c.threshold))),
+                        ("dimension", Value::Int(i64::from(c.dimension))),
+                    ]))
+                }
+                [opt, t] if opt.eq_ignore_ascii_case(b"THRESHOLD") => {
+                    let t = float(t, "THRESHOLD")?;
+                    cache.semantic().set_threshold(&ns, t).map_err(err)?;
+                    reply(Value::Ok)
+                }
+                _ => Err(cmd::syntax(name)),
+            }
         }
         _ => Err(cmd::syntax(name)),
     }

@@ -14,6 +14,9 @@
 //!
 //! Savings (a hit with SCOPE books the entry's COST) are not kept here: they
 //! are ledger entries, through the engine.
+//!
+//! The semantic cache (`vcache`) shares the database, the bounds and the
+//! sweep; `Cache::semantic` reaches it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -22,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::frame;
+use super::vcache::SemanticCache;
 use super::StoreError;
 use crate::state::Value;
 
@@ -118,6 +122,8 @@ pub struct Cache {
     tree: sled::Tree,
     limits: CacheLimits,
     index: Mutex<Index>,
+    /// The semantic cache (CACHE.V*), in the same database and bounds.
+    semantic: SemanticCache,
 }
 
 /// What a GET found.
@@ -229,12 +235,19 @@ impl Cache {
         for k in dead {
             tree.remove(k)?;
         }
+        let semantic = SemanticCache::open(&db, limits, now)?;
         Ok(Cache {
             db,
             tree,
             limits,
             index: Mutex::new(index),
+            semantic,
         })
+    }
+
+    /// The semantic cache (CACHE.VSET / VGET / VDEL / VCONFIG).
+    pub fn semantic(&self) -> &SemanticCache {
+        &self.semantic
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -395,8 +408,12 @@ impl Cache {
         total
     }
 
-    /// Deletes entries expired by `now`; returns how many.
+    /// Deletes entries (exact and semantic) expired by `now`; returns how many.
     pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        Ok(self.sweep_exact(now)? + self.semantic.sweep(now)?)
+    }
+
+    fn sweep_exact(&self, now: u64) -> Result<usize, StoreError> {
         let due: Vec<(u64, String, Digest)> = {
             let index = self.index();
             index

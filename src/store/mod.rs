@@ -7,7 +7,8 @@
 //! - `reader`: read-only access to a data dir (the admin API's ledger pages
 //!   and reports, `ledger verify` / `export`), which never opens sled;
 //! - `recovery`: start-up (snapshot + replay of the tail) and `ledger verify`;
-//! - `cache`: the exact-response cache in sled.
+//! - `cache`: the exact-response cache in sled;
+//! - `vcache`, `vindex`: the semantic cache in sled, and its vector index.
 
 pub mod cache;
 pub mod format;
@@ -15,6 +16,8 @@ pub mod frame;
 pub mod log_store;
 pub mod reader;
 pub mod recovery;
+pub mod vcache;
+pub mod vindex;
 
 use crate::state::Entry;
 

@@ -27,6 +27,7 @@ mod loop_guard;
 mod model;
 mod operators;
 mod runs;
+mod semantic;
 mod server;
 mod sim;
 mod tenants;

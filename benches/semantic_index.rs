@@ -1,0 +1,49 @@
+//! The semantic cache's index: one nearest-neighbour search (what CACHE.VGET
+//! spends besides the protocol and the sled read) over N entries of 384
+//! dimensions, a synthetic clustered set from a fixed seed (100 centres,
+//! each entry a centre plus noise; each query a fresh point near a centre).
+//! The exact (brute-force) index's cost grows with N; the figures say where
+//! it stops meeting CACHE.VGET's 1 ms target (docs/BENCHMARKS.md, "Semantic
+//! cache").
+//!
+//! Run: `cargo bench --bench semantic_index`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use rand::{RngExt as _, SeedableRng};
+use spendb::store::vindex::{normalised, FlatIndex};
+
+const DIM: usize = 384;
+
+fn clustered(rng: &mut rand::rngs::SmallRng, centres: &[Vec<f32>]) -> Vec<f32> {
+    let c = &centres[rng.random_range(0..centres.len())];
+    let v: Vec<f32> = c.iter().map(|x| x + rng.random_range(-0.3..0.3)).collect();
+    normalised(&v).unwrap()
+}
+
+fn search(c: &mut Criterion) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(17);
+    let centres: Vec<Vec<f32>> = (0..100)
+        .map(|_| (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let mut group = c.benchmark_group("flat_nearest_384d");
+    let mut index = FlatIndex::new(DIM);
+    let mut n = 0u64;
+    for size in [1_000u64, 10_000, 100_000] {
+        while n < size {
+            index.insert(n, &clustered(&mut rng, &centres));
+            n += 1;
+        }
+        let queries: Vec<Vec<f32>> = (0..64).map(|_| clustered(&mut rng, &centres)).collect();
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % queries.len();
+                index.nearest(&queries[i], |_| true)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, search);
+criterion_main!(benches);

@@ -1,0 +1,702 @@
+//! The semantic cache (CACHE.VSET / VGET / VDEL / VCONFIG): values stored
+//! under embeddings the client computes, answered for the nearest stored
+//! embedding whose cosine similarity reaches the namespace's threshold.
+//!
+//! - Entries persist in sled's `vcache-v1` tree, key `<namespace> 0x00 <id,
+//!   big-endian u64>`, value a CRC-framed [`VEntryV1`] (the vector already
+//!   normalised); a namespace's dimension and threshold in `vcache-config-v1`
+//!   ([`VConfigV1`]). The index ([`super::vindex`]) lives in memory and is
+//!   rebuilt from the tree at start.
+//! - The first vector stored fixes the namespace's dimension; another is an
+//!   error. The threshold defaults to [`DEFAULT_THRESHOLD`].
+//! - An entry is never served at or after its expiry (the search skips it);
+//!   expired entries are deleted by `sweep`, which runs every second.
+//! - Each namespace is bounded in bytes (vector + value + key, the exact
+//!   cache's `--cache-max-bytes`); past it the least recently used entries
+//!   are evicted.
+//! - An entry stored with a KEY replaces the namespace's entry with the same
+//!   KEY (the prompt it answers, say), so storing an answer again does not
+//!   duplicate it.
+//!
+//! Savings (a hit with SCOPE books the entry's COST) are ledger entries,
+//! through the engine, as for the exact cache.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::cache::CacheLimits;
+use super::frame;
+use super::vindex::{normalised, EntryId, FlatIndex, MAX_DIMENSION};
+use super::StoreError;
+use crate::state::Value;
+
+/// The cosine similarity a hit needs unless the namespace or the request
+/// says otherwise (RedisVL's default distance threshold, 0.1, as a
+/// similarity).
+pub const DEFAULT_THRESHOLD: f32 = 0.9;
+
+/// The longest KEY text.
+pub const MAX_KEY: usize = 64 * 1024;
+
+/// One stored entry, as written to sled.
+#[derive(Serialize, Deserialize)]
+pub struct VEntryV1 {
+    /// 0: never.
+    pub expires_at: u64,
+    /// Nano-USD a hit saves.
+    pub cost: u64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// Normalised to length 1.
+    pub vector: Vec<f32>,
+}
+
+/// A namespace's settings, as written to sled.
+#[derive(Serialize, Deserialize, Clone, Copy)]
+pub struct VConfigV1 {
+    /// 0 until the first vector is stored.
+    pub dimension: u32,
+    pub threshold: f32,
+}
+
+type KeyDigest = [u8; 32];
+
+#[derive(Clone, Copy)]
+struct Meta {
+    size: u64,
+    expires_at: u64,
+    /// Recency: a larger tick was used later.
+    tick: u64,
+    key: Option<KeyDigest>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    pub evictions: u64,
+    pub expired: u64,
+    /// Nano-USD of the hits' COST.
+    pub saved: u64,
+    /// The namespace's dimension (0: not fixed yet, or several namespaces).
+    pub dimension: u32,
+    /// Bytes the index holds in memory.
+    pub index_bytes: u64,
+}
+
+impl VStats {
+    fn add(&mut self, o: &VStats) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.entries += o.entries;
+        self.bytes += o.bytes;
+        self.evictions += o.evictions;
+        self.expired += o.expired;
+        self.saved = self.saved.saturating_add(o.saved);
+        self.index_bytes += o.index_bytes;
+    }
+
+    /// The semantic fields of CACHE.STATS, after the exact cache's.
+    pub fn reply_fields(&self) -> Vec<(&'static str, Value)> {
+        let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
+        let lookups = self.hits + self.misses;
+        let rate = if lookups == 0 {
+            "0".to_string()
+        } else {
+            format!("{:.4}", self.hits as f64 / lookups as f64)
+        };
+        vec![
+            ("semantic_entries", int(self.entries)),
+            ("semantic_dimension", int(u64::from(self.dimension))),
+            ("semantic_hits", int(self.hits)),
+            ("semantic_misses", int(self.misses)),
+            ("semantic_hit_rate", Value::Str(rate)),
+            ("semantic_saved", Value::Money(self.saved as i128)),
+            ("semantic_bytes", int(self.bytes)),
+            ("semantic_evictions", int(self.evictions)),
+            ("semantic_expired", int(self.expired)),
+            ("semantic_index_bytes", int(self.index_bytes)),
+        ]
+    }
+}
+
+struct Space {
+    config: VConfigV1,
+    index: Option<FlatIndex>,
+    entries: HashMap<EntryId, Meta>,
+    by_key: HashMap<KeyDigest, EntryId>,
+    lru: BTreeMap<u64, EntryId>,
+    stats: VStats,
+}
+
+impl Space {
+    fn new(config: VConfigV1) -> Space {
+        Space {
+            config,
+            index: None,
+            entries: HashMap::new(),
+            by_key: HashMap::new(),
+            lru: BTreeMap::new(),
+            stats: VStats::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Spaces {
+    spaces: HashMap<String, Space>,
+    expiry: BTreeSet<(u64, String, EntryId)>,
+    tick: u64,
+    next_id: EntryId,
+}
+
+impl Spaces {
+    fn space(&mut self, ns: &str) -> &mut Space {
+        self.spaces
+            .entry(ns.to_string())
+            .or_insert_with(|| Space::new(default_config()))
+    }
+
+    fn forget(&mut self, ns: &str, id: EntryId) -> Option<Meta> {
+        let space = self.spaces.get_mut(ns)?;
+        let m = space.entries.remove(&id)?;
+        space.lru.remove(&m.tick);
+        if let Some(k) = m.key {
+            if space.by_key.get(&k) == Some(&id) {
+                space.by_key.remove(&k);
+            }
+        }
+        if let Some(ix) = space.index.as_mut() {
+            ix.remove(id);
+        }
+        space.stats.entries -= 1;
+        space.stats.bytes -= m.size;
+        if m.expires_at > 0 {
+            self.expiry.remove(&(m.expires_at, ns.to_string(), id));
+        }
+        Some(m)
+    }
+
+    fn remember(&mut self, ns: &str, id: EntryId, unit: &[f32], meta: Meta) {
+        self.next_id = self.next_id.max(id + 1);
+        let space = self.space(ns);
+        space
+            .index
+            .get_or_insert_with(|| FlatIndex::new(unit.len()))
+            .insert(id, unit);
+        space.entries.insert(id, meta);
+        space.lru.insert(meta.tick, id);
+        if let Some(k) = meta.key {
+            space.by_key.insert(k, id);
+        }
+        space.stats.entries += 1;
+        space.stats.bytes += meta.size;
+        if meta.expires_at > 0 {
+            self.expiry.insert((meta.expires_at, ns.to_string(), id));
+        }
+    }
+
+    fn touch(&mut self, ns: &str, id: EntryId) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(space) = self.spaces.get_mut(ns) {
+            if let Some(m) = space.entries.get_mut(&id) {
+                space.lru.remove(&m.tick);
+                m.tick = tick;
+                space.lru.insert(tick, id);
+            }
+        }
+    }
+}
+
+fn default_config() -> VConfigV1 {
+    VConfigV1 {
+        dimension: 0,
+        threshold: DEFAULT_THRESHOLD,
+    }
+}
+
+fn tree_key(ns: &str, id: EntryId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ns.len() + 9);
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn key_digest(key: &[u8]) -> KeyDigest {
+    Sha256::digest(key).into()
+}
+
+/// What a VGET found.
+#[derive(Debug, PartialEq)]
+pub struct VHit {
+    pub id: EntryId,
+    pub score: f32,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub cost: u64,
+}
+
+/// A threshold as a client gives it: a cosine similarity in [-1, 1].
+pub fn check_threshold(t: f32) -> Result<f32, String> {
+    if !(-1.0..=1.0).contains(&t) {
+        return Err("THRESHOLD must be a cosine similarity between -1 and 1".into());
+    }
+    Ok(t)
+}
+
+pub struct SemanticCache {
+    tree: sled::Tree,
+    config_tree: sled::Tree,
+    limits: CacheLimits,
+    inner: Mutex<Spaces>,
+}
+
+impl SemanticCache {
+    /// Opens the trees and rebuilds every namespace's index, dropping
+    /// entries that expired while the server was down.
+    pub fn open(db: &sled::Db, limits: CacheLimits, now: u64) -> Result<SemanticCache, StoreError> {
+        let tree = db.open_tree("vcache-v1")?;
+        let config_tree = db.open_tree("vcache-config-v1")?;
+        let mut inner = Spaces::default();
+        for kv in config_tree.iter() {
+            let (k, v) = kv?;
+            if let (Ok(ns), Ok(c)) = (std::str::from_utf8(&k), frame::decode::<VConfigV1>(&v)) {
+                inner.spaces.insert(ns.to_string(), Space::new(c));
+            }
+        }
+        let mut dead = Vec::new();
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let parsed = k
+                .iter()
+                .position(|&b| b == 0)
+                .filter(|&split| k.len() == split + 9)
+                .and_then(|split| {
+                    let ns = std::str::from_utf8(&k[..split]).ok()?;
+                    let id = u64::from_be_bytes(k[split + 1..].try_into().ok()?);
+                    Some((ns.to_string(), id))
+                });
+            let Some((ns, id)) = parsed else {
+                dead.push(k);
+                continue;
+            };
+            let dim = inner
+                .spaces
+                .get(&ns)
+                .map_or(0, |s| s.config.dimension as usize);
+            match frame::decode::<VEntryV1>(&v) {
+                Ok(e)
+                    if (e.expires_at == 0 || e.expires_at > now)
+                        && e.vector.len() == dim
+                        && dim > 0 =>
+                {
+                    inner.tick += 1;
+                    let meta = Meta {
+                        size: entry_size(&e),
+                        expires_at: e.expires_at,
+                        tick: inner.tick,
+                        key: e.key.as_deref().map(key_digest),
+                    };
+                    inner.remember(&ns, id, &e.vector, meta);
+                }
+                // Expired, damaged, or of no known namespace: a cache may drop it.
+                _ => dead.push(k),
+            }
+        }
+        for k in dead {
+            tree.remove(k)?;
+        }
+        Ok(SemanticCache {
+            tree,
+            config_tree,
+            limits,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Spaces> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save_config(&self, ns: &str, c: VConfigV1) -> Result<(), String> {
+        self.config_tree
+            .insert(ns.as_bytes(), frame::encode(&c))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Stores `value` under `vector`; returns the entry's id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set(
+        &self,
+        ns: &str,
+        vector: &[f32],
+        value: &[u8],
+        ttl_ms: Option<u64>,
+        cost: u64,
+        key: Option<&[u8]>,
+        now: u64,
+    ) -> Result<EntryId, String> {
+        if value.len() > self.limits.max_value {
+            return Err(format!(
+                "value of {} bytes is over the {}-byte limit",
+                value.len(),
+                self.limits.max_value
+            ));
+        }
+        if key.is_some_and(|k| k.len() > MAX_KEY) {
+            return Err(format!("KEY must be at most {MAX_KEY} bytes"));
+        }
+        let expires_at = match ttl_ms {
+            Some(0) => return Err("TTL must be at least 1 ms".into()),
+            Some(t) => now.saturating_add(t),
+            None => 0,
+        };
+        let unit = normalised(vector)?;
+        let entry = VEntryV1 {
+            expires_at,
+            cost,
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            vector: unit,
+        };
+        let size = entry_size(&entry);
+        if size > self.limits.max_bytes {
+            return Err(format!(
+                "entry of {size} bytes is over the namespace bound of {} bytes",
+                self.limits.max_bytes
+            ));
+        }
+        let mut inner = self.inner();
+        let space = inner.space(ns);
+        let dim = space.config.dimension as usize;
+        if dim == 0 {
+            space.config.dimension = vector.len() as u32;
+            let c = space.config;
+            self.save_config(ns, c)?;
+        } else if dim != vector.len() {
+            return Err(format!(
+                "vector has {} dimensions; namespace {ns} has {dim}",
+                vector.len()
+            ));
+        }
+        let digest = key.map(key_digest);
+        let replaced = digest.and_then(|d| space.by_key.get(&d).copied());
+        let id = inner.next_id;
+        self.tree
+            .insert(tree_key(ns, id), frame::encode(&entry))
+            .map_err(|e| e.to_string())?;
+        if let Some(old) = replaced {
+            inner.forget(ns, old);
+            self.tree
+                .remove(tree_key(ns, old))
+                .map_err(|e| e.to_string())?;
+        }
+        inner.tick += 1;
+        let meta = Meta {
+            size,
+            expires_at,
+            tick: inner.tick,
+            key: digest,
+        };
+        inner.remember(ns, id, &entry.vector, meta);
+        // Evict the least recently used until the namespace fits again.
+        loop {
+            let space = inner.spaces.get_mut(ns).expect("just remembered");
+            if space.stats.bytes <= self.limits.max_bytes {
+                break;
+            }
+            let Some(victim) = space.lru.values().next().copied() else {
+                break;
+            };
+            inner.forget(ns, victim);
+            inner.spaces.get_mut(ns).expect("exists").stats.evictions += 1;
+            self.tree
+                .remove(tree_key(ns, victim))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(id)
+    }
+
+    /// The nearest live entry to `vector` whose similarity reaches the
+    /// threshold (the request's, else the namespace's), or None.
+    pub fn get(
+        &self,
+        ns: &str,
+        vector: &[f32],
+        threshold: Option<f32>,
+        now: u64,
+    ) -> Result<Option<VHit>, String> {
+        let unit = normalised(vector)?;
+        let mut inner = self.inner();
+        let Some(space) = inner.spaces.get_mut(ns) else {
+            inner.space(ns).stats.misses += 1;
+            return Ok(None);
+        };
+        let dim = space.config.dimension as usize;
+        if dim != 0 && dim != vector.len() {
+            return Err(format!(
+                "vector has {} dimensions; namespace {ns} has {dim}",
+                vector.len()
+            ));
+        }
+        let threshold = threshold.unwrap_or(space.config.threshold);
+        let entries = &space.entries;
+        let nearest = space.index.as_ref().and_then(|ix| {
+            ix.nearest(&unit, |id| {
+                entries
+                    .get(&id)
+                    .is_some_and(|m| m.expires_at == 0 || m.expires_at > now)
+            })
+        });
+        let Some(hit) = nearest.filter(|n| n.score >= threshold) else {
+            space.stats.misses += 1;
+            return Ok(None);
+        };
+        let raw = self
+            .tree
+            .get(tree_key(ns, hit.id))
+            .map_err(|e| e.to_string())?;
+        let Some(Ok(e)) = raw.map(|v| frame::decode::<VEntryV1>(&v)) else {
+            // Damaged on disk: drop it; this lookup is a miss.
+            inner.forget(ns, hit.id);
+            inner.space(ns).stats.misses += 1;
+            return Ok(None);
+        };
+        inner.touch(ns, hit.id);
+        let space = inner.space(ns);
+        space.stats.hits += 1;
+        space.stats.saved = space.stats.saved.saturating_add(e.cost);
+        Ok(Some(VHit {
+            id: hit.id,
+            score: hit.score,
+            key: e.key,
+            value: e.value,
+            cost: e.cost,
+        }))
+    }
+
+    pub fn del(&self, ns: &str, id: EntryId) -> Result<bool, String> {
+        let mut inner = self.inner();
+        let known = inner.forget(ns, id).is_some();
+        self.tree
+            .remove(tree_key(ns, id))
+            .map_err(|e| e.to_string())?;
+        Ok(known)
+    }
+
+    /// Sets the namespace's default threshold.
+    pub fn set_threshold(&self, ns: &str, threshold: f32) -> Result<(), String> {
+        let threshold = check_threshold(threshold)?;
+        let mut inner = self.inner();
+        let space = inner.space(ns);
+        space.config.threshold = threshold;
+        let c = space.config;
+        self.save_config(ns, c)
+    }
+
+    /// The namespace's settings (the defaults for one never configured).
+    pub fn config(&self, ns: &str) -> VConfigV1 {
+        self.inner()
+            .spaces
+            .get(ns)
+            .map_or(default_config(), |s| s.config)
+    }
+
+    /// Statistics of the namespaces `pick` chooses, summed; `dimension` is
+    /// set when exactly one namespace was picked.
+    pub fn stats_where(&self, pick: impl Fn(&str) -> bool) -> VStats {
+        let inner = self.inner();
+        let mut total = VStats::default();
+        let mut picked = 0;
+        for (name, space) in &inner.spaces {
+            if !pick(name) {
+                continue;
+            }
+            picked += 1;
+            let mut s = space.stats.clone();
+            s.index_bytes = space
+                .index
+                .as_ref()
+                .map_or(0, |ix| ix.memory_bytes() as u64);
+            total.add(&s);
+            total.dimension = space.config.dimension;
+        }
+        if picked != 1 {
+            total.dimension = 0;
+        }
+        total
+    }
+
+    /// Deletes entries expired by `now`; returns how many.
+    pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
+        let due: Vec<(u64, String, EntryId)> = {
+            let inner = self.inner();
+            inner
+                .expiry
+                .iter()
+                .take_while(|(t, _, _)| *t <= now)
+                .cloned()
+                .collect()
+        };
+        for (_, ns, id) in &due {
+            let mut inner = self.inner();
+            if inner.forget(ns, *id).is_some() {
+                inner.space(ns).stats.expired += 1;
+                self.tree.remove(tree_key(ns, *id))?;
+            }
+        }
+        Ok(due.len())
+    }
+}
+
+/// What an entry counts against its namespace's byte bound.
+fn entry_size(e: &VEntryV1) -> u64 {
+    (e.vector.len() * 4 + e.value.len() + e.key.as_ref().map_or(0, Vec::len)) as u64
+}
+
+/// Parses an FP32 blob (little-endian float32s, as Redis's VADD takes).
+pub fn fp32_blob(blob: &[u8]) -> Result<Vec<f32>, String> {
+    if blob.is_empty() || !blob.len().is_multiple_of(4) {
+        return Err("FP32 takes a blob of little-endian float32s (a multiple of 4 bytes)".into());
+    }
+    let v: Vec<f32> = blob
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    check_dimension(v.len())?;
+    Ok(v)
+}
+
+pub fn check_dimension(n: usize) -> Result<(), String> {
+    if n == 0 || n > MAX_DIMENSION {
+        return Err(format!(
+            "a vector must have 1 to {MAX_DIMENSION} dimensions"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(limits: CacheLimits) -> (tempfile::TempDir, sled::Db, SemanticCache) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let c = SemanticCache::open(&db, limits, 0).unwrap();
+        (dir, db, c)
+    }
+
+    #[test]
+    fn near_hits_misses_and_the_dimension() {
+        let (_d, _db, c) = cache(CacheLimits::default());
+        let a = c
+            .set("ns", &[1.0, 0.0, 0.0], b"east", None, 5, Some(b"k1"), 0)
+            .unwrap();
+        c.set("ns", &[0.0, 1.0, 0.0], b"north", None, 0, None, 0)
+            .unwrap();
+        let hit = c.get("ns", &[0.95, 0.05, 0.0], None, 0).unwrap().unwrap();
+        assert_eq!(
+            (hit.id, hit.value.as_slice(), hit.cost),
+            (a, &b"east"[..], 5)
+        );
+        assert_eq!(hit.key.as_deref(), Some(&b"k1"[..]));
+        assert!(
+            c.get("ns", &[0.7, 0.7, 0.1], None, 0).unwrap().is_none(),
+            "0.70 < 0.9"
+        );
+        // Equally near both: the older entry (east, COST 5) answers.
+        let tie = c
+            .get("ns", &[0.7, 0.7, 0.1], Some(0.7), 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tie.id, a);
+        assert!(c.set("ns", &[1.0, 0.0], b"x", None, 0, None, 0).is_err());
+        assert!(c.get("ns", &[1.0, 0.0], None, 0).is_err());
+        let s = c.stats_where(|n| n == "ns");
+        assert_eq!(
+            (s.hits, s.misses, s.entries, s.saved, s.dimension),
+            (2, 1, 2, 10, 3)
+        );
+        // The same KEY replaces the entry.
+        let b = c
+            .set("ns", &[1.0, 0.1, 0.0], b"east2", None, 0, Some(b"k1"), 0)
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(c.stats_where(|n| n == "ns").entries, 2);
+        assert!(!c.del("ns", a).unwrap());
+        assert!(c.del("ns", b).unwrap());
+    }
+
+    #[test]
+    fn expiry_eviction_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = 3 * 4 + 10;
+        let limits = CacheLimits {
+            max_bytes: entry * 2,
+            max_value: 100,
+        };
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let c = SemanticCache::open(&db, limits, 0).unwrap();
+            c.set("s", &[1.0, 0.0, 0.0], &[1; 10], Some(100), 0, None, 1_000)
+                .unwrap();
+            assert!(c.get("s", &[1.0, 0.0, 0.0], None, 1_099).unwrap().is_some());
+            assert!(c.get("s", &[1.0, 0.0, 0.0], None, 1_100).unwrap().is_none());
+            assert_eq!(c.sweep(1_100).unwrap(), 1);
+            let x = c
+                .set("s", &[1.0, 0.0, 0.0], &[2; 10], None, 0, None, 0)
+                .unwrap();
+            c.set("s", &[0.0, 1.0, 0.0], &[3; 10], None, 0, None, 0)
+                .unwrap();
+            c.get("s", &[1.0, 0.0, 0.0], None, 0).unwrap().unwrap(); // x is the newest now
+            c.set("s", &[0.0, 0.0, 1.0], &[4; 10], None, 0, None, 0)
+                .unwrap();
+            let s = c.stats_where(|n| n == "s");
+            assert_eq!((s.entries, s.evictions), (2, 1));
+            assert!(c
+                .get("s", &[0.0, 1.0, 0.0], Some(0.99), 0)
+                .unwrap()
+                .is_none());
+            assert_eq!(
+                c.get("s", &[1.0, 0.0, 0.0], None, 0).unwrap().unwrap().id,
+                x
+            );
+            c.set_threshold("s", 0.5).unwrap();
+            db.flush().unwrap();
+        }
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let c = SemanticCache::open(&db, limits, 0).unwrap();
+        assert_eq!(c.stats_where(|n| n == "s").entries, 2);
+        assert_eq!(c.config("s").threshold, 0.5);
+        assert_eq!(c.config("s").dimension, 3);
+        let hit = c.get("s", &[0.0, 0.6, 0.8], None, 0).unwrap().unwrap();
+        assert_eq!(hit.value, vec![4; 10]);
+        // New ids never reuse an old one.
+        let y = c
+            .set("s", &[0.5, 0.5, 0.0], &[5; 10], None, 0, None, 0)
+            .unwrap();
+        assert!(y > hit.id);
+    }
+
+    #[test]
+    fn blobs_and_bounds() {
+        let blob: Vec<u8> = [1.0f32, -2.5]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        assert_eq!(fp32_blob(&blob).unwrap(), vec![1.0, -2.5]);
+        assert!(fp32_blob(&blob[..7]).is_err());
+        assert!(fp32_blob(&[]).is_err());
+        assert!(check_threshold(1.5).is_err());
+        assert!(check_dimension(MAX_DIMENSION + 1).is_err());
+    }
+}
