@@ -127,6 +127,54 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         "USD of the COST of every cache hit since start.",
         crate::state::money::format_signed_usd(c.saved as i128),
     );
+    let v = ctx.cache.semantic().stats_where(|_| true);
+    for (name, kind, help, value) in [
+        (
+            "spendb_semantic_cache_hits_total",
+            "counter",
+            "Semantic cache hits (CACHE.VGET) since start, all namespaces.",
+            v.hits,
+        ),
+        (
+            "spendb_semantic_cache_misses_total",
+            "counter",
+            "Semantic cache misses since start, all namespaces.",
+            v.misses,
+        ),
+        (
+            "spendb_semantic_cache_evictions_total",
+            "counter",
+            "Semantic cache entries evicted by the namespaces' bounds.",
+            v.evictions,
+        ),
+        (
+            "spendb_semantic_cache_entries",
+            "gauge",
+            "Entries in the semantic cache.",
+            v.entries,
+        ),
+        (
+            "spendb_semantic_cache_bytes",
+            "gauge",
+            "Bytes (vectors, values and keys) in the semantic cache.",
+            v.bytes,
+        ),
+        (
+            "spendb_semantic_cache_index_bytes",
+            "gauge",
+            "Bytes the semantic cache's index holds in memory.",
+            v.index_bytes,
+        ),
+    ] {
+        metric(&mut out, name, kind, help, value);
+    }
+    metric(
+        &mut out,
+        "spendb_semantic_cache_saved_usd_total",
+        "counter",
+        "USD of the COST of every semantic cache hit since start.",
+        crate::state::money::format_signed_usd(v.saved as i128),
+    );
     ctx.engine.stats.metrics.write(&mut out);
     spend_series(&ctx, &mut out).await;
     if let Some(node) = &ctx.cluster {

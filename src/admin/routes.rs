@@ -274,7 +274,7 @@ pub struct NsQuery {
     ns: Option<String>,
 }
 
-/// Response cache statistics (CACHE.STATS).
+/// Response cache statistics, exact and semantic (CACHE.STATS).
 #[utoipa::path(get, path = "/v1/cache/stats", params(NsQuery), security(("bearer" = [])),
     responses((status = 200, description = "statistics", body = Object), (status = 400, description = "bad query string", body = Object),
         (status = 422, description = "bad namespace", body = Object)))]
@@ -283,7 +283,7 @@ pub async fn cache_stats(State(ctx): State<Ctx>, q: QueryResult<NsQuery>) -> Rep
     if let Some(ns) = &q.ns {
         check_namespace(ns).map_err(|e| ApiError::refused(ErrorCode::Err, e))?;
     }
-    Ok(Json(json_of(&ctx.cache.stats(q.ns.as_deref()).reply())))
+    Ok(Json(json_of(&ctx.cache.stats_reply(q.ns.as_deref()))))
 }
 
 /// Cluster mode: this node (its name, epoch, whether it is registered and

@@ -145,26 +145,12 @@ fn run_inner(
             let ns = namespace(&args[0], access)?;
             reply(Value::Int(cache.del(&ns, &args[1]).map_err(err)? as i64))
         }
-        "cache.stats" => {
-            let v = cache.semantic();
-            let (s, vs) = match (args.len(), access.and_then(Access::tenant)) {
-                (0, None) => (cache.stats(None), v.stats_where(|_| true)),
-                (0, Some(tenant)) => (
-                    cache.stats_prefixed(tenant),
-                    v.stats_where(|n| n.starts_with(tenant)),
-                ),
-                (1, _) => {
-                    let ns = namespace(&args[0], access)?;
-                    (cache.stats(Some(&ns)), v.stats_where(|n| n == ns))
-                }
-                _ => return Err(cmd::syntax(name)),
-            };
-            let Value::Map(mut fields) = s.reply() else {
-                unreachable!("Stats::reply is a map")
-            };
-            fields.extend(vs.reply_fields());
-            reply(Value::Map(fields))
-        }
+        "cache.stats" => reply(match (args.len(), access.and_then(Access::tenant)) {
+            (0, None) => cache.stats_reply(None),
+            (0, Some(tenant)) => cache.stats_reply_prefixed(tenant),
+            (1, _) => cache.stats_reply(Some(&namespace(&args[0], access)?)),
+            _ => return Err(cmd::syntax(name)),
+        }),
         "cache.vset" => {
             let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
             let (vector, rest) = vector_arg(name, &args[1..])?;

@@ -383,6 +383,19 @@ impl Cache {
         self.stats_where(|name| ns.is_none_or(|n| n == name))
     }
 
+    /// CACHE.STATS's reply (and `/v1/cache/stats`): the exact cache's
+    /// figures for one namespace or all, then the semantic cache's.
+    pub fn stats_reply(&self, ns: Option<&str>) -> Value {
+        let v = self.semantic.stats_where(|n| ns.is_none_or(|x| x == n));
+        with_semantic(self.stats(ns), v)
+    }
+
+    /// The same, summed over a tenant's namespaces.
+    pub fn stats_reply_prefixed(&self, prefix: &str) -> Value {
+        let v = self.semantic.stats_where(|n| n.starts_with(prefix));
+        with_semantic(self.stats_prefixed(prefix), v)
+    }
+
     /// Statistics summed over the namespaces that start with `prefix` (a
     /// tenant's, see `state::access`).
     pub fn stats_prefixed(&self, prefix: &str) -> Stats {
@@ -438,6 +451,14 @@ impl Cache {
         self.db.flush()?;
         Ok(())
     }
+}
+
+fn with_semantic(exact: Stats, semantic: super::vcache::VStats) -> Value {
+    let Value::Map(mut fields) = exact.reply() else {
+        unreachable!("Stats::reply is a map")
+    };
+    fields.extend(semantic.reply_fields());
+    Value::Map(fields)
 }
 
 #[cfg(test)]

@@ -322,3 +322,39 @@ fn tenants_namespaces_and_rights() {
     assert!(err(&mut r, "CACHE.VSET ns VALUES 2 1 0 v").contains("NOPERM"));
     assert!(err(&mut r, "CACHE.VGET ns VALUES 2 1 0").contains("NOPERM"));
 }
+
+#[test]
+fn the_admin_api_and_metrics_show_the_semantic_cache() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    vset(&mut c, "qa", &[1.0, 0.0], "a", &["COST", "0.25"]);
+    vget(&mut c, "qa", &[1.0, 0.01], &[]).unwrap();
+    assert!(vget(&mut c, "qa", &[0.0, 1.0], &[]).is_none());
+    let h = Http::new(&s, None);
+    let (status, stats) = h.get("/v1/cache/stats?ns=qa");
+    assert_eq!(status, 200);
+    assert_eq!(stats["semantic_entries"], 1);
+    assert_eq!(stats["semantic_dimension"], 2);
+    assert_eq!(
+        (
+            stats["semantic_hits"].clone(),
+            stats["semantic_misses"].clone()
+        ),
+        (1.into(), 1.into())
+    );
+    assert_eq!(stats["semantic_saved"], "0.25");
+    assert_eq!(
+        stats["entries"], 0,
+        "the exact cache's own figures are unchanged"
+    );
+    let (_, metrics) = h.get("/metrics");
+    let text = metrics.as_str().unwrap();
+    for line in [
+        "spendb_semantic_cache_entries 1",
+        "spendb_semantic_cache_hits_total 1",
+        "spendb_semantic_cache_misses_total 1",
+        "spendb_semantic_cache_saved_usd_total 0.25",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in /metrics");
+    }
+}

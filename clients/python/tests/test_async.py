@@ -133,3 +133,15 @@ async def test_async_stream_and_cache(aclient: AsyncClient, scope: str) -> None:
         assert entry.value == b"v"
     assert (await aclient.balance(scope)).saved == Decimal("0.5")
     assert (await aclient.cache_stats(ns)).entries == 2
+
+
+async def test_async_semantic_cache(aclient: AsyncClient, scope: str) -> None:
+    async def embed(text: str) -> list[float]:
+        return [float(text.count(c)) for c in "aeiou"] + [1.0]
+
+    cache = aclient.semantic_cache(f"as-{scope[6:]}", embed=embed, threshold=0.99)
+    await cache.set("banana", "fruit")
+    hit = await cache.get("bananas")
+    assert hit is not None and hit.value == b"fruit" and hit.key == "banana"
+    assert await cache.get("kiwi") is None
+    assert (await aclient.cache_stats(f"as-{scope[6:]}")).semantic_misses == 1

@@ -409,3 +409,47 @@ def test_concurrent_threads_never_overspend(client: spendb.Client, scope: str) -
         th.join()
     assert outcomes.count("ok") == 10 and outcomes.count("denied") == 20
     assert client.balance(scope).spent.tokens == 1000
+
+
+def letters(text: str) -> list[float]:
+    """A toy embedding: letter counts (near-duplicates of a text are near)."""
+    v = [0.0] * 26
+    for ch in text.lower():
+        if "a" <= ch <= "z":
+            v[ord(ch) - 97] += 1
+    return v
+
+
+def test_semantic_cache(client: spendb.Client, scope: str) -> None:
+    ns = f"sem-{scope[6:]}"
+    answers = client.semantic_cache(ns, embed=letters, threshold=0.95, cost="0.003", scope=scope)
+    assert answers.get("What is the capital of France?") is None
+    entry = answers.set("What is the capital of France?", "Paris")
+    hit = answers.get("what is the capital of france")  # same letters, other case
+    assert hit is not None
+    assert (hit.value, hit.key, hit.id) == (b"Paris", "What is the capital of France?", entry)
+    assert hit.score == pytest.approx(1.0)
+    assert answers.get("Who wrote Hamlet?") is None
+    assert client.balance(scope).saved == Decimal("0.003")
+    assert client.semantic_config(ns) == spendb.SemanticConfig(threshold=0.9, dimension=26)
+    client.set_semantic_threshold(ns, 0.5)
+    assert client.semantic_config(ns).threshold == 0.5
+    near = client.vget(ns, letters("What is the capital of Spain?"), threshold=0.8)
+    assert near is not None and 0.8 <= near.score < 1.0
+    stats = client.cache_stats(ns)
+    assert (stats.semantic_entries, stats.semantic_dimension, stats.semantic_hits) == (1, 26, 2)
+    assert stats.semantic_saved == Decimal("0.006")  # every hit, booked to a scope or not
+    with pytest.raises(spendb.InvalidRequest, match="dimensions"):
+        client.vset(ns, [1.0, 2.0], "x")
+    assert client.vdel(ns, entry) is True
+
+    calls: list[str] = []
+
+    @client.semantic_cache(f"{ns}-dec", embed=letters)
+    def answer(question: str) -> str:
+        calls.append(question)
+        return question.upper()
+
+    assert answer("Is it raining?") == "IS IT RAINING?"
+    assert answer("is it raining") == "IS IT RAINING?"  # a near duplicate: cached
+    assert calls == ["Is it raining?"]

@@ -136,3 +136,26 @@ class CacheEntryBase:
 
     def _stored(self, value: str | bytes) -> None:
         self.value = value.encode() if isinstance(value, str) else value
+
+
+class SemanticBase:
+    """The settings of a `semantic_cache(...)`: its namespace, the function
+    that embeds a text (yours: spendb stores and searches vectors, it does
+    not compute them), the threshold (the namespace's when `None`), and what
+    each stored answer gets (TTL, COST) and books its hits to (scope)."""
+
+    def __init__(
+        self,
+        ns: str,
+        embed: Callable[[str], Any],
+        threshold: float | None,
+        ttl_ms: int | None,
+        cost: Money | None,
+        scope: str | None,
+    ) -> None:
+        self.ns = ns
+        self.embed = embed
+        self.threshold = threshold
+        self.ttl_ms = ttl_ms
+        self.cost = cost
+        self.scope = scope

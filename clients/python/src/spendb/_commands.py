@@ -12,6 +12,7 @@ the deletes (the second answer differs) are not retried.
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -215,6 +216,55 @@ def cache_delete(ns: str, key: str | bytes) -> Call[bool]:
 def cache_stats(ns: str | None) -> Call[t.CacheStats]:
     args: list[Arg] = ["CACHE.STATS"]
     return Call(args + ([ns] if ns else []), t.CacheStats.from_reply, True)
+
+
+Vector = Sequence[float]
+
+
+def fp32(vector: Vector) -> bytes:
+    """A vector as CACHE.V*'s FP32 blob: little-endian float32s."""
+    return struct.pack(f"<{len(vector)}f", *vector)
+
+
+def vset(
+    ns: str,
+    vector: Vector,
+    value: str | bytes,
+    *,
+    ttl_ms: int | None,
+    cost: Money | None,
+    key: str | bytes | None,
+) -> Call[int]:
+    args: list[Arg] = ["CACHE.VSET", ns, "FP32", fp32(vector), value]
+    if ttl_ms is not None:
+        args += ["TTL", ttl_ms]
+    if cost is not None:
+        args += ["COST", _money(cost)]
+    if key is not None:
+        args += ["KEY", key]
+    # Not retried: a second VSET without KEY would store a second entry.
+    return Call(args, int, key is not None)
+
+
+def vget(
+    ns: str, vector: Vector, *, threshold: float | None, scope: str | None
+) -> Call[t.SemanticHit | None]:
+    args: list[Arg] = ["CACHE.VGET", ns, "FP32", fp32(vector)]
+    if threshold is not None:
+        args += ["THRESHOLD", repr(float(threshold))]
+    if scope is not None:
+        args += ["SCOPE", scope]
+    return Call(args, t.SemanticHit.from_reply, scope is None)
+
+
+def vdel(ns: str, entry_id: int) -> Call[bool]:
+    return Call(["CACHE.VDEL", ns, entry_id], _bool, False)
+
+
+def vconfig(ns: str, threshold: float | None) -> Call[t.SemanticConfig | None]:
+    if threshold is None:
+        return Call(["CACHE.VCONFIG", ns], t.SemanticConfig.from_reply, True)
+    return Call(["CACHE.VCONFIG", ns, "THRESHOLD", repr(float(threshold))], lambda r: _ok(r), True)
 
 
 def count(model: str, text: str) -> Call[t.Count]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 from collections.abc import (
     AsyncGenerator,
@@ -22,6 +23,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Sequence,
 )
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -40,6 +42,7 @@ from ._base import (
     CacheEntryBase,
     HoldBase,
     ReservationBase,
+    SemanticBase,
     redis_options,
     stream_charge,
 )
@@ -258,6 +261,60 @@ class AsyncClient:
         an `async def` (see `Client.cached`)."""
         return AsyncCached(self, ns, key_parts, ttl_ms, cost, scope)
 
+    async def vset(
+        self,
+        ns: str,
+        vector: Sequence[float],
+        value: str | bytes,
+        *,
+        ttl_ms: int | None = None,
+        cost: Money | None = None,
+        key: str | bytes | None = None,
+    ) -> int:
+        """CACHE.VSET: stores `value` under an embedding; returns its id. An
+        entry stored with a `key` replaces the namespace's entry with that key."""
+        return await self._run(cmd.vset(ns, vector, value, ttl_ms=ttl_ms, cost=cost, key=key))
+
+    async def vget(
+        self,
+        ns: str,
+        vector: Sequence[float],
+        *,
+        threshold: float | None = None,
+        scope: str | None = None,
+    ) -> t.SemanticHit | None:
+        """CACHE.VGET: the nearest live entry at or above the threshold, or
+        `None`. With `scope`, a hit books the entry's COST as saved."""
+        return await self._run(cmd.vget(ns, vector, threshold=threshold, scope=scope))
+
+    async def vdel(self, ns: str, entry_id: int) -> bool:
+        return await self._run(cmd.vdel(ns, entry_id))
+
+    async def semantic_config(self, ns: str) -> t.SemanticConfig:
+        config = await self._run(cmd.vconfig(ns, None))
+        assert config is not None
+        return config
+
+    async def set_semantic_threshold(self, ns: str, threshold: float) -> None:
+        await self._run(cmd.vconfig(ns, threshold))
+
+    def semantic_cache(
+        self,
+        ns: str,
+        embed: Callable[[str], Any],
+        *,
+        threshold: float | None = None,
+        ttl_ms: int | None = None,
+        cost: Money | None = None,
+        scope: str | None = None,
+    ) -> AsyncSemanticCache:
+        """The semantic cache for texts: `embed(text)` gives a text's vector
+        (any callable, or coroutine function, returning a sequence of floats).
+        `.get(prompt)` → `SemanticHit | None`, `.set(prompt, answer)` (the
+        prompt is the entry's KEY), or as a decorator of a function of one
+        text argument returning text."""
+        return AsyncSemanticCache(self, ns, embed, threshold, ttl_ms, cost, scope)
+
     async def count(self, model: str, text: str) -> t.Count:
         return await self._run(cmd.count(model, text))
 
@@ -432,3 +489,55 @@ class AsyncCached(CachedBase):
             return result
 
         return cached_call
+
+
+class AsyncSemanticCache(SemanticBase):
+    """What `AsyncClient.semantic_cache` returns (`embed` may be a coroutine
+    function)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        ns: str,
+        embed: Callable[[str], Any],
+        threshold: float | None,
+        ttl_ms: int | None,
+        cost: Money | None,
+        scope: str | None,
+    ) -> None:
+        super().__init__(ns, embed, threshold, ttl_ms, cost, scope)
+        self.client = client
+
+    async def _vector(self, text: str) -> Sequence[float]:
+        v = self.embed(text)
+        if inspect.isawaitable(v):
+            v = await v
+        vector: Sequence[float] = v
+        return vector
+
+    async def get(self, text: str) -> t.SemanticHit | None:
+        return await self.client.vget(
+            self.ns, await self._vector(text), threshold=self.threshold, scope=self.scope
+        )
+
+    async def set(self, text: str, value: str | bytes, *, cost: Money | None = None) -> int:
+        return await self.client.vset(
+            self.ns,
+            await self._vector(text),
+            value,
+            ttl_ms=self.ttl_ms,
+            cost=self.cost if cost is None else cost,
+            key=text,
+        )
+
+    def __call__(self, fn: Callable[[str], Awaitable[str]]) -> Callable[[str], Awaitable[str]]:
+        @functools.wraps(fn)
+        async def answer(text: str) -> str:
+            hit = await self.get(text)
+            if hit is not None:
+                return hit.value.decode()
+            value = await fn(text)
+            await self.set(text, value)
+            return value
+
+        return answer

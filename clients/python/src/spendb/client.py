@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -35,6 +35,7 @@ from ._base import (
     CacheEntryBase,
     HoldBase,
     ReservationBase,
+    SemanticBase,
     redis_options,
     stream_charge,
 )
@@ -290,6 +291,60 @@ class Client:
         `scope` books the entry's cost as saved for that scope."""
         return Cached(self, ns, key_parts, ttl_ms, cost, scope)
 
+    def vset(
+        self,
+        ns: str,
+        vector: Sequence[float],
+        value: str | bytes,
+        *,
+        ttl_ms: int | None = None,
+        cost: Money | None = None,
+        key: str | bytes | None = None,
+    ) -> int:
+        """CACHE.VSET: stores `value` under an embedding; returns its id. An
+        entry stored with a `key` replaces the namespace's entry with that key."""
+        return self._run(cmd.vset(ns, vector, value, ttl_ms=ttl_ms, cost=cost, key=key))
+
+    def vget(
+        self,
+        ns: str,
+        vector: Sequence[float],
+        *,
+        threshold: float | None = None,
+        scope: str | None = None,
+    ) -> t.SemanticHit | None:
+        """CACHE.VGET: the nearest live entry at or above the threshold, or
+        `None`. With `scope`, a hit books the entry's COST as saved."""
+        return self._run(cmd.vget(ns, vector, threshold=threshold, scope=scope))
+
+    def vdel(self, ns: str, entry_id: int) -> bool:
+        return self._run(cmd.vdel(ns, entry_id))
+
+    def semantic_config(self, ns: str) -> t.SemanticConfig:
+        config = self._run(cmd.vconfig(ns, None))
+        assert config is not None
+        return config
+
+    def set_semantic_threshold(self, ns: str, threshold: float) -> None:
+        self._run(cmd.vconfig(ns, threshold))
+
+    def semantic_cache(
+        self,
+        ns: str,
+        embed: Callable[[str], Any],
+        *,
+        threshold: float | None = None,
+        ttl_ms: int | None = None,
+        cost: Money | None = None,
+        scope: str | None = None,
+    ) -> SemanticCache:
+        """The semantic cache for texts: `embed(text)` gives a text's vector
+        (any callable returning a sequence of floats).
+        `.get(prompt)` → `SemanticHit | None`, `.set(prompt, answer)` (the
+        prompt is the entry's KEY), or as a decorator of a function of one
+        text argument returning text."""
+        return SemanticCache(self, ns, embed, threshold, ttl_ms, cost, scope)
+
     # -- tokens and prices -------------------------------------------------
 
     def count(self, model: str, text: str) -> t.Count:
@@ -474,3 +529,47 @@ class Cached(CachedBase):
             return result
 
         return cached_call
+
+
+class SemanticCache(SemanticBase):
+    """What `Client.semantic_cache` returns."""
+
+    def __init__(
+        self,
+        client: Client,
+        ns: str,
+        embed: Callable[[str], Any],
+        threshold: float | None,
+        ttl_ms: int | None,
+        cost: Money | None,
+        scope: str | None,
+    ) -> None:
+        super().__init__(ns, embed, threshold, ttl_ms, cost, scope)
+        self.client = client
+
+    def get(self, text: str) -> t.SemanticHit | None:
+        return self.client.vget(
+            self.ns, self.embed(text), threshold=self.threshold, scope=self.scope
+        )
+
+    def set(self, text: str, value: str | bytes, *, cost: Money | None = None) -> int:
+        return self.client.vset(
+            self.ns,
+            self.embed(text),
+            value,
+            ttl_ms=self.ttl_ms,
+            cost=self.cost if cost is None else cost,
+            key=text,
+        )
+
+    def __call__(self, fn: Callable[[str], str]) -> Callable[[str], str]:
+        @functools.wraps(fn)
+        def answer(text: str) -> str:
+            hit = self.get(text)
+            if hit is not None:
+                return hit.value.decode()
+            value = fn(text)
+            self.set(text, value)
+            return value
+
+        return answer

@@ -356,7 +356,9 @@ class RunEnded:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """CACHE.STATS, for one namespace or all. Counters start at each server start."""
+    """CACHE.STATS, for one namespace or all: the exact cache's figures, then
+    the semantic cache's (`semantic_*`; `semantic_dimension` is 0 over several
+    namespaces). Counters start at each server start."""
 
     hits: int
     misses: int
@@ -366,6 +368,16 @@ class CacheStats:
     evictions: int
     expired: int
     saved: Decimal
+    semantic_entries: int = 0
+    semantic_dimension: int = 0
+    semantic_hits: int = 0
+    semantic_misses: int = 0
+    semantic_hit_rate: float = 0.0
+    semantic_saved: Decimal = Decimal(0)
+    semantic_bytes: int = 0
+    semantic_evictions: int = 0
+    semantic_expired: int = 0
+    semantic_index_bytes: int = 0
 
     @classmethod
     def from_reply(cls, reply: Any) -> CacheStats:
@@ -379,6 +391,16 @@ class CacheStats:
             evictions=_int(f["evictions"]),
             expired=_int(f["expired"]),
             saved=_money(f["saved"]),
+            semantic_entries=_int(f.get("semantic_entries", 0)),
+            semantic_dimension=_int(f.get("semantic_dimension", 0)),
+            semantic_hits=_int(f.get("semantic_hits", 0)),
+            semantic_misses=_int(f.get("semantic_misses", 0)),
+            semantic_hit_rate=float(_text(f.get("semantic_hit_rate", "0"))),
+            semantic_saved=_money(f.get("semantic_saved", "0")),
+            semantic_bytes=_int(f.get("semantic_bytes", 0)),
+            semantic_evictions=_int(f.get("semantic_evictions", 0)),
+            semantic_expired=_int(f.get("semantic_expired", 0)),
+            semantic_index_bytes=_int(f.get("semantic_index_bytes", 0)),
         )
 
 
@@ -462,6 +484,45 @@ class Price:
             cachewrite=_money(f["cachewrite"]),
             max_output=_opt_int(f.get("max_output")),
         )
+
+
+@dataclass(frozen=True)
+class SemanticHit:
+    """CACHE.VGET's hit: the value stored under the nearest embedding, its
+    cosine similarity to the query (`score`), the KEY it was stored with (if
+    any) and its id (for `vdel`)."""
+
+    value: bytes
+    score: float
+    key: str | None
+    id: int
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> SemanticHit | None:
+        if reply is None:
+            return None
+        f = fields(reply)
+        value = f["value"]
+        return cls(
+            value=value if isinstance(value, bytes) else _text(value).encode(),
+            score=float(_text(f["score"])),
+            key=_opt_text(f.get("key")),
+            id=_int(f["id"]),
+        )
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """CACHE.VCONFIG: the namespace's default threshold and its dimension
+    (0 until the first vector is stored)."""
+
+    threshold: float
+    dimension: int
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> SemanticConfig:
+        f = fields(reply)
+        return cls(threshold=float(_text(f["threshold"])), dimension=_int(f["dimension"]))
 
 
 @dataclass(frozen=True)
