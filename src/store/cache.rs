@@ -35,6 +35,9 @@ pub struct CacheLimits {
     pub max_bytes: u64,
     /// Largest value accepted.
     pub max_value: usize,
+    /// Entries from which a semantic namespace is searched by an HNSW graph
+    /// (approximate) instead of exactly.
+    pub semantic_approx_from: usize,
 }
 
 impl Default for CacheLimits {
@@ -42,6 +45,7 @@ impl Default for CacheLimits {
         CacheLimits {
             max_bytes: 64 << 20,
             max_value: 1 << 20,
+            semantic_approx_from: 10_000,
         }
     }
 }
@@ -491,6 +495,7 @@ mod tests {
         let (_d, c) = cache(CacheLimits {
             max_bytes: entry * 3,
             max_value: 1000,
+            ..CacheLimits::default()
         });
         for k in [b"a", b"b", b"c"] {
             c.set("space", k, &[7; 100], None, 0, 0).unwrap();

@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::cache::CacheLimits;
 use super::frame;
-use super::vindex::{normalised, EntryId, FlatIndex, MAX_DIMENSION};
+use super::vindex::{normalised, EntryId, VectorIndex, MAX_DIMENSION};
 use super::StoreError;
 use crate::state::Value;
 
@@ -87,6 +87,8 @@ pub struct VStats {
     pub dimension: u32,
     /// Bytes the index holds in memory.
     pub index_bytes: u64,
+    /// Namespaces searched by an HNSW graph now (the others exactly).
+    pub approximate: u64,
 }
 
 impl VStats {
@@ -99,6 +101,7 @@ impl VStats {
         self.expired += o.expired;
         self.saved = self.saved.saturating_add(o.saved);
         self.index_bytes += o.index_bytes;
+        self.approximate += o.approximate;
     }
 
     /// The semantic fields of CACHE.STATS, after the exact cache's.
@@ -121,13 +124,14 @@ impl VStats {
             ("semantic_evictions", int(self.evictions)),
             ("semantic_expired", int(self.expired)),
             ("semantic_index_bytes", int(self.index_bytes)),
+            ("semantic_approximate", int(self.approximate)),
         ]
     }
 }
 
 struct Space {
     config: VConfigV1,
-    index: Option<FlatIndex>,
+    index: Option<VectorIndex>,
     entries: HashMap<EntryId, Meta>,
     by_key: HashMap<KeyDigest, EntryId>,
     lru: BTreeMap<u64, EntryId>,
@@ -153,6 +157,10 @@ struct Spaces {
     expiry: BTreeSet<(u64, String, EntryId)>,
     tick: u64,
     next_id: EntryId,
+    /// Entries from which a namespace's index is approximate (HNSW).
+    approx_from: usize,
+    /// While the cache is loaded at start: no index builds until the end.
+    loading: bool,
 }
 
 impl Spaces {
@@ -184,10 +192,15 @@ impl Spaces {
 
     fn remember(&mut self, ns: &str, id: EntryId, unit: &[f32], meta: Meta) {
         self.next_id = self.next_id.max(id + 1);
+        let (approx_from, loading) = (self.approx_from, self.loading);
         let space = self.space(ns);
         space
             .index
-            .get_or_insert_with(|| FlatIndex::new(unit.len()))
+            .get_or_insert_with(|| {
+                let mut ix = VectorIndex::new(unit.len(), approx_from);
+                ix.allow_builds(!loading);
+                ix
+            })
             .insert(id, unit);
         space.entries.insert(id, meta);
         space.lru.insert(meta.tick, id);
@@ -264,7 +277,11 @@ impl SemanticCache {
     pub fn open(db: &sled::Db, limits: CacheLimits, now: u64) -> Result<SemanticCache, StoreError> {
         let tree = db.open_tree("vcache-v1")?;
         let config_tree = db.open_tree("vcache-config-v1")?;
-        let mut inner = Spaces::default();
+        let mut inner = Spaces {
+            approx_from: limits.semantic_approx_from,
+            loading: true,
+            ..Spaces::default()
+        };
         for kv in config_tree.iter() {
             let (k, v) = kv?;
             if let (Ok(ns), Ok(c)) = (std::str::from_utf8(&k), frame::decode::<VConfigV1>(&v)) {
@@ -312,6 +329,14 @@ impl SemanticCache {
         }
         for k in dead {
             tree.remove(k)?;
+        }
+        // The large namespaces' HNSW graphs are built now, in the background;
+        // the exact index answers until each is ready.
+        inner.loading = false;
+        for space in inner.spaces.values_mut() {
+            if let Some(ix) = space.index.as_mut() {
+                ix.allow_builds(true);
+            }
         }
         Ok(SemanticCache {
             tree,
@@ -448,8 +473,8 @@ impl SemanticCache {
             ));
         }
         let threshold = threshold.unwrap_or(space.config.threshold);
-        let entries = &space.entries;
-        let nearest = space.index.as_ref().and_then(|ix| {
+        let Space { index, entries, .. } = space;
+        let nearest = index.as_mut().and_then(|ix| {
             ix.nearest(&unit, |id| {
                 entries
                     .get(&id)
@@ -513,7 +538,12 @@ impl SemanticCache {
     /// Statistics of the namespaces `pick` chooses, summed; `dimension` is
     /// set when exactly one namespace was picked.
     pub fn stats_where(&self, pick: impl Fn(&str) -> bool) -> VStats {
-        let inner = self.inner();
+        let mut inner = self.inner();
+        for space in inner.spaces.values_mut() {
+            if let Some(ix) = space.index.as_mut() {
+                ix.refresh();
+            }
+        }
         let mut total = VStats::default();
         let mut picked = 0;
         for (name, space) in &inner.spaces {
@@ -526,6 +556,12 @@ impl SemanticCache {
                 .index
                 .as_ref()
                 .map_or(0, |ix| ix.memory_bytes() as u64);
+            s.approximate = u64::from(
+                space
+                    .index
+                    .as_ref()
+                    .is_some_and(VectorIndex::is_approximate),
+            );
             total.add(&s);
             total.dimension = space.config.dimension;
         }
@@ -535,10 +571,36 @@ impl SemanticCache {
         total
     }
 
-    /// Deletes entries expired by `now`; returns how many.
+    /// Waits for every namespace's index build in flight (benchmarks and
+    /// tests: a server never waits, the exact index answers meanwhile).
+    pub fn wait_for_builds(&self) {
+        let mut inner = self.inner();
+        for space in inner.spaces.values_mut() {
+            if let Some(ix) = space.index.as_mut() {
+                ix.wait_for_build();
+            }
+        }
+    }
+
+    /// Whether `ns` is searched by its HNSW graph now.
+    pub fn is_approximate(&self, ns: &str) -> bool {
+        self.inner()
+            .spaces
+            .get(ns)
+            .and_then(|s| s.index.as_ref())
+            .is_some_and(VectorIndex::is_approximate)
+    }
+
+    /// Deletes entries expired by `now`; returns how many. Also adopts the
+    /// index builds that finished.
     pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let due: Vec<(u64, String, EntryId)> = {
-            let inner = self.inner();
+            let mut inner = self.inner();
+            for space in inner.spaces.values_mut() {
+                if let Some(ix) = space.index.as_mut() {
+                    ix.refresh();
+                }
+            }
             inner
                 .expiry
                 .iter()
@@ -643,6 +705,7 @@ mod tests {
         let limits = CacheLimits {
             max_bytes: entry * 2,
             max_value: 100,
+            ..CacheLimits::default()
         };
         {
             let db = sled::Config::new().path(dir.path()).open().unwrap();

@@ -8,11 +8,29 @@
 //! skip: a search over N live entries reads exactly N vectors, whatever was
 //! deleted before.
 //!
-//! This is the exact (brute-force) index. It answers with the true nearest
-//! neighbour; its cost grows with the namespace (docs/BENCHMARKS.md,
-//! "Semantic cache"), which is where an approximate index takes over.
+//! [`FlatIndex`] is the exact (brute-force) index: it answers with the true
+//! nearest neighbour, and its cost grows with the namespace
+//! (docs/BENCHMARKS.md, "Semantic cache"). [`VectorIndex`] puts an
+//! approximate one (HNSW, the usearch crate) beside it once a namespace has
+//! `approx_from` entries:
+//!
+//! - the HNSW graph is always built off the lock, on a thread of its own,
+//!   from a copy of the flat arena; the flat index answers (exactly) until
+//!   it is ready, and the entries added or deleted meanwhile are applied to
+//!   it before it is swapped in;
+//! - deletions are deletions in the graph too (usearch repairs it and reuses
+//!   the slot); once more than half as many entries as the graph had when
+//!   built were deleted, a new graph is built from the live entries, so churn
+//!   never leaves a degraded graph behind for long (recall after churn:
+//!   docs/BENCHMARKS.md);
+//! - a search the graph answers with nothing (every entry it reached was
+//!   expired, say) falls back to the exact index.
+//!
+//! The flat arena stays: it is the source of every rebuild and the
+//! fallback, at the cost of holding each vector twice past `approx_from`.
 
 use std::collections::HashMap;
+use std::sync::mpsc;
 
 /// An entry's id in its namespace (`CACHE.VSET`'s reply).
 pub type EntryId = u64;
@@ -141,12 +159,291 @@ impl FlatIndex {
         best
     }
 
+    /// `id`'s (normalised) vector.
+    pub fn vector(&self, id: EntryId) -> Option<&[f32]> {
+        let slot = *self.slot_of.get(&id)?;
+        Some(&self.arena[slot * self.dim..(slot + 1) * self.dim])
+    }
+
     /// Bytes the index holds in memory (the arena, the slot tables).
     pub fn memory_bytes(&self) -> usize {
         self.arena.capacity() * 4
             + self.owner.capacity() * std::mem::size_of::<Option<EntryId>>()
             + self.slot_of.capacity() * (8 + 8 + 8)
             + self.free.capacity() * 8
+    }
+}
+
+/// HNSW parameters: M (connectivity), ef at construction, ef at search
+/// (chosen by measurement: docs/BENCHMARKS.md, "Semantic cache").
+const CONNECTIVITY: usize = 16;
+const EXPANSION_ADD: usize = 128;
+const EXPANSION_SEARCH: usize = 64;
+
+fn new_graph(dim: usize, capacity: usize) -> Result<usearch::Index, String> {
+    let options = usearch::IndexOptions {
+        dimensions: dim,
+        // Inner product on unit vectors: distance = 1 - cosine similarity.
+        metric: usearch::MetricKind::IP,
+        quantization: usearch::ScalarKind::F32,
+        connectivity: CONNECTIVITY,
+        expansion_add: EXPANSION_ADD,
+        expansion_search: EXPANSION_SEARCH,
+        multi: false,
+    };
+    let graph = usearch::Index::new(&options).map_err(|e| e.to_string())?;
+    graph.reserve(capacity.max(16)).map_err(|e| e.to_string())?;
+    Ok(graph)
+}
+
+fn graph_add(graph: &usearch::Index, id: EntryId, unit: &[f32]) -> Result<(), String> {
+    if graph.size() >= graph.capacity() {
+        graph
+            .reserve((graph.capacity() * 2).max(16))
+            .map_err(|e| e.to_string())?;
+    }
+    graph.add(id, unit).map_err(|e| e.to_string())
+}
+
+/// A change made while a graph was being built, applied to it before use.
+enum Pending {
+    Add(EntryId),
+    Remove(EntryId),
+}
+
+struct Build {
+    result: mpsc::Receiver<Result<usearch::Index, String>>,
+    pending: Vec<Pending>,
+}
+
+/// A namespace's index: exact below `approx_from` entries, HNSW above (see
+/// the module's comment).
+pub struct VectorIndex {
+    flat: FlatIndex,
+    approx_from: usize,
+    graph: Option<usearch::Index>,
+    /// Entries deleted from `graph` since it was built, and its size then.
+    deleted_since_build: usize,
+    built_with: usize,
+    build: Option<Build>,
+    /// False while the cache is being loaded at start (one build at the end).
+    builds_allowed: bool,
+}
+
+impl VectorIndex {
+    pub fn new(dim: usize, approx_from: usize) -> VectorIndex {
+        VectorIndex {
+            flat: FlatIndex::new(dim),
+            approx_from,
+            graph: None,
+            deleted_since_build: 0,
+            built_with: 0,
+            build: None,
+            builds_allowed: true,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flat.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flat.is_empty()
+    }
+
+    /// Whether searches go to the HNSW graph now.
+    pub fn is_approximate(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Holds back builds (while loading at start) or lets them go.
+    pub fn allow_builds(&mut self, allowed: bool) {
+        self.builds_allowed = allowed;
+        self.tend();
+    }
+
+    pub fn insert(&mut self, id: EntryId, unit: &[f32]) {
+        self.flat.insert(id, unit);
+        if let Some(graph) = &self.graph {
+            if graph.contains(id) {
+                let _ = graph.remove(id);
+            }
+            if let Err(e) = graph_add(graph, id, unit) {
+                // The exact index still has it; searches fall back to it
+                // when the graph does not answer.
+                tracing::warn!("semantic cache: adding to the HNSW graph failed: {e}");
+            }
+        }
+        if let Some(b) = &mut self.build {
+            b.pending.push(Pending::Add(id));
+        }
+        self.tend();
+    }
+
+    pub fn remove(&mut self, id: EntryId) -> bool {
+        if !self.flat.remove(id) {
+            return false;
+        }
+        if let Some(graph) = &self.graph {
+            if graph.remove(id).is_ok() {
+                self.deleted_since_build += 1;
+            }
+        }
+        if let Some(b) = &mut self.build {
+            b.pending.push(Pending::Remove(id));
+        }
+        self.tend();
+        true
+    }
+
+    /// Takes in a finished build (the cache's sweep calls it every second,
+    /// so a graph is adopted without waiting for traffic).
+    pub fn refresh(&mut self) {
+        self.tend();
+    }
+
+    /// Takes in a finished build, and starts one when due: a namespace that
+    /// reached `approx_from` entries without a graph, or whose graph lost
+    /// more than half its entries since it was built.
+    fn tend(&mut self) {
+        if let Some(b) = &mut self.build {
+            match b.result.try_recv() {
+                Ok(Ok(graph)) => {
+                    let pending = std::mem::take(&mut b.pending);
+                    self.build = None;
+                    self.adopt(graph, pending);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("semantic cache: building the HNSW graph failed: {e}");
+                    self.build = None;
+                    // Not retried at once: the next change tries again.
+                }
+                Err(mpsc::TryRecvError::Empty) => return,
+                Err(mpsc::TryRecvError::Disconnected) => self.build = None,
+            }
+        }
+        if !self.builds_allowed || self.len() < self.approx_from {
+            if self.len() * 2 < self.approx_from {
+                // Shrunk well below: the exact index is faster again.
+                self.graph = None;
+            }
+            return;
+        }
+        let due = match &self.graph {
+            None => true,
+            Some(_) => self.deleted_since_build * 2 > self.built_with,
+        };
+        if due {
+            self.start_build();
+        }
+    }
+
+    fn start_build(&mut self) {
+        let dim = self.flat.dim;
+        let entries: Vec<(EntryId, usize)> = self
+            .flat
+            .owner
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, o)| o.map(|id| (id, slot)))
+            .collect();
+        let mut vectors = Vec::with_capacity(entries.len() * dim);
+        for &(_, slot) in &entries {
+            vectors.extend_from_slice(&self.flat.arena[slot * dim..(slot + 1) * dim]);
+        }
+        let ids: Vec<EntryId> = entries.into_iter().map(|(id, _)| id).collect();
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("spendb-hnsw".into())
+            .spawn(move || {
+                let built = (|| {
+                    let graph = new_graph(dim, ids.len() + ids.len() / 4)?;
+                    for (i, id) in ids.iter().enumerate() {
+                        graph
+                            .add(*id, &vectors[i * dim..(i + 1) * dim])
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(graph)
+                })();
+                let _ = tx.send(built);
+            });
+        match spawned {
+            Ok(_) => {
+                self.build = Some(Build {
+                    result: rx,
+                    pending: Vec::new(),
+                })
+            }
+            Err(e) => tracing::warn!("semantic cache: no thread for the HNSW build: {e}"),
+        }
+    }
+
+    fn adopt(&mut self, graph: usearch::Index, pending: Vec<Pending>) {
+        for p in pending {
+            match p {
+                Pending::Add(id) => {
+                    if let Some(unit) = self.flat.vector(id) {
+                        if graph.contains(id) {
+                            let _ = graph.remove(id);
+                        }
+                        if let Err(e) = graph_add(&graph, id, unit) {
+                            tracing::warn!("semantic cache: catching the HNSW graph up: {e}");
+                        }
+                    }
+                }
+                Pending::Remove(id) => {
+                    let _ = graph.remove(id);
+                }
+            }
+        }
+        self.built_with = graph.size();
+        self.deleted_since_build = 0;
+        self.graph = Some(graph);
+    }
+
+    /// Blocks until a build in flight is adopted (tests and benchmarks).
+    pub fn wait_for_build(&mut self) {
+        if let Some(b) = &mut self.build {
+            if let Ok(result) = b.result.recv() {
+                let pending = std::mem::take(&mut b.pending);
+                self.build = None;
+                match result {
+                    Ok(graph) => self.adopt(graph, pending),
+                    Err(e) => tracing::warn!("semantic cache: building the HNSW graph failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The live entry most similar to `unit`: from the HNSW graph when there
+    /// is one (approximate), else exact.
+    pub fn nearest(&mut self, unit: &[f32], live: impl Fn(EntryId) -> bool) -> Option<Nearest> {
+        self.tend();
+        if let Some(graph) = &self.graph {
+            if let Ok(m) = graph.filtered_search(unit, 1, &live) {
+                if let (Some(&id), Some(&d)) = (m.keys.first(), m.distances.first()) {
+                    return Some(Nearest { id, score: 1.0 - d });
+                }
+            }
+        }
+        self.flat.nearest(unit, live)
+    }
+
+    /// Sets how many candidates a graph search keeps (`ef`; the property
+    /// test makes it exhaustive to check the plumbing exactly).
+    pub fn set_expansion_search(&self, ef: usize) {
+        if let Some(g) = &self.graph {
+            g.change_expansion_search(ef);
+        }
+    }
+
+    /// The exact answer, whatever index is in use (tests and benchmarks).
+    pub fn nearest_exact(&self, unit: &[f32], live: impl Fn(EntryId) -> bool) -> Option<Nearest> {
+        self.flat.nearest(unit, live)
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.flat.memory_bytes() + self.graph.as_ref().map_or(0, |g| g.memory_usage())
     }
 }
 
@@ -200,5 +497,110 @@ mod tests {
         let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
         let want: f32 = a.iter().map(|x| x * x).sum();
         assert_eq!(dot(&a, &a), want);
+    }
+}
+
+#[cfg(test)]
+mod graph_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn unit(v: &[f32]) -> Option<Vec<f32>> {
+        normalised(v).ok()
+    }
+
+    #[test]
+    fn the_graph_takes_over_past_approx_from_and_is_rebuilt_after_churn() {
+        let mut ix = VectorIndex::new(4, 20);
+        let mut next = 0u64;
+        let mut add = |ix: &mut VectorIndex, n: usize| {
+            for _ in 0..n {
+                let x = next as f32;
+                ix.insert(
+                    next,
+                    &unit(&[x.sin(), x.cos(), (x * 0.7).sin(), 1.0]).unwrap(),
+                );
+                next += 1;
+            }
+        };
+        add(&mut ix, 19);
+        ix.wait_for_build();
+        assert!(!ix.is_approximate(), "below approx_from: exact");
+        add(&mut ix, 40);
+        ix.wait_for_build();
+        assert!(ix.is_approximate());
+        assert_eq!(ix.built_with, 59 - ix.deleted_since_build);
+        let q = unit(&[0.5, 0.5, 0.1, 1.0]).unwrap();
+        let same = |ix: &mut VectorIndex| {
+            let (g, e) = (
+                ix.nearest(&q, |_| true).unwrap(),
+                ix.nearest_exact(&q, |_| true).unwrap(),
+            );
+            assert_eq!(g.id, e.id);
+            assert!((g.score - e.score).abs() < 1e-5, "{g:?} {e:?}");
+        };
+        same(&mut ix);
+        // Delete 30 of 59: more than half of what the graph was built with.
+        for id in 0..30 {
+            assert!(ix.remove(id));
+        }
+        assert!(ix.build.is_some(), "a rebuild started");
+        ix.wait_for_build();
+        assert_eq!((ix.built_with, ix.deleted_since_build), (29, 0));
+        // Shrinking well below approx_from goes back to exact.
+        for id in 30..50 {
+            ix.remove(id);
+        }
+        assert!(!ix.is_approximate());
+        same(&mut ix);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// With a search that keeps every candidate (ef ≥ N), the graph's
+        /// answer is the exact one: what it was built with, what was added
+        /// and deleted while it was being built and after, and what the
+        /// cache says is not live all reach it.
+        #[test]
+        fn the_graph_answers_as_brute_force(
+            dim in 2usize..12,
+            points in prop::collection::vec(prop::collection::vec(-1.0f32..1.0, 12), 8..120),
+            deletes in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+            queries in prop::collection::vec(prop::collection::vec(-1.0f32..1.0, 12), 1..10),
+            dead_mod in 2u64..7,
+        ) {
+            let mut ix = VectorIndex::new(dim, 4);
+            let mut ids = Vec::new();
+            for (i, p) in points.iter().enumerate() {
+                if let Some(u) = unit(&p[..dim]) {
+                    ix.insert(i as u64, &u);
+                    ids.push(i as u64);
+                }
+                if i == points.len() / 2 {
+                    // Some changes land while a build is in flight.
+                    for d in deletes.iter().take(5) {
+                        ix.remove(ids[d.index(ids.len())]);
+                    }
+                }
+            }
+            ix.wait_for_build();
+            for d in &deletes {
+                ix.remove(ids[d.index(ids.len())]);
+            }
+            ix.wait_for_build();
+            ix.set_expansion_search(points.len() + 16);
+            for q in &queries {
+                let Some(q) = unit(&q[..dim]) else { continue };
+                let live = |id: EntryId| !id.is_multiple_of(dead_mod);
+                let exact = ix.nearest_exact(&q, live);
+                let got = ix.nearest(&q, live);
+                match (exact, got) {
+                    (None, None) => {}
+                    (Some(e), Some(g)) => prop_assert!((e.score - g.score).abs() < 1e-4,
+                        "exact {e:?} graph {g:?} (approximate: {})", ix.is_approximate()),
+                    other => prop_assert!(false, "{other:?}"),
+                }
+            }
+        }
     }
 }

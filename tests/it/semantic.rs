@@ -358,3 +358,79 @@ fn the_admin_api_and_metrics_show_the_semantic_cache() {
         assert!(text.lines().any(|l| l == line), "{line} not in /metrics");
     }
 }
+
+#[test]
+fn past_approx_from_an_hnsw_graph_answers_and_comes_back_after_a_restart() {
+    let mut s = Server::start(&["--semantic-approx-from", "40"]);
+    let mut c = s.conn();
+    // 60 directions around a circle in 3 dimensions, each its own answer.
+    let point = |i: usize| {
+        let a = i as f32 * std::f32::consts::TAU / 60.0;
+        [a.cos(), a.sin(), 0.2]
+    };
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(vset(&mut c, "big", &point(i), &format!("answer {i}"), &[]));
+    }
+    let approximate = |c: &mut redis::Connection| q(c, "CACHE.STATS big").i("semantic_approximate");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while approximate(&mut c) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HNSW graph after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in [0, 17, 59] {
+        let hit = vget(&mut c, "big", &point(i), &["THRESHOLD", "0.999"]).unwrap();
+        assert_eq!(
+            (hit.s("value"), hit.i("id")),
+            (format!("answer {i}"), ids[i])
+        );
+    }
+    // A deleted entry is gone from the graph too; the next nearest answers.
+    raw(&mut c, &format!("CACHE.VDEL big {}", ids[17])).unwrap();
+    let hit = vget(&mut c, "big", &point(17), &["THRESHOLD", "0.9"]).unwrap();
+    assert!(
+        ["answer 16", "answer 18"].contains(&hit.s("value").as_str()),
+        "{}",
+        hit.s("value")
+    );
+    // An entry that expires is never served, graph or not.
+    vset(
+        &mut c,
+        "big",
+        &[0.0, 0.0, 1.0],
+        "short-lived",
+        &["TTL", "150"],
+    );
+    assert_eq!(
+        vget(&mut c, "big", &[0.0, 0.0, 1.0], &[])
+            .unwrap()
+            .s("value"),
+        "short-lived"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    let later = vget(&mut c, "big", &[0.0, 0.0, 1.0], &["THRESHOLD", "-1"]).unwrap();
+    assert_ne!(later.s("value"), "short-lived");
+    // After a restart the graph is rebuilt in the background; the exact
+    // index answers the same meanwhile.
+    drop(c);
+    assert!(s.stop().success());
+    s.restart();
+    let mut c = s.conn();
+    assert_eq!(
+        vget(&mut c, "big", &point(59), &[]).unwrap().i("id"),
+        ids[59]
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while approximate(&mut c) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HNSW graph after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(vget(&mut c, "big", &point(3), &[]).unwrap().i("id"), ids[3]);
+    assert_eq!(q(&mut c, "CACHE.STATS big").i("semantic_entries"), 59);
+}

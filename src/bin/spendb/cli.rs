@@ -267,6 +267,10 @@ pub(crate) struct ServeArgs {
     /// Largest value CACHE.SET accepts, in bytes.
     #[arg(long, env = "SPENDB_CACHE_MAX_VALUE", default_value_t = 1 << 20)]
     pub(crate) cache_max_value: usize,
+    /// Entries from which a semantic cache namespace is searched by an HNSW
+    /// graph (approximate, built in the background) instead of exactly.
+    #[arg(long, env = "SPENDB_SEMANTIC_APPROX_FROM", default_value_t = 10_000)]
+    pub(crate) semantic_approx_from: usize,
     /// Snapshot the state every this many ledger entries, or every as many as
     /// the records the state holds if that is more (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]

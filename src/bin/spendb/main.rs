@@ -244,6 +244,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         cache: CacheLimits {
             max_bytes: a.cache_max_bytes,
             max_value: a.cache_max_value,
+            semantic_approx_from: a.semantic_approx_from,
         },
     };
     // The server is a user of the embedded API: the same engine, store and
