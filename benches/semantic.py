@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
-"""The semantic cache through the protocol (issue #17): N entries of 384
-dimensions from a seeded, clustered synthetic set (100 centres uniform in
-[-1, 1]^384, each entry a centre plus uniform noise of ±0.3 a component),
-stored with CACHE.VSET in pipelines of 1,000; then 300 CACHE.VGETs of fresh
-points from the same clusters (client-side latency, one at a time); the
-server's RSS per entry; and the start-up time with the entries on disk
-(median of 3). A benchmark, not a test: it asserts nothing.
+"""The semantic cache through the protocol (issue #17).
+
+Two servers get the same N entries of 384 dimensions, in the same order (so
+the same ids), from a seeded, clustered synthetic set (100 centres uniform
+in [-1, 1]^384, each entry a centre plus uniform noise of ±0.3 a
+component): A with the default `--semantic-approx-from` (an HNSW graph past
+10,000 entries), B exact (`--semantic-approx-from` 10^9). Then, on A once
+its graph is built: CACHE.VGET latency (client side, one at a time) and
+recall@1 against B's answers for 500 queries of two kinds, "fresh" (a new
+point of a cluster) and "near-dup" (a stored entry plus ±0.01 noise: the
+semantic cache's own case); throughput of VGET with redis-benchmark (-c 20);
+RSS per entry; the same recall after replacing half the entries twice
+(churn, identical on both servers); A's start-up (median of 3) and the time
+until its graph is rebuilt after it. A benchmark, not a test: it asserts
+nothing.
 
 Run (after `cargo build --release` and scripts/test, which installs
 redis-py): target/clients/py/bin/python benches/semantic.py [N]
@@ -29,62 +37,152 @@ rng = random.Random(17)
 centres = [[rng.uniform(-1, 1) for _ in range(DIM)] for _ in range(100)]
 
 
-def point() -> bytes:
+def fresh() -> list[float]:
     c = centres[rng.randrange(len(centres))]
-    return struct.pack(f"<{DIM}f", *(x + rng.uniform(-0.3, 0.3) for x in c))
+    return [x + rng.uniform(-0.3, 0.3) for x in c]
 
 
-data_dir = tempfile.mkdtemp(prefix="spendb-semantic-")
+def blob(v: list[float]) -> bytes:
+    return struct.pack(f"<{DIM}f", *v)
 
 
-def start() -> tuple[subprocess.Popen[str], int, float]:
-    began = time.monotonic()
-    proc = subprocess.Popen(
-        ["target/release/spendb", "serve", "--port", "0", "--admin-port", "0",
-         "--durability", "none", "--cache-max-bytes", str(2 << 30), "--data-dir", data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        ready = re.search(r"spendb ready.*resp=127\.0\.0\.1:(\d+)", line)
-        if ready:
-            return proc, int(ready[1]), time.monotonic() - began
-    raise SystemExit("spendb did not start")
+class Server:
+    def __init__(self, *flags: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="spendb-semantic-")
+        self.flags = flags
+        self.start()
+
+    def start(self) -> float:
+        began = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["target/release/spendb", "serve", "--port", "0", "--admin-port", "0",
+             "--durability", "none", "--cache-max-bytes", str(4 << 30),
+             "--data-dir", self.dir, *self.flags],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            ready = re.search(r"spendb ready.*resp=127\.0\.0\.1:(\d+)", line)
+            if ready:
+                self.port = int(ready[1])
+                self.r = redis.Redis(port=self.port)
+                return time.monotonic() - began
+        raise SystemExit("spendb did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+    def stats(self) -> dict[str, object]:
+        return {k.decode(): v for k, v in self.r.execute_command("CACHE.STATS", "bench").items()}
+
+    def graph_ready(self, timeout: float = 900) -> float:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            s = self.stats()
+            if s["semantic_approximate"] == 1 and s["semantic_building"] == 0:
+                return time.monotonic() - began
+            time.sleep(0.2)
+        raise SystemExit("no graph")
+
+    def rss(self) -> int:
+        status = open(f"/proc/{self.proc.pid}/status").read()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
+a = Server()
+b = Server("--semantic-approx-from", "1000000000")
+stored: dict[int, list[float]] = {}
 try:
-    proc, port, _ = start()
-    r = redis.Redis(port=port)
     began = time.monotonic()
-    pipe = r.pipeline(transaction=False)
+    pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
     for i in range(N):
-        pipe.execute_command("CACHE.VSET", "bench", "FP32", point(), f"answer {i}")
+        v = fresh()
+        for p in pipes:
+            p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"answer {i}")
+        stored[i] = v
         if i % 1000 == 999:
-            pipe.execute()
-    pipe.execute()
-    print(f"{N} VSETs: {time.monotonic() - began:.1f} s")
-    lat = []
-    for _ in range(300):
-        q = point()
-        t = time.monotonic()
-        r.execute_command("CACHE.VGET", "bench", "FP32", q, "THRESHOLD", "-1")
-        lat.append((time.monotonic() - t) * 1000)
-    lat.sort()
-    print(f"VGET (client side, one at a time): p50 {lat[150]:.2f} ms, p99 {lat[296]:.2f} ms")
-    stats = r.execute_command("CACHE.STATS", "bench")
-    print(f"semantic_bytes {stats[b'semantic_bytes']}, index bytes {stats[b'semantic_index_bytes']}")
-    status = open(f"/proc/{proc.pid}/status").read()
-    rss = int(status.split("VmRSS:")[1].split()[0]) * 1024
-    print(f"RSS {rss / 1e6:.0f} MB: {rss / N:.0f} B an entry (the raw vector: {DIM * 4} B)")
-    proc.terminate()
-    proc.wait()
-    took = []
+            for p in pipes:
+                p.execute()
+    for p in pipes:
+        p.execute()
+    print(f"{N} VSETs into each server: {time.monotonic() - began:.1f} s")
+    print(f"A's graph ready {a.graph_ready():.1f} s after the last VSET")
+
+    def measure(label: str) -> None:
+        lat: list[float] = []
+        hits = {"fresh": 0, "near-dup": 0}
+        ids = list(stored)
+        for _ in range(500):
+            for kind in hits:
+                if kind == "fresh":
+                    q = fresh()
+                else:
+                    q = [x + rng.uniform(-0.01, 0.01) for x in stored[rng.choice(ids)]]
+                t = time.monotonic()
+                got = a.r.execute_command("CACHE.VGET", "bench", "FP32", blob(q), "THRESHOLD", "-1")
+                lat.append((time.monotonic() - t) * 1000)
+                want = b.r.execute_command("CACHE.VGET", "bench", "FP32", blob(q), "THRESHOLD", "-1")
+                if got[b"id"] == want[b"id"] or got[b"score"] == want[b"score"]:
+                    hits[kind] += 1
+        lat.sort()
+        n = len(lat)
+        print(f"{label}: recall@1 fresh {hits['fresh'] / 500:.3f}, near-dup "
+              f"{hits['near-dup'] / 500:.3f}; VGET p50 {lat[n // 2]:.3f} ms, "
+              f"p99 {lat[n * 99 // 100]:.3f} ms (client side)")
+
+    measure("fresh graph")
+    st = a.stats()
+    print(f"A: RSS {a.rss() / 1e6:.0f} MB = {a.rss() / N:.0f} B an entry (raw vector {DIM * 4} B); "
+          f"index {int(st['semantic_index_bytes']) / 1e6:.0f} MB")
+    if shutil.which("redis-benchmark"):
+        q = [f"{x:.4f}" for x in fresh()]
+        out = subprocess.run(
+            ["redis-benchmark", "-p", str(a.port), "-c", "20", "-n", "20000", "-q",
+             "CACHE.VGET", "bench", "VALUES", str(DIM), *q],
+            capture_output=True, text=True,
+        ).stdout
+        rate = re.findall(r"[\d.]+ requests per second.*", out.replace("\r", "\n"))
+        print("redis-benchmark -c 20 -n 20000 CACHE.VGET (one query vector):", rate[-1] if rate else out)
+    next_id = N
+    for round in range(2):
+        ids = list(stored)
+        gone = [i for i in ids if rng.random() < 0.5]
+        for s in (a, b):
+            p = s.r.pipeline(transaction=False)
+            for k, i in enumerate(gone):
+                p.execute_command("CACHE.VDEL", "bench", i)
+                if k % 1000 == 999:
+                    p.execute()
+            p.execute()
+        for i in gone:
+            del stored[i]
+        pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
+        for k in range(len(gone)):
+            v = fresh()
+            for p in pipes:
+                p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"new {next_id}")
+            stored[next_id] = v
+            next_id += 1
+            if k % 1000 == 999:
+                for p in pipes:
+                    p.execute()
+        for p in pipes:
+            p.execute()
+        print(f"churn {round + 1}: replaced {len(gone)}; graph settled {a.graph_ready():.1f} s later")
+        measure(f"after churn {round + 1}")
+    a.stop()
+    b.stop()
+    took, ready = [], []
     for _ in range(3):
-        proc, port, seconds = start()
-        took.append(seconds)
-        proc.terminate()
-        proc.wait()
-    print(f"start-up with {N} entries: {', '.join(f'{x:.2f}' for x in took)} s "
-          f"(median {statistics.median(took):.2f} s)")
+        took.append(a.start())
+        ready.append(a.graph_ready())
+        a.stop()
+    print(f"A's start-up with {len(stored)} entries: {', '.join(f'{x:.2f}' for x in took)} s "
+          f"(median {statistics.median(took):.2f} s); graph rebuilt "
+          f"{', '.join(f'{x:.1f}' for x in ready)} s after (the exact index answers meanwhile)")
 finally:
-    shutil.rmtree(data_dir, ignore_errors=True)
+    for s in (a, b):
+        if s.proc.poll() is None:
+            s.stop()
+        shutil.rmtree(s.dir, ignore_errors=True)

@@ -89,6 +89,8 @@ pub struct VStats {
     pub index_bytes: u64,
     /// Namespaces searched by an HNSW graph now (the others exactly).
     pub approximate: u64,
+    /// Namespaces whose graph is being (re)built in the background now.
+    pub building: u64,
 }
 
 impl VStats {
@@ -102,6 +104,7 @@ impl VStats {
         self.saved = self.saved.saturating_add(o.saved);
         self.index_bytes += o.index_bytes;
         self.approximate += o.approximate;
+        self.building += o.building;
     }
 
     /// The semantic fields of CACHE.STATS, after the exact cache's.
@@ -125,6 +128,7 @@ impl VStats {
             ("semantic_expired", int(self.expired)),
             ("semantic_index_bytes", int(self.index_bytes)),
             ("semantic_approximate", int(self.approximate)),
+            ("semantic_building", int(self.building)),
         ]
     }
 }

@@ -30,7 +30,7 @@
 //! fallback, at the cost of holding each vector twice past `approx_from`.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 /// An entry's id in its namespace (`CACHE.VSET`'s reply).
 pub type EntryId = u64;
@@ -159,12 +159,6 @@ impl FlatIndex {
         best
     }
 
-    /// `id`'s (normalised) vector.
-    pub fn vector(&self, id: EntryId) -> Option<&[f32]> {
-        let slot = *self.slot_of.get(&id)?;
-        Some(&self.arena[slot * self.dim..(slot + 1) * self.dim])
-    }
-
     /// Bytes the index holds in memory (the arena, the slot tables).
     pub fn memory_bytes(&self) -> usize {
         self.arena.capacity() * 4
@@ -179,6 +173,8 @@ impl FlatIndex {
 const CONNECTIVITY: usize = 16;
 const EXPANSION_ADD: usize = 128;
 const EXPANSION_SEARCH: usize = 64;
+/// How many a graph search returns before the liveness check.
+const UNFILTERED_CANDIDATES: usize = 4;
 
 fn new_graph(dim: usize, capacity: usize) -> Result<usearch::Index, String> {
     let options = usearch::IndexOptions {
@@ -205,15 +201,40 @@ fn graph_add(graph: &usearch::Index, id: EntryId, unit: &[f32]) -> Result<(), St
     graph.add(id, unit).map_err(|e| e.to_string())
 }
 
-/// A change made while a graph was being built, applied to it before use.
+/// A change made while a graph was being built. The builder applies them
+/// as they come (off the lock) until it finds none, then hands the graph
+/// over; the few that arrive after are applied when it is adopted.
 enum Pending {
-    Add(EntryId),
+    Add(EntryId, Vec<f32>),
     Remove(EntryId),
 }
 
+type PendingQueue = Arc<Mutex<Vec<Pending>>>;
+
 struct Build {
     result: mpsc::Receiver<Result<usearch::Index, String>>,
-    pending: Vec<Pending>,
+    pending: PendingQueue,
+}
+
+fn apply(graph: &usearch::Index, ops: Vec<Pending>) -> Result<(), String> {
+    for op in ops {
+        match op {
+            Pending::Add(id, unit) => {
+                if graph.contains(id) {
+                    let _ = graph.remove(id);
+                }
+                graph_add(graph, id, &unit)?;
+            }
+            Pending::Remove(id) => {
+                let _ = graph.remove(id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn take(queue: &PendingQueue) -> Vec<Pending> {
+    std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A namespace's index: exact below `approx_from` entries, HNSW above (see
@@ -256,6 +277,11 @@ impl VectorIndex {
         self.graph.is_some()
     }
 
+    /// Whether a graph is being built in the background now.
+    pub fn is_building(&self) -> bool {
+        self.build.is_some()
+    }
+
     /// Holds back builds (while loading at start) or lets them go.
     pub fn allow_builds(&mut self, allowed: bool) {
         self.builds_allowed = allowed;
@@ -274,8 +300,9 @@ impl VectorIndex {
                 tracing::warn!("semantic cache: adding to the HNSW graph failed: {e}");
             }
         }
-        if let Some(b) = &mut self.build {
-            b.pending.push(Pending::Add(id));
+        if let Some(b) = &self.build {
+            let mut q = b.pending.lock().unwrap_or_else(|p| p.into_inner());
+            q.push(Pending::Add(id, unit.to_vec()));
         }
         self.tend();
     }
@@ -289,8 +316,9 @@ impl VectorIndex {
                 self.deleted_since_build += 1;
             }
         }
-        if let Some(b) = &mut self.build {
-            b.pending.push(Pending::Remove(id));
+        if let Some(b) = &self.build {
+            let mut q = b.pending.lock().unwrap_or_else(|p| p.into_inner());
+            q.push(Pending::Remove(id));
         }
         self.tend();
         true
@@ -309,7 +337,7 @@ impl VectorIndex {
         if let Some(b) = &mut self.build {
             match b.result.try_recv() {
                 Ok(Ok(graph)) => {
-                    let pending = std::mem::take(&mut b.pending);
+                    let pending = take(&b.pending);
                     self.build = None;
                     self.adopt(graph, pending);
                 }
@@ -353,6 +381,8 @@ impl VectorIndex {
         }
         let ids: Vec<EntryId> = entries.into_iter().map(|(id, _)| id).collect();
         let (tx, rx) = mpsc::channel();
+        let pending: PendingQueue = Arc::default();
+        let queue = pending.clone();
         let spawned = std::thread::Builder::new()
             .name("spendb-hnsw".into())
             .spawn(move || {
@@ -363,6 +393,14 @@ impl VectorIndex {
                             .add(*id, &vectors[i * dim..(i + 1) * dim])
                             .map_err(|e| e.to_string())?;
                     }
+                    // Catch up with what changed meanwhile, off the lock.
+                    loop {
+                        let ops = take(&queue);
+                        if ops.is_empty() {
+                            break;
+                        }
+                        apply(&graph, ops)?;
+                    }
                     Ok(graph)
                 })();
                 let _ = tx.send(built);
@@ -371,7 +409,7 @@ impl VectorIndex {
             Ok(_) => {
                 self.build = Some(Build {
                     result: rx,
-                    pending: Vec::new(),
+                    pending,
                 })
             }
             Err(e) => tracing::warn!("semantic cache: no thread for the HNSW build: {e}"),
@@ -379,22 +417,8 @@ impl VectorIndex {
     }
 
     fn adopt(&mut self, graph: usearch::Index, pending: Vec<Pending>) {
-        for p in pending {
-            match p {
-                Pending::Add(id) => {
-                    if let Some(unit) = self.flat.vector(id) {
-                        if graph.contains(id) {
-                            let _ = graph.remove(id);
-                        }
-                        if let Err(e) = graph_add(&graph, id, unit) {
-                            tracing::warn!("semantic cache: catching the HNSW graph up: {e}");
-                        }
-                    }
-                }
-                Pending::Remove(id) => {
-                    let _ = graph.remove(id);
-                }
-            }
+        if let Err(e) = apply(&graph, pending) {
+            tracing::warn!("semantic cache: catching the HNSW graph up: {e}");
         }
         self.built_with = graph.size();
         self.deleted_since_build = 0;
@@ -405,7 +429,7 @@ impl VectorIndex {
     pub fn wait_for_build(&mut self) {
         if let Some(b) = &mut self.build {
             if let Ok(result) = b.result.recv() {
-                let pending = std::mem::take(&mut b.pending);
+                let pending = take(&b.pending);
                 self.build = None;
                 match result {
                     Ok(graph) => self.adopt(graph, pending),
@@ -420,6 +444,17 @@ impl VectorIndex {
     pub fn nearest(&mut self, unit: &[f32], live: impl Fn(EntryId) -> bool) -> Option<Nearest> {
         self.tend();
         if let Some(graph) = &self.graph {
+            // A plain search for a few, the first live one wins: a filter
+            // would be a call back across the FFI for every candidate the
+            // search visits, and entries are rarely expired (the sweep takes
+            // them within a second). Only when none of the few is live does
+            // the filtered search run.
+            if let Ok(m) = graph.search(unit, UNFILTERED_CANDIDATES) {
+                let found = m.keys.iter().zip(&m.distances).find(|(id, _)| live(**id));
+                if let Some((&id, &d)) = found {
+                    return Some(Nearest { id, score: 1.0 - d });
+                }
+            }
             if let Ok(m) = graph.filtered_search(unit, 1, &live) {
                 if let (Some(&id), Some(&d)) = (m.keys.first(), m.distances.first()) {
                     return Some(Nearest { id, score: 1.0 - d });
