@@ -378,6 +378,8 @@ class CacheStats:
     semantic_evictions: int = 0
     semantic_expired: int = 0
     semantic_index_bytes: int = 0
+    semantic_approximate: int = 0
+    semantic_building: int = 0
 
     @classmethod
     def from_reply(cls, reply: Any) -> CacheStats:
@@ -401,6 +403,8 @@ class CacheStats:
             semantic_evictions=_int(f.get("semantic_evictions", 0)),
             semantic_expired=_int(f.get("semantic_expired", 0)),
             semantic_index_bytes=_int(f.get("semantic_index_bytes", 0)),
+            semantic_approximate=_int(f.get("semantic_approximate", 0)),
+            semantic_building=_int(f.get("semantic_building", 0)),
         )
 
 
