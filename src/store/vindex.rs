@@ -172,7 +172,7 @@ impl FlatIndex {
 /// (chosen by measurement: docs/BENCHMARKS.md, "Semantic cache").
 const CONNECTIVITY: usize = 16;
 const EXPANSION_ADD: usize = 128;
-const EXPANSION_SEARCH: usize = 64;
+const EXPANSION_SEARCH: usize = 96;
 /// How many a graph search returns before the liveness check.
 const UNFILTERED_CANDIDATES: usize = 4;
 
