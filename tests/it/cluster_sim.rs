@@ -345,6 +345,7 @@ fn run(seed: u64, steps: usize, fencing: Fencing) -> Result<(u64, Stats, u64), S
 
 #[test]
 fn escrow_never_lets_the_total_pass_the_limit() {
+    let _turn = crate::common::etcd::cpu_turn();
     let steps = env_u64("SPENDB_CLUSTER_STEPS", 2000) as usize;
     let seeds: Vec<u64> = match std::env::var("SPENDB_CLUSTER_SEED") {
         Ok(s) => vec![s.parse().expect("SPENDB_CLUSTER_SEED is a number")],
@@ -376,6 +377,7 @@ fn escrow_never_lets_the_total_pass_the_limit() {
 
 #[test]
 fn a_reclaim_without_its_fencing_compares_is_caught() {
+    let _turn = crate::common::etcd::cpu_turn();
     let caught = (1..=40).find_map(|seed| run(seed, 2000, Fencing::Unchecked).err());
     let e = caught.expect("no seed caught the planted bug");
     eprintln!("planted bug caught: {e}");
@@ -426,6 +428,7 @@ impl GlobalStore for Counting<'_> {
 /// goal is at most 5 %. Also the store operations per reservation.
 #[test]
 fn little_room_is_stranded_at_the_first_global_denial() {
+    let _turn = crate::common::etcd::cpu_turn();
     const N: usize = 20;
     let limit = "org:big";
     let amount = 1_000_000;
@@ -526,6 +529,7 @@ fn gap(rng: &mut SmallRng, mhz: u64) -> u64 {
 
 #[test]
 fn a_thousand_nodes_share_one_budget() {
+    let _turn = crate::common::etcd::cpu_turn();
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
@@ -1023,6 +1027,7 @@ mod agents {
 
     #[test]
     fn agents_on_real_states_never_pass_the_limit() {
+        let _turn = crate::common::etcd::cpu_turn();
         let seeds = env_u64("SPENDB_CLUSTER_SEEDS", 40);
         let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
         let (mut calls, mut crashes) = (0, 0);
@@ -1042,6 +1047,7 @@ mod agents {
     /// clocks only pick a period's pool.
     #[test]
     fn agents_with_skewed_clocks_keep_every_limit() {
+        let _turn = crate::common::etcd::cpu_turn();
         let seeds = env_u64("SPENDB_CLUSTER_SEEDS", 40);
         let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
         let mut calls = 0;
@@ -1060,6 +1066,7 @@ mod agents {
     /// caught.
     #[test]
     fn agents_pass_a_limit_by_no_more_than_their_partition_allowances() {
+        let _turn = crate::common::etcd::cpu_turn();
         let seeds = env_u64("SPENDB_CLUSTER_SEEDS", 40);
         let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
         let mut overs = Vec::new();
@@ -1085,6 +1092,7 @@ mod agents {
     /// in any window, and the window fills.
     #[test]
     fn agents_share_a_rolling_window_without_passing_it() {
+        let _turn = crate::common::etcd::cpu_turn();
         let seeds = env_u64("SPENDB_CLUSTER_SEEDS", 40);
         let steps = env_u64("SPENDB_CLUSTER_STEPS", 2_000) as usize;
         let (mut calls, mut peaks) = (0, Vec::new());
@@ -1156,6 +1164,7 @@ mod scale {
     /// calls that asked the store and their p99 store round trips.
     #[test]
     fn a_thousand_agents_share_one_budget() {
+        let _turn = crate::common::etcd::cpu_turn();
         let n_nodes = env_u64("SPENDB_CLUSTER_AGENT_NODES", 300) as usize;
         let seconds = env_u64("SPENDB_CLUSTER_AGENT_SECONDS", 100);
         let expected: u64 = (0..n_nodes)

@@ -38,6 +38,15 @@ pub struct EtcdCluster {
 
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The same turn for a test that keeps both cores busy without an etcd (the
+/// cluster simulations): while it runs, no etcd cluster and its spendb
+/// nodes do, so their replies are not stretched past the nodes' timeouts
+/// (the three-node drain measured 85.7 % and 94.2 % at its first denial,
+/// against 99.6–99.99 % alone, when a simulation ran beside it).
+pub fn cpu_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl EtcdCluster {
     pub fn start() -> EtcdCluster {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
