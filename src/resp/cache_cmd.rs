@@ -35,6 +35,50 @@ fn err(msg: String) -> Value {
     Value::err(ErrorCode::Err, msg)
 }
 
+/// A cache hit's reply: with SCOPE and a COST, once the engine has booked
+/// the savings (the exact and the semantic cache alike).
+fn found(reply: Value, cost: u64, scope: Option<String>) -> Outcome {
+    match scope {
+        Some(scope) if cost > 0 => Outcome::HitSaved(reply, Command::CacheSaved { scope, cost }),
+        _ => Outcome::Reply(reply),
+    }
+}
+
+/// An entry's `TTL <ms>`, `COST <usd>` and (semantic entries) `KEY <text>`.
+struct EntryOptions<'a> {
+    ttl: Option<u64>,
+    cost: u64,
+    key: Option<&'a [u8]>,
+}
+
+fn entry_options<'a>(
+    name: &str,
+    options: &'a Args<'_>,
+    key_allowed: bool,
+) -> Result<EntryOptions<'a>, Value> {
+    if !options.len().is_multiple_of(2) {
+        return Err(cmd::syntax(name));
+    }
+    let mut o = EntryOptions {
+        ttl: None,
+        cost: 0,
+        key: None,
+    };
+    for pair in options.chunks(2) {
+        if pair[0].eq_ignore_ascii_case(b"TTL") && o.ttl.is_none() {
+            o.ttl = Some(cmd::uint(&pair[1], "TTL")?);
+        } else if pair[0].eq_ignore_ascii_case(b"COST") {
+            o.cost = parse_usd(&text(&pair[1], "COST")?).map_err(err)?;
+            bounds::check_usd(o.cost, "COST").map_err(err)?;
+        } else if key_allowed && pair[0].eq_ignore_ascii_case(b"KEY") && o.key.is_none() {
+            o.key = Some(&*pair[1]);
+        } else {
+            return Err(cmd::syntax(name));
+        }
+    }
+    Ok(o)
+}
+
 fn float(arg: &[u8], what: &str) -> Result<f32, Value> {
     let t = text(arg, what)?;
     match t.trim().parse::<f32>() {
@@ -100,20 +144,9 @@ fn run_inner(
                 return Err(cmd::syntax(name));
             }
             let ns = namespace(&args[0], access)?;
-            let (mut ttl, mut cost) = (None, 0u64);
-            for pair in args[3..].chunks(2) {
-                if pair[0].eq_ignore_ascii_case(b"TTL") && ttl.is_none() {
-                    ttl = Some(cmd::uint(&pair[1], "TTL")?);
-                } else if pair[0].eq_ignore_ascii_case(b"COST") {
-                    let t = text(&pair[1], "COST")?;
-                    cost = parse_usd(&t).map_err(err)?;
-                    bounds::check_usd(cost, "COST").map_err(err)?;
-                } else {
-                    return Err(cmd::syntax(name));
-                }
-            }
+            let o = entry_options(name, &args[3..], false)?;
             cache
-                .set(&ns, &args[1], &args[2], ttl, cost, now_ms())
+                .set(&ns, &args[1], &args[2], o.ttl, o.cost, now_ms())
                 .map_err(err)?;
             reply(Value::Ok)
         }
@@ -126,16 +159,7 @@ fn run_inner(
             let ns = namespace(&args[0], access)?;
             match cache.get(&ns, &args[1], now_ms()).map_err(err)? {
                 None => reply(Value::Null),
-                Some(hit) => match scope {
-                    Some(scope) if hit.cost > 0 => Ok(Outcome::HitSaved(
-                        Value::Bulk(hit.value),
-                        Command::CacheSaved {
-                            scope,
-                            cost: hit.cost,
-                        },
-                    )),
-                    _ => reply(Value::Bulk(hit.value)),
-                },
+                Some(hit) => Ok(found(Value::Bulk(hit.value), hit.cost, scope)),
             }
         }
         "cache.del" => {
@@ -155,25 +179,10 @@ fn run_inner(
             let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
             let (vector, rest) = vector_arg(name, &args[1..])?;
             let (value, options) = rest.split_first().ok_or_else(|| cmd::syntax(name))?;
-            let (mut ttl, mut cost, mut key) = (None, 0u64, None);
-            if !options.len().is_multiple_of(2) {
-                return Err(cmd::syntax(name));
-            }
-            for pair in options.chunks(2) {
-                if pair[0].eq_ignore_ascii_case(b"TTL") && ttl.is_none() {
-                    ttl = Some(cmd::uint(&pair[1], "TTL")?);
-                } else if pair[0].eq_ignore_ascii_case(b"COST") {
-                    cost = parse_usd(&text(&pair[1], "COST")?).map_err(err)?;
-                    bounds::check_usd(cost, "COST").map_err(err)?;
-                } else if pair[0].eq_ignore_ascii_case(b"KEY") && key.is_none() {
-                    key = Some(&*pair[1]);
-                } else {
-                    return Err(cmd::syntax(name));
-                }
-            }
+            let o = entry_options(name, options, true)?;
             let id = cache
                 .semantic()
-                .set(&ns, &vector, value, ttl, cost, key, now_ms())
+                .set(&ns, &vector, value, o.ttl, o.cost, o.key, now_ms())
                 .map_err(err)?;
             reply(Value::Int(id as i64))
         }
@@ -200,22 +209,13 @@ fn run_inner(
             else {
                 return reply(Value::Null);
             };
-            let found = Value::Map(vec![
+            let entry = Value::Map(vec![
                 ("value", Value::Bulk(hit.value)),
                 ("score", Value::Str(format!("{:.6}", hit.score))),
                 ("key", hit.key.map_or(Value::Null, Value::Bulk)),
                 ("id", Value::Int(hit.id as i64)),
             ]);
-            match scope {
-                Some(scope) if hit.cost > 0 => Ok(Outcome::HitSaved(
-                    found,
-                    Command::CacheSaved {
-                        scope,
-                        cost: hit.cost,
-                    },
-                )),
-                _ => reply(found),
-            }
+            Ok(found(entry, hit.cost, scope))
         }
         "cache.vdel" => {
             if args.len() != 2 {

@@ -87,24 +87,32 @@ pub struct Stats {
 impl Stats {
     /// The CACHE.STATS reply (and the admin API's `/v1/cache/stats`).
     pub fn reply(&self) -> Value {
-        let lookups = self.hits + self.misses;
-        let rate = if lookups == 0 {
-            "0".to_string()
-        } else {
-            format!("{:.4}", self.hits as f64 / lookups as f64)
-        };
-        let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
         Value::Map(vec![
-            ("hits", int(self.hits)),
-            ("misses", int(self.misses)),
-            ("hit_rate", Value::Str(rate)),
-            ("entries", int(self.entries)),
-            ("bytes", int(self.bytes)),
-            ("evictions", int(self.evictions)),
-            ("expired", int(self.expired)),
+            ("hits", count(self.hits)),
+            ("misses", count(self.misses)),
+            ("hit_rate", hit_rate(self.hits, self.misses)),
+            ("entries", count(self.entries)),
+            ("bytes", count(self.bytes)),
+            ("evictions", count(self.evictions)),
+            ("expired", count(self.expired)),
             ("saved", Value::Money(self.saved as i128)),
         ])
     }
+}
+
+/// A counter as a reply (saturating at i64's maximum).
+pub(super) fn count(n: u64) -> Value {
+    Value::Int(n.min(i64::MAX as u64) as i64)
+}
+
+/// Hits over lookups, 4 decimals ("0" before the first lookup).
+pub(super) fn hit_rate(hits: u64, misses: u64) -> Value {
+    let lookups = hits + misses;
+    Value::Str(if lookups == 0 {
+        "0".to_string()
+    } else {
+        format!("{:.4}", hits as f64 / lookups as f64)
+    })
 }
 
 #[derive(Default)]

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::cache::CacheLimits;
+use super::cache::{count, hit_rate, CacheLimits};
 use super::frame;
 use super::vindex::{normalised, EntryId, VectorIndex, MAX_DIMENSION};
 use super::StoreError;
@@ -109,26 +109,20 @@ impl VStats {
 
     /// The semantic fields of CACHE.STATS, after the exact cache's.
     pub fn reply_fields(&self) -> Vec<(&'static str, Value)> {
-        let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
-        let lookups = self.hits + self.misses;
-        let rate = if lookups == 0 {
-            "0".to_string()
-        } else {
-            format!("{:.4}", self.hits as f64 / lookups as f64)
-        };
+        let rate = hit_rate(self.hits, self.misses);
         vec![
-            ("semantic_entries", int(self.entries)),
-            ("semantic_dimension", int(u64::from(self.dimension))),
-            ("semantic_hits", int(self.hits)),
-            ("semantic_misses", int(self.misses)),
-            ("semantic_hit_rate", Value::Str(rate)),
+            ("semantic_entries", count(self.entries)),
+            ("semantic_dimension", count(u64::from(self.dimension))),
+            ("semantic_hits", count(self.hits)),
+            ("semantic_misses", count(self.misses)),
+            ("semantic_hit_rate", rate),
             ("semantic_saved", Value::Money(self.saved as i128)),
-            ("semantic_bytes", int(self.bytes)),
-            ("semantic_evictions", int(self.evictions)),
-            ("semantic_expired", int(self.expired)),
-            ("semantic_index_bytes", int(self.index_bytes)),
-            ("semantic_approximate", int(self.approximate)),
-            ("semantic_building", int(self.building)),
+            ("semantic_bytes", count(self.bytes)),
+            ("semantic_evictions", count(self.evictions)),
+            ("semantic_expired", count(self.expired)),
+            ("semantic_index_bytes", count(self.index_bytes)),
+            ("semantic_approximate", count(self.approximate)),
+            ("semantic_building", count(self.building)),
         ]
     }
 }
@@ -215,6 +209,13 @@ impl Spaces {
         space.stats.bytes += meta.size;
         if meta.expires_at > 0 {
             self.expiry.insert((meta.expires_at, ns.to_string(), id));
+        }
+    }
+
+    /// Lets every namespace's index take in a finished background build.
+    fn refresh_indexes(&mut self) {
+        for ix in self.spaces.values_mut().filter_map(|s| s.index.as_mut()) {
+            ix.refresh();
         }
     }
 
@@ -543,11 +544,7 @@ impl SemanticCache {
     /// set when exactly one namespace was picked.
     pub fn stats_where(&self, pick: impl Fn(&str) -> bool) -> VStats {
         let mut inner = self.inner();
-        for space in inner.spaces.values_mut() {
-            if let Some(ix) = space.index.as_mut() {
-                ix.refresh();
-            }
-        }
+        inner.refresh_indexes();
         let mut total = VStats::default();
         let mut picked = 0;
         for (name, space) in &inner.spaces {
@@ -575,36 +572,12 @@ impl SemanticCache {
         total
     }
 
-    /// Waits for every namespace's index build in flight (benchmarks and
-    /// tests: a server never waits, the exact index answers meanwhile).
-    pub fn wait_for_builds(&self) {
-        let mut inner = self.inner();
-        for space in inner.spaces.values_mut() {
-            if let Some(ix) = space.index.as_mut() {
-                ix.wait_for_build();
-            }
-        }
-    }
-
-    /// Whether `ns` is searched by its HNSW graph now.
-    pub fn is_approximate(&self, ns: &str) -> bool {
-        self.inner()
-            .spaces
-            .get(ns)
-            .and_then(|s| s.index.as_ref())
-            .is_some_and(VectorIndex::is_approximate)
-    }
-
     /// Deletes entries expired by `now`; returns how many. Also adopts the
     /// index builds that finished.
     pub fn sweep(&self, now: u64) -> Result<usize, StoreError> {
         let due: Vec<(u64, String, EntryId)> = {
             let mut inner = self.inner();
-            for space in inner.spaces.values_mut() {
-                if let Some(ix) = space.index.as_mut() {
-                    ix.refresh();
-                }
-            }
+            inner.refresh_indexes();
             inner
                 .expiry
                 .iter()

@@ -285,7 +285,7 @@ impl VectorIndex {
     /// Holds back builds (while loading at start) or lets them go.
     pub fn allow_builds(&mut self, allowed: bool) {
         self.builds_allowed = allowed;
-        self.tend();
+        self.refresh();
     }
 
     pub fn insert(&mut self, id: EntryId, unit: &[f32]) {
@@ -304,7 +304,7 @@ impl VectorIndex {
             let mut q = b.pending.lock().unwrap_or_else(|p| p.into_inner());
             q.push(Pending::Add(id, unit.to_vec()));
         }
-        self.tend();
+        self.refresh();
     }
 
     pub fn remove(&mut self, id: EntryId) -> bool {
@@ -320,32 +320,19 @@ impl VectorIndex {
             let mut q = b.pending.lock().unwrap_or_else(|p| p.into_inner());
             q.push(Pending::Remove(id));
         }
-        self.tend();
+        self.refresh();
         true
-    }
-
-    /// Takes in a finished build (the cache's sweep calls it every second,
-    /// so a graph is adopted without waiting for traffic).
-    pub fn refresh(&mut self) {
-        self.tend();
     }
 
     /// Takes in a finished build, and starts one when due: a namespace that
     /// reached `approx_from` entries without a graph, or whose graph lost
-    /// more than half its entries since it was built.
-    fn tend(&mut self) {
-        if let Some(b) = &mut self.build {
+    /// more than half its entries since it was built. Every change and
+    /// search calls it, and the cache's sweep every second, so a graph is
+    /// adopted without waiting for traffic.
+    pub fn refresh(&mut self) {
+        if let Some(b) = &self.build {
             match b.result.try_recv() {
-                Ok(Ok(graph)) => {
-                    let pending = take(&b.pending);
-                    self.build = None;
-                    self.adopt(graph, pending);
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!("semantic cache: building the HNSW graph failed: {e}");
-                    self.build = None;
-                    // Not retried at once: the next change tries again.
-                }
+                Ok(result) => self.finish(result),
                 Err(mpsc::TryRecvError::Empty) => return,
                 Err(mpsc::TryRecvError::Disconnected) => self.build = None,
             }
@@ -425,16 +412,23 @@ impl VectorIndex {
         self.graph = Some(graph);
     }
 
+    /// A build's end: the graph adopted with the changes that came after
+    /// its builder last looked, or the failure logged (not retried at once:
+    /// the next change tries again).
+    fn finish(&mut self, result: Result<usearch::Index, String>) {
+        let Some(b) = self.build.take() else { return };
+        match result {
+            Ok(graph) => self.adopt(graph, take(&b.pending)),
+            Err(e) => tracing::warn!("semantic cache: building the HNSW graph failed: {e}"),
+        }
+    }
+
     /// Blocks until a build in flight is adopted (tests and benchmarks).
     pub fn wait_for_build(&mut self) {
-        if let Some(b) = &mut self.build {
-            if let Ok(result) = b.result.recv() {
-                let pending = take(&b.pending);
-                self.build = None;
-                match result {
-                    Ok(graph) => self.adopt(graph, pending),
-                    Err(e) => tracing::warn!("semantic cache: building the HNSW graph failed: {e}"),
-                }
+        if let Some(b) = &self.build {
+            match b.result.recv() {
+                Ok(result) => self.finish(result),
+                Err(_) => self.build = None,
             }
         }
     }
@@ -442,7 +436,7 @@ impl VectorIndex {
     /// The live entry most similar to `unit`: from the HNSW graph when there
     /// is one (approximate), else exact.
     pub fn nearest(&mut self, unit: &[f32], live: impl Fn(EntryId) -> bool) -> Option<Nearest> {
-        self.tend();
+        self.refresh();
         if let Some(graph) = &self.graph {
             // A plain search for a few, the first live one wins: a filter
             // would be a call back across the FFI for every candidate the

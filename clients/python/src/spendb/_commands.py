@@ -261,10 +261,12 @@ def vdel(ns: str, entry_id: int) -> Call[bool]:
     return Call(["CACHE.VDEL", ns, entry_id], _bool, False)
 
 
-def vconfig(ns: str, threshold: float | None) -> Call[t.SemanticConfig | None]:
-    if threshold is None:
-        return Call(["CACHE.VCONFIG", ns], t.SemanticConfig.from_reply, True)
-    return Call(["CACHE.VCONFIG", ns, "THRESHOLD", repr(float(threshold))], lambda r: _ok(r), True)
+def semantic_config(ns: str) -> Call[t.SemanticConfig]:
+    return Call(["CACHE.VCONFIG", ns], t.SemanticConfig.from_reply, True)
+
+
+def set_semantic_threshold(ns: str, threshold: float) -> Call[None]:
+    return Call(["CACHE.VCONFIG", ns, "THRESHOLD", repr(float(threshold))], _ok, True)
 
 
 def count(model: str, text: str) -> Call[t.Count]:

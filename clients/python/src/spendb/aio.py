@@ -291,12 +291,10 @@ class AsyncClient:
         return await self._run(cmd.vdel(ns, entry_id))
 
     async def semantic_config(self, ns: str) -> t.SemanticConfig:
-        config = await self._run(cmd.vconfig(ns, None))
-        assert config is not None
-        return config
+        return await self._run(cmd.semantic_config(ns))
 
     async def set_semantic_threshold(self, ns: str, threshold: float) -> None:
-        await self._run(cmd.vconfig(ns, threshold))
+        await self._run(cmd.set_semantic_threshold(ns, threshold))
 
     def semantic_cache(
         self,

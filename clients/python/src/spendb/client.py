@@ -321,12 +321,10 @@ class Client:
         return self._run(cmd.vdel(ns, entry_id))
 
     def semantic_config(self, ns: str) -> t.SemanticConfig:
-        config = self._run(cmd.vconfig(ns, None))
-        assert config is not None
-        return config
+        return self._run(cmd.semantic_config(ns))
 
     def set_semantic_threshold(self, ns: str, threshold: float) -> None:
-        self._run(cmd.vconfig(ns, threshold))
+        self._run(cmd.set_semantic_threshold(ns, threshold))
 
     def semantic_cache(
         self,
