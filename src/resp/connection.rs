@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cache_cmd;
 use super::cmd::{self, Args};
@@ -81,13 +80,22 @@ struct Transaction {
     failed: bool,
 }
 
+/// An engine command's place in the command table, and the time its
+/// request took before it reached the engine (a cache hit's search, when
+/// the hit books savings), for the latency histogram.
+#[derive(Clone, Copy)]
+struct Kind {
+    command: usize,
+    before_engine_us: u64,
+}
+
 /// One queued command of a transaction.
 enum Queued {
     /// Answered when queued (PING, ECHO, COUNT, TRUNCATE: they read nothing
     /// the transaction can change).
     Now(Value),
     /// Decided by the engine at EXEC.
-    Engine(crate::state::Command, usize),
+    Engine(crate::state::Command, Kind),
 }
 
 enum Slot {
@@ -137,13 +145,14 @@ fn fail_transaction(conn: &mut Conn) {
     }
 }
 
-pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
-    let _ = stream.set_nodelay(true);
+/// A client's byte stream: a TCP connection or a Unix socket's.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// Serves one client until it leaves. `addr` is what CLIENT LIST shows
+/// (`ip:port`, or Redis's `path:0` for a Unix socket).
+pub async fn serve(mut stream: impl Stream, addr: String, ctx: Arc<ServerCtx>) {
     let id = ctx.next_client_id.fetch_add(1, Ordering::Relaxed);
-    let addr = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let entry = Arc::new(super::ClientEntry {
         id,
         addr: addr.clone(),
@@ -180,7 +189,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
         let mut cmds = Vec::new();
         // What each engine command is, for the metrics (the commands
         // themselves go to the engine).
-        let mut kinds: Vec<usize> = Vec::new();
+        let mut kinds: Vec<Kind> = Vec::new();
         let mut close = false;
         while slots.len() < MAX_PIPELINE {
             match frame::parse(&rbuf, &ctx.limits) {
@@ -255,15 +264,25 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                                 format!("this user has no permissions to run the '{name}' command");
                             slots.push(Slot::Now(Value::err(ErrorCode::NoPerm, msg)));
                         } else if spec.is_some_and(|c| c.answered == Answered::Cache) {
-                            match cache_cmd::run(
+                            let started = std::time::Instant::now();
+                            let outcome = cache_cmd::run(
                                 &ctx.cache,
                                 &name,
                                 &args[1..],
                                 conn.user.as_ref().and_then(|u| u.access.as_deref()),
-                            ) {
-                                cache_cmd::Outcome::Reply(v) => slots.push(Slot::Now(v)),
+                            );
+                            let us = started.elapsed().as_micros() as u64;
+                            match outcome {
+                                cache_cmd::Outcome::Reply(v) => {
+                                    let m = &ctx.engine.stats.metrics;
+                                    m.observe_latency(command_index(&name), us);
+                                    slots.push(Slot::Now(v));
+                                }
                                 cache_cmd::Outcome::HitSaved(v, c) => {
-                                    kinds.push(command_index(&name));
+                                    kinds.push(Kind {
+                                        command: command_index(&name),
+                                        before_engine_us: us,
+                                    });
                                     cmds.push(c);
                                     slots.push(Slot::AfterEngine(v));
                                 }
@@ -286,7 +305,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                             };
                             match parsed {
                                 Ok(c) => {
-                                    kinds.push(command_index(&name));
+                                    kinds.push(Kind {
+                                        command: command_index(&name),
+                                        before_engine_us: 0,
+                                    });
                                     cmds.push(c);
                                     slots.push(Slot::Engine);
                                 }
@@ -329,9 +351,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<ServerCtx>) {
                 let us = elapsed.as_micros() as u64;
                 log_if_slow(&ctx, &conn, &cmds, elapsed);
                 let m = &ctx.engine.stats.metrics;
-                for (i, outcome) in kinds.iter().zip(&r) {
+                for (kind, outcome) in kinds.iter().zip(&r) {
                     m.count(outcome);
-                    m.observe_latency(*i, us);
+                    m.observe_latency(kind.command, kind.before_engine_us + us);
                 }
                 r
             }
@@ -419,7 +441,7 @@ fn queue(
     conn: &mut Conn,
     slots: &mut Vec<Slot>,
     cmds: &mut Vec<crate::state::Command>,
-    kinds: &mut Vec<usize>,
+    kinds: &mut Vec<Kind>,
 ) {
     let Some(t) = conn.multi.as_mut() else {
         return; // RESET or QUIT ended it
@@ -456,7 +478,7 @@ fn exec(
     conn: &mut Conn,
     args: &Args,
     cmds: &mut Vec<crate::state::Command>,
-    kinds: &mut Vec<usize>,
+    kinds: &mut Vec<Kind>,
 ) -> Result<Vec<Option<Value>>, Value> {
     if !args.is_empty() {
         fail_transaction(conn);
@@ -569,7 +591,7 @@ impl Drop for Monitor<'_> {
 /// MONITOR: streams every command the server receives, until the client
 /// sends QUIT or RESET, goes away, or is killed. A monitor that cannot keep
 /// up loses lines (it is told how many), never slows the others.
-async fn monitor(stream: &mut TcpStream, ctx: &ServerCtx, conn: &Conn, mut m: Monitor<'_>) {
+async fn monitor(stream: &mut impl Stream, ctx: &ServerCtx, conn: &Conn, mut m: Monitor<'_>) {
     use tokio::sync::broadcast::error::RecvError;
     let rx = &mut m.rx;
     let mut input = BytesMut::with_capacity(1024);

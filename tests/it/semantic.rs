@@ -330,6 +330,8 @@ fn the_admin_api_and_metrics_show_the_semantic_cache() {
     vset(&mut c, "qa", &[1.0, 0.0], "a", &["COST", "0.25"]);
     vget(&mut c, "qa", &[1.0, 0.01], &[]).unwrap();
     assert!(vget(&mut c, "qa", &[0.0, 1.0], &[]).is_none());
+    // A hit that books savings: timed once, its search and the booking.
+    vget(&mut c, "qa", &[1.0, 0.02], &["SCOPE", "org:qa"]).unwrap();
     let h = Http::new(&s, None);
     let (status, stats) = h.get("/v1/cache/stats?ns=qa");
     assert_eq!(status, 200);
@@ -340,9 +342,9 @@ fn the_admin_api_and_metrics_show_the_semantic_cache() {
             stats["semantic_hits"].clone(),
             stats["semantic_misses"].clone()
         ),
-        (1.into(), 1.into())
+        (2.into(), 1.into())
     );
-    assert_eq!(stats["semantic_saved"], "0.25");
+    assert_eq!(stats["semantic_saved"], "0.5");
     assert_eq!(
         stats["entries"], 0,
         "the exact cache's own figures are unchanged"
@@ -351,9 +353,12 @@ fn the_admin_api_and_metrics_show_the_semantic_cache() {
     let text = metrics.as_str().unwrap();
     for line in [
         "spendb_semantic_cache_entries 1",
-        "spendb_semantic_cache_hits_total 1",
+        "spendb_semantic_cache_hits_total 2",
         "spendb_semantic_cache_misses_total 1",
-        "spendb_semantic_cache_saved_usd_total 0.25",
+        "spendb_semantic_cache_saved_usd_total 0.5",
+        // Every CACHE command is in the latency histogram, scoped or not.
+        "spendb_request_duration_seconds_count{command=\"cache.vset\"} 1",
+        "spendb_request_duration_seconds_count{command=\"cache.vget\"} 3",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} not in /metrics");
     }
