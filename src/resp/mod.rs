@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::engine::{Durability, EngineHandle};
 use frame::FrameLimits;
@@ -177,32 +177,56 @@ pub fn resident_bytes() -> u64 {
     pages * u64::try_from(page).unwrap_or(4096)
 }
 
-/// Accepts connections until the task is dropped.
+/// Accepts TCP connections until the task is dropped.
 pub async fn run(listener: TcpListener, ctx: Arc<ServerCtx>) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                // Replies go out in one write per round: Nagle would only
+                // hold the last part of one back.
+                let _ = stream.set_nodelay(true);
+                admit(stream, peer.to_string(), &ctx);
             }
-        };
-        let ctx = ctx.clone();
-        if ctx.connections.load(Ordering::Relaxed) >= ctx.max_connections {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
-            continue;
+            Err(e) => accept_failed(e).await,
         }
-        tokio::spawn(async move {
-            ctx.connections.fetch_add(1, Ordering::Relaxed);
-            connection::serve(stream, ctx.clone()).await;
-            ctx.connections.fetch_sub(1, Ordering::Relaxed);
-        });
     }
+}
+
+/// Accepts Unix-socket connections (`--unixsocket`) until the task is
+/// dropped: the same protocol and limits, without the TCP stack (a
+/// sidecar's clients are on the same host).
+pub async fn run_unix(listener: UnixListener, path: String, ctx: Arc<ServerCtx>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => admit(stream, format!("{path}:0"), &ctx),
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+/// A failed accept (out of descriptors, most often) is logged and retried
+/// a little later rather than ending the listener.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Starts serving an accepted client, or tells it the server is full.
+fn admit(stream: impl connection::Stream + 'static, addr: String, ctx: &Arc<ServerCtx>) {
+    let ctx = ctx.clone();
+    if ctx.connections.load(Ordering::Relaxed) >= ctx.max_connections {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"-ERR max number of clients reached\r\n")
+                .await;
+        });
+        return;
+    }
+    tokio::spawn(async move {
+        ctx.connections.fetch_add(1, Ordering::Relaxed);
+        connection::serve(stream, addr, ctx.clone()).await;
+        ctx.connections.fetch_sub(1, Ordering::Relaxed);
+    });
 }

@@ -29,6 +29,7 @@ mod operators;
 mod runs;
 mod semantic;
 mod server;
+mod sidecar;
 mod sim;
 mod tenants;
 mod tokens;

@@ -4,6 +4,7 @@ the cache helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from decimal import Decimal
@@ -14,6 +15,7 @@ import pytest
 from conftest import LossyProxy, Server, start_server
 
 import spendb
+import spendb.aio
 from spendb import Limit
 
 
@@ -148,6 +150,31 @@ def test_resp2_gives_the_same_types(server: Server, scope: str) -> None:
         bal = c2.balance(scope)
         assert bal.spent.cost == Decimal("0.0026")
         assert bal.limits[0].used == Decimal("0.0026")
+
+
+def test_a_unix_socket_url_reaches_the_same_server(tmp_path: Path) -> None:
+    """spendb --unixsocket, reached with a unix:// URL, sync and async."""
+    sock = tmp_path / "spendb.sock"
+    s = start_server("--unixsocket", str(sock), "--unixsocketperm", "700")
+    try:
+        with spendb.connect(f"unix://{sock}") as c:
+            c.set_budget("org:unix", [Limit("TOKENS", 1000, "PER DAY")])
+            with c.reserve("org:unix", "gpt-4o", input=300, max_output=100) as hold:
+                hold.commit(300, 50)
+
+        async def over_async() -> int:
+            a = spendb.aio.connect(f"unix://{sock}")
+            try:
+                return (await a.balance("org:unix")).spent.tokens
+            finally:
+                await a.aclose()
+
+        assert asyncio.run(over_async()) == 350
+        # The TCP port sees the same engine.
+        with spendb.connect(s.url) as tcp:
+            assert tcp.balance("org:unix").spent.tokens == 350
+    finally:
+        s.stop()
 
 
 def test_reserve_commits_usage_from_a_response(client: spendb.Client, scope: str) -> None:

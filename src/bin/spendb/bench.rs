@@ -32,6 +32,8 @@ use serde::Serialize;
 pub struct BenchConfig {
     pub host: String,
     pub port: u16,
+    /// A Unix socket to connect to instead of host and port.
+    pub socket: Option<std::path::PathBuf>,
     pub password: Option<String>,
     pub connections: usize,
     pub pipeline: usize,
@@ -160,11 +162,21 @@ fn scope(rng: &mut impl RngExt, tree: (usize, usize, usize)) -> String {
     )
 }
 
+/// Where the benchmark connects, as the report names it.
+fn target(cfg: &BenchConfig) -> String {
+    match &cfg.socket {
+        Some(p) => format!("unix:{}", p.display()),
+        None => format!("{}:{}", cfg.host, cfg.port),
+    }
+}
+
 async fn connect(cfg: &BenchConfig) -> Result<redis::aio::MultiplexedConnection, String> {
     use redis::IntoConnectionInfo as _;
-    let mut info = redis::ConnectionAddr::Tcp(cfg.host.clone(), cfg.port)
-        .into_connection_info()
-        .map_err(|e| e.to_string())?;
+    let addr = match &cfg.socket {
+        Some(path) => redis::ConnectionAddr::Unix(path.clone()),
+        None => redis::ConnectionAddr::Tcp(cfg.host.clone(), cfg.port),
+    };
+    let mut info = addr.into_connection_info().map_err(|e| e.to_string())?;
     if let Some(p) = &cfg.password {
         let settings = info.redis_settings().clone().set_password(p);
         info = info.set_redis_settings(settings);
@@ -178,7 +190,7 @@ async fn connect(cfg: &BenchConfig) -> Result<redis::aio::MultiplexedConnection,
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|e| format!("connecting to {}:{}: {e}", cfg.host, cfg.port))
+        .map_err(|e| format!("connecting to {}: {e}", target(cfg)))
 }
 
 /// Budgets for the tree (large, so only `--deny-ratio` denies) and for the
@@ -583,7 +595,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         commands.push(("cache.set".into(), stats(&all.cache_set, secs)));
     }
     Ok(BenchReport {
-        target: format!("{}:{}", cfg.host, cfg.port),
+        target: target(&cfg),
         connections: cfg.connections,
         pipeline: if cfg.rate.is_some() { 1 } else { cfg.pipeline },
         mode: if cfg.rate.is_some() { "open" } else { "closed" }.into(),

@@ -45,6 +45,15 @@ pub(crate) fn share_ppm(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A file mode in octal ("700", "0770"): permission bits only.
+pub(crate) fn octal_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s, 8).map_err(|_| format!("{s:?} is not an octal mode"))?;
+    if mode > 0o777 {
+        return Err(format!("{s:?}: a mode is at most 777"));
+    }
+    Ok(mode)
+}
+
 pub(crate) fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -118,6 +127,10 @@ pub(crate) struct BenchArgs {
     pub(crate) host: String,
     #[arg(long, short = 'p', default_value_t = 7379)]
     pub(crate) port: u16,
+    /// Connect to this Unix socket instead of --host/--port (as
+    /// redis-benchmark -s).
+    #[arg(long, short = 's')]
+    pub(crate) socket: Option<PathBuf>,
     /// Password for AUTH (default user).
     #[arg(long, env = "SPENDB_BENCH_PASSWORD")]
     pub(crate) password: Option<String>,
@@ -219,6 +232,16 @@ pub(crate) struct ServeArgs {
     /// Address to bind.
     #[arg(long, env = "SPENDB_BIND", default_value = "127.0.0.1")]
     pub(crate) bind: IpAddr,
+    /// Also serve the Redis protocol on this Unix socket (a sidecar's
+    /// clients skip the TCP stack). A stale socket file there is replaced;
+    /// a live server's is not.
+    #[arg(long, env = "SPENDB_UNIXSOCKET")]
+    pub(crate) unixsocket: Option<PathBuf>,
+    /// The Unix socket's permissions, in octal as Redis takes them (e.g.
+    /// 770 to let the group's users connect); default: as the umask leaves
+    /// them.
+    #[arg(long, env = "SPENDB_UNIXSOCKETPERM", value_parser = octal_mode, requires = "unixsocket")]
+    pub(crate) unixsocketperm: Option<u32>,
     /// fsync (reply after fsync), interval:<ms> (sync at most every ms), or none.
     #[arg(long, env = "SPENDB_DURABILITY", default_value = "fsync")]
     pub(crate) durability: Durability,
@@ -231,9 +254,15 @@ pub(crate) struct ServeArgs {
     /// Allow binding a non-loopback address without a password.
     #[arg(long, env = "SPENDB_INSECURE_NO_AUTH")]
     pub(crate) insecure_no_auth: bool,
-    /// Port of the HTTP admin API (same --bind address); 0 picks a free one.
+    /// Port of the HTTP admin API (on --admin-bind); 0 picks a free one.
     #[arg(long, env = "SPENDB_ADMIN_PORT", default_value_t = 7380)]
     pub(crate) admin_port: u16,
+    /// Address of the admin API, if not --bind's: e.g. 0.0.0.0 so that a
+    /// kubelet's probes reach /readyz while the Redis protocol stays on
+    /// loopback and a Unix socket. Off loopback it needs --admin-token or
+    /// a password (or --insecure-no-auth).
+    #[arg(long, env = "SPENDB_ADMIN_BIND")]
+    pub(crate) admin_bind: Option<IpAddr>,
     /// Bearer token the admin API requires on everything but /healthz and
     /// /readyz (required when --bind is not a loopback address).
     #[arg(long, env = "SPENDB_ADMIN_TOKEN", hide_env_values = true)]

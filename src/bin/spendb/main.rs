@@ -44,6 +44,7 @@ fn bench(a: cli::BenchArgs) -> Result<(), String> {
     let cfg = bench::BenchConfig {
         host: a.host,
         port: a.port,
+        socket: a.socket,
         password: a.password,
         connections: a.connections,
         pipeline: a.pipeline,
@@ -223,8 +224,17 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             a.bind
         ));
     }
-    // Off loopback there is always a password by now, and the admin API
-    // then takes the same credentials (HTTP Basic) or --admin-token.
+    let admin_bind = a.admin_bind.unwrap_or(a.bind);
+    if !admin_bind.is_loopback() && !has_password && a.admin_token.is_none() && !a.insecure_no_auth
+    {
+        return Err(format!(
+            "refusing to serve the admin API on {admin_bind} without credentials: set \
+             --admin-token or --requirepass, or bind it to 127.0.0.1, or pass \
+             --insecure-no-auth if the network is trusted"
+        ));
+    }
+    // Off loopback there is always a password or a token by now: the admin
+    // API takes the Redis side's credentials (HTTP Basic) or --admin-token.
     let idle_timeout = (!a.idle_timeout.is_zero()).then_some(a.idle_timeout);
     let write_timeout = a.write_timeout.max(Duration::from_millis(1));
     let now_ms = || {
@@ -287,6 +297,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("binding {}:{}: {e}", a.bind, a.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let unix = match &a.unixsocket {
+            Some(path) => Some((bind_unix(path, a.unixsocketperm)?, path.clone())),
+            None => None,
+        };
         // Expired cache entries are reclaimed every second, and the cache
         // is written out (sled's flush) at the same time.
         let sweeper = {
@@ -336,9 +350,14 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             "serving the Redis protocol on {addr} (durability {:?})",
             a.durability
         );
-        let admin_listener = tokio::net::TcpListener::bind((a.bind, a.admin_port))
+        let admin_listener = tokio::net::TcpListener::bind((admin_bind, a.admin_port))
             .await
-            .map_err(|e| format!("binding the admin API on {}:{}: {e}", a.bind, a.admin_port))?;
+            .map_err(|e| {
+                format!(
+                    "binding the admin API on {admin_bind}:{}: {e}",
+                    a.admin_port
+                )
+            })?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         let admin_ctx = Arc::new(spendb::admin::AdminCtx {
             engine: handle.clone(),
@@ -354,13 +373,32 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
         let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);
         tracing::info!("serving the admin API on http://{admin_addr}");
+        let unix_path = unix.as_ref().map(|(_, p)| p.clone());
+        let unix_ctx = ctx.clone();
+        let unix_served = async move {
+            match unix {
+                Some((listener, path)) => {
+                    tracing::info!("serving the Redis protocol on {}", path.display());
+                    let shown = path.display().to_string();
+                    resp::run_unix(listener, shown, unix_ctx).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         // Tests and scripts read this line to learn the ports.
-        println!("spendb ready resp={addr} admin={admin_addr}");
+        match &unix_path {
+            Some(p) => println!(
+                "spendb ready resp={addr} admin={admin_addr} unix={}",
+                p.display()
+            ),
+            None => println!("spendb ready resp={addr} admin={admin_addr}"),
+        }
         let _ = std::io::stdout().flush();
         let mut failure = None;
         let asked = ctx.clone();
         tokio::select! {
             _ = resp::run(listener, ctx) => {}
+            _ = unix_served => {}
             _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
             _ = asked.shutdown.notified() => tracing::info!("SHUTDOWN: finishing queued commands"),
             reason = handle.stopped_on_failure() => failure = Some(reason),
@@ -368,6 +406,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         admin.abort();
         webhooks.abort();
         sweeper.abort();
+        if let Some(p) = &unix_path {
+            // New clients get "no such file" rather than a refused connect.
+            let _ = std::fs::remove_file(p);
+        }
         Ok::<_, String>(failure)
     });
     drop(runtime);
@@ -379,6 +421,34 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     closed.map_err(|e| format!("closing: {e}"))?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Binds `--unixsocket`: a socket file left by a server that is gone is
+/// replaced; one a live server answers on, or any other file, is an error.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: Option<u32>,
+) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let shown = path.display();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "--unixsocket {shown}: a file that is not a socket is there"
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("--unixsocket {shown}: a server is listening there"));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("--unixsocket {shown}: {e}"))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|e| format!("--unixsocket {shown}: {e}"))?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("--unixsocketperm on {shown}: {e}"))?;
+    }
+    Ok(listener)
 }
 
 async fn shutdown_signal() {
