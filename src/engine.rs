@@ -83,6 +83,32 @@ pub struct EngineConfig {
     /// closed segments that every snapshot covers go to the archive (None:
     /// keep everything live).
     pub retain_entries: Option<u64>,
+    /// Who writes a group in `fsync` mode (the other modes always use the
+    /// committer thread).
+    pub group_commit: GroupCommit,
+}
+
+/// Who writes and syncs a group commit in `fsync` mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupCommit {
+    /// The caller that finds no write in flight writes the group itself, on
+    /// its own thread, and releases everyone queued behind it; the next
+    /// group is led by the oldest caller waiting (a leader hands over to a
+    /// follower). No hand-off to another thread when one caller is alone.
+    Leader,
+    /// The committer thread writes every group and wakes the callers.
+    Thread,
+}
+
+impl std::str::FromStr for GroupCommit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "leader" => Ok(GroupCommit::Leader),
+            "thread" => Ok(GroupCommit::Thread),
+            _ => Err(format!("'{s}': expected leader or thread")),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -92,6 +118,7 @@ impl Default for EngineConfig {
             rules: Config::default(),
             snapshot_every: 100_000,
             retain_entries: None,
+            group_commit: GroupCommit::Leader,
         }
     }
 }
@@ -144,8 +171,17 @@ struct Core {
     /// Every entry up to this seq is written (and synced, in fsync mode).
     durable: u64,
     /// Callers waiting for their replies to be released, in seq order: each
-    /// is sent true once `durable` reaches its seq, false if the write failed.
-    waiters: std::collections::VecDeque<(u64, oneshot::Sender<bool>)>,
+    /// is sent `Durable` once `durable` reaches its seq, `Failed` if the
+    /// write failed, or `Lead` to write the next group itself.
+    waiters: std::collections::VecDeque<(u64, oneshot::Sender<Release>)>,
+    /// Callers lead group commits (fsync mode, `GroupCommit::Leader`, the
+    /// threaded engine).
+    leaders: bool,
+    /// A caller is writing a group, or has been told to lead the next one:
+    /// entries queued meanwhile are its successor's to write. Invariant:
+    /// while it is false, no entry is pending that no one will write (a
+    /// caller that queues one then leads, or the committer was woken).
+    writing: bool,
     shutdown: bool,
     /// Set when a ledger write failed, until a probe write succeeds: writes
     /// are refused at once and reads answered from the state as of the last
@@ -169,18 +205,49 @@ impl Core {
     /// ledger holds everything it could have observed (the whole ledger so
     /// far, other callers' entries not yet written included); None when
     /// that is durable already.
-    fn queued(&mut self, before: usize, work: &Condvar) -> Option<oneshot::Receiver<bool>> {
-        if self.pending.len() > before && self.committer_idle {
+    fn queued(&mut self, before: usize, work: &Condvar) -> Option<(u64, Wait)> {
+        let seq = self.state.next_seq - 1;
+        if self.leaders {
+            if seq <= self.durable {
+                return None;
+            }
+            if !self.writing {
+                // No write in flight: this caller writes the group.
+                self.writing = true;
+                return Some((seq, Wait::Lead));
+            }
+        } else if self.pending.len() > before && self.committer_idle {
             self.committer_idle = false;
             work.notify_one();
         }
-        let seq = self.state.next_seq - 1;
         if seq <= self.durable {
             return None;
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((seq, tx));
-        Some(rx)
+        Some((seq, Wait::Follow(rx)))
+    }
+
+    /// A leader's group is written (or it gave up its turn): the oldest
+    /// caller still waiting leads the next group if entries are pending;
+    /// otherwise no one writes until the next caller queues one.
+    fn pass_leadership(&mut self, work: &Condvar) {
+        debug_assert!(self.leaders && self.writing);
+        if !self.pending.is_empty() && !self.shutdown && self.degraded.is_none() {
+            while let Some((_, tx)) = self.waiters.pop_front() {
+                // A caller that went away cannot lead (and needs no reply).
+                if tx.send(Release::Lead).is_ok() {
+                    return;
+                }
+            }
+        }
+        self.writing = false;
+        if !self.pending.is_empty() && self.committer_idle {
+            // Shutting down, degraded, or no one left waiting: the
+            // committer thread writes (or refuses) what is queued.
+            self.committer_idle = false;
+            work.notify_one();
+        }
     }
 
     fn now(&mut self) -> u64 {
@@ -193,6 +260,11 @@ impl Core {
 struct Shared {
     core: Mutex<Core>,
     work: Condvar,
+    /// The ledger's writer. The committer thread and, in leader mode, the
+    /// caller leading a group take turns holding it (lock order: `writer`,
+    /// then `core`). None in manual mode (the `ManualCommitter` owns it) and
+    /// once the committer thread has stopped.
+    writer: Mutex<Option<Committer>>,
     /// Cluster mode's link (`crate::node`), set once at start.
     link: std::sync::OnceLock<Arc<dyn ClusterLink>>,
 }
@@ -257,7 +329,7 @@ impl Shared {
             core.waiters.drain(..n).collect()
         };
         for (_, tx) in released {
-            let _ = tx.send(true);
+            let _ = tx.send(Release::Durable);
         }
     }
 }
@@ -271,10 +343,140 @@ impl Shared {
 }
 
 /// Replies of submitted commands: final, or to be released once the ledger
-/// holds what they saw (true) or its write failed (false: IOERR).
+/// holds what they saw (or its write failed: IOERR).
 pub enum Submitted {
     Done(Vec<Outcome>),
-    Waiting(Vec<Outcome>, oneshot::Receiver<bool>),
+    Waiting(Vec<Outcome>, Durable),
+}
+
+/// What a waiting caller is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Everything it saw is durable.
+    Durable,
+    /// The write failed: its commands were not applied.
+    Failed,
+    /// Leader mode: write the next group (`Durable::wait` does).
+    Lead,
+}
+
+enum Wait {
+    /// Write the group now (no write was in flight).
+    Lead,
+    /// Wait for the writer of the group.
+    Follow(oneshot::Receiver<Release>),
+    Settled,
+}
+
+/// The wait of a caller whose replies are released once the ledger holds
+/// everything up to `seq`. Dropped without waiting (a caller that went
+/// away), it passes a turn to lead on, so no group is left unwritten.
+pub struct Durable {
+    shared: Arc<Shared>,
+    seq: u64,
+    wait: Wait,
+}
+
+impl Durable {
+    /// Waits (async) until released: Ok(true) durable, Ok(false) failed,
+    /// Err when the engine shut down first.
+    pub async fn wait(mut self) -> Result<bool, oneshot::error::RecvError> {
+        loop {
+            match std::mem::replace(&mut self.wait, Wait::Settled) {
+                Wait::Lead => {
+                    if let Some(written) = self.lead() {
+                        return Ok(written);
+                    }
+                }
+                Wait::Follow(rx) => match rx.await? {
+                    Release::Durable => return Ok(true),
+                    Release::Failed => return Ok(false),
+                    Release::Lead => self.wait = Wait::Lead,
+                },
+                Wait::Settled => unreachable!("waited once"),
+            }
+        }
+    }
+
+    /// `wait` for a plain thread.
+    pub fn wait_blocking(mut self) -> Result<bool, oneshot::error::RecvError> {
+        loop {
+            match std::mem::replace(&mut self.wait, Wait::Settled) {
+                Wait::Lead => {
+                    if let Some(written) = self.lead() {
+                        return Ok(written);
+                    }
+                }
+                Wait::Follow(rx) => match rx.blocking_recv()? {
+                    Release::Durable => return Ok(true),
+                    Release::Failed => return Ok(false),
+                    Release::Lead => self.wait = Wait::Lead,
+                },
+                Wait::Settled => unreachable!("waited once"),
+            }
+        }
+    }
+
+    /// Without waiting: the release if it came (the simulation polls).
+    pub fn try_release(&mut self) -> Result<Release, oneshot::error::TryRecvError> {
+        match &mut self.wait {
+            Wait::Follow(rx) => {
+                let r = rx.try_recv();
+                if r.is_ok() {
+                    self.wait = Wait::Settled;
+                }
+                r
+            }
+            Wait::Lead | Wait::Settled => Ok(Release::Lead),
+        }
+    }
+
+    /// Writes every pending entry as one group on this thread, then passes
+    /// the turn on: Some(true) when the ledger holds this caller's `seq`,
+    /// Some(false) when the write failed. None when shutting down: the
+    /// committer thread writes what is queued, and this caller waits for it
+    /// as a follower (`self.wait`).
+    fn lead(&mut self) -> Option<bool> {
+        let shared = &*self.shared;
+        let written = {
+            let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+            match writer.as_mut() {
+                Some(c) => c.lead_round(),
+                None => true, // stopped: the shutdown wrote what was queued
+            }
+        };
+        let mut core = shared.lock();
+        let durable = core.durable >= self.seq;
+        let answer = if written && !durable && core.shutdown && !core.committer_done {
+            let (tx, rx) = oneshot::channel();
+            let at = core.waiters.partition_point(|(s, _)| *s <= self.seq);
+            core.waiters.insert(at, (self.seq, tx));
+            self.wait = Wait::Follow(rx);
+            None
+        } else {
+            Some(written && durable)
+        };
+        core.pass_leadership(&shared.work);
+        answer
+    }
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        let lead = match &mut self.wait {
+            Wait::Lead => true,
+            Wait::Follow(rx) => {
+                // No send can land after close: a turn to lead already
+                // sent is in the channel, or never comes.
+                rx.close();
+                matches!(rx.try_recv(), Ok(Release::Lead))
+            }
+            Wait::Settled => false,
+        };
+        if lead {
+            self.shared.lock().pass_leadership(&self.shared.work);
+        }
+    }
 }
 
 /// A cheap, cloneable handle for running commands.
@@ -330,7 +532,7 @@ impl EngineHandle {
         let Some(link) = self.shared.link.get() else {
             return match self.submit(cmds, access) {
                 Submitted::Done(replies) => replies,
-                Submitted::Waiting(replies, released) => settle(replies, released.await),
+                Submitted::Waiting(replies, released) => settle(replies, released.wait().await),
             };
         };
         // Cluster mode: in order, a definition goes to the store first, and
@@ -378,7 +580,7 @@ impl EngineHandle {
             let (sub, short) = self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS);
             let mut replies = match sub {
                 Submitted::Done(r) => r,
-                Submitted::Waiting(r, released) => settle(r, released.await),
+                Submitted::Waiting(r, released) => settle(r, released.wait().await),
             };
             // The store could not be asked: the denial says so; or it had
             // no room until a rolling window frees some: it says when.
@@ -463,10 +665,17 @@ impl EngineHandle {
             let r = f(&mut core.state, now, &mut core.pending);
             match core.queued(before, &self.shared.work) {
                 None => return Ok(r),
-                Some(rx) => (r, rx),
+                Some((seq, wait)) => (
+                    r,
+                    Durable {
+                        shared: self.shared.clone(),
+                        seq,
+                        wait,
+                    },
+                ),
             }
         };
-        match rx.blocking_recv() {
+        match rx.wait_blocking() {
             Ok(true) => Ok(r),
             _ => Err("the ledger write failed".into()),
         }
@@ -478,7 +687,7 @@ impl EngineHandle {
     pub fn execute_blocking(&self, cmds: &[Command], access: Option<Arc<Access>>) -> Vec<Outcome> {
         match self.submit(cmds, access) {
             Submitted::Done(replies) => replies,
-            Submitted::Waiting(replies, released) => settle(replies, released.blocking_recv()),
+            Submitted::Waiting(replies, released) => settle(replies, released.wait_blocking()),
         }
     }
 
@@ -577,7 +786,14 @@ impl EngineHandle {
             core.commands += replies.len() as u64;
             match core.queued(before, &self.shared.work) {
                 None => Submitted::Done(replies),
-                Some(rx) => Submitted::Waiting(replies, rx),
+                Some((seq, wait)) => Submitted::Waiting(
+                    replies,
+                    Durable {
+                        shared: self.shared.clone(),
+                        seq,
+                        wait,
+                    },
+                ),
             }
         };
         (submitted, short)
@@ -632,11 +848,20 @@ pub fn start(
     clock: Clock,
 ) -> Result<(EngineHandle, std::thread::JoinHandle<()>, RecoveryInfo), StoreError> {
     let sink = store.snapshot_sink()?;
+    let leaders =
+        config.durability == Durability::Fsync && config.group_commit == GroupCommit::Leader;
     let (handle, mut committer, info) = build(store, config, clock)?;
     committer.snapshots = Snapshotter::start(sink, committer.stats.clone())?;
+    handle.shared.lock().leaders = leaders;
+    *handle
+        .shared
+        .writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(committer);
+    let shared = handle.shared.clone();
     let thread = std::thread::Builder::new()
         .name("spendb-commit".into())
-        .spawn(move || committer.run())?;
+        .spawn(move || run_committer(&shared))?;
     Ok((handle, thread, info))
 }
 
@@ -703,6 +928,8 @@ fn build(
             committer_idle: false,
             durable: last,
             waiters: Default::default(),
+            leaders: false,
+            writing: false,
             shutdown: false,
             degraded: None,
             stopped: Vec::new(),
@@ -711,6 +938,7 @@ fn build(
             fatal: None,
         }),
         work: Condvar::new(),
+        writer: Mutex::new(None),
         link: std::sync::OnceLock::new(),
     });
     let committer = Committer {
@@ -809,35 +1037,86 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often a probe write checks whether a failing disk takes writes again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-impl Committer {
-    fn run(&mut self) {
-        loop {
-            if self.wait_for_disk() {
-                continue;
-            }
-            let (entries, now, snapshot, stop) = self.take();
-            self.round(entries, now, snapshot);
+/// The committer thread: writes what is queued when it is woken (or its
+/// clock says hold expiry or an interval sync is due), holding the writer
+/// only while it works, so a leading caller can take it in between.
+fn run_committer(shared: &Shared) {
+    loop {
+        let mut writer = shared.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let c = writer
+            .as_mut()
+            .expect("the writer is the committer thread's until it stops");
+        if c.wait_for_disk() {
+            continue;
+        }
+        let mut core = shared.lock();
+        if let Some((entries, now, snapshot, stop)) = c.try_take(&mut core) {
+            drop(core);
+            c.round(entries, now, snapshot);
             if stop {
-                // Waits for the last snapshot to be stored.
-                let Snapshotter { tx, thread, .. } =
-                    std::mem::replace(&mut self.snapshots, Snapshotter::idle());
-                drop(tx);
-                let _ = thread.map(|t| t.join());
-                let mut core = self.shared.lock();
-                // Anyone still waiting (nothing should be) is told SHUTDOWN.
-                core.waiters.clear();
-                for tx in core.stopped.drain(..) {
-                    let _ = tx.send(());
-                }
-                core.committer_done = true;
+                let c = writer.take().expect("just used");
+                drop(writer);
+                c.stop();
                 return;
             }
+            continue;
+        }
+        let now = core.now();
+        core.committer_idle = true;
+        let wait = core.state.next_expiry().map_or(TICK, |t| {
+            Duration::from_millis(t.saturating_sub(now)).min(TICK)
+        });
+        // Leaders may write while this thread sleeps.
+        drop(writer);
+        let mut core = shared
+            .work
+            .wait_timeout(core, wait)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        core.committer_idle = false;
+    }
+}
+
+impl Committer {
+    /// After the last round: waits for the last snapshot to be stored and
+    /// tells whoever waits for the stop.
+    fn stop(mut self) {
+        let Snapshotter { tx, thread, .. } =
+            std::mem::replace(&mut self.snapshots, Snapshotter::idle());
+        drop(tx);
+        let _ = thread.map(|t| t.join());
+        let mut core = self.shared.lock();
+        // Anyone still waiting (nothing should be) is told SHUTDOWN.
+        core.waiters.clear();
+        for tx in core.stopped.drain(..) {
+            let _ = tx.send(());
+        }
+        core.committer_done = true;
+    }
+
+    /// A leading caller's round: everything pending as one group, unless
+    /// writes are refused or the engine is stopping (the committer thread
+    /// handles both). False when the write failed.
+    fn lead_round(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let taken = {
+            let mut core = shared.lock();
+            if core.shutdown || core.degraded.is_some() {
+                None
+            } else {
+                self.try_take(&mut core)
+            }
+        };
+        match taken {
+            Some((entries, now, snapshot, _)) => self.round(entries, now, snapshot),
+            None => true,
         }
     }
 
     /// Writes one group (if any, or an interval sync is due), then hands
-    /// the snapshot taken with it on, once the group is durable.
-    fn round(&mut self, entries: Vec<Entry>, now: u64, snapshot: Option<State>) {
+    /// the snapshot taken with it on, once the group is durable. False when
+    /// the write failed.
+    fn round(&mut self, entries: Vec<Entry>, now: u64, snapshot: Option<State>) -> bool {
         let written = if !entries.is_empty() || self.sync_due(now) {
             self.commit(now, entries)
         } else {
@@ -861,6 +1140,7 @@ impl Committer {
             (Some(_), false) => self.snapshots.busy.store(false, Ordering::Release),
             _ => {}
         }
+        written
     }
 
     /// While writes are refused: waits `PROBE_EVERY` (or a wake-up), then
@@ -894,31 +1174,6 @@ impl Committer {
                 tracing::debug!("probe write failed: {e}; writes stay refused");
                 true
             }
-        }
-    }
-
-    /// Waits for queued entries (or the clock: expiry, interval syncs), then
-    /// takes them all. Returns them with the time, a snapshot to save after
-    /// they are durable, and whether to stop.
-    fn take(&mut self) -> (Vec<Entry>, u64, Option<State>, bool) {
-        let shared = self.shared.clone();
-        let mut guard = shared.lock();
-        loop {
-            if let Some(taken) = self.try_take(&mut guard) {
-                return taken;
-            }
-            let core = &mut *guard;
-            let now = core.now();
-            core.committer_idle = true;
-            let wait = core.state.next_expiry().map_or(TICK, |t| {
-                Duration::from_millis(t.saturating_sub(now)).min(TICK)
-            });
-            guard = shared
-                .work
-                .wait_timeout(guard, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            guard.committer_idle = false;
         }
     }
 
@@ -1075,7 +1330,7 @@ impl Committer {
                 core.shutdown = true;
                 core.pending.clear();
                 for (_, tx) in core.waiters.drain(..) {
-                    let _ = tx.send(false);
+                    let _ = tx.send(Release::Failed);
                 }
                 self.shared.work.notify_all();
                 return;
@@ -1090,7 +1345,7 @@ impl Committer {
         self.stats.degraded.store(true, Ordering::Relaxed);
         core.durable = core.state.next_seq - 1;
         for (_, tx) in core.waiters.drain(..) {
-            let _ = tx.send(false);
+            let _ = tx.send(Release::Failed);
         }
     }
 }

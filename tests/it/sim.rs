@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use crate::common::env_u64;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use spendb::engine::{self, Durability, EngineConfig, EngineHandle, ManualCommitter, Submitted};
+use spendb::engine::{
+    self, Durability, EngineConfig, EngineHandle, ManualCommitter, Release, Submitted,
+};
 use spendb::resp::cmd;
 use spendb::state::holds::Hold;
 use spendb::state::limit::Dim;
@@ -250,7 +252,7 @@ enum Promise {
 struct Sent {
     lines: Vec<String>,
     replies: Vec<Value>,
-    rx: tokio::sync::oneshot::Receiver<bool>,
+    rx: spendb::engine::Durable,
 }
 
 struct Sim {
@@ -291,7 +293,7 @@ fn config() -> EngineConfig {
             ..Config::default()
         },
         snapshot_every: 40,
-        retain_entries: None,
+        ..EngineConfig::default()
     }
 }
 
@@ -358,9 +360,10 @@ impl Sim {
     fn collect(&mut self) {
         let mut still = Vec::new();
         for mut s in std::mem::take(&mut self.sent) {
-            match s.rx.try_recv() {
-                Ok(true) => self.acknowledge(&s.lines, &s.replies),
-                Ok(false) => {
+            match s.rx.try_release() {
+                Ok(Release::Durable) => self.acknowledge(&s.lines, &s.replies),
+                Ok(Release::Lead) => unreachable!("manual mode has no leaders"),
+                Ok(Release::Failed) => {
                     self.stats.ioerr += s.lines.len() as u64;
                     s.lines.hash(&mut self.trace);
                     "IOERR".hash(&mut self.trace);

@@ -245,6 +245,12 @@ pub(crate) struct ServeArgs {
     /// fsync (reply after fsync), interval:<ms> (sync at most every ms), or none.
     #[arg(long, env = "SPENDB_DURABILITY", default_value = "fsync")]
     pub(crate) durability: Durability,
+    /// Who writes a group commit in fsync mode: leader (the request that
+    /// finds no write in flight writes and syncs the group on its own
+    /// thread) or thread (a committer thread does, and wakes the requests).
+    /// For measuring the two; docs/BENCHMARKS.md.
+    #[arg(long, env = "SPENDB_GROUP_COMMIT", default_value = "leader")]
+    pub(crate) group_commit: spendb::engine::GroupCommit,
     /// Password clients must give (AUTH / HELLO … AUTH) before any command.
     #[arg(long, env = "SPENDB_REQUIREPASS", hide_env_values = true)]
     pub(crate) requirepass: Option<String>,

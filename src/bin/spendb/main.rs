@@ -249,6 +249,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             rules,
             snapshot_every: a.snapshot_every,
             retain_entries: a.ledger_retain,
+            group_commit: a.group_commit,
         },
         segment_bytes: a.segment_bytes,
         cache: CacheLimits {
