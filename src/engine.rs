@@ -382,18 +382,25 @@ impl Durable {
     /// Err when the engine shut down first.
     pub async fn wait(mut self) -> Result<bool, oneshot::error::RecvError> {
         loop {
-            match std::mem::replace(&mut self.wait, Wait::Settled) {
-                Wait::Lead => {
+            let released = match &mut self.wait {
+                Wait::Lead => None,
+                // Polled in place: dropped while it waits, `Drop` finds a
+                // turn to lead that arrived meanwhile and passes it on.
+                Wait::Follow(rx) => Some(rx.await),
+                Wait::Settled => unreachable!("waited once"),
+            };
+            self.wait = Wait::Settled;
+            match released {
+                None => {
                     if let Some(written) = self.lead() {
                         return Ok(written);
                     }
                 }
-                Wait::Follow(rx) => match rx.await? {
+                Some(r) => match r? {
                     Release::Durable => return Ok(true),
                     Release::Failed => return Ok(false),
                     Release::Lead => self.wait = Wait::Lead,
                 },
-                Wait::Settled => unreachable!("waited once"),
             }
         }
     }
@@ -637,6 +644,12 @@ impl EngineHandle {
         if self.shared.link.set(link).is_err() {
             panic!("the cluster link is set once");
         }
+    }
+
+    /// Whether a caller holds the turn to write the next group (leader
+    /// mode). False whenever nothing is queued: a turn is never lost.
+    pub fn turn_taken(&self) -> bool {
+        self.shared.lock().writing
     }
 
     /// Whether this engine is a cluster node's.

@@ -19,6 +19,8 @@ struct FailingSync {
     inner: LogStore,
     /// While set, every sync and probe fails (a full or failing disk).
     failing: Arc<AtomicBool>,
+    /// While set, every sync takes 2 ms more (a slow disk).
+    slow: Arc<AtomicBool>,
 }
 
 impl Storage for FailingSync {
@@ -26,6 +28,9 @@ impl Storage for FailingSync {
         self.inner.append(entries)
     }
     fn sync(&mut self) -> Result<(), StoreError> {
+        if self.slow.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected: fdatasync failed (EIO)").into());
         }
@@ -98,19 +103,44 @@ async fn until_written(engine: &EngineHandle, line: &str) -> Value {
     }
 }
 
-/// The engine on a real LogStore in a temp dir that fails while the flag
-/// is set.
+/// The engine on a real LogStore in a temp dir that fails while the first
+/// flag is set.
 fn start_failing() -> (
     tempfile::TempDir,
     Arc<AtomicBool>,
     EngineHandle,
     std::thread::JoinHandle<()>,
 ) {
+    let (dir, fail, _, engine, thread) = start_wrapped();
+    (dir, fail, engine, thread)
+}
+
+/// The engine on a real LogStore in a temp dir whose syncs are slow while
+/// the flag is set.
+fn start_slow() -> (
+    tempfile::TempDir,
+    Arc<AtomicBool>,
+    EngineHandle,
+    std::thread::JoinHandle<()>,
+) {
+    let (dir, _, slow, engine, thread) = start_wrapped();
+    (dir, slow, engine, thread)
+}
+
+fn start_wrapped() -> (
+    tempfile::TempDir,
+    Arc<AtomicBool>,
+    Arc<AtomicBool>,
+    EngineHandle,
+    std::thread::JoinHandle<()>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let fail = Arc::new(AtomicBool::new(false));
+    let slow = Arc::new(AtomicBool::new(false));
     let store = FailingSync {
         inner: LogStore::open(dir.path()).unwrap(),
         failing: fail.clone(),
+        slow: slow.clone(),
     };
     let (engine, thread, _) = engine::start(
         Box::new(store),
@@ -118,7 +148,7 @@ fn start_failing() -> (
         engine::system_clock(),
     )
     .unwrap();
-    (dir, fail, engine, thread)
+    (dir, fail, slow, engine, thread)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,4 +228,60 @@ async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
     let store = LogStore::open(dir.path()).unwrap();
     let report = recovery::verify(&store, Config::default()).unwrap();
     assert_eq!(report.open_holds, 0);
+}
+
+/// Leader-based group commit: callers that go away while they wait (a
+/// timeout, a closed HTTP request) may hold the turn to write the next
+/// group; it must pass on, or every later write would wait forever. Syncs
+/// are slowed to 2 ms so that most callers wait behind one and many are
+/// dropped while waiting; then every later command must still be answered,
+/// and the ledger must hold exactly what the state holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_dropped_while_waiting_never_stall_the_group_commit() {
+    let (dir, slow, engine, thread) = start_slow();
+    run(&engine, "BUDGET.SET org:g TOKENS 1000000 PER DAY").await;
+    slow.store(true, Ordering::SeqCst);
+    // Callers race a clock: whichever is ready first wins, the other is
+    // dropped unpolled (as `select!` does), so a turn to lead that arrived
+    // at the same moment as the clock is dropped with the caller.
+    let mut tasks = Vec::new();
+    for i in 0..400u64 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let line = format!("RESERVE g{i} org:g gpt-4o INPUT 10 OUTPUT 0");
+            let patience = std::time::Duration::from_micros(250 * (i % 13));
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep(patience) => false,
+                _ = run(&engine, &line) => true,
+            }
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap() as usize;
+    }
+    slow.store(false, Ordering::SeqCst);
+    assert!(answered < 400, "some callers must have gone away");
+    // Every later command is answered (within 10 s each: not stalled).
+    for i in 0..20 {
+        let line = format!("RESERVE after{i} org:g gpt-4o INPUT 10 OUTPUT 0");
+        let v = tokio::time::timeout(std::time::Duration::from_secs(10), run(&engine, &line))
+            .await
+            .unwrap_or_else(|_| panic!("{line}: no answer: the group commit stalled"));
+        assert!(matches!(v, Value::Map(_)), "{v:?}");
+    }
+    // Idle again, and no turn to write was lost with a caller: the next
+    // caller leads, instead of every later group waiting for the committer
+    // thread's clock.
+    assert!(!engine.has_pending());
+    assert!(!engine.turn_taken());
+    let held = engine.inspect(|s| s.open_hold_count());
+    engine.shutdown().await;
+    thread.join().unwrap();
+    // What the state held is what the ledger holds.
+    let store = LogStore::open(dir.path()).unwrap();
+    let report = recovery::verify(&store, Config::default()).unwrap();
+    assert_eq!(report.open_holds as usize, held);
+    assert!(held >= answered + 20, "{held} open, {answered} answered");
 }
