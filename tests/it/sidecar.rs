@@ -177,3 +177,34 @@ fn the_admin_api_alone_off_loopback_needs_credentials_but_readyz_does_not() {
     let mut c = s.conn();
     assert_eq!(string(&raw(&mut c, "PING").unwrap()), "PONG");
 }
+
+#[test]
+fn spendb_bench_ping_measures_the_clients_own_floor() {
+    let s = Server::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("out.json");
+    let out = std::process::Command::new(bin())
+        .args(["bench", "-p", &s.port.to_string(), "-q", "--ping"])
+        .args(["--rate", "500", "-d", "1s", "-c", "2"])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let commands = r["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0][0], "ping");
+    // Two PINGs a transaction, and no RESERVE reached the server.
+    let t = r["transactions"].as_u64().unwrap();
+    assert!(t > 0);
+    assert_eq!(commands[0][1]["count"].as_u64().unwrap(), 2 * t);
+    assert!(r["client_cpu_us_per_transaction"].as_f64().unwrap() > 0.0);
+    let b = q(&mut s.conn(), "BALANCE org:o0");
+    assert_eq!(dim(&b, "spent", "requests"), "0");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("client CPU"), "{table}");
+}

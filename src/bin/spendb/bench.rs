@@ -60,6 +60,9 @@ pub struct BenchConfig {
     /// cache churns, entries expiring as fast as they come.
     pub cache_set_ratio: f64,
     pub model: String,
+    /// The client's own floor: each transaction is two PINGs instead of
+    /// RESERVE and COMMIT, through the same connections and schedule.
+    pub ping: bool,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub progress: bool,
@@ -94,8 +97,12 @@ pub struct BenchReport {
     pub first_error: Option<String>,
     /// Every command sent, per second.
     pub commands_per_second: f64,
-    /// Per command: reserve (granted and denied), commit, release.
+    /// Per command: reserve (granted and denied), commit, release (or
+    /// ping, with `--ping`).
     pub commands: Vec<(String, CommandStats)>,
+    /// CPU this client process used per transaction (user + system, µs):
+    /// the load generator's own cost, on the same cores as the server.
+    pub client_cpu_us_per_transaction: f64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -118,6 +125,7 @@ struct Hists {
     count: Histogram<u64>,
     cache_get: Histogram<u64>,
     cache_set: Histogram<u64>,
+    ping: Histogram<u64>,
     first_error: Option<String>,
 }
 
@@ -130,6 +138,7 @@ impl Hists {
             count: histogram(),
             cache_get: histogram(),
             cache_set: histogram(),
+            ping: histogram(),
             first_error: None,
         }
     }
@@ -385,6 +394,27 @@ impl Worker {
                     Err(e) => self.error(&mut h, e),
                 }
             }
+            if self.cfg.ping {
+                // Two round trips, as RESERVE then COMMIT, each timed as a
+                // RESERVE is: the first from when it was due.
+                let mut firsts = Some(intended);
+                for _ in 0..2 {
+                    let mut p = redis::pipe();
+                    for _ in 0..n {
+                        p.cmd("PING");
+                    }
+                    let sent = firsts.take().unwrap_or_else(Instant::now);
+                    match p.query_async::<Vec<redis::Value>>(&mut con).await {
+                        Ok(r) => {
+                            for _ in &r {
+                                record(&mut h.ping, sent);
+                            }
+                        }
+                        Err(e) => self.error(&mut h, e),
+                    }
+                }
+                continue;
+            }
             let mut reserve = redis::pipe();
             let mut ids = Vec::with_capacity(n as usize);
             for _ in 0..n {
@@ -513,6 +543,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
     let run_id = format!("b{:08x}", rand::random::<u32>());
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_us();
     let start = Instant::now();
     let workers: Vec<_> = (0..cfg.connections)
         .map(|id| {
@@ -566,9 +597,11 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         all.count.add(&h.count).map_err(|e| e.to_string())?;
         all.cache_get.add(&h.cache_get).map_err(|e| e.to_string())?;
         all.cache_set.add(&h.cache_set).map_err(|e| e.to_string())?;
+        all.ping.add(&h.ping).map_err(|e| e.to_string())?;
         all.first_error = all.first_error.or(h.first_error);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_us().saturating_sub(cpu_before);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -577,8 +610,18 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         + all.release.len()
         + all.count.len()
         + all.cache_get.len()
-        + all.cache_set.len();
-    let mut commands = vec![("reserve".to_string(), stats(&all.reserve, secs))];
+        + all.cache_set.len()
+        + all.ping.len();
+    let transactions = if cfg.ping {
+        all.ping.len() / 2
+    } else {
+        all.reserve.len()
+    };
+    let mut commands = if cfg.ping {
+        vec![("ping".to_string(), stats(&all.ping, secs))]
+    } else {
+        vec![("reserve".to_string(), stats(&all.reserve, secs))]
+    };
     if !all.commit.is_empty() {
         commands.push(("commit".into(), stats(&all.commit, secs)));
     }
@@ -601,7 +644,7 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         mode: if cfg.rate.is_some() { "open" } else { "closed" }.into(),
         target_rate: cfg.rate,
         seconds: secs,
-        transactions: all.reserve.len(),
+        transactions,
         granted: counters.granted.load(Ordering::Relaxed),
         abandoned: counters.abandoned.load(Ordering::Relaxed),
         denied: counters.denied.load(Ordering::Relaxed),
@@ -609,7 +652,19 @@ pub async fn run(cfg: BenchConfig) -> Result<BenchReport, String> {
         first_error: all.first_error,
         commands_per_second: sent as f64 / secs,
         commands,
+        client_cpu_us_per_transaction: cpu as f64 / transactions.max(1) as f64,
     })
+}
+
+/// CPU time (user + system) this process has used, in µs.
+fn cpu_us() -> u64 {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(u.ru_utime) + us(u.ru_stime)
 }
 
 /// The report as a table for a terminal.
@@ -656,6 +711,10 @@ pub fn format_report(r: &BenchReport) -> String {
             ms(s.max_us)
         );
     }
+    out += &format!(
+        "client CPU {:.1} µs a transaction (this load generator's own, on the server's cores)\n",
+        r.client_cpu_us_per_transaction
+    );
     if let Some(e) = &r.first_error {
         out += &format!("first error: {e}\n");
     }

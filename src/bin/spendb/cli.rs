@@ -153,6 +153,11 @@ pub(crate) struct BenchArgs {
     /// Scope tree as ORGSxTEAMSxAGENTS (teams per org, agents per team).
     #[arg(long, default_value = "2x4x16")]
     pub(crate) tree: String,
+    /// Each transaction is two PINGs instead of RESERVE and COMMIT, on
+    /// the same connections and schedule: the floor this client and the
+    /// transport add to every figure.
+    #[arg(long)]
+    pub(crate) ping: bool,
     /// Fraction of granted holds released instead of committed.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) release_ratio: f64,

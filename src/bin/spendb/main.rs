@@ -59,6 +59,7 @@ fn bench(a: cli::BenchArgs) -> Result<(), String> {
         abandon_ratio: a.abandon_ratio,
         ttl_ms: a.ttl,
         cache_set_ratio: a.cache_set_ratio,
+        ping: a.ping,
         model: a.model,
         input_tokens: a.input_tokens,
         output_tokens: a.output_tokens,
