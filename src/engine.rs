@@ -1045,6 +1045,10 @@ impl Snapshotter {
     }
 }
 
+/// A periodic snapshot is due once the entries since the last one reach
+/// this share of the state's records (1/8), or `snapshot_every`.
+const SNAPSHOT_TAIL_SHARE: u64 = 8;
+
 /// Longest the committer sleeps without looking at the clock.
 const TICK: Duration = Duration::from_millis(50);
 /// How often a probe write checks whether a failing disk takes writes again.
@@ -1210,17 +1214,20 @@ impl Committer {
         self.since_snapshot += entries.len() as u64;
         // A snapshot of the state as of these entries, taken now (the state
         // and the batch agree) and saved once they are durable. At least
-        // `snapshot_every` entries apart and at least as many as the records
-        // it holds: a large state is not rewritten every few entries
-        // (amortized O(1) per entry), and replay at start-up stays bounded by
-        // the state's size. (Twice the records, the first rule, never came
-        // due while settled holds were still retained: each RESERVE + COMMIT
-        // adds one record per two entries.)
+        // `snapshot_every` entries apart and at least an eighth of the
+        // records it holds: a large state is not rewritten every few
+        // entries (amortized O(1) per entry: eight record encodes per
+        // entry at most), and the tail replayed at start-up stays within an
+        // eighth of the state's size. Replaying an entry costs about three
+        // times loading a record, so with a tail as long as the records
+        // (the rule until issue #18) replay was two thirds of a start after
+        // a crash: 4.4–4.8 s of 6.5 s here with 5M holds.
         let every = self.config.snapshot_every;
+        let due_after = every.max(core.state.records() as u64 / SNAPSHOT_TAIL_SHARE);
         let snapshot = if core.shutdown
             || (asked && !self.snapshots.busy.swap(true, Ordering::AcqRel))
             || (every > 0
-                && self.since_snapshot >= every.max(core.state.records() as u64)
+                && self.since_snapshot >= due_after
                 && !self.snapshots.busy.swap(true, Ordering::AcqRel))
         {
             self.since_snapshot = 0;

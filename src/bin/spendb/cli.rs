@@ -311,7 +311,7 @@ pub(crate) struct ServeArgs {
     /// graph (approximate, built in the background) instead of exactly.
     #[arg(long, env = "SPENDB_SEMANTIC_APPROX_FROM", default_value_t = 10_000)]
     pub(crate) semantic_approx_from: usize,
-    /// Snapshot the state every this many ledger entries, or every as many as
+    /// Snapshot the state every this many ledger entries, or every eighth of
     /// the records the state holds if that is more (0: only at shutdown).
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     pub(crate) snapshot_every: u64,
