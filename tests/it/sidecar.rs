@@ -208,3 +208,17 @@ fn spendb_bench_ping_measures_the_clients_own_floor() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("client CPU"), "{table}");
 }
+
+/// A SIGTERM that arrives right after the ready line (a script, a kubelet
+/// stopping a pod that just started) is a clean stop: the handler is in
+/// place before the line is printed, so the default action never kills it.
+#[test]
+fn a_sigterm_right_after_ready_is_a_clean_stop() {
+    for _ in 0..10 {
+        let mut s = Server::start(&[]);
+        assert!(s.stop().success());
+        // The clean stop wrote its last snapshot.
+        let snaps = std::fs::read_dir(s.dir.join("snapshots")).unwrap().count();
+        assert!(snaps >= 1, "no snapshot after the stop");
+    }
+}

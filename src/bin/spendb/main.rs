@@ -387,6 +387,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
                 None => std::future::pending().await,
             }
         };
+        let stop_signal = shutdown_signal()?;
         // Tests and scripts read this line to learn the ports.
         match &unix_path {
             Some(p) => println!(
@@ -401,7 +402,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         tokio::select! {
             _ = resp::run(listener, ctx) => {}
             _ = unix_served => {}
-            _ = shutdown_signal() => tracing::info!("shutting down: finishing queued commands"),
+            _ = stop_signal => tracing::info!("shutting down: finishing queued commands"),
             _ = asked.shutdown.notified() => tracing::info!("SHUTDOWN: finishing queued commands"),
             reason = handle.stopped_on_failure() => failure = Some(reason),
         }
@@ -453,11 +454,18 @@ fn bind_unix(
     Ok(listener)
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a signal that arrives right after the
+/// ready line (a script, a kubelet) must be a clean stop, not the default
+/// action's kill.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
