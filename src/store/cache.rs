@@ -479,7 +479,7 @@ mod tests {
 
     fn cache(limits: CacheLimits) -> (tempfile::TempDir, Cache) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();
         (dir, Cache::open(db, limits, 0).unwrap())
     }
 

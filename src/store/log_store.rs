@@ -258,11 +258,12 @@ impl LogStore {
     /// `open` with another segment size (tests of rotation).
     pub fn open_with(dir: &Path, segment_max: u64) -> Result<LogStore, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = super::open_sled(
+            &sled::Config::new()
+                .path(dir)
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput),
+        )?;
         // Snapshots of the first layout, in sled: unusable by this build
         // (start-up replays the ledger once instead).
         let legacy = db.open_tree("snapshots")?;

@@ -33,6 +33,30 @@ pub enum StoreError {
     Corrupt { seq: u64, what: String },
 }
 
+/// Opens the sled database of a data dir. sled locks its files, and a
+/// database dropped in this process lets go of the lock only once sled's
+/// own background work on it has ended (a moment later, longer under
+/// load): opening the same dir again at once, as the embedded API's
+/// close-then-open does, may find it still locked. That lock is waited for,
+/// at most `SLED_LOCK_WAIT`; another process holding it is an error then.
+pub(crate) fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long `open_sled` waits for sled's lock on a data dir.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reading a ledger and its snapshots: what `ledger verify` needs (a
 /// [`reader::LedgerReader`] does it without opening anything for writing).
 pub trait LedgerRead {

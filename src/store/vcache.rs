@@ -629,7 +629,7 @@ mod tests {
 
     fn cache(limits: CacheLimits) -> (tempfile::TempDir, sled::Db, SemanticCache) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();
         let c = SemanticCache::open(&db, limits, 0).unwrap();
         (dir, db, c)
     }
@@ -685,7 +685,7 @@ mod tests {
             ..CacheLimits::default()
         };
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();
             let c = SemanticCache::open(&db, limits, 0).unwrap();
             c.set("s", &[1.0, 0.0, 0.0], &[1; 10], Some(100), 0, None, 1_000)
                 .unwrap();
@@ -713,7 +713,7 @@ mod tests {
             c.set_threshold("s", 0.5).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();
         let c = SemanticCache::open(&db, limits, 0).unwrap();
         assert_eq!(c.stats_where(|n| n == "s").entries, 2);
         assert_eq!(c.config("s").threshold, 0.5);

@@ -560,13 +560,25 @@ mod graph_tests {
         assert!(ix.is_approximate());
         assert_eq!(ix.built_with, 59 - ix.deleted_since_build);
         let q = unit(&[0.5, 0.5, 0.1, 1.0]).unwrap();
+        // The graph holds exactly the live entries, and answers with one of
+        // them, scored as brute force scores it (whether it is the very
+        // nearest is the graph's recall: the property test below and the
+        // benchmarks).
         let same = |ix: &mut VectorIndex| {
+            if let Some(graph) = &ix.graph {
+                assert_eq!(graph.size(), ix.flat.len());
+                for id in ix.flat.owner.iter().flatten() {
+                    assert!(graph.contains(*id), "{id} missing");
+                }
+            }
             let (g, e) = (
                 ix.nearest(&q, |_| true).unwrap(),
                 ix.nearest_exact(&q, |_| true).unwrap(),
             );
-            assert_eq!(g.id, e.id);
-            assert!((g.score - e.score).abs() < 1e-5, "{g:?} {e:?}");
+            let slot = ix.flat.slot_of[&g.id];
+            let scored = dot(&q, &ix.flat.arena[slot * 4..(slot + 1) * 4]);
+            assert!((g.score - scored).abs() < 1e-5, "{g:?} scores {scored}");
+            assert!(g.score <= e.score + 1e-5, "{g:?} beats the exact {e:?}");
         };
         same(&mut ix);
         // Delete 30 of 59: more than half of what the graph was built with.
@@ -586,10 +598,16 @@ mod graph_tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
-        /// With a search that keeps every candidate (ef ≥ N), the graph's
-        /// answer is the exact one: what it was built with, what was added
-        /// and deleted while it was being built and after, and what the
-        /// cache says is not live all reach it.
+        /// What was built in, added and deleted while a graph was being
+        /// built and after, all reach it: the graph holds exactly the live
+        /// entries; an answer is a live entry the cache calls live, scored
+        /// as brute force scores it; and with a search that keeps every
+        /// candidate (ef ≥ N) nearly every query gets the exact nearest.
+        /// Not every one: HNSW can leave an entry unreachable from the
+        /// entry point (this test found one: 2-D, 57 entries, after
+        /// deletions, the exact nearest at distance 0.001 missed with ef ≥
+        /// N), which is why the graph is rebuilt once deletions pass half,
+        /// and why recall is measured under churn (docs/BENCHMARKS.md).
         #[test]
         fn the_graph_answers_as_brute_force(
             dim in 2usize..12,
@@ -618,17 +636,39 @@ mod graph_tests {
             }
             ix.wait_for_build();
             ix.set_expansion_search(points.len() + 16);
+            if let Some(graph) = &ix.graph {
+                // Exactly the entries the exact index holds.
+                prop_assert_eq!(graph.size(), ix.flat.len());
+                for id in ix.flat.owner.iter().flatten() {
+                    prop_assert!(graph.contains(*id), "{} missing from the graph", id);
+                }
+            }
+            let live = |id: EntryId| !id.is_multiple_of(dead_mod);
+            let all_live = |_: EntryId| true;
+            let (mut asked, mut exact_hits) = (0, 0);
             for q in &queries {
                 let Some(q) = unit(&q[..dim]) else { continue };
-                let live = |id: EntryId| !id.is_multiple_of(dead_mod);
-                let exact = ix.nearest_exact(&q, live);
-                let got = ix.nearest(&q, live);
-                match (exact, got) {
-                    (None, None) => {}
-                    (Some(e), Some(g)) => prop_assert!((e.score - g.score).abs() < 1e-4,
-                        "exact {e:?} graph {g:?} (approximate: {})", ix.is_approximate()),
-                    other => prop_assert!(false, "{other:?}"),
+                for filter in [&live as &dyn Fn(EntryId) -> bool, &all_live] {
+                    let exact = ix.nearest_exact(&q, filter);
+                    let got = ix.nearest(&q, filter);
+                    let (e, g) = match (exact, got) {
+                        (None, None) => continue,
+                        (Some(e), Some(g)) => (e, g),
+                        other => return Err(TestCaseError::fail(format!("{other:?}"))),
+                    };
+                    asked += 1;
+                    prop_assert!(filter(g.id), "{g:?} is not live");
+                    let slot = ix.flat.slot_of[&g.id];
+                    let scored = dot(&q, &ix.flat.arena[slot * dim..(slot + 1) * dim]);
+                    prop_assert!((scored - g.score).abs() < 1e-4, "{g:?} scores {scored}");
+                    if (e.score - g.score).abs() < 1e-4 {
+                        exact_hits += 1;
+                    }
                 }
+            }
+            if ix.is_approximate() && asked >= 4 {
+                prop_assert!(exact_hits * 4 >= asked * 3,
+                    "{exact_hits} of {asked} exact with ef ≥ N");
             }
         }
     }
