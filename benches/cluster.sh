@@ -48,7 +48,9 @@ start() { # start <name> [cluster node name]: prints "<resp port> <admin port>"
   else
     "$bin" serve --port "$port" --admin-port "$admin" --data-dir "$work/$name" >/dev/null 2>"$work/$name.log" &
   fi
-  pids+=($!)
+  # start runs in a command substitution's subshell: its pids+= would be
+  # lost, and the node left running; the parent reads this file.
+  echo $! >>"$work/started.pids"
   for _ in $(seq 100); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
   if [ -n "$node" ]; then
     for _ in $(seq 100); do curl -s "http://127.0.0.1:$admin/v1/cluster" | grep -q '"registered":true' && break; sleep 0.1; done
@@ -66,6 +68,8 @@ for i in 1 2 3; do
   read -r p a <<<"$(start "node$i" "n$i")"
   ports+=("$p"); admins+=("$a")
 done
+mapfile -t started <"$work/started.pids"
+pids+=("${started[@]}")
 redis-cli -p "${ports[0]}" BUDGET.SET "${budget[@]}" >/dev/null
 for p in "${ports[@]}"; do
   for _ in $(seq 100); do redis-cli -p "$p" BUDGET.GET org:bench 2>/dev/null | grep -q org:bench && break; sleep 0.1; done
