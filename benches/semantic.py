@@ -17,7 +17,9 @@ until its graph is rebuilt after it. A benchmark, not a test: it asserts
 nothing.
 
 Run (after `cargo build --release` and scripts/test, which installs
-redis-py): target/clients/py/bin/python benches/semantic.py [N]
+redis-py): target/clients/py/bin/python benches/semantic.py [N]; or, with
+a real set made by benches/embed_sentences.py (numpy needed):
+benches/semantic.py --vectors real.npz
 """
 
 import random
@@ -33,15 +35,48 @@ import urllib.request
 
 import redis
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-DIM = 384
 rng = random.Random(17)
-centres = [[rng.uniform(-1, 1) for _ in range(DIM)] for _ in range(100)]
+# A real set (benches/embed_sentences.py's .npz): its stored vectors go in,
+# its held-out sentences are the fresh queries and its rewritten stored
+# sentences the near-dup ones; churn puts removed vectors back under new
+# ids (the set has no others).
+REAL = None
+if len(sys.argv) > 2 and sys.argv[1] == "--vectors":
+    import numpy as np
+
+    # Read out of the .npz once (indexing an NpzFile reads the array again).
+    REAL = {k: v.tolist() for k, v in np.load(sys.argv[2]).items()}
+    N = len(REAL["stored"])
+    DIM = len(REAL["stored"][0])
+else:
+    N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    DIM = 384
+    centres = [[rng.uniform(-1, 1) for _ in range(DIM)] for _ in range(100)]
+loaded = 0
 
 
 def fresh() -> list[float]:
+    """A query that is no stored entry."""
+    if REAL is not None:
+        return REAL["fresh"][rng.randrange(len(REAL["fresh"]))]
     c = centres[rng.randrange(len(centres))]
     return [x + rng.uniform(-0.3, 0.3) for x in c]
+
+
+def entry() -> list[float]:
+    """The next vector to store."""
+    global loaded
+    if REAL is not None:
+        loaded += 1
+        return REAL["stored"][(loaded - 1) % N]
+    return fresh()
+
+
+def near_dup(stored: dict[int, list[float]], ids: list[int]) -> list[float]:
+    """A query close to a stored entry."""
+    if REAL is not None:
+        return REAL["near_dup"][rng.randrange(len(REAL["near_dup"]))]
+    return [x + rng.uniform(-0.01, 0.01) for x in stored[rng.choice(ids)]]
 
 
 def quantile(before: list[tuple[float, int]], after: list[tuple[float, int]], q: float) -> str:
@@ -120,7 +155,7 @@ try:
     began = time.monotonic()
     pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
     for i in range(N):
-        v = fresh()
+        v = entry()
         for p in pipes:
             p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"answer {i}")
         stored[i] = v
@@ -141,8 +176,7 @@ try:
         kinds = ["fresh", "near-dup"] * 500
         ids = list(stored)
         queries = [
-            blob(fresh() if kind == "fresh"
-                 else [x + rng.uniform(-0.01, 0.01) for x in stored[rng.choice(ids)]])
+            blob(fresh() if kind == "fresh" else near_dup(stored, ids))
             for kind in kinds
         ]
         lat: list[float] = []
@@ -191,11 +225,12 @@ try:
                 if k % 1000 == 999:
                     p.execute()
             p.execute()
+        stored_before = dict(stored)
         for i in gone:
             del stored[i]
         pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
         for k in range(len(gone)):
-            v = fresh()
+            v = stored_before[gone[k]] if REAL is not None else fresh()
             for p in pipes:
                 p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"new {next_id}")
             stored[next_id] = v
