@@ -152,18 +152,22 @@ a = Server()
 b = Server("--semantic-approx-from", "1000000000")
 stored: dict[int, list[float]] = {}
 try:
-    began = time.monotonic()
-    pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
-    for i in range(N):
-        v = entry()
-        for p in pipes:
-            p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"answer {i}")
-        stored[i] = v
-        if i % 1000 == 999:
+    def vset_both(entries: list[tuple[int, list[float]]], label: str) -> None:
+        """Stores each (id, vector) in both servers, in the same order (so
+        under the same entry ids), in pipelines of 1,000."""
+        pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
+        for k, (i, v) in enumerate(entries):
             for p in pipes:
-                p.execute()
-    for p in pipes:
-        p.execute()
+                p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"{label} {i}")
+            stored[i] = v
+            if k % 1000 == 999:
+                for p in pipes:
+                    p.execute()
+        for p in pipes:
+            p.execute()
+
+    began = time.monotonic()
+    vset_both([(i, entry()) for i in range(N)], "answer")
     print(f"{N} VSETs into each server: {time.monotonic() - began:.1f} s")
     print(f"A's graph ready {a.graph_ready():.1f} s after the last VSET")
 
@@ -228,18 +232,12 @@ try:
         stored_before = dict(stored)
         for i in gone:
             del stored[i]
-        pipes = [a.r.pipeline(transaction=False), b.r.pipeline(transaction=False)]
-        for k in range(len(gone)):
-            v = stored_before[gone[k]] if REAL is not None else fresh()
-            for p in pipes:
-                p.execute_command("CACHE.VSET", "bench", "FP32", blob(v), f"new {next_id}")
-            stored[next_id] = v
-            next_id += 1
-            if k % 1000 == 999:
-                for p in pipes:
-                    p.execute()
-        for p in pipes:
-            p.execute()
+        vset_both(
+            [(next_id + k, stored_before[g] if REAL is not None else fresh())
+             for k, g in enumerate(gone)],
+            "new",
+        )
+        next_id += len(gone)
         print(f"churn {round + 1}: replaced {len(gone)}; graph settled {a.graph_ready():.1f} s later")
         measure(f"after churn {round + 1}")
     a.stop()

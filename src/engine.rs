@@ -207,10 +207,11 @@ impl Core {
     /// that is durable already.
     fn queued(&mut self, before: usize, work: &Condvar) -> Option<(u64, Wait)> {
         let seq = self.state.next_seq - 1;
+        // Nothing past the durable position: nothing queued either.
+        if seq <= self.durable {
+            return None;
+        }
         if self.leaders {
-            if seq <= self.durable {
-                return None;
-            }
             if !self.writing {
                 // No write in flight: this caller writes the group.
                 self.writing = true;
@@ -219,9 +220,6 @@ impl Core {
         } else if self.pending.len() > before && self.committer_idle {
             self.committer_idle = false;
             work.notify_one();
-        }
-        if seq <= self.durable {
-            return None;
         }
         let (tx, rx) = oneshot::channel();
         self.waiters.push_back((seq, tx));
@@ -382,25 +380,16 @@ impl Durable {
     /// Err when the engine shut down first.
     pub async fn wait(mut self) -> Result<bool, oneshot::error::RecvError> {
         loop {
-            let released = match &mut self.wait {
-                Wait::Lead => None,
+            let release = match &mut self.wait {
+                Wait::Lead => Release::Lead,
                 // Polled in place: dropped while it waits, `Drop` finds a
                 // turn to lead that arrived meanwhile and passes it on.
-                Wait::Follow(rx) => Some(rx.await),
+                Wait::Follow(rx) => rx.await?,
                 Wait::Settled => unreachable!("waited once"),
             };
             self.wait = Wait::Settled;
-            match released {
-                None => {
-                    if let Some(written) = self.lead() {
-                        return Ok(written);
-                    }
-                }
-                Some(r) => match r? {
-                    Release::Durable => return Ok(true),
-                    Release::Failed => return Ok(false),
-                    Release::Lead => self.wait = Wait::Lead,
-                },
+            if let Some(written) = self.on_release(release) {
+                return Ok(written);
             }
         }
     }
@@ -408,19 +397,24 @@ impl Durable {
     /// `wait` for a plain thread.
     pub fn wait_blocking(mut self) -> Result<bool, oneshot::error::RecvError> {
         loop {
-            match std::mem::replace(&mut self.wait, Wait::Settled) {
-                Wait::Lead => {
-                    if let Some(written) = self.lead() {
-                        return Ok(written);
-                    }
-                }
-                Wait::Follow(rx) => match rx.blocking_recv()? {
-                    Release::Durable => return Ok(true),
-                    Release::Failed => return Ok(false),
-                    Release::Lead => self.wait = Wait::Lead,
-                },
+            let release = match std::mem::replace(&mut self.wait, Wait::Settled) {
+                Wait::Lead => Release::Lead,
+                Wait::Follow(rx) => rx.blocking_recv()?,
                 Wait::Settled => unreachable!("waited once"),
+            };
+            if let Some(written) = self.on_release(release) {
+                return Ok(written);
             }
+        }
+    }
+
+    /// What a release means: the answer (durable or not), or, after
+    /// leading, None when this caller must wait again (`self.wait`).
+    fn on_release(&mut self, release: Release) -> Option<bool> {
+        match release {
+            Release::Durable => Some(true),
+            Release::Failed => Some(false),
+            Release::Lead => self.lead(),
         }
     }
 
@@ -434,7 +428,8 @@ impl Durable {
                 }
                 r
             }
-            Wait::Lead | Wait::Settled => Ok(Release::Lead),
+            Wait::Lead => Ok(Release::Lead),
+            Wait::Settled => unreachable!("released once"),
         }
     }
 

@@ -4,24 +4,12 @@
 use crate::common::*;
 
 fn bench(port: u16, extra: &[&str]) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("out.json");
     let port = port.to_string();
-    let mut args = vec!["bench", "-p", &port, "-q", "--json", json.to_str().unwrap()];
+    let mut args = vec!["-p", &port];
     args.extend_from_slice(extra);
-    let out = std::process::Command::new(bin())
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let (report, table) = bench_report(&args);
     assert!(table.contains("p99.9"), "{table}");
-    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    report
 }
 
 fn command<'a>(r: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {

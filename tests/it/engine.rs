@@ -103,30 +103,8 @@ async fn until_written(engine: &EngineHandle, line: &str) -> Value {
     }
 }
 
-/// The engine on a real LogStore in a temp dir that fails while the first
-/// flag is set.
-fn start_failing() -> (
-    tempfile::TempDir,
-    Arc<AtomicBool>,
-    EngineHandle,
-    std::thread::JoinHandle<()>,
-) {
-    let (dir, fail, _, engine, thread) = start_wrapped();
-    (dir, fail, engine, thread)
-}
-
-/// The engine on a real LogStore in a temp dir whose syncs are slow while
-/// the flag is set.
-fn start_slow() -> (
-    tempfile::TempDir,
-    Arc<AtomicBool>,
-    EngineHandle,
-    std::thread::JoinHandle<()>,
-) {
-    let (dir, _, slow, engine, thread) = start_wrapped();
-    (dir, slow, engine, thread)
-}
-
+/// The engine on a real LogStore in a temp dir, with the two flags that
+/// make it fail (syncs and probes fail) and slow (syncs take 2 ms more).
 fn start_wrapped() -> (
     tempfile::TempDir,
     Arc<AtomicBool>,
@@ -153,7 +131,7 @@ fn start_wrapped() -> (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
-    let (dir, fail, engine, thread) = start_failing();
+    let (dir, fail, _, engine, thread) = start_wrapped();
     let ok = run(&engine, "BUDGET.SET org:f TOKENS 1000 PER DAY").await;
     assert!(matches!(ok, Value::Ok), "{ok:?}");
 
@@ -182,7 +160,7 @@ async fn a_failed_sync_answers_ioerr_and_leaves_no_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
-    let (dir, fail, engine, thread) = start_failing();
+    let (dir, fail, _, engine, thread) = start_wrapped();
     run(&engine, "BUDGET.SET org:d TOKENS 1000 PER DAY").await;
     let before = run(&engine, "RESERVE before org:d gpt-4o INPUT 100 OUTPUT 0").await;
     assert!(matches!(before, Value::Map(_)), "{before:?}");
@@ -238,7 +216,7 @@ async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
 /// and the ledger must hold exactly what the state holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_dropped_while_waiting_never_stall_the_group_commit() {
-    let (dir, slow, engine, thread) = start_slow();
+    let (dir, _, slow, engine, thread) = start_wrapped();
     run(&engine, "BUDGET.SET org:g TOKENS 1000000 PER DAY").await;
     slow.store(true, Ordering::SeqCst);
     // Callers race a clock: whichever is ready first wins, the other is

@@ -125,27 +125,16 @@ fn spendb_bench_runs_over_the_unix_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let sock = tmp.path().join("b.sock");
     let s = Server::start(&["--unixsocket", sock.to_str().unwrap()]);
-    let json = tmp.path().join("out.json");
-    let out = std::process::Command::new(bin())
-        .args([
-            "bench",
-            "-s",
-            sock.to_str().unwrap(),
-            "-q",
-            "-n",
-            "500",
-            "-c",
-            "4",
-        ])
-        .args(["--tree", "1x1x2", "--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (r, _) = bench_report(&[
+        "-s",
+        sock.to_str().unwrap(),
+        "-n",
+        "500",
+        "-c",
+        "4",
+        "--tree",
+        "1x1x2",
+    ]);
     assert_eq!(r["transactions"], 500);
     assert_eq!(r["errors"], 0);
     assert_eq!(r["target"], format!("unix:{}", sock.display()));
@@ -181,20 +170,10 @@ fn the_admin_api_alone_off_loopback_needs_credentials_but_readyz_does_not() {
 #[test]
 fn spendb_bench_ping_measures_the_clients_own_floor() {
     let s = Server::start(&[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("out.json");
-    let out = std::process::Command::new(bin())
-        .args(["bench", "-p", &s.port.to_string(), "-q", "--ping"])
-        .args(["--rate", "500", "-d", "1s", "-c", "2"])
-        .args(["--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let port = s.port.to_string();
+    let (r, table) = bench_report(&[
+        "-p", &port, "--ping", "--rate", "500", "-d", "1s", "-c", "2",
+    ]);
     let commands = r["commands"].as_array().unwrap();
     assert_eq!(commands.len(), 1);
     assert_eq!(commands[0][0], "ping");
@@ -205,7 +184,6 @@ fn spendb_bench_ping_measures_the_clients_own_floor() {
     assert!(r["client_cpu_us_per_transaction"].as_f64().unwrap() > 0.0);
     let b = q(&mut s.conn(), "BALANCE org:o0");
     assert_eq!(dim(&b, "spent", "requests"), "0");
-    let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("client CPU"), "{table}");
 }
 

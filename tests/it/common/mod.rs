@@ -323,6 +323,26 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Runs `spendb bench -q --json <file> <args>`, which must succeed: its
+/// JSON report and the table it printed.
+pub fn bench_report(args: &[&str]) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = Command::new(bin())
+        .args(["bench", "-q", "--json", json.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    (report, table)
+}
+
 /// Runs the binary with `args` (a CLI subcommand), which must succeed (its
 /// stderr is the failure's message): its stdout.
 pub fn spendb_ok(args: &[&str]) -> String {
