@@ -19,7 +19,9 @@ nothing.
 Run (after `cargo build --release` and scripts/test, which installs
 redis-py): target/clients/py/bin/python benches/semantic.py [N]; or, with
 a real set made by benches/embed_sentences.py (numpy needed):
-benches/semantic.py --vectors real.npz
+benches/semantic.py --vectors real.npz. `--ef 48,96` (first) measures each
+of those ef values (CACHE.VCONFIG bench EF n on A) on the same queries;
+the namespace's default otherwise.
 """
 
 import random
@@ -36,6 +38,10 @@ import urllib.request
 import redis
 
 rng = random.Random(17)
+EFS: list[int | None] = [None]
+if len(sys.argv) > 2 and sys.argv[1] == "--ef":
+    EFS = [int(x) for x in sys.argv[2].split(",")]
+    del sys.argv[1:3]
 # A real set (benches/embed_sentences.py's .npz): its stored vectors go in,
 # its held-out sentences are the fresh queries and its rewritten stored
 # sentences the near-dup ones; churn puts removed vectors back under new
@@ -144,7 +150,8 @@ class Server:
         return [(float("inf") if le == "+Inf" else float(le), int(n)) for le, n in found]
 
     def rss(self) -> int:
-        status = open(f"/proc/{self.proc.pid}/status").read()
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            status = f.read()
         return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
@@ -183,27 +190,34 @@ try:
             blob(fresh() if kind == "fresh" else near_dup(stored, ids))
             for kind in kinds
         ]
-        lat: list[float] = []
-        got = []
-        server_before = a.vget_buckets()
-        for q in queries:
-            t = time.monotonic()
-            got.append(a.r.execute_command("CACHE.VGET", "bench", "FP32", q, "THRESHOLD", "-1"))
-            lat.append((time.monotonic() - t) * 1000)
-        server_after = a.vget_buckets()
-        hits = {"fresh": 0, "near-dup": 0}
-        for kind, q, mine in zip(kinds, queries, got):
-            want = b.r.execute_command("CACHE.VGET", "bench", "FP32", q, "THRESHOLD", "-1")
-            if mine[b"id"] == want[b"id"] or mine[b"score"] == want[b"score"]:
-                hits[kind] += 1
-        lat.sort()
-        n = len(lat)
-        print(f"{label}: recall@1 fresh {hits['fresh'] / 500:.3f}, near-dup "
-              f"{hits['near-dup'] / 500:.3f}; VGET p50 {lat[n // 2]:.3f} ms, "
-              f"p99 {lat[n * 99 // 100]:.3f} ms (client side); server time p50 "
-              f"{quantile(server_before, server_after, 0.5)}, p99 "
-              f"{quantile(server_before, server_after, 0.99)}, max "
-              f"{quantile(server_before, server_after, 1.0)} (its /metrics histogram)")
+        answers = {}
+        for ef in EFS:
+            if ef is not None:
+                a.r.execute_command("CACHE.VCONFIG", "bench", "EF", ef)
+            lat: list[float] = []
+            got = []
+            server_before = a.vget_buckets()
+            for q in queries:
+                t = time.monotonic()
+                got.append(a.r.execute_command("CACHE.VGET", "bench", "FP32", q, "THRESHOLD", "-1"))
+                lat.append((time.monotonic() - t) * 1000)
+            answers[ef] = (got, lat, server_before, a.vget_buckets())
+        want = [b.r.execute_command("CACHE.VGET", "bench", "FP32", q, "THRESHOLD", "-1")
+                for q in queries]
+        for ef, (got, lat, server_before, server_after) in answers.items():
+            hits = {"fresh": 0, "near-dup": 0}
+            for kind, mine, exact in zip(kinds, got, want):
+                if mine[b"id"] == exact[b"id"] or mine[b"score"] == exact[b"score"]:
+                    hits[kind] += 1
+            lat.sort()
+            n = len(lat)
+            ef_label = f" (ef {ef})" if ef is not None else ""
+            print(f"{label}{ef_label}: recall@1 fresh {hits['fresh'] / 500:.3f}, near-dup "
+                  f"{hits['near-dup'] / 500:.3f}; VGET p50 {lat[n // 2]:.3f} ms, "
+                  f"p99 {lat[n * 99 // 100]:.3f} ms (client side); server time p50 "
+                  f"{quantile(server_before, server_after, 0.5)}, p99 "
+                  f"{quantile(server_before, server_after, 0.99)}, max "
+                  f"{quantile(server_before, server_after, 1.0)} (its /metrics histogram)")
 
     measure("fresh graph")
     st = a.stats()
@@ -214,7 +228,7 @@ try:
         out = subprocess.run(
             ["redis-benchmark", "-p", str(a.port), "-c", "20", "-n", "20000", "-q",
              "CACHE.VGET", "bench", "VALUES", str(DIM), *q],
-            capture_output=True, text=True,
+            check=False, capture_output=True, text=True,
         ).stdout
         rate = re.findall(r"[\d.]+ requests per second.*", out.replace("\r", "\n"))
         print("redis-benchmark -c 20 -n 20000 CACHE.VGET (one query vector):", rate[-1] if rate else out)

@@ -11,7 +11,7 @@ use crate::state::bounds;
 use crate::state::money::parse_usd;
 use crate::state::{Access, Command, ErrorCode, Value};
 use crate::store::cache::{check_namespace, Cache};
-use crate::store::vcache::{check_dimension, check_threshold, fp32_blob};
+use crate::store::vcache::{check_dimension, check_ef, check_threshold, fp32_blob};
 
 /// What a cache command produced.
 pub enum Outcome {
@@ -189,13 +189,15 @@ fn run_inner(
         "cache.vget" => {
             let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
             let (vector, options) = vector_arg(name, &args[1..])?;
-            let (mut threshold, mut scope) = (None, None);
+            let (mut threshold, mut scope, mut ef) = (None, None, None);
             if !options.len().is_multiple_of(2) {
                 return Err(cmd::syntax(name));
             }
             for pair in options.chunks(2) {
                 if pair[0].eq_ignore_ascii_case(b"THRESHOLD") && threshold.is_none() {
                     threshold = Some(check_threshold(float(&pair[1], "THRESHOLD")?).map_err(err)?);
+                } else if pair[0].eq_ignore_ascii_case(b"EF") && ef.is_none() {
+                    ef = Some(check_ef(cmd::uint(&pair[1], "EF")?).map_err(err)?);
                 } else if pair[0].eq_ignore_ascii_case(b"SCOPE") && scope.is_none() {
                     scope = Some(text(&pair[1], "scope")?);
                 } else {
@@ -204,7 +206,7 @@ fn run_inner(
             }
             let Some(hit) = cache
                 .semantic()
-                .get(&ns, &vector, threshold, now_ms())
+                .get(&ns, &vector, threshold, ef, now_ms())
                 .map_err(err)?
             else {
                 return reply(Value::Null);
@@ -229,21 +231,33 @@ fn run_inner(
         }
         "cache.vconfig" => {
             let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
-            match &args[1..] {
-                [] => {
-                    let c = cache.semantic().config(&ns);
-                    reply(Value::Map(vec![
-                        ("threshold", Value::Str(format!("{}", c.threshold))),
-                        ("dimension", Value::Int(i64::from(c.dimension))),
-                    ]))
-                }
-                [opt, t] if opt.eq_ignore_ascii_case(b"THRESHOLD") => {
-                    let t = float(t, "THRESHOLD")?;
-                    cache.semantic().set_threshold(&ns, t).map_err(err)?;
-                    reply(Value::Ok)
-                }
-                _ => Err(cmd::syntax(name)),
+            let options = &args[1..];
+            if options.is_empty() {
+                let c = cache.semantic().config(&ns);
+                return reply(Value::Map(vec![
+                    ("threshold", Value::Str(format!("{}", c.threshold))),
+                    ("dimension", Value::Int(i64::from(c.dimension))),
+                    ("ef", Value::Int(c.ef_search() as i64)),
+                ]));
             }
+            let (mut threshold, mut ef) = (None, None);
+            if !options.len().is_multiple_of(2) {
+                return Err(cmd::syntax(name));
+            }
+            for pair in options.chunks(2) {
+                if pair[0].eq_ignore_ascii_case(b"THRESHOLD") && threshold.is_none() {
+                    threshold = Some(float(&pair[1], "THRESHOLD")?);
+                } else if pair[0].eq_ignore_ascii_case(b"EF") && ef.is_none() {
+                    ef = Some(cmd::uint(&pair[1], "EF")?);
+                } else {
+                    return Err(cmd::syntax(name));
+                }
+            }
+            cache
+                .semantic()
+                .configure(&ns, threshold, ef)
+                .map_err(err)?;
+            reply(Value::Ok)
         }
         _ => Err(cmd::syntax(name)),
     }

@@ -4,11 +4,14 @@
 //!
 //! - Entries persist in sled's `vcache-v1` tree, key `<namespace> 0x00 <id,
 //!   big-endian u64>`, value a CRC-framed [`VEntryV1`] (the vector already
-//!   normalised); a namespace's dimension and threshold in `vcache-config-v1`
-//!   ([`VConfigV1`]). The index ([`super::vindex`]) lives in memory and is
-//!   rebuilt from the tree at start.
+//!   normalised); a namespace's dimension, threshold and search ef in
+//!   `vcache-config-v2` ([`VConfigV2`]; a `vcache-config-v1` tree of
+//!   [`VConfigV1`], which had no ef, is converted at start and dropped). The
+//!   index ([`super::vindex`]) lives in memory and is rebuilt from the tree
+//!   at start.
 //! - The first vector stored fixes the namespace's dimension; another is an
-//!   error. The threshold defaults to [`DEFAULT_THRESHOLD`].
+//!   error. The threshold defaults to [`DEFAULT_THRESHOLD`], the search's ef
+//!   to [`DEFAULT_EF_SEARCH`]; a request may give its own of either.
 //! - An entry is never served at or after its expiry (the search skips it);
 //!   expired entries are deleted by `sweep`, which runs every second.
 //! - Each namespace is bounded in bytes (vector + value + key, the exact
@@ -29,7 +32,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::cache::{count, hit_rate, CacheLimits};
 use super::frame;
-use super::vindex::{normalised, EntryId, VectorIndex, MAX_DIMENSION};
+pub use super::vindex::DEFAULT_EF_SEARCH;
+use super::vindex::{normalised, EntryId, VectorIndex, MAX_DIMENSION, MAX_EF_SEARCH};
 use super::StoreError;
 use crate::state::Value;
 
@@ -54,12 +58,43 @@ pub struct VEntryV1 {
     pub vector: Vec<f32>,
 }
 
-/// A namespace's settings, as written to sled.
+/// A namespace's settings, as written to sled before the search's ef was
+/// one of them (read only, to convert).
 #[derive(Serialize, Deserialize, Clone, Copy)]
 pub struct VConfigV1 {
     /// 0 until the first vector is stored.
     pub dimension: u32,
     pub threshold: f32,
+}
+
+/// A namespace's settings, as written to sled.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct VConfigV2 {
+    /// 0 until the first vector is stored.
+    pub dimension: u32,
+    pub threshold: f32,
+    /// Candidates an HNSW search keeps (0: [`DEFAULT_EF_SEARCH`]).
+    pub ef: u32,
+}
+
+impl VConfigV2 {
+    /// The ef this namespace's searches use unless a request gives one.
+    pub fn ef_search(&self) -> usize {
+        match self.ef {
+            0 => DEFAULT_EF_SEARCH,
+            ef => ef as usize,
+        }
+    }
+}
+
+impl From<VConfigV1> for VConfigV2 {
+    fn from(c: VConfigV1) -> VConfigV2 {
+        VConfigV2 {
+            dimension: c.dimension,
+            threshold: c.threshold,
+            ef: 0,
+        }
+    }
 }
 
 type KeyDigest = [u8; 32];
@@ -128,7 +163,7 @@ impl VStats {
 }
 
 struct Space {
-    config: VConfigV1,
+    config: VConfigV2,
     index: Option<VectorIndex>,
     entries: HashMap<EntryId, Meta>,
     by_key: HashMap<KeyDigest, EntryId>,
@@ -137,7 +172,7 @@ struct Space {
 }
 
 impl Space {
-    fn new(config: VConfigV1) -> Space {
+    fn new(config: VConfigV2) -> Space {
         Space {
             config,
             index: None,
@@ -232,10 +267,11 @@ impl Spaces {
     }
 }
 
-fn default_config() -> VConfigV1 {
-    VConfigV1 {
+fn default_config() -> VConfigV2 {
+    VConfigV2 {
         dimension: 0,
         threshold: DEFAULT_THRESHOLD,
+        ef: 0,
     }
 }
 
@@ -269,6 +305,14 @@ pub fn check_threshold(t: f32) -> Result<f32, String> {
     Ok(t)
 }
 
+/// A search's ef as a client gives it: 1 to [`MAX_EF_SEARCH`].
+pub fn check_ef(ef: u64) -> Result<usize, String> {
+    match usize::try_from(ef) {
+        Ok(ef) if (1..=MAX_EF_SEARCH).contains(&ef) => Ok(ef),
+        _ => Err(format!("EF must be from 1 to {MAX_EF_SEARCH}")),
+    }
+}
+
 pub struct SemanticCache {
     tree: sled::Tree,
     config_tree: sled::Tree,
@@ -281,7 +325,7 @@ impl SemanticCache {
     /// entries that expired while the server was down.
     pub fn open(db: &sled::Db, limits: CacheLimits, now: u64) -> Result<SemanticCache, StoreError> {
         let tree = db.open_tree("vcache-v1")?;
-        let config_tree = db.open_tree("vcache-config-v1")?;
+        let config_tree = open_config_v2(db)?;
         let mut inner = Spaces {
             approx_from: limits.semantic_approx_from,
             loading: true,
@@ -289,7 +333,7 @@ impl SemanticCache {
         };
         for kv in config_tree.iter() {
             let (k, v) = kv?;
-            if let (Ok(ns), Ok(c)) = (std::str::from_utf8(&k), frame::decode::<VConfigV1>(&v)) {
+            if let (Ok(ns), Ok(c)) = (std::str::from_utf8(&k), frame::decode::<VConfigV2>(&v)) {
                 inner.spaces.insert(ns.to_string(), Space::new(c));
             }
         }
@@ -355,7 +399,7 @@ impl SemanticCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn save_config(&self, ns: &str, c: VConfigV1) -> Result<(), String> {
+    fn save_config(&self, ns: &str, c: VConfigV2) -> Result<(), String> {
         self.config_tree
             .insert(ns.as_bytes(), frame::encode(&c))
             .map_err(|e| e.to_string())?;
@@ -456,12 +500,15 @@ impl SemanticCache {
     }
 
     /// The nearest live entry to `vector` whose similarity reaches the
-    /// threshold (the request's, else the namespace's), or None.
+    /// threshold (the request's, else the namespace's), or None. An HNSW
+    /// search keeps `ef` candidates (the request's, checked by [`check_ef`],
+    /// else the namespace's).
     pub fn get(
         &self,
         ns: &str,
         vector: &[f32],
         threshold: Option<f32>,
+        ef: Option<usize>,
         now: u64,
     ) -> Result<Option<VHit>, String> {
         let unit = normalised(vector)?;
@@ -478,9 +525,10 @@ impl SemanticCache {
             ));
         }
         let threshold = threshold.unwrap_or(space.config.threshold);
+        let ef = ef.unwrap_or(space.config.ef_search());
         let Space { index, entries, .. } = space;
         let nearest = index.as_mut().and_then(|ix| {
-            ix.nearest(&unit, |id| {
+            ix.nearest(&unit, ef, |id| {
                 entries
                     .get(&id)
                     .is_some_and(|m| m.expires_at == 0 || m.expires_at > now)
@@ -522,18 +570,30 @@ impl SemanticCache {
         Ok(known)
     }
 
-    /// Sets the namespace's default threshold.
-    pub fn set_threshold(&self, ns: &str, threshold: f32) -> Result<(), String> {
-        let threshold = check_threshold(threshold)?;
+    /// Sets the namespace's default threshold, its search's ef, or both
+    /// (each checked first: nothing changes unless both are good).
+    pub fn configure(
+        &self,
+        ns: &str,
+        threshold: Option<f32>,
+        ef: Option<u64>,
+    ) -> Result<(), String> {
+        let threshold = threshold.map(check_threshold).transpose()?;
+        let ef = ef.map(check_ef).transpose()?;
         let mut inner = self.inner();
         let space = inner.space(ns);
-        space.config.threshold = threshold;
+        if let Some(t) = threshold {
+            space.config.threshold = t;
+        }
+        if let Some(ef) = ef {
+            space.config.ef = ef as u32;
+        }
         let c = space.config;
         self.save_config(ns, c)
     }
 
     /// The namespace's settings (the defaults for one never configured).
-    pub fn config(&self, ns: &str) -> VConfigV1 {
+    pub fn config(&self, ns: &str) -> VConfigV2 {
         self.inner()
             .spaces
             .get(ns)
@@ -596,6 +656,28 @@ impl SemanticCache {
     }
 }
 
+/// The settings tree, after converting a `vcache-config-v1` tree into it
+/// (a namespace already in v2 keeps its v2 settings, so a conversion cut
+/// short by a crash finishes on the next start).
+fn open_config_v2(db: &sled::Db) -> Result<sled::Tree, StoreError> {
+    let v2 = db.open_tree("vcache-config-v2")?;
+    const V1: &[u8] = b"vcache-config-v1";
+    if db.tree_names().iter().any(|n| n.as_ref() == V1) {
+        let v1 = db.open_tree(V1)?;
+        for kv in v1.iter() {
+            let (k, v) = kv?;
+            if let Ok(c) = frame::decode::<VConfigV1>(&v) {
+                if !v2.contains_key(&k)? {
+                    v2.insert(k, frame::encode(&VConfigV2::from(c)))?;
+                }
+            }
+        }
+        v2.flush()?;
+        db.drop_tree(V1)?;
+    }
+    Ok(v2)
+}
+
 /// What an entry counts against its namespace's byte bound.
 fn entry_size(e: &VEntryV1) -> u64 {
     (e.vector.len() * 4 + e.value.len() + e.key.as_ref().map_or(0, Vec::len)) as u64
@@ -642,24 +724,29 @@ mod tests {
             .unwrap();
         c.set("ns", &[0.0, 1.0, 0.0], b"north", None, 0, None, 0)
             .unwrap();
-        let hit = c.get("ns", &[0.95, 0.05, 0.0], None, 0).unwrap().unwrap();
+        let hit = c
+            .get("ns", &[0.95, 0.05, 0.0], None, None, 0)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (hit.id, hit.value.as_slice(), hit.cost),
             (a, &b"east"[..], 5)
         );
         assert_eq!(hit.key.as_deref(), Some(&b"k1"[..]));
         assert!(
-            c.get("ns", &[0.7, 0.7, 0.1], None, 0).unwrap().is_none(),
+            c.get("ns", &[0.7, 0.7, 0.1], None, None, 0)
+                .unwrap()
+                .is_none(),
             "0.70 < 0.9"
         );
         // Equally near both: the older entry (east, COST 5) answers.
         let tie = c
-            .get("ns", &[0.7, 0.7, 0.1], Some(0.7), 0)
+            .get("ns", &[0.7, 0.7, 0.1], Some(0.7), None, 0)
             .unwrap()
             .unwrap();
         assert_eq!(tie.id, a);
         assert!(c.set("ns", &[1.0, 0.0], b"x", None, 0, None, 0).is_err());
-        assert!(c.get("ns", &[1.0, 0.0], None, 0).is_err());
+        assert!(c.get("ns", &[1.0, 0.0], None, None, 0).is_err());
         let s = c.stats_where(|n| n == "ns");
         assert_eq!(
             (s.hits, s.misses, s.entries, s.saved, s.dimension),
@@ -689,42 +776,115 @@ mod tests {
             let c = SemanticCache::open(&db, limits, 0).unwrap();
             c.set("s", &[1.0, 0.0, 0.0], &[1; 10], Some(100), 0, None, 1_000)
                 .unwrap();
-            assert!(c.get("s", &[1.0, 0.0, 0.0], None, 1_099).unwrap().is_some());
-            assert!(c.get("s", &[1.0, 0.0, 0.0], None, 1_100).unwrap().is_none());
+            assert!(c
+                .get("s", &[1.0, 0.0, 0.0], None, None, 1_099)
+                .unwrap()
+                .is_some());
+            assert!(c
+                .get("s", &[1.0, 0.0, 0.0], None, None, 1_100)
+                .unwrap()
+                .is_none());
             assert_eq!(c.sweep(1_100).unwrap(), 1);
             let x = c
                 .set("s", &[1.0, 0.0, 0.0], &[2; 10], None, 0, None, 0)
                 .unwrap();
             c.set("s", &[0.0, 1.0, 0.0], &[3; 10], None, 0, None, 0)
                 .unwrap();
-            c.get("s", &[1.0, 0.0, 0.0], None, 0).unwrap().unwrap(); // x is the newest now
+            c.get("s", &[1.0, 0.0, 0.0], None, None, 0)
+                .unwrap()
+                .unwrap(); // x is the newest now
             c.set("s", &[0.0, 0.0, 1.0], &[4; 10], None, 0, None, 0)
                 .unwrap();
             let s = c.stats_where(|n| n == "s");
             assert_eq!((s.entries, s.evictions), (2, 1));
             assert!(c
-                .get("s", &[0.0, 1.0, 0.0], Some(0.99), 0)
+                .get("s", &[0.0, 1.0, 0.0], Some(0.99), None, 0)
                 .unwrap()
                 .is_none());
             assert_eq!(
-                c.get("s", &[1.0, 0.0, 0.0], None, 0).unwrap().unwrap().id,
+                c.get("s", &[1.0, 0.0, 0.0], None, None, 0)
+                    .unwrap()
+                    .unwrap()
+                    .id,
                 x
             );
-            c.set_threshold("s", 0.5).unwrap();
+            c.configure("s", Some(0.5), None).unwrap();
+            // A bad ef changes nothing, the threshold beside it included.
+            assert!(c.configure("s", Some(0.7), Some(0)).is_err());
+            assert!(c
+                .configure("s", None, Some(MAX_EF_SEARCH as u64 + 1))
+                .is_err());
+            assert_eq!(c.config("s").threshold, 0.5);
+            assert_eq!(c.config("s").ef_search(), DEFAULT_EF_SEARCH);
+            c.configure("s", None, Some(40)).unwrap();
             db.flush().unwrap();
         }
         let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();
         let c = SemanticCache::open(&db, limits, 0).unwrap();
         assert_eq!(c.stats_where(|n| n == "s").entries, 2);
-        assert_eq!(c.config("s").threshold, 0.5);
-        assert_eq!(c.config("s").dimension, 3);
-        let hit = c.get("s", &[0.0, 0.6, 0.8], None, 0).unwrap().unwrap();
+        assert_eq!(
+            c.config("s"),
+            VConfigV2 {
+                dimension: 3,
+                threshold: 0.5,
+                ef: 40
+            }
+        );
+        let hit = c
+            .get("s", &[0.0, 0.6, 0.8], None, None, 0)
+            .unwrap()
+            .unwrap();
         assert_eq!(hit.value, vec![4; 10]);
         // New ids never reuse an old one.
         let y = c
             .set("s", &[0.5, 0.5, 0.0], &[5; 10], None, 0, None, 0)
             .unwrap();
         assert!(y > hit.id);
+    }
+
+    #[test]
+    fn settings_written_before_ef_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();
+        let v1 = db.open_tree("vcache-config-v1").unwrap();
+        for (ns, t) in [("old", 0.8), ("both", 0.7)] {
+            let c = VConfigV1 {
+                dimension: 2,
+                threshold: t,
+            };
+            v1.insert(ns, frame::encode(&c)).unwrap();
+        }
+        // A conversion cut short: "both" reached v2 (with an ef) already.
+        let done = VConfigV2 {
+            dimension: 2,
+            threshold: 0.7,
+            ef: 12,
+        };
+        db.open_tree("vcache-config-v2")
+            .unwrap()
+            .insert("both", frame::encode(&done))
+            .unwrap();
+        drop(v1);
+        let c = SemanticCache::open(&db, CacheLimits::default(), 0).unwrap();
+        assert_eq!(
+            c.config("old"),
+            VConfigV2 {
+                dimension: 2,
+                threshold: 0.8,
+                ef: 0
+            }
+        );
+        assert_eq!(c.config("old").ef_search(), DEFAULT_EF_SEARCH);
+        assert_eq!(c.config("both"), done);
+        assert!(!db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"vcache-config-v1"));
+        // The entries of a converted namespace are read with its dimension.
+        c.set("old", &[0.0, 1.0], b"v", None, 0, None, 0).unwrap();
+        drop(c);
+        let c = SemanticCache::open(&db, CacheLimits::default(), 0).unwrap();
+        assert_eq!(c.stats_where(|n| n == "old").entries, 1);
     }
 
     #[test]
@@ -737,6 +897,10 @@ mod tests {
         assert!(fp32_blob(&blob[..7]).is_err());
         assert!(fp32_blob(&[]).is_err());
         assert!(check_threshold(1.5).is_err());
+        assert_eq!(check_ef(1), Ok(1));
+        assert_eq!(check_ef(MAX_EF_SEARCH as u64), Ok(MAX_EF_SEARCH));
+        assert!(check_ef(0).is_err());
+        assert!(check_ef(MAX_EF_SEARCH as u64 + 1).is_err());
         assert!(check_dimension(MAX_DIMENSION + 1).is_err());
     }
 }

@@ -172,7 +172,15 @@ impl FlatIndex {
 /// (chosen by measurement: docs/BENCHMARKS.md, "Semantic cache").
 const CONNECTIVITY: usize = 16;
 const EXPANSION_ADD: usize = 128;
-const EXPANSION_SEARCH: usize = 96;
+/// The ef of a search unless the namespace (CACHE.VCONFIG … EF) or the
+/// request (CACHE.VGET … EF) says otherwise: what the synthetic set needs
+/// for recall@1 ≥ 0.98. Sentence embeddings reach it with less, and a
+/// search costs about in proportion to ef.
+pub const DEFAULT_EF_SEARCH: usize = 96;
+/// The largest ef a namespace or a request may ask for: a search's cost
+/// grows with it, and past a few thousand a graph search is slower than
+/// the exact scan it stands in for.
+pub const MAX_EF_SEARCH: usize = 4096;
 /// How many a graph search returns before the liveness check.
 const UNFILTERED_CANDIDATES: usize = 4;
 
@@ -184,7 +192,7 @@ fn new_graph(dim: usize, capacity: usize) -> Result<usearch::Index, String> {
         quantization: usearch::ScalarKind::F32,
         connectivity: CONNECTIVITY,
         expansion_add: EXPANSION_ADD,
-        expansion_search: EXPANSION_SEARCH,
+        expansion_search: DEFAULT_EF_SEARCH,
         multi: false,
     };
     let graph = usearch::Index::new(&options).map_err(|e| e.to_string())?;
@@ -434,10 +442,22 @@ impl VectorIndex {
     }
 
     /// The live entry most similar to `unit`: from the HNSW graph when there
-    /// is one (approximate), else exact.
-    pub fn nearest(&mut self, unit: &[f32], live: impl Fn(EntryId) -> bool) -> Option<Nearest> {
+    /// is one (approximate, keeping `ef` candidates: 1..=MAX_EF_SEARCH),
+    /// else exact.
+    pub fn nearest(
+        &mut self,
+        unit: &[f32],
+        ef: usize,
+        live: impl Fn(EntryId) -> bool,
+    ) -> Option<Nearest> {
+        assert!((1..=MAX_EF_SEARCH).contains(&ef), "ef {ef} out of range");
         self.refresh();
         if let Some(graph) = &self.graph {
+            // A field of the graph's config, read by each search: setting it
+            // here (under the namespace's lock) makes it this search's.
+            if graph.expansion_search() != ef {
+                graph.change_expansion_search(ef);
+            }
             // A plain search for a few, the first live one wins: a filter
             // would be a call back across the FFI for every candidate the
             // search visits, and entries are rarely expired (the sweep takes
@@ -456,14 +476,6 @@ impl VectorIndex {
             }
         }
         self.flat.nearest(unit, live)
-    }
-
-    /// Sets how many candidates a graph search keeps (`ef`; the property
-    /// test makes it exhaustive to check the plumbing exactly).
-    pub fn set_expansion_search(&self, ef: usize) {
-        if let Some(g) = &self.graph {
-            g.change_expansion_search(ef);
-        }
     }
 
     /// The exact answer, whatever index is in use (tests and benchmarks).
@@ -572,7 +584,7 @@ mod graph_tests {
                 }
             }
             let (g, e) = (
-                ix.nearest(&q, |_| true).unwrap(),
+                ix.nearest(&q, DEFAULT_EF_SEARCH, |_| true).unwrap(),
                 ix.nearest_exact(&q, |_| true).unwrap(),
             );
             let slot = ix.flat.slot_of[&g.id];
@@ -581,6 +593,12 @@ mod graph_tests {
             assert!(g.score <= e.score + 1e-5, "{g:?} beats the exact {e:?}");
         };
         same(&mut ix);
+        // A search keeps the ef it is given (the namespace's or the
+        // request's), and the next one its own.
+        for ef in [7, MAX_EF_SEARCH, DEFAULT_EF_SEARCH] {
+            ix.nearest(&q, ef, |_| true).unwrap();
+            assert_eq!(ix.graph.as_ref().unwrap().expansion_search(), ef);
+        }
         // Delete 30 of 59: more than half of what the graph was built with.
         for id in 0..30 {
             assert!(ix.remove(id));
@@ -635,7 +653,7 @@ mod graph_tests {
                 ix.remove(ids[d.index(ids.len())]);
             }
             ix.wait_for_build();
-            ix.set_expansion_search(points.len() + 16);
+            let every_candidate = points.len() + 16;
             if let Some(graph) = &ix.graph {
                 // Exactly the entries the exact index holds.
                 prop_assert_eq!(graph.size(), ix.flat.len());
@@ -650,7 +668,7 @@ mod graph_tests {
                 let Some(q) = unit(&q[..dim]) else { continue };
                 for filter in [&live as &dyn Fn(EntryId) -> bool, &all_live] {
                     let exact = ix.nearest_exact(&q, filter);
-                    let got = ix.nearest(&q, filter);
+                    let got = ix.nearest(&q, every_candidate, filter);
                     let (e, g) = match (exact, got) {
                         (None, None) => continue,
                         (Some(e), Some(g)) => (e, g),

@@ -88,9 +88,35 @@ fn exact_and_near_hits_and_misses_below_the_threshold() {
     assert!(vget(&mut c, "qa", &[1.0, 1.0, 0.0, 0.0], &[]).is_some());
     let cfg = q(&mut c, "CACHE.VCONFIG qa");
     assert_eq!(
-        (cfg.s("threshold").as_str(), cfg.i("dimension")),
-        ("0.7", 4)
+        (cfg.s("threshold").as_str(), cfg.i("dimension"), cfg.i("ef")),
+        ("0.7", 4, 96)
     );
+    // The search's ef, the namespace's and a request's (an exact index
+    // below --semantic-approx-from ignores it; the answer is the same).
+    assert_eq!(
+        raw(&mut c, "CACHE.VCONFIG qa EF 40 THRESHOLD 0.75").unwrap(),
+        redis::Value::Okay
+    );
+    let cfg = q(&mut c, "CACHE.VCONFIG qa");
+    assert_eq!((cfg.s("threshold").as_str(), cfg.i("ef")), ("0.75", 40));
+    assert!(vget(&mut c, "qa", &[1.0, 1.0, 0.0, 0.0], &[]).is_none());
+    raw(&mut c, "CACHE.VCONFIG qa THRESHOLD 0.7").unwrap();
+    assert_eq!(q(&mut c, "CACHE.VCONFIG qa").i("ef"), 40, "kept");
+    let with_ef = vget(&mut c, "qa", &[1.0, 0.1, 0.0, 0.0], &["EF", "4096"]).unwrap();
+    assert_eq!(with_ef.i("id"), east);
+    for bad in ["EF 0", "EF 4097", "EF x", "EF -3"] {
+        let e = err(&mut c, &format!("CACHE.VGET qa VALUES 4 1 0 0 0 {bad}"));
+        assert!(e.starts_with("ERR"), "{bad}: {e}");
+        let e = err(&mut c, &format!("CACHE.VCONFIG qa {bad}"));
+        assert!(e.starts_with("ERR"), "{bad}: {e}");
+    }
+    assert!(err(&mut c, "CACHE.VCONFIG qa EF 0").contains("EF must be from 1 to 4096"));
+    assert!(err(&mut c, "CACHE.VGET qa VALUES 4 1 0 0 0 EF 1 EF 2").starts_with("ERR syntax"));
+    assert!(err(&mut c, "CACHE.VCONFIG qa EF").starts_with("ERR syntax"));
+    // A bad THRESHOLD beside a good EF changes neither.
+    assert!(err(&mut c, "CACHE.VCONFIG qa EF 10 THRESHOLD 2").contains("between -1 and 1"));
+    let cfg = q(&mut c, "CACHE.VCONFIG qa");
+    assert_eq!((cfg.s("threshold").as_str(), cfg.i("ef")), ("0.7", 40));
 
     let st = q(&mut c, "CACHE.STATS qa");
     assert_eq!(
@@ -100,9 +126,9 @@ fn exact_and_near_hits_and_misses_below_the_threshold() {
             st.i("semantic_hits"),
             st.i("semantic_misses")
         ),
-        (2, 4, 4, 1)
+        (2, 4, 5, 2)
     );
-    assert_eq!(st.s("semantic_hit_rate"), "0.8000");
+    assert_eq!(st.s("semantic_hit_rate"), "0.7143");
     assert!(st.i("semantic_index_bytes") >= 2 * 4 * 4);
     // The exact cache's fields are still there, first.
     assert_eq!(st.i("entries"), 0);
@@ -224,7 +250,7 @@ fn entries_and_settings_survive_a_restart_and_savings_are_in_the_ledger() {
         &["COST", "0.02", "KEY", "prompt 1"],
     );
     vset(&mut c, "keep", &[0.0, 1.0, 0.0], "gone", &["TTL", "100"]);
-    raw(&mut c, "CACHE.VCONFIG keep THRESHOLD 0.95").unwrap();
+    raw(&mut c, "CACHE.VCONFIG keep THRESHOLD 0.95 EF 64").unwrap();
     // Two hits booked to a scope, one without.
     for _ in 0..2 {
         let hit = vget(
@@ -249,8 +275,8 @@ fn entries_and_settings_survive_a_restart_and_savings_are_in_the_ledger() {
     assert_eq!(q(&mut c, "BALANCE org:acme").s("saved"), "0.04");
     let cfg = q(&mut c, "CACHE.VCONFIG keep");
     assert_eq!(
-        (cfg.s("threshold").as_str(), cfg.i("dimension")),
-        ("0.95", 3)
+        (cfg.s("threshold").as_str(), cfg.i("dimension"), cfg.i("ef")),
+        ("0.95", 3, 64)
     );
     let hit = vget(&mut c, "keep", &[1.0, 0.05, 0.0], &[]).unwrap();
     assert_eq!(
@@ -392,6 +418,9 @@ fn past_approx_from_an_hnsw_graph_answers_and_comes_back_after_a_restart() {
             (hit.s("value"), hit.i("id")),
             (format!("answer {i}"), ids[i])
         );
+        // A search that keeps every candidate finds the same.
+        let wide = vget(&mut c, "big", &point(i), &["EF", "200"]).unwrap();
+        assert_eq!(wide.i("id"), ids[i]);
     }
     // A deleted entry is gone from the graph too; the next nearest answers.
     raw(&mut c, &format!("CACHE.VDEL big {}", ids[17])).unwrap();

@@ -145,3 +145,7 @@ async def test_async_semantic_cache(aclient: AsyncClient, scope: str) -> None:
     assert hit is not None and hit.value == b"fruit" and hit.key == "banana"
     assert await cache.get("kiwi") is None
     assert (await aclient.cache_stats(f"as-{scope[6:]}")).semantic_misses == 1
+    await aclient.configure_semantic(f"as-{scope[6:]}", ef=8)
+    assert (await aclient.semantic_config(f"as-{scope[6:]}")).ef == 8
+    hit = await aclient.vget(f"as-{scope[6:]}", await embed("banana"), ef=4096)
+    assert hit is not None and hit.value == b"fruit"

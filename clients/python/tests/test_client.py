@@ -458,14 +458,27 @@ def test_semantic_cache(client: spendb.Client, scope: str) -> None:
     assert hit.score == pytest.approx(1.0)
     assert answers.get("Who wrote Hamlet?") is None
     assert client.balance(scope).saved == Decimal("0.003")
-    assert client.semantic_config(ns) == spendb.SemanticConfig(threshold=0.9, dimension=26)
+    assert client.semantic_config(ns) == spendb.SemanticConfig(threshold=0.9, dimension=26, ef=96)
     client.set_semantic_threshold(ns, 0.5)
+    assert client.semantic_config(ns).threshold == 0.5
+    client.configure_semantic(ns, ef=48)
+    assert client.semantic_config(ns) == spendb.SemanticConfig(threshold=0.5, dimension=26, ef=48)
+    with pytest.raises(spendb.InvalidRequest, match="EF must be from 1 to 4096"):
+        client.configure_semantic(ns, threshold=0.6, ef=0)
+    with pytest.raises(ValueError, match="a threshold, an ef, or both"):
+        client.configure_semantic(ns)
     assert client.semantic_config(ns).threshold == 0.5
     near = client.vget(ns, letters("What is the capital of Spain?"), threshold=0.8)
     assert near is not None and 0.8 <= near.score < 1.0
+    with pytest.raises(spendb.InvalidRequest, match="EF must be"):
+        client.vget(ns, letters("Spain"), ef=5000)
+    wide = client.semantic_cache(ns, embed=letters, ef=4096)
+    assert wide.ef == 4096
+    hit = wide.get("What is the capital of France?")
+    assert hit is not None and hit.id == entry
     stats = client.cache_stats(ns)
-    assert (stats.semantic_entries, stats.semantic_dimension, stats.semantic_hits) == (1, 26, 2)
-    assert stats.semantic_saved == Decimal("0.006")  # every hit, booked to a scope or not
+    assert (stats.semantic_entries, stats.semantic_dimension, stats.semantic_hits) == (1, 26, 3)
+    assert stats.semantic_saved == Decimal("0.009")  # every hit, booked to a scope or not
     with pytest.raises(spendb.InvalidRequest, match="dimensions"):
         client.vset(ns, [1.0, 2.0], "x")
     assert client.vdel(ns, entry) is True

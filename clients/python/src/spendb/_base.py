@@ -98,8 +98,10 @@ class CachedBase:
         ttl_ms: int | None,
         cost: Money | Callable[[Any], Money] | None,
         scope: str | None,
+        ef: int | None = None,
     ) -> None:
         self.ns = ns
+        self.ef = ef
         self.key_parts = key_parts
         self.ttl_ms = ttl_ms
         self.cost = cost
@@ -141,8 +143,9 @@ class CacheEntryBase:
 class SemanticBase:
     """The settings of a `semantic_cache(...)`: its namespace, the function
     that embeds a text (yours: spendb stores and searches vectors, it does
-    not compute them), the threshold (the namespace's when `None`), and what
-    each stored answer gets (TTL, COST) and books its hits to (scope)."""
+    not compute them), the threshold and the search's ef (the namespace's
+    when `None`), and what each stored answer gets (TTL, COST) and books its
+    hits to (scope)."""
 
     def __init__(
         self,
@@ -152,8 +155,10 @@ class SemanticBase:
         ttl_ms: int | None,
         cost: Money | None,
         scope: str | None,
+        ef: int | None = None,
     ) -> None:
         self.ns = ns
+        self.ef = ef
         self.embed = embed
         self.threshold = threshold
         self.ttl_ms = ttl_ms

@@ -247,11 +247,18 @@ def vset(
 
 
 def vget(
-    ns: str, vector: Vector, *, threshold: float | None, scope: str | None
+    ns: str,
+    vector: Vector,
+    *,
+    threshold: float | None,
+    scope: str | None,
+    ef: int | None = None,
 ) -> Call[t.SemanticHit | None]:
     args: list[Arg] = ["CACHE.VGET", ns, "FP32", fp32(vector)]
     if threshold is not None:
         args += ["THRESHOLD", repr(float(threshold))]
+    if ef is not None:
+        args += ["EF", int(ef)]
     if scope is not None:
         args += ["SCOPE", scope]
     return Call(args, t.SemanticHit.from_reply, scope is None)
@@ -265,8 +272,15 @@ def semantic_config(ns: str) -> Call[t.SemanticConfig]:
     return Call(["CACHE.VCONFIG", ns], t.SemanticConfig.from_reply, True)
 
 
-def set_semantic_threshold(ns: str, threshold: float) -> Call[None]:
-    return Call(["CACHE.VCONFIG", ns, "THRESHOLD", repr(float(threshold))], _ok, True)
+def configure_semantic(ns: str, *, threshold: float | None, ef: int | None) -> Call[None]:
+    args: list[Arg] = ["CACHE.VCONFIG", ns]
+    if threshold is not None:
+        args += ["THRESHOLD", repr(float(threshold))]
+    if ef is not None:
+        args += ["EF", int(ef)]
+    if len(args) == 2:
+        raise ValueError("configure_semantic needs a threshold, an ef, or both")
+    return Call(args, _ok, True)
 
 
 def count(model: str, text: str) -> Call[t.Count]:

@@ -282,10 +282,12 @@ class AsyncClient:
         *,
         threshold: float | None = None,
         scope: str | None = None,
+        ef: int | None = None,
     ) -> t.SemanticHit | None:
         """CACHE.VGET: the nearest live entry at or above the threshold, or
-        `None`. With `scope`, a hit books the entry's COST as saved."""
-        return await self._run(cmd.vget(ns, vector, threshold=threshold, scope=scope))
+        `None`. With `scope`, a hit books the entry's COST as saved; `ef`
+        overrides the namespace's for this search."""
+        return await self._run(cmd.vget(ns, vector, threshold=threshold, scope=scope, ef=ef))
 
     async def vdel(self, ns: str, entry_id: int) -> bool:
         return await self._run(cmd.vdel(ns, entry_id))
@@ -294,7 +296,15 @@ class AsyncClient:
         return await self._run(cmd.semantic_config(ns))
 
     async def set_semantic_threshold(self, ns: str, threshold: float) -> None:
-        await self._run(cmd.set_semantic_threshold(ns, threshold))
+        await self._run(cmd.configure_semantic(ns, threshold=threshold, ef=None))
+
+    async def configure_semantic(
+        self, ns: str, *, threshold: float | None = None, ef: int | None = None
+    ) -> None:
+        """CACHE.VCONFIG: the namespace's default threshold, the ef of its
+        approximate searches (1 to 4096; more is better recall, slower), or
+        both."""
+        await self._run(cmd.configure_semantic(ns, threshold=threshold, ef=ef))
 
     def semantic_cache(
         self,
@@ -305,13 +315,14 @@ class AsyncClient:
         ttl_ms: int | None = None,
         cost: Money | None = None,
         scope: str | None = None,
+        ef: int | None = None,
     ) -> AsyncSemanticCache:
         """The semantic cache for texts: `embed(text)` gives a text's vector
         (any callable, or coroutine function, returning a sequence of floats).
         `.get(prompt)` → `SemanticHit | None`, `.set(prompt, answer)` (the
         prompt is the entry's KEY), or as a decorator of a function of one
         text argument returning text."""
-        return AsyncSemanticCache(self, ns, embed, threshold, ttl_ms, cost, scope)
+        return AsyncSemanticCache(self, ns, embed, threshold, ttl_ms, cost, scope, ef)
 
     async def count(self, model: str, text: str) -> t.Count:
         return await self._run(cmd.count(model, text))
@@ -502,8 +513,9 @@ class AsyncSemanticCache(SemanticBase):
         ttl_ms: int | None,
         cost: Money | None,
         scope: str | None,
+        ef: int | None = None,
     ) -> None:
-        super().__init__(ns, embed, threshold, ttl_ms, cost, scope)
+        super().__init__(ns, embed, threshold, ttl_ms, cost, scope, ef)
         self.client = client
 
     async def _vector(self, text: str) -> Sequence[float]:
@@ -515,7 +527,11 @@ class AsyncSemanticCache(SemanticBase):
 
     async def get(self, text: str) -> t.SemanticHit | None:
         return await self.client.vget(
-            self.ns, await self._vector(text), threshold=self.threshold, scope=self.scope
+            self.ns,
+            await self._vector(text),
+            threshold=self.threshold,
+            scope=self.scope,
+            ef=self.ef,
         )
 
     async def set(self, text: str, value: str | bytes, *, cost: Money | None = None) -> int:

@@ -312,10 +312,12 @@ class Client:
         *,
         threshold: float | None = None,
         scope: str | None = None,
+        ef: int | None = None,
     ) -> t.SemanticHit | None:
         """CACHE.VGET: the nearest live entry at or above the threshold, or
-        `None`. With `scope`, a hit books the entry's COST as saved."""
-        return self._run(cmd.vget(ns, vector, threshold=threshold, scope=scope))
+        `None`. With `scope`, a hit books the entry's COST as saved; `ef`
+        overrides the namespace's for this search."""
+        return self._run(cmd.vget(ns, vector, threshold=threshold, scope=scope, ef=ef))
 
     def vdel(self, ns: str, entry_id: int) -> bool:
         return self._run(cmd.vdel(ns, entry_id))
@@ -324,7 +326,15 @@ class Client:
         return self._run(cmd.semantic_config(ns))
 
     def set_semantic_threshold(self, ns: str, threshold: float) -> None:
-        self._run(cmd.set_semantic_threshold(ns, threshold))
+        self._run(cmd.configure_semantic(ns, threshold=threshold, ef=None))
+
+    def configure_semantic(
+        self, ns: str, *, threshold: float | None = None, ef: int | None = None
+    ) -> None:
+        """CACHE.VCONFIG: the namespace's default threshold, the ef of its
+        approximate searches (1 to 4096; more is better recall, slower), or
+        both."""
+        self._run(cmd.configure_semantic(ns, threshold=threshold, ef=ef))
 
     def semantic_cache(
         self,
@@ -335,13 +345,14 @@ class Client:
         ttl_ms: int | None = None,
         cost: Money | None = None,
         scope: str | None = None,
+        ef: int | None = None,
     ) -> SemanticCache:
         """The semantic cache for texts: `embed(text)` gives a text's vector
         (any callable returning a sequence of floats).
         `.get(prompt)` → `SemanticHit | None`, `.set(prompt, answer)` (the
         prompt is the entry's KEY), or as a decorator of a function of one
         text argument returning text."""
-        return SemanticCache(self, ns, embed, threshold, ttl_ms, cost, scope)
+        return SemanticCache(self, ns, embed, threshold, ttl_ms, cost, scope, ef)
 
     # -- tokens and prices -------------------------------------------------
 
@@ -541,13 +552,14 @@ class SemanticCache(SemanticBase):
         ttl_ms: int | None,
         cost: Money | None,
         scope: str | None,
+        ef: int | None = None,
     ) -> None:
-        super().__init__(ns, embed, threshold, ttl_ms, cost, scope)
+        super().__init__(ns, embed, threshold, ttl_ms, cost, scope, ef)
         self.client = client
 
     def get(self, text: str) -> t.SemanticHit | None:
         return self.client.vget(
-            self.ns, self.embed(text), threshold=self.threshold, scope=self.scope
+            self.ns, self.embed(text), threshold=self.threshold, scope=self.scope, ef=self.ef
         )
 
     def set(self, text: str, value: str | bytes, *, cost: Money | None = None) -> int:

@@ -517,16 +517,22 @@ class SemanticHit:
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    """CACHE.VCONFIG: the namespace's default threshold and its dimension
-    (0 until the first vector is stored)."""
+    """CACHE.VCONFIG: the namespace's default threshold, its dimension (0
+    until the first vector is stored), and the candidates its approximate
+    searches keep (ef: more is better recall and slower)."""
 
     threshold: float
     dimension: int
+    ef: int
 
     @classmethod
     def from_reply(cls, reply: Any) -> SemanticConfig:
         f = fields(reply)
-        return cls(threshold=float(_text(f["threshold"])), dimension=_int(f["dimension"]))
+        return cls(
+            threshold=float(_text(f["threshold"])),
+            dimension=_int(f["dimension"]),
+            ef=_int(f["ef"]),
+        )
 
 
 @dataclass(frozen=True)
