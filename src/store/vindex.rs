@@ -24,10 +24,19 @@
 //!   never leaves a degraded graph behind for long (recall after churn:
 //!   docs/BENCHMARKS.md);
 //! - a search the graph answers with nothing (every entry it reached was
-//!   expired, say) falls back to the exact index.
+//!   expired, say) falls back to the exact index;
+//! - the graph holds half-precision (f16) copies of the vectors: a search
+//!   is mostly reading vectors it visits, and half the bytes are about
+//!   half the time, at the recall of f32 (8-bit copies were faster still
+//!   but lost the near-equidistant clusters of the synthetic set: recall
+//!   0.60; docs/BENCHMARKS.md, "Semantic cache"). The graph's few best
+//!   candidates are re-scored with the exact f32 vectors, so a score is
+//!   always the true cosine similarity and ties go to the older entry as
+//!   in the exact index.
 //!
-//! The flat arena stays: it is the source of every rebuild and the
-//! fallback, at the cost of holding each vector twice past `approx_from`.
+//! The flat arena stays: it is the source of every rebuild, the fallback
+//! and the re-scoring, at the cost of holding each vector twice (once in
+//! half precision) past `approx_from`.
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
@@ -144,6 +153,15 @@ impl FlatIndex {
         true
     }
 
+    /// `unit`'s exact similarity to `id`'s vector, if `id` is here.
+    pub fn score(&self, id: EntryId, unit: &[f32]) -> Option<f32> {
+        let &slot = self.slot_of.get(&id)?;
+        Some(dot(
+            unit,
+            &self.arena[slot * self.dim..(slot + 1) * self.dim],
+        ))
+    }
+
     /// The live entry most similar to `unit` (normalised) for which `live`
     /// is true (the cache passes "not expired"), if any.
     pub fn nearest(&self, unit: &[f32], live: impl Fn(EntryId) -> bool) -> Option<Nearest> {
@@ -181,6 +199,10 @@ pub const DEFAULT_EF_SEARCH: usize = 96;
 /// grows with it, and past a few thousand a graph search is slower than
 /// the exact scan it stands in for.
 pub const MAX_EF_SEARCH: usize = 4096;
+/// How the graph stores its copy of each vector (the flat arena keeps the
+/// f32 original, and a search's candidates are re-scored with it): see the
+/// module's comment.
+const GRAPH_SCALAR: usearch::ScalarKind = usearch::ScalarKind::F16;
 /// How many a graph search returns before the liveness check.
 const UNFILTERED_CANDIDATES: usize = 4;
 
@@ -189,7 +211,7 @@ fn new_graph(dim: usize, capacity: usize) -> Result<usearch::Index, String> {
         dimensions: dim,
         // Inner product on unit vectors: distance = 1 - cosine similarity.
         metric: usearch::MetricKind::IP,
-        quantization: usearch::ScalarKind::F32,
+        quantization: GRAPH_SCALAR,
         connectivity: CONNECTIVITY,
         expansion_add: EXPANSION_ADD,
         expansion_search: DEFAULT_EF_SEARCH,
@@ -458,24 +480,45 @@ impl VectorIndex {
             if graph.expansion_search() != ef {
                 graph.change_expansion_search(ef);
             }
-            // A plain search for a few, the first live one wins: a filter
-            // would be a call back across the FFI for every candidate the
-            // search visits, and entries are rarely expired (the sweep takes
-            // them within a second). Only when none of the few is live does
-            // the filtered search run.
+            // A plain search for a few; the live one of them most similar
+            // by the exact f32 vectors wins (the graph's own distances are
+            // over its quantised copies). A filter would be a call back
+            // across the FFI for every candidate the search visits, and
+            // entries are rarely expired (the sweep takes them within a
+            // second). Only when none of the few is live does the filtered
+            // search run.
             if let Ok(m) = graph.search(unit, UNFILTERED_CANDIDATES) {
-                let found = m.keys.iter().zip(&m.distances).find(|(id, _)| live(**id));
-                if let Some((&id, &d)) = found {
-                    return Some(Nearest { id, score: 1.0 - d });
+                if let Some(best) = self.best_of(unit, &m.keys, &live) {
+                    return Some(best);
                 }
             }
-            if let Ok(m) = graph.filtered_search(unit, 1, &live) {
-                if let (Some(&id), Some(&d)) = (m.keys.first(), m.distances.first()) {
-                    return Some(Nearest { id, score: 1.0 - d });
+            if let Ok(m) = graph.filtered_search(unit, UNFILTERED_CANDIDATES, &live) {
+                if let Some(best) = self.best_of(unit, &m.keys, &live) {
+                    return Some(best);
                 }
             }
         }
         self.flat.nearest(unit, live)
+    }
+
+    /// Of the graph's candidates, the live one most similar to `unit` by
+    /// the exact vectors (ties to the older entry, as the exact index).
+    fn best_of(
+        &self,
+        unit: &[f32],
+        candidates: &[EntryId],
+        live: impl Fn(EntryId) -> bool,
+    ) -> Option<Nearest> {
+        let mut best: Option<Nearest> = None;
+        for &id in candidates {
+            let Some(score) = self.flat.score(id, unit) else {
+                continue;
+            };
+            if best.is_none_or(|b| score > b.score || (score == b.score && id < b.id)) && live(id) {
+                best = Some(Nearest { id, score });
+            }
+        }
+        best
     }
 
     /// The exact answer, whatever index is in use (tests and benchmarks).
@@ -589,7 +632,9 @@ mod graph_tests {
             );
             let slot = ix.flat.slot_of[&g.id];
             let scored = dot(&q, &ix.flat.arena[slot * 4..(slot + 1) * 4]);
-            assert!((g.score - scored).abs() < 1e-5, "{g:?} scores {scored}");
+            // Exactly: the graph's candidates are re-scored with the f32
+            // vectors (its own copies are f16).
+            assert_eq!(g.score, scored, "{g:?}");
             assert!(g.score <= e.score + 1e-5, "{g:?} beats the exact {e:?}");
         };
         same(&mut ix);
@@ -678,7 +723,7 @@ mod graph_tests {
                     prop_assert!(filter(g.id), "{g:?} is not live");
                     let slot = ix.flat.slot_of[&g.id];
                     let scored = dot(&q, &ix.flat.arena[slot * dim..(slot + 1) * dim]);
-                    prop_assert!((scored - g.score).abs() < 1e-4, "{g:?} scores {scored}");
+                    prop_assert_eq!(scored, g.score, "{:?} re-scored exactly", g);
                     if (e.score - g.score).abs() < 1e-4 {
                         exact_hits += 1;
                     }
