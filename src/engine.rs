@@ -1041,8 +1041,8 @@ impl Snapshotter {
 }
 
 /// A periodic snapshot is due once the entries since the last one reach
-/// this share of the state's records (1/8), or `snapshot_every`.
-const SNAPSHOT_TAIL_SHARE: u64 = 8;
+/// this share of the state's records (1/16), or `snapshot_every`.
+const SNAPSHOT_TAIL_SHARE: u64 = 16;
 
 /// Longest the committer sleeps without looking at the clock.
 const TICK: Duration = Duration::from_millis(50);
@@ -1209,14 +1209,18 @@ impl Committer {
         self.since_snapshot += entries.len() as u64;
         // A snapshot of the state as of these entries, taken now (the state
         // and the batch agree) and saved once they are durable. At least
-        // `snapshot_every` entries apart and at least an eighth of the
+        // `snapshot_every` entries apart and at least a sixteenth of the
         // records it holds: a large state is not rewritten every few
-        // entries (amortized O(1) per entry: eight record encodes per
-        // entry at most), and the tail replayed at start-up stays within an
-        // eighth of the state's size. Replaying an entry costs about three
-        // times loading a record, so with a tail as long as the records
-        // (the rule until issue #18) replay was two thirds of a start after
-        // a crash: 4.4–4.8 s of 6.5 s here with 5M holds.
+        // entries (amortized O(1) per entry: sixteen record encodes per
+        // entry at most), and the tail replayed at start-up stays within a
+        // sixteenth of the state's size (plus what arrives while the
+        // previous snapshot is written). Replaying an entry costs about
+        // three times loading a record, so with a tail as long as the
+        // records (the rule until issue #18) replay was two thirds of a
+        // start after a crash: 4.4–4.8 s of 6.5 s here with 5M holds. An
+        // eighth left 3.1–3.4 s; a sixteenth 2.4 s, for 16–22 % less
+        // throughput while millions of settled holds are retained
+        // (docs/BENCHMARKS.md, "Issue #18").
         let every = self.config.snapshot_every;
         let due_after = every.max(core.state.records() as u64 / SNAPSHOT_TAIL_SHARE);
         let snapshot = if core.shutdown

@@ -130,6 +130,10 @@ pub struct HoldTable {
     /// Settled holds in the order they ended, (ended at, slot, generation),
     /// for forgetting them after the retention.
     ended_order: CowQueue<(u64, u32, u32)>,
+    /// (hash, slot) of records loaded from a snapshot and not yet in
+    /// `index`: [`HoldTable::index_loaded`] puts them in all at once, in
+    /// the index's own order. Empty at every other time.
+    unindexed: Vec<(u64, u32)>,
 }
 
 impl std::fmt::Debug for HoldTable {
@@ -144,6 +148,7 @@ impl HoldTable {
     }
 
     fn slot(&self, id: &str) -> Option<u32> {
+        debug_assert!(self.unindexed.is_empty(), "a lookup while loading");
         let recs = &self.recs;
         self.index
             .find(self.hash(id), |&s| recs[s as usize].id == id)
@@ -531,13 +536,21 @@ impl HoldTable {
         self.reserve(n);
     }
 
+    /// Room for `n` more records read from a snapshot ([`HoldTable::load_record`]),
+    /// and for their place in the queue of records awaiting the index.
+    pub fn reserve_loading(&mut self, n: usize) {
+        self.reserve(n);
+        self.unindexed.reserve(n);
+    }
+
     /// Checks a record read from a snapshot against the string table.
     pub fn check_record(&self, rec: &HoldRecord) -> Result<(), String> {
         rec.check(self.strings.all.len())
     }
 
     /// Adds a record read from a snapshot (checked with
-    /// [`HoldTable::check_record`]), in the snapshot's order.
+    /// [`HoldTable::check_record`]), in the snapshot's order. It can be
+    /// looked up once [`HoldTable::index_loaded`] has run.
     pub fn load_record(&mut self, rec: HoldRecord) {
         let open = rec.status == HoldStatus::Open;
         let slot = self.recs.len() as u32;
@@ -561,11 +574,61 @@ impl HoldTable {
             self.ended.insert(slot, rec.status);
             self.ended_order.push_back((at, slot, 0));
         }
-        let (recs, hasher) = (&self.recs, &self.hasher);
-        self.index.insert_unique(hash, slot, |&s| {
-            hasher.hash_one(recs[s as usize].id.as_str())
-        });
+        self.unindexed.push((hash, slot));
     }
+
+    /// Puts the records loaded since the last call into the id index;
+    /// called once a snapshot's records are all read, before any lookup.
+    ///
+    /// Why not one insert per record as it arrives: each went to a random
+    /// place in an index of millions and missed the cache twice (its
+    /// control byte, its slot), two thirds of loading a record (perf,
+    /// docs/BENCHMARKS.md "Issue #18"). hashbrown starts looking for a
+    /// hash's place at `hash & (buckets - 1)`, so inserting in the order of
+    /// that position (a counting sort into 4,096 runs, each a small stretch
+    /// of the table) walks the table from front to back instead.
+    pub fn index_loaded(&mut self) {
+        let pending = std::mem::take(&mut self.unindexed);
+        if pending.is_empty() {
+            return;
+        }
+        let (recs, hasher) = (&self.recs, &self.hasher);
+        let rehash = |&s: &u32| hasher.hash_one(recs[s as usize].id.as_str());
+        self.index.reserve(pending.len(), rehash);
+        // hashbrown keeps 7/8 of a power of two as its capacity. A wrong
+        // guess only costs speed: every order inserts the same entries.
+        let buckets = (self.index.capacity() * 8 / 7).next_power_of_two();
+        let ordered = in_bucket_order(pending, buckets);
+        for (hash, slot) in ordered {
+            self.index.insert_unique(hash, slot, rehash);
+        }
+    }
+}
+
+/// `pending` sorted (stably, by counting) on the high bits of each hash's
+/// start position in a table of `buckets` buckets.
+fn in_bucket_order(pending: Vec<(u64, u32)>, buckets: usize) -> Vec<(u64, u32)> {
+    const RUN_BITS: u32 = 12;
+    let bits = buckets.trailing_zeros();
+    if bits <= RUN_BITS {
+        return pending; // the whole table is a few pages: any order is as fast
+    }
+    let shift = bits - RUN_BITS;
+    let run = |h: u64| ((h as usize) & (buckets - 1)) >> shift;
+    let mut starts = vec![0usize; (1 << RUN_BITS) + 1];
+    for &(h, _) in &pending {
+        starts[run(h) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut ordered = vec![(0u64, 0u32); pending.len()];
+    for &(h, slot) in &pending {
+        let at = &mut starts[run(h)];
+        ordered[*at] = (h, slot);
+        *at += 1;
+    }
+    ordered
 }
 
 /// An open hold of 10 input and 5 output tokens on `gpt-4o` (the hold
@@ -588,6 +651,69 @@ pub(crate) fn open_hold_for_tests(scope: &str, expires_at: u64) -> Hold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_loaded_in_bulk_are_all_found_by_id() {
+        // Enough for the index to be sorted into runs before it is filled
+        // (more than 4,096 buckets), open and settled, then a second batch
+        // into the same table.
+        let strings: Vec<Arc<str>> = vec!["org:x".into(), "gpt-4o".into()];
+        let mut t = HoldTable::with_strings(&strings).unwrap();
+        let rec = |i: u64| HoldRecord {
+            id: CompactString::from(format!("hold-{i}")),
+            scope: 0,
+            model: 1,
+            ttl: NO_TTL,
+            input: i,
+            output: 1,
+            cost: 2,
+            created_at: 0,
+            expires_at: 1_000 + i,
+            status: if i.is_multiple_of(3) {
+                HoldStatus::Open
+            } else {
+                HoldStatus::Released { at: i }
+            },
+        };
+        t.reserve_loading(20_000);
+        for i in 0..20_000 {
+            t.load_record(rec(i));
+        }
+        t.index_loaded();
+        for i in 20_000..20_500 {
+            t.load_record(rec(i));
+        }
+        t.index_loaded();
+        assert_eq!(t.len(), 20_500);
+        for i in 0..20_500 {
+            let h = t
+                .get(&format!("hold-{i}"))
+                .unwrap_or_else(|| panic!("hold-{i}"));
+            assert_eq!((h.input, h.expires_at), (i, 1_000 + i));
+        }
+        assert!(t.get("hold-20500").is_none());
+        let (open, settled) = t.snapshot_slots();
+        assert_eq!((open.len(), settled.len()), (6_834, 13_666));
+        t.check_expiry_index().unwrap();
+    }
+
+    #[test]
+    fn bucket_order_is_a_stable_sort_on_the_start_position() {
+        let buckets = 1 << 16;
+        let pending: Vec<(u64, u32)> = (0..50_000u32)
+            .map(|s| ((s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), s))
+            .collect();
+        let ordered = in_bucket_order(pending.clone(), buckets);
+        let run = |h: u64| (h as usize & (buckets - 1)) >> 4;
+        assert!(ordered
+            .windows(2)
+            .all(|w| run(w[0].0) < run(w[1].0) || (run(w[0].0) == run(w[1].0) && w[0].1 < w[1].1)));
+        let mut same = ordered.clone();
+        same.sort_unstable_by_key(|&(_, s)| s);
+        assert_eq!(same, pending);
+        // A small table is left as it is.
+        assert_eq!(in_bucket_order(pending.clone(), 4096), pending);
+    }
 
     fn open(scope: &str, expires_at: u64) -> Hold {
         open_hold_for_tests(scope, expires_at)

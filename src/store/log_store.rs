@@ -34,7 +34,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::frame::{decode_entry, encode_entry_into};
+use super::frame::{self, decode_entry, encode_entry_into};
 use super::{LedgerRead, Mark, SnapshotSink, Storage, StoreError};
 use crate::state::Entry;
 
@@ -83,9 +83,9 @@ fn seg_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
 
-/// One record read from a segment's bytes.
-enum Read {
-    Entry(Entry, u64),
+/// One record read from a segment's bytes (the entry, or just its seq).
+enum Read<T = Entry> {
+    Entry(T, u64),
     /// A damaged record at this offset.
     Bad(String),
     End,
@@ -94,6 +94,15 @@ enum Read {
 /// `data_end`: where the zeros that end a segment begin (free space: a
 /// segment is preallocated with zeros).
 fn read_at(bytes: &[u8], pos: usize, data_end: usize) -> Read {
+    read_with(bytes, pos, data_end, decode_entry)
+}
+
+fn read_with<T>(
+    bytes: &[u8],
+    pos: usize,
+    data_end: usize,
+    decode: impl Fn(&[u8]) -> Result<T, String>,
+) -> Read<T> {
     if pos >= data_end {
         return Read::End;
     }
@@ -114,7 +123,7 @@ fn read_at(bytes: &[u8], pos: usize, data_end: usize) -> Read {
             rest.len() - 4
         ));
     }
-    match decode_entry(&rest[4..4 + len]) {
+    match decode(&rest[4..4 + len]) {
         Ok(e) => Read::Entry(e, (4 + len) as u64),
         Err(what) => Read::Bad(what),
     }
@@ -128,20 +137,39 @@ fn readable_after(bytes: &[u8], pos: usize, data_end: usize) -> bool {
 }
 
 /// Reads a whole segment: its entries with offsets, and damage if any.
-pub fn scan(bytes: &[u8], mut expect: u64) -> (Vec<(u64, Entry)>, Option<Damage>) {
+pub fn scan(bytes: &[u8], expect: u64) -> (Vec<(u64, Entry)>, Option<Damage>) {
+    scan_with(bytes, expect, decode_entry, |e| e.seq)
+}
+
+/// What opening needs of the current segment: each good record's offset
+/// and seq, and damage if any. Reads a record's length, CRC and seq only:
+/// decoding every entry here and again in the replay was half a second of
+/// a start with a full 64 MiB segment (docs/BENCHMARKS.md, "Issue #18"). A
+/// record whose CRC holds but that does not decode (never a torn write)
+/// is found by the replay, which decodes it, as damage at its seq.
+pub fn scan_seqs(bytes: &[u8], expect: u64) -> (Vec<(u64, u64)>, Option<Damage>) {
+    scan_with(bytes, expect, frame::entry_seq, |&seq| seq)
+}
+
+fn scan_with<T>(
+    bytes: &[u8],
+    mut expect: u64,
+    decode: impl Fn(&[u8]) -> Result<T, String> + Copy,
+    seq_of: impl Fn(&T) -> u64,
+) -> (Vec<(u64, T)>, Option<Damage>) {
     let data_end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut out = Vec::new();
     let mut pos = 0usize;
     loop {
-        match read_at(bytes, pos, data_end) {
+        match read_with(bytes, pos, data_end, decode) {
             Read::End => return (out, None),
-            Read::Entry(e, used) if e.seq == expect => {
+            Read::Entry(e, used) if seq_of(&e) == expect => {
                 out.push((pos as u64, e));
                 pos += used as usize;
                 expect += 1;
             }
             Read::Entry(e, _) => {
-                let what = format!("record says it is entry {}", e.seq);
+                let what = format!("record says it is entry {}", seq_of(&e));
                 let d = Damage {
                     seq: expect,
                     offset: pos as u64,
@@ -295,8 +323,8 @@ impl LogStore {
         let current = *segments.last().unwrap();
         let path = seg_dir.join(seg_name(current));
         let bytes = std::fs::read(&path)?;
-        let (entries, damage) = scan(&bytes, current);
-        let mut last_seq = entries.last().map_or(current - 1, |(_, e)| e.seq);
+        let (entries, damage) = scan_seqs(&bytes, current);
+        let mut last_seq = entries.last().map_or(current - 1, |&(_, seq)| seq);
         let len = match (&damage, entries.last()) {
             (Some(d), _) => d.offset,
             (None, Some((off, _))) => *off + record_len(&bytes, *off as usize),

@@ -459,7 +459,7 @@ impl<'de> Visitor<'de> for RecsInto<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         if let Some(n) = seq.size_hint() {
-            self.0.reserve_records(n);
+            self.0.reserve_loading(n);
         }
         let big = seq.size_hint().is_some_and(|n| n >= PIPELINE_MIN);
         if !big {
@@ -526,6 +526,7 @@ impl<'de> Visitor<'de> for HoldsVisitor {
             .ok_or_else(|| A::Error::invalid_length(1, &self))?;
         seq.next_element_seed(RecsInto(&mut t))?
             .ok_or_else(|| A::Error::invalid_length(2, &self))?;
+        t.index_loaded();
         Ok(t)
     }
 }
