@@ -843,6 +843,37 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_is_searched_exactly_until_approx_from() {
+        let limits = CacheLimits {
+            semantic_approx_from: 30,
+            ..CacheLimits::default()
+        };
+        let (_d, _db, c) = cache(limits);
+        let built = |c: &SemanticCache| {
+            let mut inner = c.inner();
+            inner
+                .spaces
+                .get_mut("n")
+                .unwrap()
+                .index
+                .as_mut()
+                .unwrap()
+                .wait_for_build();
+            drop(inner);
+            c.stats_where(|n| n == "n").approximate
+        };
+        for i in 0..40 {
+            let x = i as f32;
+            c.set("n", &[x.sin(), x.cos(), 0.5], b"v", None, 0, None, 0)
+                .unwrap();
+            if i == 20 {
+                assert_eq!(built(&c), 0, "exact below 30 entries");
+            }
+        }
+        assert_eq!(built(&c), 1, "a graph from 30 entries");
+    }
+
+    #[test]
     fn settings_written_before_ef_are_converted() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::open_sled(&sled::Config::new().path(dir.path())).unwrap();

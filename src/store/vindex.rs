@@ -568,6 +568,36 @@ mod tests {
     }
 
     #[test]
+    fn graph_candidates_are_rescored_exactly_live_first_ties_to_the_older() {
+        let mut ix = VectorIndex::new(3, 1_000_000);
+        let q = unit(&[1.0, 0.0, 0.0]);
+        ix.flat.insert(1, &unit(&[1.0, 0.5, 0.0])); // 0.894
+        ix.flat.insert(2, &unit(&[1.0, 1.0, 0.0])); // 0.707
+        ix.flat.insert(3, &unit(&[1.0, 0.1, 0.0])); // 0.995
+        ix.flat.insert(4, &unit(&[1.0, 0.0, 0.2]));
+        ix.flat.insert(5, &unit(&[1.0, 0.0, 0.2])); // the same as 4
+        let all = |_: EntryId| true;
+        let best = |ix: &VectorIndex, c: &[EntryId], live: &dyn Fn(EntryId) -> bool| {
+            ix.best_of(&q, c, live).map(|n| n.id)
+        };
+        assert_eq!(best(&ix, &[2, 1, 3], &all), Some(3));
+        assert_eq!(best(&ix, &[2, 1], &all), Some(1));
+        assert_eq!(best(&ix, &[3, 1, 2], &|id| id != 3), Some(1), "live only");
+        assert_eq!(best(&ix, &[3], &|id| id != 3), None);
+        assert_eq!(best(&ix, &[4, 5], &all), Some(4), "a tie goes to the older");
+        assert_eq!(best(&ix, &[5, 4], &all), Some(4), "a tie goes to the older");
+        assert_eq!(
+            best(&ix, &[99, 2], &all),
+            Some(2),
+            "an id not here is skipped"
+        );
+        let n = ix.best_of(&q, &[1], all).unwrap();
+        assert_eq!(n.score, dot(&q, &unit(&[1.0, 0.5, 0.0])));
+        assert_eq!(ix.flat.score(3, &q), Some(dot(&q, &unit(&[1.0, 0.1, 0.0]))));
+        assert_eq!(ix.flat.score(99, &q), None);
+    }
+
+    #[test]
     fn vectors_without_a_direction_are_refused() {
         assert!(normalised(&[0.0, 0.0]).is_err());
         assert!(normalised(&[f32::NAN, 1.0]).is_err());
