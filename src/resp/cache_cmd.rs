@@ -11,7 +11,7 @@ use crate::state::bounds;
 use crate::state::money::parse_usd;
 use crate::state::{Access, Command, ErrorCode, Value};
 use crate::store::cache::{check_namespace, Cache};
-use crate::store::vcache::{check_dimension, check_ef, check_threshold, fp32_blob};
+use crate::store::vcache::{check_dimension, fp32_blob};
 
 /// What a cache command produced.
 pub enum Outcome {
@@ -72,6 +72,38 @@ fn entry_options<'a>(
             bounds::check_usd(o.cost, "COST").map_err(err)?;
         } else if key_allowed && pair[0].eq_ignore_ascii_case(b"KEY") && o.key.is_none() {
             o.key = Some(&*pair[1]);
+        } else {
+            return Err(cmd::syntax(name));
+        }
+    }
+    Ok(o)
+}
+
+/// The options of CACHE.VGET (`scope_allowed`) and CACHE.VCONFIG, each at
+/// most once, parsed only: the semantic cache checks their ranges.
+#[derive(Default)]
+struct SemanticOptions {
+    threshold: Option<f32>,
+    ef: Option<u64>,
+    scope: Option<String>,
+}
+
+fn semantic_options(
+    name: &str,
+    options: &Args<'_>,
+    scope_allowed: bool,
+) -> Result<SemanticOptions, Value> {
+    if !options.len().is_multiple_of(2) {
+        return Err(cmd::syntax(name));
+    }
+    let mut o = SemanticOptions::default();
+    for pair in options.chunks(2) {
+        if pair[0].eq_ignore_ascii_case(b"THRESHOLD") && o.threshold.is_none() {
+            o.threshold = Some(float(&pair[1], "THRESHOLD")?);
+        } else if pair[0].eq_ignore_ascii_case(b"EF") && o.ef.is_none() {
+            o.ef = Some(cmd::uint(&pair[1], "EF")?);
+        } else if scope_allowed && pair[0].eq_ignore_ascii_case(b"SCOPE") && o.scope.is_none() {
+            o.scope = Some(text(&pair[1], "scope")?);
         } else {
             return Err(cmd::syntax(name));
         }
@@ -189,24 +221,10 @@ fn run_inner(
         "cache.vget" => {
             let ns = namespace(args.first().ok_or_else(|| cmd::syntax(name))?, access)?;
             let (vector, options) = vector_arg(name, &args[1..])?;
-            let (mut threshold, mut scope, mut ef) = (None, None, None);
-            if !options.len().is_multiple_of(2) {
-                return Err(cmd::syntax(name));
-            }
-            for pair in options.chunks(2) {
-                if pair[0].eq_ignore_ascii_case(b"THRESHOLD") && threshold.is_none() {
-                    threshold = Some(check_threshold(float(&pair[1], "THRESHOLD")?).map_err(err)?);
-                } else if pair[0].eq_ignore_ascii_case(b"EF") && ef.is_none() {
-                    ef = Some(check_ef(cmd::uint(&pair[1], "EF")?).map_err(err)?);
-                } else if pair[0].eq_ignore_ascii_case(b"SCOPE") && scope.is_none() {
-                    scope = Some(text(&pair[1], "scope")?);
-                } else {
-                    return Err(cmd::syntax(name));
-                }
-            }
+            let o = semantic_options(name, options, true)?;
             let Some(hit) = cache
                 .semantic()
-                .get(&ns, &vector, threshold, ef, now_ms())
+                .get(&ns, &vector, o.threshold, o.ef, now_ms())
                 .map_err(err)?
             else {
                 return reply(Value::Null);
@@ -217,7 +235,7 @@ fn run_inner(
                 ("key", hit.key.map_or(Value::Null, Value::Bulk)),
                 ("id", Value::Int(hit.id as i64)),
             ]);
-            Ok(found(entry, hit.cost, scope))
+            Ok(found(entry, hit.cost, o.scope))
         }
         "cache.vdel" => {
             if args.len() != 2 {
@@ -240,22 +258,10 @@ fn run_inner(
                     ("ef", Value::Int(c.ef_search() as i64)),
                 ]));
             }
-            let (mut threshold, mut ef) = (None, None);
-            if !options.len().is_multiple_of(2) {
-                return Err(cmd::syntax(name));
-            }
-            for pair in options.chunks(2) {
-                if pair[0].eq_ignore_ascii_case(b"THRESHOLD") && threshold.is_none() {
-                    threshold = Some(float(&pair[1], "THRESHOLD")?);
-                } else if pair[0].eq_ignore_ascii_case(b"EF") && ef.is_none() {
-                    ef = Some(cmd::uint(&pair[1], "EF")?);
-                } else {
-                    return Err(cmd::syntax(name));
-                }
-            }
+            let o = semantic_options(name, options, false)?;
             cache
                 .semantic()
-                .configure(&ns, threshold, ef)
+                .configure(&ns, o.threshold, o.ef)
                 .map_err(err)?;
             reply(Value::Ok)
         }

@@ -141,12 +141,13 @@ pub fn scan(bytes: &[u8], expect: u64) -> (Vec<(u64, Entry)>, Option<Damage>) {
     scan_with(bytes, expect, decode_entry, |e| e.seq)
 }
 
-/// What opening needs of the current segment: each good record's offset
-/// and seq, and damage if any. Reads a record's length, CRC and seq only:
-/// decoding every entry here and again in the replay was half a second of
-/// a start with a full 64 MiB segment (docs/BENCHMARKS.md, "Issue #18"). A
-/// record whose CRC holds but that does not decode (never a torn write)
-/// is found by the replay, which decodes it, as damage at its seq.
+/// Each good record's offset and seq, and damage if any: what opening,
+/// cutting a torn tail and `locate` need of a segment. Reads a record's
+/// length, CRC and seq only: decoding every entry at opening and again in
+/// the replay was half a second of a start with a full 64 MiB segment
+/// (docs/BENCHMARKS.md, "Issue #18"). A record whose CRC holds but that
+/// does not decode (never a torn write) is found by the replay, which
+/// decodes it, as damage at its seq.
 pub fn scan_seqs(bytes: &[u8], expect: u64) -> (Vec<(u64, u64)>, Option<Damage>) {
     scan_with(bytes, expect, frame::entry_seq, |&seq| seq)
 }
@@ -229,11 +230,11 @@ pub fn locate(dir: &Path, seq: u64) -> std::io::Result<Option<(PathBuf, u64)>> {
         return Ok(None);
     };
     let path = path.clone();
-    let (entries, _) = scan(&std::fs::read(&path)?, *first);
-    Ok(entries
+    let (records, _) = scan_seqs(&std::fs::read(&path)?, *first);
+    Ok(records
         .iter()
-        .find(|(_, e)| e.seq == seq)
-        .map(|(off, _)| (path.clone(), *off)))
+        .find(|&&(_, s)| s == seq)
+        .map(|&(off, _)| (path.clone(), off)))
 }
 
 fn record_len(bytes: &[u8], at: usize) -> u64 {
@@ -454,11 +455,11 @@ impl Storage for LogStore {
         let current = *self.segments.last().unwrap();
         let path = self.seg_dir.join(seg_name(current));
         let bytes = std::fs::read(&path)?;
-        let (entries, damage) = scan(&bytes, current);
-        let cut = entries
+        let (records, damage) = scan_seqs(&bytes, current);
+        let cut = records
             .iter()
-            .find(|(_, e)| e.seq >= from)
-            .map(|(off, _)| *off)
+            .find(|&&(_, seq)| seq >= from)
+            .map(|&(off, _)| off)
             .or(damage.map(|d| d.offset))
             .unwrap_or(bytes.len() as u64);
         let file = OpenOptions::new().write(true).open(&path)?;

@@ -501,16 +501,18 @@ impl SemanticCache {
 
     /// The nearest live entry to `vector` whose similarity reaches the
     /// threshold (the request's, else the namespace's), or None. An HNSW
-    /// search keeps `ef` candidates (the request's, checked by [`check_ef`],
-    /// else the namespace's).
+    /// search keeps `ef` candidates (the request's, else the namespace's).
+    /// A request's threshold and ef are checked as `configure` checks them.
     pub fn get(
         &self,
         ns: &str,
         vector: &[f32],
         threshold: Option<f32>,
-        ef: Option<usize>,
+        ef: Option<u64>,
         now: u64,
     ) -> Result<Option<VHit>, String> {
+        let threshold = threshold.map(check_threshold).transpose()?;
+        let ef = ef.map(check_ef).transpose()?;
         let unit = normalised(vector)?;
         let mut inner = self.inner();
         let Some(space) = inner.spaces.get_mut(ns) else {

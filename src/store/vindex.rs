@@ -95,6 +95,14 @@ pub struct Nearest {
     pub score: f32,
 }
 
+impl Nearest {
+    /// Whether `id` at `score` beats `best` so far: more similar, or as
+    /// similar and older (the order every search answers in).
+    fn improves(best: Option<Nearest>, id: EntryId, score: f32) -> bool {
+        best.is_none_or(|b| score > b.score || (score == b.score && id < b.id))
+    }
+}
+
 impl FlatIndex {
     pub fn new(dim: usize) -> FlatIndex {
         assert!(dim > 0 && dim <= MAX_DIMENSION);
@@ -170,7 +178,7 @@ impl FlatIndex {
         for (slot, owner) in self.owner.iter().enumerate() {
             let Some(id) = *owner else { continue };
             let score = dot(unit, &self.arena[slot * self.dim..(slot + 1) * self.dim]);
-            if best.is_none_or(|b| score > b.score || (score == b.score && id < b.id)) && live(id) {
+            if Nearest::improves(best, id, score) && live(id) {
                 best = Some(Nearest { id, score });
             }
         }
@@ -514,7 +522,7 @@ impl VectorIndex {
             let Some(score) = self.flat.score(id, unit) else {
                 continue;
             };
-            if best.is_none_or(|b| score > b.score || (score == b.score && id < b.id)) && live(id) {
+            if Nearest::improves(best, id, score) && live(id) {
                 best = Some(Nearest { id, score });
             }
         }
