@@ -1040,9 +1040,45 @@ impl Snapshotter {
     }
 }
 
-/// A periodic snapshot is due once the entries since the last one reach
-/// this share of the state's records (1/16), or `snapshot_every`.
+/// The shortest tail a periodic snapshot waits for, as a share of the
+/// state's records (1/16): writing a snapshot costs at most sixteen record
+/// encodes per entry, however large the state.
 const SNAPSHOT_TAIL_SHARE: u64 = 16;
+/// What loading a snapshot and replaying the tail after it may take
+/// together at start-up, by the estimates below: 2 s, which leaves the rest
+/// of a 3 s start (opening the store, the token tables, the listeners;
+/// about 0.4 s on the development machine) to the process.
+const START_BUDGET_NS: u64 = 2_000_000_000;
+/// Loading one snapshot record (5M holds: 1.6–1.9 s) and replaying one
+/// ledger entry (842,596: 1.3–1.4 s), rounded up; measured on the 2-core
+/// development machine (docs/BENCHMARKS.md, "Start-up in the worst case").
+const LOAD_NS_PER_RECORD: u64 = 400;
+const REPLAY_NS_PER_ENTRY: u64 = 1_600;
+
+/// How many entries after the last snapshot the next one is due, for a
+/// state of `records` records and `--snapshot-every` `every` (> 0).
+///
+/// Snapshots cost CPU in proportion to the state (each writes every
+/// record), so the tail is let grow as long as a start after a crash stays
+/// within `START_BUDGET_NS`: loading the records plus replaying twice the
+/// tail (the tail can grow by what arrives while the previous snapshot is
+/// written). It never grows past the records themselves (at most one record
+/// written per entry, the rule before issue #18), nor shrinks below a
+/// sixteenth of them (at most sixteen per entry: past ~5M records the
+/// budget is spent on loading alone, and the start is as short as a
+/// sixteenth's tail allows), nor below `every`.
+///
+/// With a sixteenth always (issue #18's first rule) a state of a million
+/// open holds was rewritten every 100,000 entries: ten record encodes per
+/// entry, about a tenth of the server's CPU under load. This rule takes it
+/// every ~500,000 (docs/BENCHMARKS.md, "Issue #18").
+pub fn snapshot_due_after(records: u64, every: u64) -> u64 {
+    let loading = records.saturating_mul(LOAD_NS_PER_RECORD);
+    let room = START_BUDGET_NS.saturating_sub(loading) / (2 * REPLAY_NS_PER_ENTRY);
+    every
+        .max(records / SNAPSHOT_TAIL_SHARE)
+        .max(room.min(records))
+}
 
 /// Longest the committer sleeps without looking at the clock.
 const TICK: Duration = Duration::from_millis(50);
@@ -1208,21 +1244,11 @@ impl Committer {
             .store(core.state.open_hold_count() as u64, Ordering::Relaxed);
         self.since_snapshot += entries.len() as u64;
         // A snapshot of the state as of these entries, taken now (the state
-        // and the batch agree) and saved once they are durable. At least
-        // `snapshot_every` entries apart and at least a sixteenth of the
-        // records it holds: a large state is not rewritten every few
-        // entries (amortized O(1) per entry: sixteen record encodes per
-        // entry at most), and the tail replayed at start-up stays within a
-        // sixteenth of the state's size (plus what arrives while the
-        // previous snapshot is written). Replaying an entry costs about
-        // three times loading a record, so with a tail as long as the
-        // records (the rule until issue #18) replay was two thirds of a
-        // start after a crash: 4.4–4.8 s of 6.5 s here with 5M holds. An
-        // eighth left 3.1–3.4 s; a sixteenth 2.4 s, for 16–22 % less
-        // throughput while millions of settled holds are retained
-        // (docs/BENCHMARKS.md, "Issue #18").
+        // and the batch agree) and saved once they are durable, once the
+        // tail since the last one is as long as a start-up can replay
+        // (`snapshot_due_after`).
         let every = self.config.snapshot_every;
-        let due_after = every.max(core.state.records() as u64 / SNAPSHOT_TAIL_SHARE);
+        let due_after = snapshot_due_after(core.state.records() as u64, every);
         let snapshot = if core.shutdown
             || (asked && !self.snapshots.busy.swap(true, Ordering::AcqRel))
             || (every > 0
@@ -1365,6 +1391,54 @@ impl Committer {
         core.durable = core.state.next_seq - 1;
         for (_, tx) in core.waiters.drain(..) {
             let _ = tx.send(Release::Failed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The estimated start after a crash (load, then twice the tail).
+    fn start_ns(records: u64, tail: u64) -> u64 {
+        records * LOAD_NS_PER_RECORD + 2 * tail * REPLAY_NS_PER_ENTRY
+    }
+
+    #[test]
+    fn a_small_state_is_snapshotted_every_snapshot_every_entries() {
+        assert_eq!(snapshot_due_after(0, 100_000), 100_000);
+        assert_eq!(snapshot_due_after(50_000, 100_000), 100_000);
+        assert_eq!(snapshot_due_after(5_000_000, 10_000_000), 10_000_000);
+    }
+
+    #[test]
+    fn a_mid_sized_state_waits_as_long_as_the_start_up_budget_allows() {
+        // 1.2M records load in 0.48 s: 1.52 s left for twice the tail.
+        assert_eq!(snapshot_due_after(1_200_000, 100_000), 475_000);
+        assert_eq!(start_ns(1_200_000, 475_000), START_BUDGET_NS);
+        // 300k records: the budget would allow 587,500, the records cap it.
+        assert_eq!(snapshot_due_after(300_000, 100_000), 300_000);
+    }
+
+    #[test]
+    fn a_large_state_is_snapshotted_every_sixteenth_of_its_records() {
+        // 5M records take the whole budget to load.
+        assert_eq!(snapshot_due_after(5_000_000, 100_000), 312_500);
+        assert_eq!(snapshot_due_after(80_000_000, 100_000), 5_000_000);
+        assert_eq!(snapshot_due_after(u64::MAX, 1), u64::MAX / 16);
+    }
+
+    #[test]
+    fn the_tail_stays_between_its_bounds_and_within_the_budget() {
+        for every in [1, 10_000, 100_000, 1_000_000] {
+            for records in (0..12_000_000).step_by(37_321) {
+                let due = snapshot_due_after(records, every);
+                assert!(due >= every && due >= records / SNAPSHOT_TAIL_SHARE);
+                assert!(due <= every.max(records), "{records} {every} {due}");
+                if due > every.max(records / SNAPSHOT_TAIL_SHARE) {
+                    assert!(start_ns(records, due) <= START_BUDGET_NS, "{records} {due}");
+                }
+            }
         }
     }
 }

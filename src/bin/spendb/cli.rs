@@ -311,8 +311,9 @@ pub(crate) struct ServeArgs {
     /// graph (approximate, built in the background) instead of exactly.
     #[arg(long, env = "SPENDB_SEMANTIC_APPROX_FROM", default_value_t = 10_000)]
     pub(crate) semantic_approx_from: usize,
-    /// Snapshot the state every this many ledger entries, or every eighth of
-    /// the records the state holds if that is more (0: only at shutdown).
+    /// Snapshot the state at least this many ledger entries apart (0: only at
+    /// shutdown); a larger state waits longer, as long as a start after a
+    /// crash stays short (docs/OPERATIONS.md, "Durability").
     #[arg(long, env = "SPENDB_SNAPSHOT_EVERY", default_value_t = 100_000)]
     pub(crate) snapshot_every: u64,
     /// Keep this many newest ledger entries live; older 64 MiB segments that
