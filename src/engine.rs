@@ -380,15 +380,28 @@ impl Durable {
     /// Err when the engine shut down first.
     pub async fn wait(mut self) -> Result<bool, oneshot::error::RecvError> {
         loop {
-            let release = match &mut self.wait {
-                Wait::Lead => Release::Lead,
+            if let Wait::Follow(rx) = &mut self.wait {
                 // Polled in place: dropped while it waits, `Drop` finds a
                 // turn to lead that arrived meanwhile and passes it on.
-                Wait::Follow(rx) => rx.await?,
-                Wait::Settled => unreachable!("waited once"),
-            };
+                match rx.await? {
+                    Release::Lead => self.wait = Wait::Lead,
+                    release => {
+                        self.wait = Wait::Settled;
+                        return Ok(release == Release::Durable);
+                    }
+                }
+            }
+            debug_assert!(matches!(self.wait, Wait::Lead), "waited once");
+            // Before writing, let the runtime read the requests that have
+            // arrived: they join this group instead of waiting for the next
+            // sync. On one worker (`--workers 1`) nothing else would run
+            // until the sync is done, and every group would be one caller
+            // (docs/BENCHMARKS.md, "Issue #18", "Third session"); on two it
+            // measured neither better nor worse. Dropped here, `Drop`
+            // passes the turn on.
+            tokio::task::yield_now().await;
             self.wait = Wait::Settled;
-            if let Some(written) = self.on_release(release) {
+            if let Some(written) = self.lead() {
                 return Ok(written);
             }
         }

@@ -1089,6 +1089,13 @@ fn info(ctx: &ServerCtx, conn: &Conn, args: &Args) -> String {
                     "uptime_in_seconds",
                     ctx.started.elapsed().as_secs().to_string(),
                 ),
+                // The threads serving the protocol (`--workers`).
+                (
+                    "io_threads_active",
+                    tokio::runtime::Handle::try_current()
+                        .map_or(0, |h| h.metrics().num_workers())
+                        .to_string(),
+                ),
             ],
         ),
         (

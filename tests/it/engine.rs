@@ -6,6 +6,7 @@
 //! while asked to (a real disk cannot be made to fail here).
 
 use std::borrow::Cow;
+use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -262,4 +263,39 @@ async fn callers_dropped_while_waiting_never_stall_the_group_commit() {
     let report = recovery::verify(&store, Config::default()).unwrap();
     assert_eq!(report.open_holds as usize, held);
     assert!(held >= answered + 20, "{held} open, {answered} answered");
+}
+
+/// A caller given the turn to write first yields to the runtime, so that
+/// requests already read join its group; dropped during that yield (a
+/// timeout that fires at once), it passes the turn on: the next caller is
+/// answered, the dropped caller's command (applied before it went away) is
+/// written with the rest, and no turn is left taken. On one worker, as
+/// `spendb serve --workers 1` runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_caller_dropped_while_it_yields_its_turn_to_write_passes_it_on() {
+    let (dir, _, _, engine, thread) = start_wrapped();
+    run(&engine, "BUDGET.SET org:y TOKENS 1000 PER DAY").await;
+    // Polled once, then dropped (as a `select!` whose other branch won).
+    let mut caller = Box::pin(run(&engine, "RESERVE y1 org:y gpt-4o INPUT 10 OUTPUT 0"));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(caller.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "it yields before writing its group");
+    drop(caller);
+    assert!(engine.inspect(|s| s.open_hold_count()) == 1);
+    let v = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        run(&engine, "RESERVE y2 org:y gpt-4o INPUT 10 OUTPUT 0"),
+    )
+    .await
+    .expect("the next caller is answered");
+    assert!(matches!(v, Value::Map(_)), "{v:?}");
+    assert!(!engine.has_pending());
+    assert!(
+        !engine.turn_taken(),
+        "the dropped caller's turn was passed on"
+    );
+    engine.shutdown().await;
+    thread.join().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let report = recovery::verify(&store, Config::default()).unwrap();
+    assert_eq!(report.open_holds, 2);
 }

@@ -3,7 +3,8 @@
 //! `spendb bench`; the socket file's permissions, a stale file replaced, a
 //! live one or a plain file refused, the file removed on a clean stop.
 //! `--admin-bind`: the admin API off loopback (for a kubelet's probes) only
-//! with credentials, and /readyz open without them.
+//! with credentials, and /readyz open without them. `--workers`: the
+//! threads that serve them.
 
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
@@ -199,4 +200,58 @@ fn a_sigterm_right_after_ready_is_a_clean_stop() {
         let snaps = std::fs::read_dir(s.dir.join("snapshots")).unwrap().count();
         assert!(snaps >= 1, "no snapshot after the stop");
     }
+}
+
+/// The threads serving a running server's protocol, as INFO gives them.
+fn workers(s: &Server) -> usize {
+    let info = string(&raw(&mut s.conn(), "INFO server").unwrap());
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("io_threads_active:"));
+    line.expect("INFO server has io_threads_active")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_worker_per_core_by_default_as_many_as_asked_and_every_answer_is_durable() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (extra, n) in [
+        (&[][..], cores),
+        (&["--workers", "1"][..], 1),
+        (&["--workers", "3"][..], 3),
+    ] {
+        let mut s = Server::start(extra);
+        assert_eq!(workers(&s), n, "{extra:?}");
+        raw(&mut s.conn(), "BUDGET.SET org:w TOKENS 100000 PER DAY").unwrap();
+        // Eight clients at once, each RESERVE then COMMIT, 25 times.
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let mut con = s.conn();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let g = q(
+                            &mut con,
+                            &format!("RESERVE w{c}-{i} org:w gpt-4o INPUT 100 OUTPUT 0"),
+                        );
+                        assert_eq!(g.s("status"), "granted");
+                        q(&mut con, &format!("COMMIT w{c}-{i} INPUT 40 OUTPUT 0"));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        let spent = |s: &Server| dim(&q(&mut s.conn(), "BALANCE org:w"), "spent", "tokens");
+        assert_eq!(spent(&s), "8000");
+        // Acknowledged means durable: the same after a SIGKILL.
+        s.crash();
+        s.restart();
+        assert_eq!(spent(&s), "8000");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let msg = refused(tmp.path(), &["--workers", "0"]);
+    assert!(msg.contains("0 is not in 1..=1024"), "{msg}");
 }

@@ -278,6 +278,13 @@ pub(crate) struct ServeArgs {
     /// /readyz (required when --bind is not a loopback address).
     #[arg(long, env = "SPENDB_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
+    /// Threads that serve the Redis protocol, the Unix socket and the admin
+    /// API (the async runtime's workers; the ledger, snapshots and the
+    /// semantic index have threads of their own). Default: one per core.
+    /// One keeps a sidecar to one core's protocol work; on two cores it was
+    /// no faster (docs/OPERATIONS.md, "Threads").
+    #[arg(long, env = "SPENDB_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) workers: Option<u16>,
     /// Most client connections at once; more are refused with an error.
     #[arg(long, env = "SPENDB_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub(crate) max_connections: u64,

@@ -281,10 +281,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.workers {
+        runtime.worker_threads(n.into());
+    }
+    let runtime = runtime.enable_all().build().map_err(|e| e.to_string())?;
     tracing::info!(
         "recovered {} ledger entries in {:?} (snapshot at {:?}, replayed {}{})",
         rec.last_seq,
