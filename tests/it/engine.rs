@@ -299,3 +299,54 @@ async fn a_caller_dropped_while_it_yields_its_turn_to_write_passes_it_on() {
     let report = recovery::verify(&store, Config::default()).unwrap();
     assert_eq!(report.open_holds, 2);
 }
+
+/// Callers queued behind a leader learn their group's outcome from it: with
+/// syncs slowed to 2 ms, most of forty concurrent callers follow another's
+/// write, and every one is answered as its group went (granted when it was
+/// written, IOERR when its sync failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_behind_a_leader_are_told_how_its_write_went() {
+    let (dir, fail, slow, engine, thread) = start_wrapped();
+    run(&engine, "BUDGET.SET org:f TOKENS 1000000 PER DAY").await;
+    slow.store(true, Ordering::SeqCst);
+    let batch = |tag: &'static str| {
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let engine = engine.clone();
+                let line = format!("RESERVE {tag}{i} org:f gpt-4o INPUT 10 OUTPUT 0");
+                tokio::spawn(async move { run(&engine, &line).await })
+            })
+            .collect();
+        async move {
+            let mut replies = Vec::new();
+            for t in tasks {
+                replies.push(t.await.unwrap());
+            }
+            replies
+        }
+    };
+    let groups = || engine.stats.batches.load(Ordering::SeqCst);
+    let before = groups();
+    for v in batch("ok").await {
+        assert!(matches!(v, Value::Map(_)), "{v:?}");
+    }
+    assert!(
+        groups() - before < 40,
+        "some callers followed another's write"
+    );
+    fail.store(true, Ordering::SeqCst);
+    for v in batch("bad").await {
+        assert!(is_err(&v, "IOERR"), "{v:?}");
+    }
+    fail.store(false, Ordering::SeqCst);
+    slow.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        until_written(&engine, "RESERVE last org:f gpt-4o INPUT 10 OUTPUT 0").await,
+        Value::Map(_)
+    ));
+    engine.shutdown().await;
+    thread.join().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    let report = recovery::verify(&store, Config::default()).unwrap();
+    assert_eq!(report.open_holds, 41);
+}
