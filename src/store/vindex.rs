@@ -161,13 +161,15 @@ impl FlatIndex {
         true
     }
 
+    /// The vector stored in `slot`.
+    fn vector(&self, slot: usize) -> &[f32] {
+        &self.arena[slot * self.dim..(slot + 1) * self.dim]
+    }
+
     /// `unit`'s exact similarity to `id`'s vector, if `id` is here.
     pub fn score(&self, id: EntryId, unit: &[f32]) -> Option<f32> {
         let &slot = self.slot_of.get(&id)?;
-        Some(dot(
-            unit,
-            &self.arena[slot * self.dim..(slot + 1) * self.dim],
-        ))
+        Some(dot(unit, self.vector(slot)))
     }
 
     /// The live entry most similar to `unit` (normalised) for which `live`
@@ -177,7 +179,7 @@ impl FlatIndex {
         let mut best: Option<Nearest> = None;
         for (slot, owner) in self.owner.iter().enumerate() {
             let Some(id) = *owner else { continue };
-            let score = dot(unit, &self.arena[slot * self.dim..(slot + 1) * self.dim]);
+            let score = dot(unit, self.vector(slot));
             if Nearest::improves(best, id, score) && live(id) {
                 best = Some(Nearest { id, score });
             }
@@ -402,7 +404,7 @@ impl VectorIndex {
             .collect();
         let mut vectors = Vec::with_capacity(entries.len() * dim);
         for &(_, slot) in &entries {
-            vectors.extend_from_slice(&self.flat.arena[slot * dim..(slot + 1) * dim]);
+            vectors.extend_from_slice(self.flat.vector(slot));
         }
         let ids: Vec<EntryId> = entries.into_iter().map(|(id, _)| id).collect();
         let (tx, rx) = mpsc::channel();
@@ -668,8 +670,7 @@ mod graph_tests {
                 ix.nearest(&q, DEFAULT_EF_SEARCH, |_| true).unwrap(),
                 ix.nearest_exact(&q, |_| true).unwrap(),
             );
-            let slot = ix.flat.slot_of[&g.id];
-            let scored = dot(&q, &ix.flat.arena[slot * 4..(slot + 1) * 4]);
+            let scored = ix.flat.score(g.id, &q).unwrap();
             // Exactly: the graph's candidates are re-scored with the f32
             // vectors (its own copies are f16).
             assert_eq!(g.score, scored, "{g:?}");
@@ -759,8 +760,7 @@ mod graph_tests {
                     };
                     asked += 1;
                     prop_assert!(filter(g.id), "{g:?} is not live");
-                    let slot = ix.flat.slot_of[&g.id];
-                    let scored = dot(&q, &ix.flat.arena[slot * dim..(slot + 1) * dim]);
+                    let scored = ix.flat.score(g.id, &q).unwrap();
                     prop_assert_eq!(scored, g.score, "{:?} re-scored exactly", g);
                     if (e.score - g.score).abs() < 1e-4 {
                         exact_hits += 1;
