@@ -1085,7 +1085,7 @@ const REPLAY_NS_PER_ENTRY: u64 = 1_600;
 /// open holds was rewritten every 100,000 entries: ten record encodes per
 /// entry, about a tenth of the server's CPU under load. This rule takes it
 /// every ~500,000 (docs/BENCHMARKS.md, "Issue #18").
-pub fn snapshot_due_after(records: u64, every: u64) -> u64 {
+fn snapshot_due_after(records: u64, every: u64) -> u64 {
     let loading = records.saturating_mul(LOAD_NS_PER_RECORD);
     let room = START_BUDGET_NS.saturating_sub(loading) / (2 * REPLAY_NS_PER_ENTRY);
     every

@@ -104,6 +104,18 @@ async fn until_written(engine: &EngineHandle, line: &str) -> Value {
     }
 }
 
+/// Stops the engine and verifies what it left on disk (a full replay).
+async fn stop_and_verify(
+    dir: &tempfile::TempDir,
+    engine: EngineHandle,
+    thread: std::thread::JoinHandle<()>,
+) -> recovery::VerifyReport {
+    engine.shutdown().await;
+    thread.join().unwrap();
+    let store = LogStore::open(dir.path()).unwrap();
+    recovery::verify(&store, Config::default()).unwrap()
+}
+
 /// The engine on a real LogStore in a temp dir, with the two flags that
 /// make it fail (syncs and probes fail) and slow (syncs take 2 ms more).
 fn start_wrapped() -> (
@@ -202,10 +214,7 @@ async fn a_failing_disk_refuses_writes_answers_reads_and_recovers_by_itself() {
     let c = until_written(&engine, "COMMIT before INPUT 10 OUTPUT 0").await;
     assert_eq!(c.field("status"), Some(&Value::str("committed")), "{c:?}");
     assert!(!engine.stats.degraded.load(Ordering::Relaxed));
-    engine.shutdown().await;
-    thread.join().unwrap();
-    let store = LogStore::open(dir.path()).unwrap();
-    let report = recovery::verify(&store, Config::default()).unwrap();
+    let report = stop_and_verify(&dir, engine, thread).await;
     assert_eq!(report.open_holds, 0);
 }
 
@@ -256,11 +265,8 @@ async fn callers_dropped_while_waiting_never_stall_the_group_commit() {
     assert!(!engine.has_pending());
     assert!(!engine.turn_taken());
     let held = engine.inspect(|s| s.open_hold_count());
-    engine.shutdown().await;
-    thread.join().unwrap();
     // What the state held is what the ledger holds.
-    let store = LogStore::open(dir.path()).unwrap();
-    let report = recovery::verify(&store, Config::default()).unwrap();
+    let report = stop_and_verify(&dir, engine, thread).await;
     assert_eq!(report.open_holds as usize, held);
     assert!(held >= answered + 20, "{held} open, {answered} answered");
 }
@@ -293,10 +299,7 @@ async fn a_caller_dropped_while_it_yields_its_turn_to_write_passes_it_on() {
         !engine.turn_taken(),
         "the dropped caller's turn was passed on"
     );
-    engine.shutdown().await;
-    thread.join().unwrap();
-    let store = LogStore::open(dir.path()).unwrap();
-    let report = recovery::verify(&store, Config::default()).unwrap();
+    let report = stop_and_verify(&dir, engine, thread).await;
     assert_eq!(report.open_holds, 2);
 }
 
@@ -344,9 +347,6 @@ async fn callers_behind_a_leader_are_told_how_its_write_went() {
         until_written(&engine, "RESERVE last org:f gpt-4o INPUT 10 OUTPUT 0").await,
         Value::Map(_)
     ));
-    engine.shutdown().await;
-    thread.join().unwrap();
-    let store = LogStore::open(dir.path()).unwrap();
-    let report = recovery::verify(&store, Config::default()).unwrap();
+    let report = stop_and_verify(&dir, engine, thread).await;
     assert_eq!(report.open_holds, 41);
 }
