@@ -245,8 +245,15 @@ impl State {
             EntryKind::Alert(ev) => self.alerts.fired(e.seq, ts, ev),
             EntryKind::AlertDelivered { id } => self.alerts.delivered(*id, ts),
             EntryKind::Grant(line) => {
-                self.grants.retain(|_, l| !l.ended(ts));
-                if !line.ended(ts) {
+                // A line goes when its period is over, but a rolling line
+                // stays while the store still counts its room: what it did
+                // not use goes back from it (`grant_uses` lists it). The
+                // store's answer to a take may arrive after the period it
+                // was for has ended; it is recorded all the same, or that
+                // room would be stranded until it aged out of the window.
+                let kept = |l: &grant::GrantLine| !l.ended(ts) || l.returnable(ts);
+                self.grants.retain(|_, l| kept(l));
+                if kept(line) {
                     self.grants.insert(line.key(), line.clone());
                 }
             }

@@ -336,7 +336,19 @@ mod tests {
         let uses = st.grant_uses(later);
         let old = uses.iter().find(|u| u.ended).expect("the ended line");
         assert_eq!((old.line.period, old.used, old.line.granted), (DAY, 3, 3));
+        // The store's answer to a take of the last period, arriving after
+        // that period ended: recorded, so its unused room can go back.
+        let late = GrantLine {
+            granted: 5,
+            ..old.line.clone()
+        };
+        st.grant_confirm(later, late, &mut Vec::new());
         set(&mut st, later, 20);
+        // The new line's entry leaves the ended one listed while the store
+        // counts its room.
+        let uses = st.grant_uses(later);
+        let old = uses.iter().find(|u| u.ended).expect("the ended line");
+        assert_eq!((old.line.period, old.used, old.line.granted), (DAY, 3, 5));
         for i in 0..7 {
             let h = format!("n{i}");
             assert!(matches!(
@@ -357,6 +369,13 @@ mod tests {
         assert!(old_line.returnable(DAY + span + 60_000 - 1));
         assert!(!old_line.returnable(DAY + span + 60_000));
         assert!(!old_line.returnable(DAY + span - 1), "not ended yet");
+        // A window after its period it is no longer listed, and the next
+        // line written drops it.
+        let gone = DAY + span + 60_000;
+        assert!(st.grant_uses(gone).iter().all(|u| u.line.period != DAY));
+        set(&mut st, gone, 1);
+        assert!(!st.grants.values().any(|l| l.period == DAY));
+        assert!(st.grants.values().any(|l| l.period == DAY + span));
     }
 
     #[test]
