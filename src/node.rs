@@ -282,8 +282,11 @@ struct Waiting {
 fn asked(agent: &Agent, short: &Shortage, r: Result<Answer, String>) -> Asked {
     match r {
         Ok(Answer::Moved) => Asked::Retry,
+        // Room that frees while the answer travels: try again at once
+        // (1 ms; a denial's 0 would say "no wait" of a request that did not
+        // fit when it was decided).
         Ok(Answer::Dry { frees_at, .. }) => Asked::NoMore {
-            retry_after: frees_at.map(|at| at.saturating_sub(now_ms())),
+            retry_after: frees_at.map(|at| at.saturating_sub(now_ms()).max(1)),
         },
         Ok(Answer::Nothing) => Asked::NoMore { retry_after: None },
         Err(e) => {
@@ -390,5 +393,46 @@ impl ClusterLink for ClusterNode {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Publish(cmd.clone(), tx));
         Some(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_rolling_pool_says_when_room_frees_never_zero() {
+        let agent = Agent::new("n", AgentConfig::new(3_000));
+        let short = Shortage {
+            key: "org:a|REQUESTS|ROLLING 10s|0".into(),
+            by: 1,
+            report: false,
+            amount: 1,
+        };
+        let dry = |frees_at| {
+            Ok(Answer::Dry {
+                frees_at,
+                recalled: false,
+            })
+        };
+        // Freed while the answer travelled: try again at once.
+        let past = now_ms() - 5;
+        assert_eq!(
+            asked(&agent, &short, dry(Some(past))),
+            Asked::NoMore {
+                retry_after: Some(1)
+            }
+        );
+        let Asked::NoMore {
+            retry_after: Some(ms),
+        } = asked(&agent, &short, dry(Some(now_ms() + 60_000)))
+        else {
+            panic!("a dry pool's answer says when");
+        };
+        assert!((59_000..=60_000).contains(&ms), "{ms}");
+        assert_eq!(
+            asked(&agent, &short, dry(None)),
+            Asked::NoMore { retry_after: None }
+        );
     }
 }

@@ -332,10 +332,12 @@ pub struct Agent {
     recalls_served: BTreeMap<String, Rev>,
     /// Ended rolling lines whose unused room this registration gave back.
     returned: BTreeSet<String>,
-    /// Rolling pools found dry, and until when a round does not ask them
-    /// again (a RESERVE still does).
+    /// Rolling pools found dry (by this node, or by another that recalled
+    /// idle room of them), and until when a round does not ask them again
+    /// (a RESERVE still does).
     dry_until: BTreeMap<String, u64>,
-    /// When this node last recalled idle room of each rolling pool.
+    /// When this node last recalled idle room of each rolling line (a
+    /// pool's grant period): the recalls still out.
     recalled: BTreeMap<String, u64>,
     /// The grant period each rolling pool's rate was last observed in.
     rate_periods: BTreeMap<String, u64>,
@@ -782,6 +784,14 @@ impl Agent {
             else {
                 continue;
             };
+            if u.line.is_rolling() {
+                // Another node waits for room of this pool: while the
+                // recall lasts, a round takes none ahead of use (an idle
+                // node's decaying rate would take back what it gives, or
+                // take the next period's), only this node's RESERVEs do.
+                let until = now.saturating_add(RECALL_LIFE_MS);
+                self.dry_until.insert(rolling::pool_name(&u.line), until);
+            }
             self.give_back_idle(store, local, u.clone(), 0, now)?;
         }
         Ok(())
@@ -1295,14 +1305,18 @@ impl Agent {
         Ok(match self.rolling_take(store, local, u, need, want, now)? {
             Took::Charged { .. } => Answer::Moved,
             Took::Dry { frees_at } => {
-                // One recall at a time: while one is out, another RESERVE
-                // short of room is answered at once.
-                let pool = rolling::pool_name(&u.line);
-                let out = (self.recalled.get(&pool)).is_some_and(|t| now < t + RECALL_LIFE_MS);
-                let recalled = first && !out;
+                // One recall at a time per grant period: while one is
+                // out, another RESERVE short of room is answered at once.
+                // It names the current period's line (the RESERVE may have
+                // been decided in the last), so a node whose round took
+                // room of a new period ahead of use, after it answered a
+                // recall of the last, gives that back too.
+                self.recalled.retain(|_, t| now < *t + RECALL_LIFE_MS);
+                let line = u.line.key();
+                let recalled = first && !self.recalled.contains_key(&line);
                 if recalled {
-                    self.recall(store, &short.key)?;
-                    self.recalled.insert(pool, now);
+                    self.recall(store, &line)?;
+                    self.recalled.insert(line, now);
                 }
                 Answer::Dry { frees_at, recalled }
             }

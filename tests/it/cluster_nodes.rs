@@ -629,8 +629,11 @@ fn two_nodes_share_a_rolling_window_and_its_room_comes_back_as_it_ages_out() {
     let rolling = &st["store"]["rolling"][0];
     eprintln!(
         "rolling: {} granted in {drained:?}, peak {peak} of {WINDOW_LIMIT} in a window; \
-         denied ({reason}, retry after {retry_after} ms); pool {rolling}",
-        times.len()
+         denied ({reason}, retry after {retry_after} ms); pool {rolling}; \
+         a {}; b {}",
+        times.len(),
+        cluster(&a)["node"],
+        st["node"]
     );
     assert!(peak <= WINDOW_LIMIT, "{peak} requests in one window");
     if drained < Duration::from_millis(9_500) {

@@ -1087,6 +1087,246 @@ mod agents {
         );
     }
 
+    /// One RESERVE of a request on `n` at `t`, asking its agent as the
+    /// engine does (a recall's poll included: `recalled` is then told to
+    /// `other`, whose watch would deliver it, and `other` runs a round):
+    /// whether it was granted (and committed).
+    fn request(
+        n: &mut SimNode,
+        other: &mut SimNode,
+        store: &mut MemStore,
+        id: &str,
+        t: u64,
+    ) -> bool {
+        n.local.now.set(t);
+        other.local.now.set(t);
+        let r = Command::Reserve(ReserveArgs::new(id, "org:w", "gpt-4o", 1, 1));
+        let decide = || {
+            n.local
+                .state
+                .borrow_mut()
+                .decide(t, &r, None, &mut Vec::new())
+        };
+        let mut outcome = decide();
+        let mut first = true;
+        for _ in 0..8 {
+            let Outcome::Denied(d) = &outcome else { break };
+            if d.reason != Blocker::Grant {
+                break;
+            }
+            let short = Shortage {
+                key: grant::key(&d.scope, &d.limit, t).unwrap().0,
+                by: d.short_by,
+                report: false,
+                amount: d.short_by + d.remaining.max(0) as u64,
+            };
+            match n.agent.ask(store, &n.local, &short, first, t).unwrap() {
+                Answer::Moved => {}
+                Answer::Dry { recalled: true, .. } => {
+                    other.agent.watched(None);
+                    other.agent.tick(store, &other.local, t);
+                    first = false;
+                    if n.agent.ask(store, &n.local, &short, false, t).unwrap() != Answer::Moved {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+            outcome = decide();
+        }
+        let granted = matches!(outcome, Outcome::Granted(_));
+        if granted {
+            let commit = Command::Commit {
+                hold: id.into(),
+                usage: Usage {
+                    input: 1,
+                    output: 1,
+                    ..Usage::default()
+                },
+            };
+            n.local
+                .state
+                .borrow_mut()
+                .apply(t, &commit, &mut Vec::new());
+        }
+        granted
+    }
+
+    /// Node a takes a burst of requests, then sits idle; its decaying rate
+    /// still takes room of the next grant period ahead of use. Node b takes
+    /// requests until denied: its recall brings a's room back, and a's
+    /// rounds do not take it again while the recall lasts, so b is denied
+    /// only when the window holds the whole limit.
+    #[test]
+    fn recalled_rolling_room_is_not_taken_back_ahead_of_use() {
+        const LIMIT: u64 = 50;
+        let span = grant::rolling_span(ROLLING_MS);
+        // Late in a grant period: a's burst ends just before the next.
+        let mut now = 1_796_256_000_000 - 1_796_256_000_000 % span + span - 450;
+        let mut store = MemStore::new(now);
+        let budget = Command::BudgetSet {
+            scope: "org:w".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Rolling(ROLLING_MS),
+                amount: LIMIT,
+            }],
+        };
+        agent::publish(&mut store, &budget, now).unwrap();
+        let mut nodes: Vec<SimNode> = ["a", "b"]
+            .iter()
+            .map(|name| SimNode {
+                local: LocalState {
+                    state: RefCell::new(fresh_state(0)),
+                    now: Cell::new(now),
+                },
+                agent: Agent::new(name, config()),
+                paused_until: 0,
+            })
+            .collect();
+        for n in &mut nodes {
+            n.agent.watched(None);
+            n.agent.tick(&mut store, &n.local, now);
+            assert!(n.agent.registered && n.agent.definitions_loaded);
+        }
+        let (a, b) = nodes.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        let tick = |n: &mut SimNode, store: &mut MemStore, t: u64| {
+            store.set_time(t);
+            n.local.now.set(t);
+            n.agent.tick(store, &n.local, t);
+        };
+        // a's rounds every 100 ms, as its thread runs them.
+        let mut granted = 0;
+        for i in 0..10 {
+            assert!(request(a, b, &mut store, &format!("a{i}"), now));
+            granted += 1;
+            now += 30;
+            if i % 3 == 2 {
+                tick(a, &mut store, now);
+            }
+        }
+        // Into the next grant period: a, idle, takes room of it ahead of
+        // use.
+        let next = now - now % span + span;
+        while now < next + 10 {
+            now += 100;
+            tick(a, &mut store, now);
+        }
+        let ahead = |a: &SimNode, t: u64| {
+            let uses = a.local.state.borrow().grant_uses(t);
+            let u = uses.iter().find(|u| !u.ended).unwrap().clone();
+            u.line.granted.saturating_sub(u.used)
+        };
+        assert!(ahead(a, now) > 0, "a takes room ahead of use");
+        // b until denied, a running its rounds every 100 ms meanwhile.
+        let mut next_tick = now + 100;
+        for i in 0.. {
+            now += 10;
+            store.set_time(now);
+            if now >= next_tick {
+                tick(a, &mut store, now);
+                tick(b, &mut store, now);
+                next_tick += 100;
+            }
+            let ok = request(b, a, &mut store, &format!("b{i}"), now);
+            if !ok {
+                break;
+            }
+            granted += 1;
+            assert!(granted <= LIMIT);
+        }
+        assert_eq!(granted, LIMIT, "b is denied only when the window is full");
+        // a's rounds for the rest of the recall take nothing ahead.
+        for _ in 0..20 {
+            now += 100;
+            tick(a, &mut store, now);
+            assert_eq!(ahead(a, now), 0);
+        }
+    }
+
+    /// A node whose rolling pool is dry recalls idle room once per grant
+    /// period while the recall lasts (3 s): another RESERVE short of room
+    /// meanwhile is denied at once, one after the recall's life recalls
+    /// again, and so does the first of a new period.
+    #[test]
+    fn a_recall_of_rolling_room_is_out_for_three_seconds_per_grant_period() {
+        const LIMIT: u64 = 5;
+        const MINUTE: u64 = 60_000;
+        let span = grant::rolling_span(MINUTE);
+        let period = 1_796_256_000_000 - 1_796_256_000_000 % span;
+        // 5 s before the period ends.
+        let mut now = period + span - 5_000;
+        let mut store = MemStore::new(now);
+        let budget = Command::BudgetSet {
+            scope: "org:w".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Rolling(MINUTE),
+                amount: LIMIT,
+            }],
+        };
+        agent::publish(&mut store, &budget, now).unwrap();
+        let mut nodes: Vec<SimNode> = ["a", "b"]
+            .iter()
+            .map(|name| SimNode {
+                local: LocalState {
+                    state: RefCell::new(fresh_state(0)),
+                    now: Cell::new(now),
+                },
+                agent: Agent::new(name, config()),
+                paused_until: 0,
+            })
+            .collect();
+        for n in &mut nodes {
+            n.agent.watched(None);
+            n.agent.tick(&mut store, &n.local, now);
+        }
+        let (a, b) = nodes.split_at_mut(1);
+        let (a, b) = (&mut a[0], &mut b[0]);
+        // a takes the whole limit.
+        for i in 0..LIMIT {
+            now += 10;
+            assert!(request(a, b, &mut store, &format!("a{i}"), now));
+        }
+        // Whether b's next RESERVE, at `t`, finds the pool dry and recalls.
+        let mut recalls = |b: &mut SimNode, t: u64| {
+            store.set_time(t);
+            b.local.now.set(t);
+            let r = Command::Reserve(ReserveArgs::new(format!("r{t}"), "org:w", "gpt-4o", 1, 1));
+            let d = match b
+                .local
+                .state
+                .borrow_mut()
+                .decide(t, &r, None, &mut Vec::new())
+            {
+                Outcome::Denied(d) => d,
+                o => panic!("{o:?}"),
+            };
+            assert_eq!(d.reason, Blocker::Grant);
+            let short = Shortage {
+                key: grant::key(&d.scope, &d.limit, t).unwrap().0,
+                by: d.short_by,
+                report: false,
+                amount: 1,
+            };
+            match b.agent.ask(&mut store, &b.local, &short, true, t).unwrap() {
+                Answer::Dry { recalled, .. } => recalled,
+                o => panic!("{o:?}"),
+            }
+        };
+        let first = now + 10;
+        assert!(recalls(b, first));
+        assert!(!recalls(b, first + 100), "one recall at a time");
+        assert!(!recalls(b, first + 2_999));
+        assert!(recalls(b, first + 3_000), "the last one's life is over");
+        // The next grant period, within 3 s of the last recall.
+        let next = period + span + 10;
+        assert!(next < first + 3_000 + 3_000);
+        assert!(recalls(b, next), "a new period's line");
+        assert!(!recalls(b, next + 100));
+    }
+
     /// Four nodes share a rolling window of 60 requests per 10 s, asked
     /// for about 100 per 10 s, under the same faults: never more than 60
     /// in any window, and the window fills.
