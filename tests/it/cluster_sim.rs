@@ -1087,6 +1087,35 @@ mod agents {
         );
     }
 
+    /// Nodes a and b, registered at `now`, sharing `org:w`'s limit of
+    /// `limit` requests in a rolling window of `window_ms`.
+    fn two_nodes(now: u64, window_ms: u64, limit: u64) -> (MemStore, [SimNode; 2]) {
+        let mut store = MemStore::new(now);
+        let budget = Command::BudgetSet {
+            scope: "org:w".into(),
+            limits: vec![LimitSpec {
+                dim: Dim::Requests,
+                window: Window::Rolling(window_ms),
+                amount: limit,
+            }],
+        };
+        agent::publish(&mut store, &budget, now).unwrap();
+        let mut nodes = ["a", "b"].map(|name| SimNode {
+            local: LocalState {
+                state: RefCell::new(fresh_state(0)),
+                now: Cell::new(now),
+            },
+            agent: Agent::new(name, config()),
+            paused_until: 0,
+        });
+        for n in &mut nodes {
+            n.agent.watched(None);
+            n.agent.tick(&mut store, &n.local, now);
+            assert!(n.agent.registered && n.agent.definitions_loaded);
+        }
+        (store, nodes)
+    }
+
     /// One RESERVE of a request on `n` at `t`, asking its agent as the
     /// engine does (a recall's poll included: `recalled` is then told to
     /// `other`, whose watch would deliver it, and `other` runs a round):
@@ -1163,34 +1192,8 @@ mod agents {
         let span = grant::rolling_span(ROLLING_MS);
         // Late in a grant period: a's burst ends just before the next.
         let mut now = 1_796_256_000_000 - 1_796_256_000_000 % span + span - 450;
-        let mut store = MemStore::new(now);
-        let budget = Command::BudgetSet {
-            scope: "org:w".into(),
-            limits: vec![LimitSpec {
-                dim: Dim::Requests,
-                window: Window::Rolling(ROLLING_MS),
-                amount: LIMIT,
-            }],
-        };
-        agent::publish(&mut store, &budget, now).unwrap();
-        let mut nodes: Vec<SimNode> = ["a", "b"]
-            .iter()
-            .map(|name| SimNode {
-                local: LocalState {
-                    state: RefCell::new(fresh_state(0)),
-                    now: Cell::new(now),
-                },
-                agent: Agent::new(name, config()),
-                paused_until: 0,
-            })
-            .collect();
-        for n in &mut nodes {
-            n.agent.watched(None);
-            n.agent.tick(&mut store, &n.local, now);
-            assert!(n.agent.registered && n.agent.definitions_loaded);
-        }
-        let (a, b) = nodes.split_at_mut(1);
-        let (a, b) = (&mut a[0], &mut b[0]);
+        let (mut store, mut nodes) = two_nodes(now, ROLLING_MS, LIMIT);
+        let [a, b] = &mut nodes;
         let tick = |n: &mut SimNode, store: &mut MemStore, t: u64| {
             store.set_time(t);
             n.local.now.set(t);
@@ -1257,33 +1260,8 @@ mod agents {
         let period = 1_796_256_000_000 - 1_796_256_000_000 % span;
         // 5 s before the period ends.
         let mut now = period + span - 5_000;
-        let mut store = MemStore::new(now);
-        let budget = Command::BudgetSet {
-            scope: "org:w".into(),
-            limits: vec![LimitSpec {
-                dim: Dim::Requests,
-                window: Window::Rolling(MINUTE),
-                amount: LIMIT,
-            }],
-        };
-        agent::publish(&mut store, &budget, now).unwrap();
-        let mut nodes: Vec<SimNode> = ["a", "b"]
-            .iter()
-            .map(|name| SimNode {
-                local: LocalState {
-                    state: RefCell::new(fresh_state(0)),
-                    now: Cell::new(now),
-                },
-                agent: Agent::new(name, config()),
-                paused_until: 0,
-            })
-            .collect();
-        for n in &mut nodes {
-            n.agent.watched(None);
-            n.agent.tick(&mut store, &n.local, now);
-        }
-        let (a, b) = nodes.split_at_mut(1);
-        let (a, b) = (&mut a[0], &mut b[0]);
+        let (mut store, mut nodes) = two_nodes(now, MINUTE, LIMIT);
+        let [a, b] = &mut nodes;
         // a takes the whole limit.
         for i in 0..LIMIT {
             now += 10;
