@@ -355,18 +355,8 @@ fn serve(
 impl ClusterLink for ClusterNode {
     fn short(&self, denied: &Denied) -> oneshot::Receiver<Asked> {
         let (tx, rx) = oneshot::channel();
-        match crate::state::grant::key(&denied.scope, &denied.limit, now_ms()) {
-            Some((key, _)) => self.send(Request::Short(
-                Shortage {
-                    key,
-                    by: denied.short_by,
-                    report: denied.reason == crate::state::limit::Blocker::Unreported,
-                    amount: denied
-                        .short_by
-                        .saturating_add(denied.remaining.max(0) as u64),
-                },
-                tx,
-            )),
+        match Shortage::of(denied, now_ms()) {
+            Some(short) => self.send(Request::Short(short, tx)),
             None => {
                 let _ = tx.send(Asked::NoMore { retry_after: None });
             }

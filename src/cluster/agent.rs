@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::escrow::{self, segment, unsegment, EscrowConfig, LocalGrant, Node, PREFIX};
 use super::kv::{GlobalStore, KvError, Op, Rev};
 use super::rolling::{self, Took};
-use crate::state::grant::{GrantLine, GrantUse};
-use crate::state::limit::{Dim, LimitSpec, Window};
+use crate::state::grant::{self, GrantLine, GrantUse};
+use crate::state::limit::{Blocker, Dim, LimitSpec, Window};
+use crate::state::outcome::Denied;
 use crate::state::Command;
 
 /// The engine, as the agent sees it.
@@ -271,6 +272,22 @@ pub struct Shortage {
     pub report: bool,
     /// What the RESERVE asks of the limit (in its unit).
     pub amount: u64,
+}
+
+impl Shortage {
+    /// What a RESERVE denied for want of this node's grant (`grant`) or of
+    /// a report (`unreported`) at `now` asks the store for: its limit's
+    /// line now, what it lacks, and what it asks of the limit in all (what
+    /// it lacks plus what was left). None when the limit has no line.
+    pub fn of(denied: &Denied, now: u64) -> Option<Shortage> {
+        let (key, _) = grant::key(&denied.scope, &denied.limit, now)?;
+        Some(Shortage {
+            key,
+            by: denied.short_by,
+            report: denied.reason == Blocker::Unreported,
+            amount: (denied.short_by).saturating_add(denied.remaining.max(0) as u64),
+        })
+    }
 }
 
 /// A limit whose use has not moved for this long, all of it reported, has

@@ -910,13 +910,7 @@ mod agents {
                         if !matches!(d.reason, Blocker::Grant | Blocker::Unreported) {
                             break;
                         }
-                        let key = grant::key(&d.scope, &d.limit, t).unwrap().0;
-                        let short = Shortage {
-                            key,
-                            by: d.short_by,
-                            report: d.reason == Blocker::Unreported,
-                            amount: d.short_by + d.remaining.max(0) as u64,
-                        };
+                        let short = Shortage::of(d, t).unwrap();
                         let mut net = Net {
                             store: &mut store,
                             rng: &mut rng,
@@ -1143,12 +1137,7 @@ mod agents {
             if d.reason != Blocker::Grant {
                 break;
             }
-            let short = Shortage {
-                key: grant::key(&d.scope, &d.limit, t).unwrap().0,
-                by: d.short_by,
-                report: false,
-                amount: d.short_by + d.remaining.max(0) as u64,
-            };
+            let short = Shortage::of(d, t).unwrap();
             match n.agent.ask(store, &n.local, &short, first, t).unwrap() {
                 Answer::Moved => {}
                 Answer::Dry { recalled: true, .. } => {
@@ -1282,12 +1271,7 @@ mod agents {
                 o => panic!("{o:?}"),
             };
             assert_eq!(d.reason, Blocker::Grant);
-            let short = Shortage {
-                key: grant::key(&d.scope, &d.limit, t).unwrap().0,
-                by: d.short_by,
-                report: false,
-                amount: 1,
-            };
+            let short = Shortage::of(&d, t).unwrap();
             match b.agent.ask(&mut store, &b.local, &short, true, t).unwrap() {
                 Answer::Dry { recalled, .. } => recalled,
                 o => panic!("{o:?}"),
@@ -1341,7 +1325,7 @@ mod scale {
     use rand::{RngExt, SeedableRng};
     use spendb::cluster::agent::{self, Agent, AgentConfig, Answer, Shortage};
     use spendb::cluster::kv::MemStore;
-    use spendb::state::grant::{self, ClusterRules};
+    use spendb::state::grant::ClusterRules;
     use spendb::state::limit::{Blocker, Dim, LimitSpec, Window};
     use spendb::state::price::Usage;
     use spendb::state::{Command, Config, Outcome, ReserveArgs, State};
@@ -1507,12 +1491,7 @@ mod scale {
                         if ask == 0 && ev == Ev::Call && (20_000..60_000).contains(&t) {
                             asked += 1;
                         }
-                        let short = Shortage {
-                            key: grant::key(&d.scope, &d.limit, t).unwrap().0,
-                            by: d.short_by,
-                            report: d.reason == Blocker::Unreported,
-                            amount: d.short_by + d.remaining.max(0) as u64,
-                        };
+                        let short = Shortage::of(d, t).unwrap();
                         let before = c.ops;
                         let answer = n.agent.ask(&mut c, &n.local, &short, ev == Ev::Call, t);
                         ops += c.ops - before;
