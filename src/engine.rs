@@ -278,6 +278,11 @@ pub trait ClusterLink: Send + Sync {
     /// Some for a definition (BUDGET.SET / DEL, PRICE.SET): the answer
     /// comes once the store holds it (Err: refuse the command).
     fn publish(&self, cmd: &Command) -> Option<oneshot::Receiver<Result<(), String>>>;
+    /// Usage was booked past this node's grants of these lines (SPEND, a
+    /// COMMIT past its hold or after it expired; `State::overdrawn`): the
+    /// answer comes once the agent has charged it to the shared pools, or
+    /// could not (its rounds go on trying).
+    fn overdrawn(&self, lines: Vec<(String, u64)>) -> oneshot::Receiver<()>;
     /// This node's name (a hold another node granted is not here).
     fn node(&self) -> &str;
     /// Why the node may not grant yet (it has not read the cluster's
@@ -592,11 +597,18 @@ impl EngineHandle {
                     .iter()
                     .position(stops_here)
                     .unwrap_or(cmds.len() - at - 1);
-            let (sub, short) = self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS);
+            let (sub, short, overdrawn) =
+                self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS);
             let mut replies = match sub {
                 Submitted::Done(r) => r,
                 Submitted::Waiting(r, released) => settle(r, released.wait().await),
             };
+            // Usage booked past this node's grants is charged to the shared
+            // pools before it is acknowledged, so a client that goes on to
+            // another node finds it counted there.
+            if !overdrawn.is_empty() {
+                let _ = link.overdrawn(overdrawn).await;
+            }
             // The store could not be asked: the denial says so; or it had
             // no room until a rolling window frees some: it says when.
             if let Some(Outcome::Denied(d)) = replies.first_mut() {
@@ -745,14 +757,16 @@ impl EngineHandle {
 
     /// `submit`, stopping before a RESERVE short of grant room when
     /// `stop_short` (cluster mode): that one is not among the replies, and
-    /// its denial is returned to ask the store with.
+    /// its denial is returned to ask the store with; and the lines the
+    /// commands took past their grants (cluster mode, `State::overdrawn`).
     fn submit_until(
         &self,
         cmds: &[Command],
         access: Option<Arc<Access>>,
         stop_short: bool,
-    ) -> (Submitted, Option<Denied>) {
+    ) -> (Submitted, Option<Denied>, Vec<(String, u64)>) {
         let mut short = None;
+        let mut overdrawn = Vec::new();
         let submitted = {
             let mut guard = self.shared.lock();
             let core = &mut *guard;
@@ -761,10 +775,11 @@ impl EngineHandle {
                 return (
                     Submitted::Done(vec![Outcome::refused(ErrorCode::IoErr, msg); cmds.len()]),
                     None,
+                    overdrawn,
                 );
             }
             if core.shutdown {
-                return (Submitted::Done(shutting_down(cmds.len())), None);
+                return (Submitted::Done(shutting_down(cmds.len())), None, overdrawn);
             }
             if let Some(reason) = &core.degraded {
                 let msg = format!(
@@ -787,7 +802,7 @@ impl EngineHandle {
                     none.is_empty(),
                     "a read at the last entry's time writes nothing"
                 );
-                return (Submitted::Done(replies), None);
+                return (Submitted::Done(replies), None, overdrawn);
             }
             let now = core.now();
             let before = core.pending.len();
@@ -805,6 +820,9 @@ impl EngineHandle {
                 replies.push(o);
             }
             core.commands += replies.len() as u64;
+            if !core.state.overdrawn.is_empty() {
+                overdrawn.extend(std::mem::take(&mut core.state.overdrawn));
+            }
             match core.queued(before, &self.shared.work) {
                 None => Submitted::Done(replies),
                 Some((seq, wait)) => Submitted::Waiting(
@@ -817,7 +835,7 @@ impl EngineHandle {
                 ),
             }
         };
-        (submitted, short)
+        (submitted, short, overdrawn)
     }
 
     /// Writes what is queued, snapshots, syncs and stops the committer.

@@ -32,6 +32,8 @@ enum Request {
     Short(Shortage, oneshot::Sender<Asked>),
     Publish(Command, oneshot::Sender<Result<(), String>>),
     Status(oneshot::Sender<Result<ClusterStatus, String>>),
+    /// Usage was booked past these lines' grants: charge it to the pools.
+    Overdrawn(Vec<(String, u64)>, oneshot::Sender<()>),
     /// A watched key changed (None: a watch started).
     Watched(Option<String>),
 }
@@ -345,6 +347,12 @@ fn serve(
             let _ = reply.send(r);
         }
         Request::Watched(key) => agent.watched(key.as_deref()),
+        Request::Overdrawn(lines, reply) => {
+            if let Err(e) = agent.absorb(store, local, &lines, now_ms()) {
+                tracing::warn!("cluster: charging use past the grants of {lines:?}: {e}");
+            }
+            let _ = reply.send(());
+        }
         Request::Status(reply) => {
             let _ = reply.send(escrow::status(store, now_ms()).map_err(|e| e.to_string()));
         }
@@ -361,6 +369,12 @@ impl ClusterLink for ClusterNode {
                 let _ = tx.send(Asked::NoMore { retry_after: None });
             }
         }
+        rx
+    }
+
+    fn overdrawn(&self, lines: Vec<(String, u64)>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Overdrawn(lines, tx));
         rx
     }
 

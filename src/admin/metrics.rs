@@ -288,6 +288,11 @@ fn cluster_metrics(v: &crate::node::NodeView, out: &mut String) {
             st.undeclared,
         ),
         (
+            "spendb_cluster_absorbed_total",
+            "Usage booked past this node's grants (SPEND, a COMMIT past its hold or late) that it charged to the shared pools (the limit's unit).",
+            st.absorbed,
+        ),
+        (
             "spendb_cluster_reclaims_total",
             "Grants of dead nodes this node reclaimed.",
             st.reclaims,

@@ -75,6 +75,9 @@ pub struct AgentStats {
     /// Grants an idle node lowered its declared allowance of to 0.
     pub undeclared: u64,
     pub reclaims: u64,
+    /// Usage booked beyond this node's grants (SPEND, a COMMIT past its
+    /// hold or after it expired) that it charged to the shared pools.
+    pub absorbed: u64,
     /// RESERVEs that waited for the store (room or a report).
     pub waits: u64,
     pub store_errors: u64,
@@ -373,6 +376,9 @@ pub struct Agent {
     definitions_due: bool,
     /// A watch (re)started: every recall is read once.
     recalls_rescan: bool,
+    /// Per line key: usage booked outside the rules past the line's
+    /// grant, not yet charged to its pool (`absorb`).
+    unabsorbed: BTreeMap<String, u64>,
 }
 
 /// What asking the store did for a RESERVE.
@@ -441,7 +447,16 @@ impl Agent {
             recalls_due: BTreeSet::new(),
             definitions_due: false,
             recalls_rescan: false,
+            unabsorbed: BTreeMap::new(),
         }
+    }
+
+    /// Usage booked outside the rules past this node's grants that it has
+    /// not charged to the pools yet, in all (each limit in its own unit).
+    pub fn unabsorbed(&self) -> u64 {
+        self.unabsorbed
+            .values()
+            .fold(0, |a, b| a.saturating_add(*b))
     }
 
     /// Sets the escrow's per-limit figures and the node's view of a line.
@@ -568,8 +583,11 @@ impl Agent {
         };
         let new_line = u.line.epoch != self.node.epoch;
         if new_line || u.line.u_max != g.u_max {
-            // A fresh grant: what the node used before it is not its.
-            let fresh = g.granted == 0 && g.reported == 0;
+            // A fresh grant after an earlier registration's was settled:
+            // what the node used under that one is the pool's already. A
+            // line never joined (epoch 0) keeps its use, all of it past
+            // the grant: it is charged to the pool (`absorb_one`).
+            let fresh = g.granted == 0 && g.reported == 0 && u.line.epoch != 0;
             let line = match new_line {
                 true => GrantLine {
                     epoch: self.node.epoch,
@@ -843,6 +861,99 @@ impl Agent {
             .map_err(KvError::Unavailable)
     }
 
+    /// Usage was booked outside the rules and took these lines past them
+    /// (the engine's `State::overdrawn`: each line's key and the amount so
+    /// booked): charge what is past the grant to their pools now, recalling
+    /// the other nodes' idle room of every pool that leaves low, and
+    /// report the rest, so from here on no node is granted room that was
+    /// spent on this one, and a reclaim charges all of it. What cannot be
+    /// charged now (the store out of reach, the node registering) is
+    /// charged by the next rounds.
+    pub fn absorb(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        lines: &[(String, u64)],
+        now: u64,
+    ) -> Result<(), String> {
+        for (key, booked) in lines {
+            let b = self.unabsorbed.entry(key.clone()).or_default();
+            *b = b.saturating_add(*booked);
+        }
+        if !self.registered {
+            return Ok(());
+        }
+        let r = (|| -> Result<(), KvError> {
+            let uses: Vec<GrantUse> = (local.uses().map_err(KvError::Unavailable)?.into_iter())
+                .filter(|u| self.unabsorbed.contains_key(&u.line.key()))
+                .collect();
+            for u in &uses {
+                // A limit gone, or a rolling window's (charged as taken).
+                if u.amount == 0 || u.line.is_rolling() {
+                    self.unabsorbed.remove(&u.line.key());
+                    continue;
+                }
+                self.serve_one(store, local, u, 0, now)?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.reachable = true,
+            Err(e) => {
+                self.failed(&e);
+                self.tell_reachability(local)?;
+                return Err(e.to_string());
+            }
+        }
+        self.tell_reachability(local)
+    }
+
+    /// Charges what `u` (joined, read fresh) used past its grant to the
+    /// pool — past the limit by no more than the usage booked outside the
+    /// rules (`unabsorbed`), the rest (a partition allowance's use) from
+    /// the room the pool has — writes the line as the store now has it,
+    /// and recalls idle room when the pool is left low. Ok(the amount
+    /// charged).
+    fn absorb_one(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        local: &dyn Local,
+        u: &GrantUse,
+    ) -> Result<u64, KvError> {
+        let key = u.line.key();
+        if u.amount == 0 || u.line.is_rolling() || u.used <= u.line.granted {
+            self.unabsorbed.remove(&key);
+            return Ok(0);
+        }
+        if u.line.epoch != self.node.epoch {
+            return Ok(0);
+        }
+        self.load(u);
+        let booked = self.unabsorbed.get(&key).copied().unwrap_or(0);
+        let mut charged = None;
+        for _ in 0..MAX_CONFLICTS {
+            charged = self.node.absorb(store, &key, booked)?;
+            if charged.is_some() {
+                break;
+            }
+            self.node.sync_limit(store, &key)?;
+        }
+        let Some(charged) = charged else {
+            return Ok(0);
+        };
+        self.unabsorbed.remove(&key);
+        if charged == 0 {
+            return Ok(0);
+        }
+        self.stats.absorbed += charged;
+        self.store_line(local, u).map_err(KvError::Unavailable)?;
+        // Other nodes may hold room the pool no longer has: call it back.
+        if escrow::read_pool(store, &key)?.is_low() {
+            self.recall(store, &key)?;
+        }
+        Ok(charged)
+    }
+
     /// Refills (`need` > 0) or reports `u`; Ok(whether anything changed).
     fn serve_one(
         &mut self,
@@ -854,10 +965,21 @@ impl Agent {
     ) -> Result<bool, KvError> {
         self.join(store, local, u)?;
         let u = self.fresh(local, u)?;
+        // Use past the grant is the pool's first: what the call lacks is
+        // then what the grant lacks beyond it.
+        let over = self.absorb_one(store, local, &u)?;
+        let u = match over > 0 {
+            true => self.fresh(local, &u)?,
+            false => u,
+        };
+        let need = match need {
+            0 => 0,
+            n => n.saturating_sub(over).max(1),
+        };
         self.load(&u);
         let key = u.line.key();
         if need == 0 {
-            return self.report_one(store, local, &u, 0);
+            return Ok(over > 0 || self.report_one(store, local, &u, 0)?);
         }
         // A refill within a second of the last asks for twice as much: a
         // node going from idle to a burst reaches its rate in a few round
@@ -1024,6 +1146,13 @@ impl Agent {
             if u.used != last || !self.idle_since.contains_key(&key) {
                 self.idle_since.insert(key.clone(), now);
             }
+            // Usage booked outside the rules that the engine's call to
+            // `absorb` could not charge (the store was out of reach, the
+            // node was registering): charge it now.
+            if self.unabsorbed.contains_key(&key) {
+                self.serve_one(store, local, u, 0, now)?;
+                continue;
+            }
             // Idle long enough, all its use reported: declare no unreported
             // allowance (the line first), so its death strands nothing; the
             // next RESERVE raises it again with one round trip.
@@ -1066,6 +1195,8 @@ impl Agent {
         }
         self.returned
             .retain(|k| uses.iter().any(|u| u.line.key() == *k));
+        self.unabsorbed
+            .retain(|k, _| uses.iter().any(|u| u.line.key() == *k && u.amount > 0));
         if self.recalls_rescan {
             self.recalls_due.extend(escrow::recalled_limits(store)?);
             self.recalls_rescan = false;

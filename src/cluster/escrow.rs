@@ -431,6 +431,75 @@ impl Node {
         Ok(())
     }
 
+    /// Charges the pool with what this node used of `limit` beyond its
+    /// grant: the grant grows by the charge, all use reported, and the
+    /// pool's `granted` by as much. Of the use past the grant, up to
+    /// `booked` — usage booked outside the rules (SPEND, a COMMIT past its
+    /// hold or after it expired) — is charged past the limit if need be:
+    /// it happened, and a single node counts it too; from then on no node
+    /// is granted room that was spent here (the pool's `available` is what
+    /// is left of the limit). The rest (what a partition allowance let the
+    /// node use) is charged from the room the pool has, as a refill would:
+    /// its bound is the allowance (docs/CLUSTER.md). Ok(Some(the amount
+    /// charged)), Ok(None) when another write moved the pool or the grant
+    /// under this one (read again and retry).
+    pub fn absorb(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        booked: u64,
+    ) -> Result<Option<u64>, KvError> {
+        let Some(local) = self.grants.get(limit).copied() else {
+            return Ok(Some(0));
+        };
+        let (pool, prev) = decode::<PoolV1>(&store.get(&pool_key(limit))?)?;
+        let (g, grev) = decode::<GrantV1>(&store.get(&grant_key(limit, &self.name))?)?;
+        let over = local.used.saturating_sub(g.granted);
+        // Reclaimed (this registration is gone): register again, and the
+        // reconcile charges all the node used.
+        if over > 0 && grev != 0 && (g.presumed.is_some() || g.epoch > self.epoch) {
+            return Err(KvError::NoLease(self.lease.unwrap_or(0)));
+        }
+        if g.epoch != self.epoch || g.presumed.is_some() || grev == 0 {
+            return Ok(Some(0));
+        }
+        let past_limit = over.min(booked);
+        let charge = past_limit + (over - past_limit).min(pool.available());
+        if charge == 0 {
+            return Ok(Some(0));
+        }
+        // A registration that is gone: register again, then charge it.
+        let node_rev = self.node_rev(store)?;
+        if node_rev == NOT_OURS {
+            return Err(KvError::NoLease(self.lease.unwrap_or(0)));
+        }
+        let pool2 = PoolV1 {
+            granted: pool.granted.saturating_add(charge),
+            ..pool
+        };
+        let g2 = GrantV1 {
+            granted: g.granted + charge,
+            reported: local.used.max(g.reported),
+            ..g
+        };
+        let guard = [
+            Compare::ModRev(pool_key(limit), prev),
+            Compare::ModRev(grant_key(limit, &self.name), grev),
+            Compare::ModRev(node_key(&self.name), node_rev),
+        ];
+        if store.txn(
+            &guard,
+            &[
+                put(pool_key(limit), &pool2),
+                put(grant_key(limit, &self.name), &g2),
+            ],
+        )? {
+            self.confirm(limit, &g2);
+            return Ok(Some(charge));
+        }
+        Ok(None)
+    }
+
     /// Rewrites this registration's live grant of `limit` as `change` has
     /// it (None: leave it), guarded by the grant's revision and the node's
     /// key; a written grant is confirmed locally. Ok(None) when the grant

@@ -193,6 +193,15 @@ pub struct State {
     /// use its partition allowance (`grant::ClusterRules`). An input, like
     /// the clock: set by the node, never in the ledger or a snapshot.
     pub cut_off: bool,
+    /// Cluster mode: the lines (keys) that usage booked outside the
+    /// RESERVE rules (SPEND, a COMMIT past its hold or after it expired)
+    /// took past their grant since the node last took this set: the engine
+    /// has the agent charge them to the shared pool before it answers. An
+    /// output for the node, like `cut_off` is an input: never in the
+    /// ledger or a snapshot.
+    /// By line, the usage booked outside the rules that took it past
+    /// them (what may be charged past the limit).
+    pub overdrawn: BTreeMap<String, u64>,
 }
 
 /// Settled usage per top-level scope and model, with a bounded number of

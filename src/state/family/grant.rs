@@ -66,6 +66,45 @@ impl State {
         }
     }
 
+    /// Cluster mode: after usage was booked on `scope` outside the RESERVE
+    /// rules (SPEND, a COMMIT past its hold or after it expired), notes in
+    /// `overdrawn` every calendar or TOTAL line of the scope and its
+    /// ancestors whose use it took past either rule: past the grant (a
+    /// line never joined has none, so all its use is past it), or past
+    /// what the store has seen plus the unreported allowance (a reclaim
+    /// would charge less than was used), with `booked`, the amounts booked
+    /// outside the rules. The agent charges what is past the grant to the
+    /// shared pool (`cluster::escrow::Node::absorb`; past the limit by
+    /// `booked` at most) and reports the rest, so no node is granted room
+    /// that was spent here. A rolling
+    /// window's room is charged per grant period when it is taken, and is
+    /// not charged after the fact (docs/CLUSTER.md).
+    pub(in crate::state) fn note_overdrawn(&mut self, now: u64, scope: &str, booked: &Dims) {
+        if self.config.cluster.is_none() {
+            return;
+        }
+        for s in chain(scope) {
+            let Some(node) = self.nodes.get(s) else {
+                continue;
+            };
+            for l in node.limits.iter().filter(|l| !l.is_rolling()) {
+                let Some((key, _)) = grant::key(s, &l.spec, now) else {
+                    continue;
+                };
+                let line = self.grants.get(&key);
+                let (base, granted, seen) = line.map_or((0, 0, 0), |g| {
+                    (g.base, g.granted, g.reported.saturating_add(g.u_max))
+                });
+                let taken = l.taken_between(now, node.held.get(l.spec.dim), 0, 0);
+                let used = taken.saturating_sub(base);
+                if used > granted || used > seen {
+                    let b = self.overdrawn.entry(key).or_default();
+                    *b = b.saturating_add(booked.get(l.spec.dim));
+                }
+            }
+        }
+    }
+
     /// Records a line the store confirmed.
     pub fn grant_confirm(&mut self, now: u64, line: GrantLine, out: &mut Vec<Entry>) {
         self.emit(now, EntryKind::Grant(line), out);
@@ -500,5 +539,109 @@ mod tests {
             st.grants.values().any(|l| l.ended(tomorrow)),
             "yesterday's line is kept until the next entry"
         );
+    }
+
+    fn spend(st: &mut State, now: u64, tokens: u64) -> Outcome {
+        let cmd = Command::Spend {
+            run: None,
+            id: None,
+            scope: "org:a/agent:y".into(),
+            model: "gpt-4o".into(),
+            usage: crate::state::price::Usage {
+                input: tokens,
+                ..Default::default()
+            },
+        };
+        st.decide(now, &cmd, None, &mut Vec::new())
+    }
+
+    fn commit(st: &mut State, now: u64, id: &str, tokens: u64) -> Outcome {
+        let cmd = Command::Commit {
+            hold: id.into(),
+            usage: crate::state::price::Usage {
+                input: tokens,
+                ..Default::default()
+            },
+        };
+        st.decide(now, &cmd, None, &mut Vec::new())
+    }
+
+    #[test]
+    fn usage_booked_past_a_rule_notes_its_lines_with_what_was_booked() {
+        let mut st = node();
+        let now = DAY + 1;
+        let tokens_key = line(&st, now, Dim::Tokens).key();
+        let requests_key = line(&st, now, Dim::Requests).key();
+        // Lines never joined: all their use is past the grant.
+        assert!(matches!(spend(&mut st, now, 30), Outcome::Spent(_)));
+        let noted = std::mem::take(&mut st.overdrawn);
+        assert_eq!(noted.get(&tokens_key), Some(&30), "{noted:?}");
+        assert_eq!(noted.get(&requests_key), Some(&1));
+        // Within the grant and the unreported allowance (50): nothing.
+        confirm(&mut st, now, Dim::Tokens, 500, 30);
+        confirm(&mut st, now, Dim::Requests, 10, 1);
+        assert!(matches!(spend(&mut st, now, 50), Outcome::Spent(_)));
+        assert!(st.overdrawn.is_empty(), "{:?}", st.overdrawn);
+        // One token past reported + u_max (30 + 50): noted to report.
+        assert!(matches!(spend(&mut st, now, 1), Outcome::Spent(_)));
+        let noted = std::mem::take(&mut st.overdrawn);
+        assert_eq!(noted.get(&tokens_key), Some(&1), "{noted:?}");
+        assert!(!noted.contains_key(&requests_key), "3 of 10, 1 + 5 seen");
+        // A COMMIT as held is within the rules; past its hold, the excess.
+        confirm(&mut st, now, Dim::Tokens, 500, 81);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 40),
+            Outcome::Granted(_)
+        ));
+        assert!(matches!(
+            commit(&mut st, now, "h1", 40),
+            Outcome::Committed(_)
+        ));
+        assert!(st.overdrawn.is_empty(), "{:?}", st.overdrawn);
+        confirm(&mut st, now, Dim::Tokens, 500, 121);
+        assert!(matches!(
+            reserve(&mut st, now, "h2", 40),
+            Outcome::Granted(_)
+        ));
+        assert!(matches!(
+            commit(&mut st, now, "h2", 440),
+            Outcome::Committed(_)
+        ));
+        let noted = std::mem::take(&mut st.overdrawn);
+        assert_eq!(noted.get(&tokens_key), Some(&400), "{noted:?}");
+        // Noted amounts add up until the node takes them.
+        assert!(matches!(spend(&mut st, now, 5), Outcome::Spent(_)));
+        assert!(matches!(spend(&mut st, now, 7), Outcome::Spent(_)));
+        assert_eq!(st.overdrawn.get(&tokens_key), Some(&12));
+        // A single node notes nothing.
+        let mut single = State::new(Config::default());
+        assert!(matches!(spend(&mut single, now, 30), Outcome::Spent(_)));
+        assert!(single.overdrawn.is_empty());
+    }
+
+    #[test]
+    fn a_commit_after_its_hold_expired_notes_all_it_used() {
+        let mut st = node();
+        let now = DAY + 1;
+        confirm(&mut st, now, Dim::Tokens, 500, 0);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        let key = line(&st, now, Dim::Tokens).key();
+        let r = Command::Reserve(ReserveArgs {
+            ttl_ms: Some(1_000),
+            ..ReserveArgs::new("h1", "org:a/agent:x", "gpt-4o", 40, 0)
+        });
+        assert!(matches!(
+            st.decide(now, &r, None, &mut Vec::new()),
+            Outcome::Granted(_)
+        ));
+        st.overdrawn.clear();
+        // Expired, its room given back; then committed, late, with 60:
+        // past the allowance of unreported use (50).
+        let late = now + 2_000;
+        let Outcome::Committed(c) = commit(&mut st, late, "h1", 60) else {
+            panic!("committed")
+        };
+        assert!(c.late);
+        assert_eq!(st.overdrawn.get(&key), Some(&60), "{:?}", st.overdrawn);
     }
 }

@@ -345,7 +345,17 @@ impl State {
             },
             out,
         );
+        let held = h.amounts;
         let h = self.hold(id);
+        // Past its hold, or after it expired (its room was given back):
+        // beyond what RESERVE granted.
+        let mut booked = actual;
+        if !late {
+            booked.0 = std::array::from_fn(|i| actual.0[i].saturating_sub(held.0[i]));
+        }
+        if booked.0.iter().any(|b| *b > 0) {
+            self.note_overdrawn(now, &h.scope, &booked);
+        }
         self.check_alerts(now, &h.scope, out);
         match &h.status {
             HoldStatus::Committed(s) => Outcome::committed(id, &h, s),

@@ -61,6 +61,7 @@ impl State {
             run: run.clone(),
         };
         self.emit(now, kind, out);
+        self.note_overdrawn(now, scope, &actual);
         self.check_alerts(now, scope, out);
         spent(id.as_deref(), *usage, cost)
     }
