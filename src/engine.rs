@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
+use crate::state::grant::ClusterView;
 use crate::state::limit::Blocker;
 use crate::state::outcome::Denied;
 use crate::state::{Access, Command, Config, Entry, ErrorCode, Outcome, State, Value};
@@ -283,6 +284,10 @@ pub trait ClusterLink: Send + Sync {
     /// answer comes once the agent has charged it to the shared pools, or
     /// could not (its rounds go on trying).
     fn overdrawn(&self, lines: Vec<(String, u64)>) -> oneshot::Receiver<()>;
+    /// What the store says of these lines beyond this node
+    /// (`State::view_keys`), for a BALANCE or BUDGET.GET to show the
+    /// cluster's figures.
+    fn view(&self, keys: Vec<String>) -> oneshot::Receiver<ClusterView>;
     /// This node's name (a hold another node granted is not here).
     fn node(&self) -> &str;
     /// Why the node may not grant yet (it has not read the cluster's
@@ -308,6 +313,12 @@ fn link_publishes(cmd: &Command) -> bool {
         cmd,
         Command::BudgetSet { .. } | Command::BudgetDel { .. } | Command::PriceSet { .. }
     )
+}
+
+/// Whether cluster mode shows the cluster's figures in `cmd`'s reply,
+/// read from the global store first.
+fn shows_cluster(cmd: &Command) -> bool {
+    matches!(cmd, Command::Balance { .. } | Command::BudgetGet { .. })
 }
 
 /// How many times one RESERVE asks for room (or a report) before its
@@ -567,7 +578,9 @@ impl EngineHandle {
         // A node that has not read the cluster's definitions grants nothing.
         let not_ready = link.not_ready();
         let stops_here = |c: &Command| {
-            link_publishes(c) || (not_ready.is_some() && matches!(c, Command::Reserve(_)))
+            link_publishes(c)
+                || shows_cluster(c)
+                || (not_ready.is_some() && matches!(c, Command::Reserve(_)))
         };
         while out.len() < cmds.len() {
             let at = out.len();
@@ -597,8 +610,24 @@ impl EngineHandle {
                     .iter()
                     .position(stops_here)
                     .unwrap_or(cmds.len() - at - 1);
+            // A read of the cluster's figures reads the store first.
+            let view = match shows_cluster(&cmds[at]) {
+                true => {
+                    let keys = {
+                        let mut core = self.shared.lock();
+                        let now = core.now();
+                        core.state.view_keys(now, &cmds[at])
+                    };
+                    Some(match keys.is_empty() {
+                        true => Ok(Default::default()),
+                        false => (link.view(keys).await)
+                            .unwrap_or_else(|_| Err("the cluster agent stopped".into())),
+                    })
+                }
+                false => None,
+            };
             let (sub, short, overdrawn) =
-                self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS);
+                self.submit_until(&cmds[at..end], access.clone(), asks < MAX_ASKS, view);
             let mut replies = match sub {
                 Submitted::Done(r) => r,
                 Submitted::Waiting(r, released) => settle(r, released.wait().await),
@@ -752,7 +781,7 @@ impl EngineHandle {
     /// wait for the ledger (the first half of `execute_as`; the simulation
     /// drives it directly).
     pub fn submit(&self, cmds: &[Command], access: Option<Arc<Access>>) -> Submitted {
-        self.submit_until(cmds, access, false).0
+        self.submit_until(cmds, access, false, None).0
     }
 
     /// `submit`, stopping before a RESERVE short of grant room when
@@ -764,6 +793,7 @@ impl EngineHandle {
         cmds: &[Command],
         access: Option<Arc<Access>>,
         stop_short: bool,
+        view: Option<ClusterView>,
     ) -> (Submitted, Option<Denied>, Vec<(String, u64)>) {
         let mut short = None;
         let mut overdrawn = Vec::new();
@@ -807,6 +837,8 @@ impl EngineHandle {
             let now = core.now();
             let before = core.pending.len();
             let mut replies: Vec<Outcome> = Vec::with_capacity(cmds.len());
+            // An input for this call's commands only (the lock is held).
+            core.state.cluster_view = view;
             for c in cmds {
                 let o = core
                     .state
@@ -820,6 +852,7 @@ impl EngineHandle {
                 replies.push(o);
             }
             core.commands += replies.len() as u64;
+            core.state.cluster_view = None;
             if !core.state.overdrawn.is_empty() {
                 overdrawn.extend(std::mem::take(&mut core.state.overdrawn));
             }

@@ -18,7 +18,7 @@ use crate::cluster::agent::{self, Agent, AgentConfig, AgentStats, Answer, Local,
 use crate::cluster::escrow::{self, ClusterStatus};
 use crate::cluster::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, Op, Rev};
 use crate::engine::{Asked, ClusterLink, EngineHandle};
-use crate::state::grant::{GrantLine, GrantUse};
+use crate::state::grant::{ClusterView, GrantLine, GrantUse};
 use crate::state::outcome::Denied;
 use crate::state::{Command, Outcome};
 
@@ -34,6 +34,9 @@ enum Request {
     Status(oneshot::Sender<Result<ClusterStatus, String>>),
     /// Usage was booked past these lines' grants: charge it to the pools.
     Overdrawn(Vec<(String, u64)>, oneshot::Sender<()>),
+    /// What the store says of these lines beyond this node (a BALANCE or
+    /// BUDGET.GET shows the cluster's figures).
+    View(Vec<String>, oneshot::Sender<ClusterView>),
     /// A watched key changed (None: a watch started).
     Watched(Option<String>),
 }
@@ -347,6 +350,10 @@ fn serve(
             let _ = reply.send(r);
         }
         Request::Watched(key) => agent.watched(key.as_deref()),
+        Request::View(keys, reply) => {
+            let view = agent.view(store, &keys).map_err(|e| e.to_string());
+            let _ = reply.send(view);
+        }
         Request::Overdrawn(lines, reply) => {
             if let Err(e) = agent.absorb(store, local, &lines, now_ms()) {
                 tracing::warn!("cluster: charging use past the grants of {lines:?}: {e}");
@@ -369,6 +376,12 @@ impl ClusterLink for ClusterNode {
                 let _ = tx.send(Asked::NoMore { retry_after: None });
             }
         }
+        rx
+    }
+
+    fn view(&self, keys: Vec<String>) -> oneshot::Receiver<ClusterView> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::View(keys, tx));
         rx
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::escrow::{self, segment, unsegment, EscrowConfig, LocalGrant, Node, PREFIX};
 use super::kv::{GlobalStore, KvError, Op, Rev};
 use super::rolling::{self, Took};
-use crate::state::grant::{self, GrantLine, GrantUse};
+use crate::state::grant::{self, GrantLine, GrantUse, PoolView};
 use crate::state::limit::{Blocker, Dim, LimitSpec, Window};
 use crate::state::outcome::Denied;
 use crate::state::Command;
@@ -403,6 +403,7 @@ fn local_grant(u: &GrantUse) -> LocalGrant {
         granted: u.line.granted,
         used: u.used.max(u.line.reported),
         reported: u.line.reported,
+        held: u.held,
     }
 }
 
@@ -449,6 +450,38 @@ impl Agent {
             recalls_rescan: false,
             unabsorbed: BTreeMap::new(),
         }
+    }
+
+    /// What the store says of each of `keys` beyond this node's own use
+    /// (`PoolView`), for a BALANCE or BUDGET.GET in cluster mode: two reads
+    /// a limit (its pool, its grants).
+    pub fn view(
+        &mut self,
+        store: &mut dyn GlobalStore,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, PoolView>, KvError> {
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let (pool, grants) = escrow::read_limit(store, key)?;
+            let mut v = PoolView {
+                closed: pool.consumed.saturating_add(pool.presumed),
+                ..PoolView::default()
+            };
+            for (node, g) in grants {
+                let live = g.presumed.is_none();
+                if node == self.node.name {
+                    v.mine_reclaimed = !live;
+                } else if live {
+                    v.others_taken = v.others_taken.saturating_add(g.reported);
+                    v.others_held = v.others_held.saturating_add(g.held.min(g.reported));
+                }
+                if live {
+                    v.nodes.push(node);
+                }
+            }
+            out.insert(key.clone(), v);
+        }
+        Ok(out)
     }
 
     /// Usage booked outside the rules past this node's grants that it has
@@ -614,6 +647,7 @@ impl Agent {
                         granted: g.granted,
                         used: g.reported,
                         reported: g.reported,
+                        held: g.held,
                     },
                 );
             }

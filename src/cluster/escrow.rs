@@ -96,6 +96,11 @@ pub struct GrantV1 {
     /// declared it (raised here before the node uses more, lowered there
     /// first): what a reclaim charges beyond `reported`.
     pub u_max: u64,
+    /// Of `reported`, what the node's open holds took when it reported
+    /// (the cluster's figures split used from held with it). Absent in a
+    /// grant written before it was reported: 0.
+    #[serde(default)]
+    pub held: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +170,8 @@ pub struct LocalGrant {
     pub granted: u64,
     pub used: u64,
     pub reported: u64,
+    /// Of `used`, what open holds take (reported with it).
+    pub held: u64,
 }
 
 /// A node of the cluster: its registration and its grants.
@@ -276,12 +283,14 @@ impl Node {
                         reported: l.used,
                         presumed: None,
                         u_max: g.u_max,
+                        held: l.held.min(l.used),
                     };
                     let kept = LocalGrant {
                         epoch: self.epoch,
                         granted: g.granted,
                         used: l.used,
                         reported: l.used,
+                        held: l.held,
                     };
                     (pool, grant, Some(kept))
                 }
@@ -425,6 +434,7 @@ impl Node {
         self.rewrite_own(store, limit, |g| {
             (local.used != g.reported).then_some(GrantV1 {
                 reported: local.used,
+                held: local.held.min(local.used),
                 ..*g
             })
         })?;
@@ -480,6 +490,7 @@ impl Node {
         let g2 = GrantV1 {
             granted: g.granted + charge,
             reported: local.used.max(g.reported),
+            held: local.held.min(local.used),
             ..g
         };
         let guard = [

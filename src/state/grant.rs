@@ -103,6 +103,9 @@ pub struct GrantUse {
     pub line: GrantLine,
     /// Usage and open holds in the period beyond `line.base`.
     pub used: u64,
+    /// Of `used`, what open holds take (0 for a rolling window, whose
+    /// window counts them as use).
+    pub held: u64,
     /// The limit's amount now (0 if the scope no longer has it).
     pub amount: u64,
     /// The unreported allowance a grant of it should declare (a twentieth
@@ -112,6 +115,65 @@ pub struct GrantUse {
     /// The line's period is over (a rolling line listed for the room it
     /// can give back; no request uses it any more).
     pub ended: bool,
+}
+
+/// What the store says of one global limit beyond this node's own use:
+/// the use of closed grants (the pool's `consumed` and `presumed`) and the
+/// other live nodes' last reports. Read for a BALANCE or BUDGET.GET in
+/// cluster mode (an input to the reply, like the clock).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolView {
+    /// What closed and reclaimed grants used (or are charged).
+    pub closed: u64,
+    /// The other live nodes' reported use (settled and held) and, of it,
+    /// their open holds.
+    pub others_taken: u64,
+    pub others_held: u64,
+    /// The nodes whose use it counts by report (this node's own grant
+    /// included while it is live), by name.
+    pub nodes: Vec<String>,
+    /// This node's grant was reclaimed: the pool's presumed charge stands
+    /// for its use until it registers again.
+    pub mine_reclaimed: bool,
+}
+
+/// The views of the limits a read needs, by line key, or why the store
+/// could not be read.
+pub type ClusterView = Result<std::collections::BTreeMap<String, PoolView>, String>;
+
+/// A limit's figures across the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFigures {
+    pub used: u64,
+    pub held: u64,
+    pub nodes: Vec<String>,
+}
+
+impl PoolView {
+    /// The cluster's use and holds of the limit, given this node's own use
+    /// and holds in the period and the line's `base` (what its earlier
+    /// grants used: the pool's `closed` counts it): the pool's closed use,
+    /// the other nodes' last reports, and this node's use as of now (its
+    /// reported and unreported use alike).
+    pub fn figures(&self, own_used: u64, own_held: u64, base: u64) -> ClusterFigures {
+        let (own, own_held) = match self.mine_reclaimed {
+            true => (0, 0),
+            false => (
+                own_used.saturating_add(own_held).saturating_sub(base),
+                own_held,
+            ),
+        };
+        let taken = self
+            .closed
+            .saturating_add(self.others_taken)
+            .saturating_add(own);
+        let held = self.others_held.saturating_add(own_held).min(taken);
+        ClusterFigures {
+            used: taken - held,
+            held,
+            nodes: self.nodes.clone(),
+        }
+    }
 }
 
 /// Cluster mode's settings for the rules (None on a single node).

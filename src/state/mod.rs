@@ -202,6 +202,10 @@ pub struct State {
     /// By line, the usage booked outside the rules that took it past
     /// them (what may be charged past the limit).
     pub overdrawn: BTreeMap<String, u64>,
+    /// Cluster mode: what the store says of the global limits a BALANCE or
+    /// BUDGET.GET shows (`grant::PoolView`), set by the engine for that one
+    /// command; None otherwise. An input, like the clock.
+    pub cluster_view: Option<grant::ClusterView>,
 }
 
 /// Settled usage per top-level scope and model, with a bounded number of

@@ -3,6 +3,7 @@
 //! commands answer with a typed [`super::outcome::Outcome`] instead.
 
 use super::alerts;
+use super::grant::ClusterFigures;
 use super::limit::{self, Dim, Dims, Limit};
 use super::price::Price;
 use super::{Hold, HoldStatus, Node, Value};
@@ -25,16 +26,28 @@ pub(in crate::state) fn amount_value(dim: Dim, v: i128) -> Value {
     }
 }
 
+/// A limit with its figures: this node's, or in cluster mode (`cluster`
+/// Some) the cluster's (Ok), with this node's share beside them and the
+/// nodes they count, or this node's with why they are not the cluster's
+/// (Err: the store could not be read; a rolling window).
 pub(in crate::state) fn limit_value(
     scope: Option<&str>,
     node: &Node,
     l: &Limit,
     now: u64,
+    cluster: Option<Result<ClusterFigures, String>>,
 ) -> Value {
     let dim = l.spec.dim;
-    let used = l.used(now);
-    let held = l.held_part(node.held.get(dim));
-    let mut fields = Vec::with_capacity(8);
+    let own_used = l.used(now);
+    let own_held = l.held_part(node.held.get(dim));
+    let (used, held) = match &cluster {
+        Some(Ok(f)) => (f.used, f.held),
+        _ => (own_used, own_held),
+    };
+    let remaining = |used: u64, held: u64| {
+        amount_value(dim, l.spec.amount as i128 - used as i128 - held as i128)
+    };
+    let mut fields = Vec::with_capacity(12);
     if let Some(s) = scope {
         fields.push(("scope", Value::str(s)));
     }
@@ -44,10 +57,7 @@ pub(in crate::state) fn limit_value(
         ("limit", amount_value(dim, l.spec.amount as i128)),
         ("used", amount_value(dim, used as i128)),
         ("held", amount_value(dim, held as i128)),
-        (
-            "remaining",
-            amount_value(dim, l.spec.amount as i128 - used as i128 - held as i128),
-        ),
+        ("remaining", remaining(used, held)),
         (
             "resets_at",
             l.counter
@@ -55,6 +65,27 @@ pub(in crate::state) fn limit_value(
                 .map_or(Value::Null, |t| Value::Int(t as i64)),
         ),
     ]);
+    match cluster {
+        None => {}
+        Some(Ok(f)) => fields.extend([
+            ("covers", Value::str("cluster")),
+            (
+                "nodes",
+                Value::Array(f.nodes.into_iter().map(Value::Str).collect()),
+            ),
+            (
+                "this_node",
+                Value::Map(vec![
+                    ("used", amount_value(dim, own_used as i128)),
+                    ("held", amount_value(dim, own_held as i128)),
+                ]),
+            ),
+        ]),
+        Some(Err(why)) => fields.extend([
+            ("covers", Value::str("this node")),
+            ("why", Value::Str(why)),
+        ]),
+    }
     Value::Map(fields)
 }
 

@@ -19,7 +19,7 @@ use crate::common::{err, q, raw, unsafe_kill, Get, Http, Server};
 
 const TTL: &str = "3s";
 
-fn node(endpoints: &[String], name: &str) -> Server {
+pub(crate) fn node(endpoints: &[String], name: &str) -> Server {
     node_with(endpoints, name, &[])
 }
 
@@ -34,11 +34,11 @@ fn node_with(endpoints: &[String], name: &str, args: &[&str]) -> Server {
     s
 }
 
-fn cluster(s: &Server) -> serde_json::Value {
+pub(crate) fn cluster(s: &Server) -> serde_json::Value {
     Http::new(s, None).get("/v1/cluster").1
 }
 
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+pub(crate) fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting until {what}");
@@ -48,7 +48,7 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Durat
 }
 
 /// Sets a budget through `via` and waits until every node has it.
-fn budget(via: &Server, all: &[&Server], line: &str) {
+pub(crate) fn budget(via: &Server, all: &[&Server], line: &str) {
     let mut c = via.conn();
     assert_eq!(
         raw(&mut c, &format!("BUDGET.SET {line}")).unwrap(),

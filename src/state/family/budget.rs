@@ -80,7 +80,9 @@ impl State {
                     Value::Array(
                         n.limits
                             .iter()
-                            .map(|l| limit_value(None, n, l, now))
+                            .map(|l| {
+                                limit_value(None, n, l, now, self.cluster_figures(now, scope, n, l))
+                            })
                             .collect(),
                     ),
                 ),
@@ -111,11 +113,10 @@ impl State {
         let mut limits = Vec::new();
         for s in chain(scope) {
             if let Some(node) = self.nodes.get(s) {
-                limits.extend(
-                    node.limits
-                        .iter()
-                        .map(|l| limit_value(Some(s), node, l, now)),
-                );
+                limits.extend(node.limits.iter().map(|l| {
+                    let cluster = self.cluster_figures(now, s, node, l);
+                    limit_value(Some(s), node, l, now, cluster)
+                }));
             }
         }
         Value::Map(vec![

@@ -9,14 +9,14 @@ use crate::state::*;
 
 impl State {
     /// What `line` covers of the node's usage and open holds of its limit
-    /// at `now`, and the limit's amount; None when the scope no longer has
-    /// the limit.
-    fn taken(&self, now: u64, line: &GrantLine) -> Option<(u64, u64)> {
+    /// at `now`, what the open holds take of it, and the limit's amount;
+    /// None when the scope no longer has the limit.
+    fn taken(&self, now: u64, line: &GrantLine) -> Option<(u64, u64, u64)> {
         let node = self.nodes.get(&line.scope)?;
         let (dim, window) = (line.spec.dim, line.spec.window);
         let l = (node.limits.iter()).find(|l| l.spec.dim == dim && l.spec.window == window)?;
         let taken = l.taken_between(now, node.held.get(dim), line.period, line.end());
-        Some((taken, l.spec.amount))
+        Some((taken, l.held_part(node.held.get(dim)), l.spec.amount))
     }
 
     /// Every global limit this node has a line of, or needs one for (its
@@ -56,9 +56,11 @@ impl State {
     }
 
     fn grant_use(&self, now: u64, line: GrantLine, rules: grant::ClusterRules) -> GrantUse {
-        let (taken, amount) = self.taken(now, &line).unwrap_or((0, 0));
+        let (taken, held, amount) = self.taken(now, &line).unwrap_or((0, 0, 0));
+        let used = taken.saturating_sub(line.base);
         GrantUse {
-            used: taken.saturating_sub(line.base),
+            used,
+            held: held.min(used),
             amount,
             u_max: rules.u_max(amount),
             ended: line.ended(now),
@@ -103,6 +105,62 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The keys of the calendar and TOTAL lines whose cluster figures `cmd`
+    /// shows (BALANCE: the scope's and its ancestors' limits; BUDGET.GET:
+    /// the scope's), for the engine to read from the store first. Empty on
+    /// a single node and for every other command.
+    pub fn view_keys(&self, now: u64, cmd: &Command) -> Vec<String> {
+        if self.config.cluster.is_none() {
+            return Vec::new();
+        }
+        let scopes: Vec<&str> = match cmd {
+            Command::Balance { scope } => chain(scope).collect(),
+            Command::BudgetGet { scope } => vec![scope.as_str()],
+            _ => return Vec::new(),
+        };
+        let mut keys = Vec::new();
+        for s in scopes {
+            let Some(node) = self.nodes.get(s) else {
+                continue;
+            };
+            for l in node.limits.iter().filter(|l| !l.is_rolling()) {
+                keys.extend(grant::key(s, &l.spec, now).map(|(k, _)| k));
+            }
+        }
+        keys
+    }
+
+    /// Cluster mode: a limit's figures across the cluster, from the view
+    /// the engine read for this command (`cluster_view`); Err with why a
+    /// reply shows this node's own figures instead. None on a single node.
+    pub(in crate::state) fn cluster_figures(
+        &self,
+        now: u64,
+        scope: &str,
+        node: &Node,
+        l: &Limit,
+    ) -> Option<Result<grant::ClusterFigures, String>> {
+        self.config.cluster?;
+        if l.is_rolling() {
+            return Some(Err(
+                "a rolling window is shared as room charged to its periods, \
+                 not as reported use: these are this node's figures"
+                    .into(),
+            ));
+        }
+        let view = match self.cluster_view.as_ref() {
+            None => return Some(Err("the cluster's figures were not read".into())),
+            Some(Err(e)) => return Some(Err(format!("the cluster store could not be read: {e}"))),
+            Some(Ok(v)) => v,
+        };
+        let (key, _) = grant::key(scope, &l.spec, now)?;
+        let (used, held) = (l.used(now), l.held_part(node.held.get(l.spec.dim)));
+        let base = self.grants.get(&key).map_or(0, |g| g.base);
+        // No pool yet: no node has charged any of it, this one's use is all.
+        let pool = view.get(&key).cloned().unwrap_or_default();
+        Some(Ok(pool.figures(used, held, base)))
     }
 
     /// Records a line the store confirmed.
@@ -643,5 +701,87 @@ mod tests {
         };
         assert!(c.late);
         assert_eq!(st.overdrawn.get(&key), Some(&60), "{:?}", st.overdrawn);
+    }
+
+    #[test]
+    fn a_balance_in_cluster_mode_shows_the_clusters_figures_beside_this_nodes() {
+        use crate::state::grant::PoolView;
+        let mut st = node();
+        let now = DAY + 1;
+        let balance = Command::Balance {
+            scope: "org:a/agent:y".into(),
+        };
+        let keys = st.view_keys(now, &balance);
+        let tokens_key = line(&st, now, Dim::Tokens).key();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.contains(&tokens_key));
+        assert!(st
+            .view_keys(now, &Command::BudgetList { prefix: None })
+            .is_empty());
+        assert!(State::new(Config::default())
+            .view_keys(now, &balance)
+            .is_empty());
+        // This node: 100 used beyond a base of 40 (an earlier grant's use,
+        // which the pool's closed figure counts), 30 held.
+        confirm(&mut st, now, Dim::Tokens, 500, 0);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        let l = GrantLine {
+            base: 40,
+            ..st.grants[&tokens_key].clone()
+        };
+        st.grant_confirm(now, l, &mut Vec::new());
+        assert!(matches!(spend(&mut st, now, 140), Outcome::Spent(_)));
+        confirm(&mut st, now, Dim::Tokens, 500, 100);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 30),
+            Outcome::Granted(_)
+        ));
+        let view = PoolView {
+            closed: 1_000,
+            others_taken: 300,
+            others_held: 50,
+            nodes: vec!["n1".into(), "n2".into()],
+            mine_reclaimed: false,
+        };
+        st.cluster_view = Some(Ok([(tokens_key.clone(), view.clone())].into()));
+        let v = st.decide(now, &balance, None, &mut Vec::new());
+        let text = format!("{:?}", Value::from(v));
+        // used: 1,000 closed + 250 of the others' + 100 here; held: 50 + 30.
+        for want in [
+            "(\"used\", Int(1350))",
+            "(\"held\", Int(80))",
+            "(\"remaining\", Int(-430))",
+            "(\"covers\", Str(\"cluster\"))",
+            "(\"this_node\", Map([(\"used\", Int(140)), (\"held\", Int(30))]))",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        // Its grant reclaimed: the pool's presumed charge stands for it.
+        let f = PoolView {
+            mine_reclaimed: true,
+            ..view.clone()
+        }
+        .figures(140, 30, 40);
+        assert_eq!((f.used, f.held), (1_250, 50));
+        // The store unread: this node's figures, and why.
+        st.cluster_view = Some(Err("down".into()));
+        let text = format!(
+            "{:?}",
+            Value::from(st.decide(now, &balance, None, &mut Vec::new()))
+        );
+        assert!(text.contains("(\"covers\", Str(\"this node\"))"), "{text}");
+        assert!(text.contains("could not be read: down"), "{text}");
+        // A single node's reply has none of these fields.
+        let mut single = State::new(Config::default());
+        single.apply(
+            DAY,
+            &Command::BudgetSet {
+                scope: "org:a".into(),
+                limits: st.nodes["org:a"].limits.iter().map(|l| l.spec).collect(),
+            },
+            &mut Vec::new(),
+        );
+        let text = format!("{:?}", single.apply(now, &balance, &mut Vec::new()));
+        assert!(!text.contains("covers"), "{text}");
     }
 }
