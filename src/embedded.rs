@@ -43,6 +43,7 @@ use crate::state::price::Usage;
 use crate::state::{Command, ErrorCode, Outcome, OutputAsk, ReserveArgs, Value};
 use crate::store::cache::{Cache, CacheLimits};
 use crate::store::recovery::RecoveryInfo;
+use crate::store::rollups::Rollups;
 use crate::store::LogStore;
 
 /// How to open a data dir.
@@ -93,6 +94,8 @@ pub enum Reservation {
 pub struct Spendb {
     engine: EngineHandle,
     cache: Arc<Cache>,
+    /// The reports' rollups (`store::rollups`), fed by the engine.
+    rollups: Arc<Rollups>,
     committer: Option<JoinHandle<()>>,
     recovered: RecoveryInfo,
 }
@@ -123,9 +126,14 @@ impl Spendb {
         let (engine, committer, recovered) =
             engine::start(Box::new(store), options.engine, engine::system_clock())
                 .map_err(|e| Error::Open(format!("recovery failed: {e}")))?;
+        let rollups = Rollups::start(dir, recovered.last_seq)
+            .map_err(|e| Error::Open(format!("the rollups: {e}")))?;
+        let tap = rollups.clone();
+        engine.set_tap(Box::new(move |entries| tap.feed(entries)));
         Ok(Spendb {
             engine,
             cache: Arc::new(cache),
+            rollups,
             committer: Some(committer),
             recovered,
         })
@@ -135,6 +143,11 @@ impl Spendb {
     /// access) and tasks that run beside it.
     pub fn engine(&self) -> &EngineHandle {
         &self.engine
+    }
+
+    /// The reports' rollups.
+    pub fn rollups(&self) -> &Arc<Rollups> {
+        &self.rollups
     }
 
     /// The response cache.
@@ -286,6 +299,8 @@ impl Spendb {
         };
         self.engine.shutdown_blocking();
         let _ = committer.join();
+        // Everything is written: the rollups fold the rest and persist.
+        self.rollups.stop();
         self.cache
             .flush()
             .map_err(|e| Error::Open(format!("writing the cache out: {e}")))?;

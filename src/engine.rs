@@ -266,6 +266,9 @@ struct Shared {
     writer: Mutex<Option<Committer>>,
     /// Cluster mode's link (`crate::node`), set once at start.
     link: std::sync::OnceLock<Arc<dyn ClusterLink>>,
+    /// Where every group of entries goes once durable (the reports'
+    /// rollups, `store::rollups`), set once at start.
+    tap: std::sync::OnceLock<Tap>,
 }
 
 /// What cluster mode adds to a command's path (`crate::node` implements
@@ -306,6 +309,9 @@ pub enum Asked {
     /// The store could not be reached.
     Unreachable,
 }
+
+/// Takes each group of entries the ledger has made durable, in order.
+pub type Tap = Box<dyn Fn(Vec<Entry>) + Send + Sync>;
 
 /// Whether cluster mode writes `cmd` to the global store first.
 fn link_publishes(cmd: &Command) -> bool {
@@ -688,6 +694,14 @@ impl EngineHandle {
         out
     }
 
+    /// Hands every group of entries to `tap` once durable, from now on
+    /// (once, at start; what was written before is the tap's to read).
+    pub fn set_tap(&self, tap: Tap) {
+        if self.shared.tap.set(tap).is_err() {
+            panic!("the tap is set once");
+        }
+    }
+
     /// Connects cluster mode (once, at start).
     pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
         if self.shared.link.set(link).is_err() {
@@ -1012,6 +1026,7 @@ fn build(
         work: Condvar::new(),
         writer: Mutex::new(None),
         link: std::sync::OnceLock::new(),
+        tap: std::sync::OnceLock::new(),
     });
     let committer = Committer {
         shared: shared.clone(),
@@ -1387,6 +1402,9 @@ impl Committer {
                     s.last_seq.store(last.seq, Ordering::Relaxed);
                     self.shared.lock().durable = last.seq;
                     self.shared.release_durable();
+                }
+                if let Some(tap) = self.shared.tap.get() {
+                    tap(entries);
                 }
                 true
             }

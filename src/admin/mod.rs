@@ -40,8 +40,10 @@ pub struct AdminCtx {
     /// The Redis side's users (`--requirepass`, `--users`): they may use the
     /// API with HTTP Basic auth, within their rights (see `require_token`).
     pub auth: Arc<crate::auth::Auth>,
-    /// The ledger, read-only (ledger pages and reports).
+    /// The ledger, read-only (ledger pages).
     pub ledger: Arc<crate::store::reader::LedgerReader>,
+    /// The reports' rollups (`/v1/reports/spend`, `/v1/reports/runs`).
+    pub rollups: Arc<crate::store::rollups::Rollups>,
     /// Cluster mode's agent (None on a single node).
     pub cluster: Option<Arc<crate::node::ClusterNode>>,
 }

@@ -438,40 +438,42 @@ pub struct ReportQuery {
     top: Option<String>,
 }
 
-/// Folds the whole ledger, in order, into `acc` with `f`, reading it page by
-/// page on the blocking pool (the reports: their cost grows with the ledger).
-async fn fold_ledger<T: Send + 'static>(
+/// How long a report waits for the rollups to fold what was acknowledged
+/// (at start-up, a ledger not yet folded).
+const ROLLUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `f` on the rollups once they cover every acknowledged entry, on
+/// the blocking pool; also the seq they cover.
+async fn from_rollups<T: Send + 'static>(
     ctx: &Ctx,
-    acc: T,
-    mut f: impl FnMut(&mut T, &crate::state::Entry) + Send + 'static,
-) -> Result<T, ApiError> {
-    let ledger = ctx.ledger.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut acc = acc;
-        let mut after = 0;
-        loop {
-            let page = ledger.page(after, 65_536, |_| true)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            page.iter().for_each(|e| f(&mut acc, e));
-        }
-        Ok::<_, std::io::Error>(acc)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e.to_string()))
+    f: impl FnOnce(&crate::state::rollup::Rollup) -> T + Send + 'static,
+) -> Result<(T, u64), ApiError> {
+    let rollups = ctx.rollups.clone();
+    tokio::task::spawn_blocking(move || rollups.read(ROLLUP_WAIT, |r| (f(r), r.seq)))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e))
+}
+
+/// A report's `from` and `to` (ms), rounded down to the hour: the rollups
+/// keep hours.
+fn whole_hours(ms: Option<u64>) -> Option<u64> {
+    use crate::state::rollup::HOUR_MS;
+    ms.map(|t| t / HOUR_MS * HOUR_MS)
 }
 
 /// Spend over a time range, grouped by scope level, model, UTC day or hour,
 /// largest first: `{"groups": [{"key", "cost", "tokens", "requests",
-/// "saved"}], "total": {…}}` (USD as decimal strings). Built from the
-/// ledger (commits, spends, cache savings), reading it whole on the blocking
-/// pool: its cost grows with the ledger.
+/// "saved"}], "total": {…}, "from", "to", "seq"}` (USD as decimal
+/// strings). `from` and `to` are rounded down to the hour (the reply says
+/// the range it covers); `seq` is the last ledger entry counted. Answered
+/// from the rollups (commits, spends and cache savings by scope, model and
+/// hour): its cost is what it returns, not the ledger's length.
 #[utoipa::path(get, path = "/v1/reports/spend", params(ReportQuery), security(("bearer" = [])),
     responses((status = 200, description = "spend by group", body = Object), (status = 400, description = "bad query", body = Object),
         (status = 422, description = "bad group or range", body = Object)))]
 pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -> Reply {
-    use crate::state::spend_report::{SpendGroup, SpendQuery, SpendReport, SpendTally};
+    use crate::state::spend_report::{SpendGroup, SpendQuery, SpendTally};
     let q = query(q)?;
     let group = q.group.as_deref().unwrap_or("scope");
     if !matches!(group, "scope" | "model" | "day" | "hour") {
@@ -498,12 +500,11 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
             _ => SpendGroup::Hour,
         },
         scope: q.scope.clone(),
-        from: number(&q.from, "from")?,
-        to: number(&q.to, "to")?,
+        from: whole_hours(number(&q.from, "from")?),
+        to: whole_hours(number(&q.to, "to")?),
     };
-    let (rows, total) = fold_ledger(&ctx, SpendReport::new(query), |r, e| r.add(e))
-        .await?
-        .finish();
+    let (from, to) = (query.from, query.to);
+    let ((rows, total), seq) = from_rollups(&ctx, move |r| r.spend(&query)).await?;
     let usd = crate::state::money::format_usd;
     let json = |key: Option<&str>, g: &SpendTally| {
         let mut o = serde_json::json!({"cost": usd(g.cost), "tokens": g.tokens, "requests": g.requests, "saved": usd(g.saved)});
@@ -518,7 +519,7 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         .map(|(k, g)| json(Some(k), g))
         .collect();
     Ok(Json(
-        serde_json::json!({"groups": shown, "total": json(None, &total)}),
+        serde_json::json!({"groups": shown, "total": json(None, &total), "from": from, "to": to, "seq": seq}),
     ))
 }
 
@@ -551,12 +552,13 @@ pub struct RunsQuery {
 /// `cost_per_successful_run` (what the successful runs cost on average),
 /// `cost_per_success` (everything spent, failed runs included, over the
 /// successes), with the same three for tokens; `total` over all groups, and
-/// `open`: runs not ended yet. Built from the ledger on the blocking pool.
+/// `open`: runs not ended yet; `from`, `to` (rounded down to the hour) and
+/// `seq` (the last ledger entry counted). Answered from the rollups.
 #[utoipa::path(get, path = "/v1/reports/runs", params(RunsQuery), security(("bearer" = [])),
     responses((status = 200, description = "runs by group", body = Object), (status = 400, description = "bad query", body = Object),
         (status = 422, description = "bad group or level", body = Object)))]
 pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> Reply {
-    use crate::state::run_report::{RunGroup, RunQuery, RunReport, RunStats};
+    use crate::state::run_report::{RunGroup, RunQuery, RunStats};
     let q = query(q)?;
     let level = number(&q.level, "level")?.unwrap_or(1) as usize;
     let group = match q.group.as_deref().unwrap_or("scope") {
@@ -575,12 +577,11 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
     let query = RunQuery {
         group,
         scope: q.scope.clone(),
-        from: number(&q.from, "from")?,
-        to: number(&q.to, "to")?,
+        from: whole_hours(number(&q.from, "from")?),
+        to: whole_hours(number(&q.to, "to")?),
     };
-    let summary = fold_ledger(&ctx, RunReport::new(query), |r, e| r.add(e))
-        .await?
-        .finish();
+    let (from, to) = (query.from, query.to);
+    let (summary, seq) = from_rollups(&ctx, move |r| r.runs(&query)).await?;
     let usd = crate::state::money::format_usd;
     // A group's figures (`total` has no key).
     let json = |key: Option<&str>, g: &RunStats| {
@@ -611,7 +612,7 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
         .collect();
     let total = json(None, &summary.total);
     Ok(Json(
-        serde_json::json!({"groups": groups, "total": total, "open": summary.open}),
+        serde_json::json!({"groups": groups, "total": total, "open": summary.open, "from": from, "to": to, "seq": seq}),
     ))
 }
 

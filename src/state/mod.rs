@@ -27,6 +27,7 @@ pub mod holds;
 pub mod limit;
 pub mod money;
 pub mod price;
+pub mod rollup;
 pub mod run_report;
 pub mod runs;
 pub mod scope;

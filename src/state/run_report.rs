@@ -200,6 +200,11 @@ impl RunReport {
                 let t = self.tally(run, Some(scope));
                 self.holds.insert(id.clone(), (t, model.clone()));
             }
+            // A hold without a run under an id a run's hold had (the id
+            // used again once the server forgot it): not that run's.
+            EntryKind::Hold { id, run: None, .. } => {
+                self.holds.remove(id);
+            }
             EntryKind::Commit {
                 id, usage, cost, ..
             } => {

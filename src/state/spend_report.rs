@@ -42,7 +42,7 @@ pub struct SpendTally {
 }
 
 impl SpendTally {
-    fn add(&mut self, o: &SpendTally) {
+    pub fn add(&mut self, o: &SpendTally) {
         self.cost = self.cost.saturating_add(o.cost);
         self.tokens = self.tokens.saturating_add(o.tokens);
         self.requests = self.requests.saturating_add(o.requests);
@@ -73,7 +73,7 @@ impl SpendReport {
             cost,
             tokens,
             requests: 1,
-            saved: 0,
+            ..SpendTally::default()
         };
         let (scope, model, tally) = match &e.kind {
             EntryKind::Hold {

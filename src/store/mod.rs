@@ -16,6 +16,7 @@ pub mod frame;
 pub mod log_store;
 pub mod reader;
 pub mod recovery;
+pub mod rollups;
 pub mod vcache;
 pub mod vindex;
 

@@ -27,6 +27,7 @@ mod log_store;
 mod loop_guard;
 mod model;
 mod operators;
+mod rollups;
 mod runs;
 mod semantic;
 mod server;

@@ -200,7 +200,8 @@ pub(crate) struct RulesArgs {
     /// (default: unknown models get NOPRICE).
     #[arg(long, env = "SPENDB_DEFAULT_PRICE")]
     pub(crate) default_price: Option<String>,
-    /// How long settled holds and spend ids are remembered for idempotent replays.
+    /// How long settled holds and spend ids are remembered for idempotent
+    /// replays (at most 7d).
     #[arg(long, env = "SPENDB_ID_RETENTION", default_value = "10m", value_parser = duration)]
     pub(crate) id_retention: Duration,
     /// Hold TTL when RESERVE gives none.
@@ -416,9 +417,15 @@ pub(crate) fn rules(a: &RulesArgs) -> Result<Config, String> {
     if default_ttl_ms == 0 || default_ttl_ms > base.max_ttl_ms {
         return Err("--default-ttl must be between 1ms and 24h".into());
     }
+    // A hold it remembers can be committed late; the reports' rollups count
+    // a late COMMIT this long after its hold expired.
+    let id_retention_ms = millis(a.id_retention);
+    if id_retention_ms > spendb::state::rollup::LATE_COMMIT_MS {
+        return Err("--id-retention must be at most 7d".into());
+    }
     Ok(Config {
         default_price,
-        id_retention_ms: millis(a.id_retention),
+        id_retention_ms,
         default_ttl_ms,
         default_output: match a.default_output {
             n if n == 0 || n > spendb::state::bounds::MAX_TOKENS => {

@@ -144,8 +144,19 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
         ),
         None => String::new(),
     };
+    // The reports' rollups, as persisted: each equals the ledger folded
+    // through its seq.
+    let rollups = spendb::store::rollups::verify(dir)
+        .map_err(|e| format!("ledger verify FAILED: the rollups: {e}"))?;
+    let rollups = match rollups.last() {
+        Some(seq) => format!(
+            ", {} rollup(s) matched the fold (the last at entry {seq})",
+            rollups.len()
+        ),
+        None => String::new(),
+    };
     println!(
-        "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds{from}",
+        "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds{from}{rollups}",
         r.entries, r.snapshots_compared, r.scopes, r.open_holds
     );
     Ok(())
@@ -264,6 +275,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let db = Spendb::open(&a.data_dir, options).map_err(|e| e.to_string())?;
     let rec = *db.recovered();
     let (handle, cache) = (db.engine().clone(), db.cache().clone());
+    let rollups = db.rollups().clone();
     let cluster_node = match &cluster {
         Some(name) => {
             let store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(2));
@@ -371,6 +383,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
                 spendb::store::reader::LedgerReader::open(&a.data_dir)
                     .map_err(|e| format!("--data-dir: {e}"))?,
             ),
+            rollups: rollups.clone(),
             cluster: cluster_node.clone(),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));

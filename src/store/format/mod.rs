@@ -9,6 +9,8 @@
 //! - `ledger`: a ledger entry, version 1 (bincode 2, inside the CRC frame
 //!   of `frame.rs`); its JSON view for `/v1/ledger` and `ledger export`.
 //! - `snapshot`: the state at a ledger position, layout 3.
+//! - `rollup`: the reports' rollups at a ledger position, version 1.
 
 pub mod ledger;
+pub mod rollup;
 pub mod snapshot;

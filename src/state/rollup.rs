@@ -1,0 +1,665 @@
+//! Rollups (issue #29): the spend and runs reports' figures kept as the
+//! ledger is written, so a report costs what it returns, not what
+//! happened. A pure fold like the reports' own (`spend_report.rs`,
+//! `run_report.rs`): entries in, in ledger order; it remembers the last
+//! seq it folded, so a rollup persisted at seq N resumes with entry N + 1,
+//! and `ledger verify` checks a persisted one against a fold of the whole
+//! ledger.
+//!
+//! **Invariant:** for every query whose time range is whole UTC hours, the
+//! rollup's answer equals the full fold's (`SpendReport`, `RunReport`) over
+//! the same entries — checked on every ledger the model test generates,
+//! and across a persist-and-resume in the middle.
+//!
+//! Cells are per scope (at every level of its path), UTC hour and model.
+//! Each scope keeps two figures: what was booked on exactly it (`here`) and
+//! at or below it (`all`), so a report grouped by scope level `L` reads
+//! the `all` cells of the level-`L` scopes and the `here` cells of the
+//! shallower ones (a scope with fewer segments than `L` is its own group).
+//! Spend cells: requests, input, output, cached and cache-write tokens,
+//! cost, savings of cache hits, grants (RESERVEs granted; denials are not
+//! ledger entries, `/metrics` counts them). Run cells, by the hour a run
+//! ended: runs, outcomes, calls, tokens and cost, of all runs and of the
+//! successful ones. A COMMIT that lands after its run ended (a hold
+//! committed late, or one reserved in the run and settled after RUN.END)
+//! takes the run's contribution out of its cells and puts it back with the
+//! call, so the figures stay the full fold's.
+//!
+//! Memory: the cells (scopes × hours × models that had spend), the open
+//! holds' scope, model and run, expired holds' for [`LATE_COMMIT_MS`] (a
+//! late COMMIT is counted), and the runs still open or with holds out.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::run_report::{RunGroup, RunQuery, RunStats, RunSummary, Usage as RunUsage};
+use super::spend_report::{SpendGroup, SpendQuery, SpendTally};
+use super::{scope, Entry, EntryKind, Map, RunOutcome};
+
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// How long after a hold expired a late COMMIT of it is still counted.
+/// The server refuses an `--id-retention` longer than this (a hold it
+/// still remembers can be committed late), so the rollup counts every
+/// COMMIT the server accepts.
+pub const LATE_COMMIT_MS: u64 = 7 * 24 * HOUR_MS;
+
+/// The model key of a cache hit's savings (no model).
+const NO_MODEL: u32 = u32::MAX;
+/// The model key of a run's figures over all its models.
+const ALL_MODELS: u32 = u32::MAX - 1;
+
+/// The UTC hour of a timestamp (ms), as cells count it.
+pub fn hour_of(ts: u64) -> u32 {
+    (ts / HOUR_MS).min(u32::MAX as u64 - 1) as u32
+}
+
+/// Spend booked in one cell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpendCell {
+    pub requests: u64,
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+    /// nano-USD
+    pub cost: u64,
+    /// nano-USD saved by cache hits.
+    pub saved: u64,
+    /// RESERVEs granted.
+    pub grants: u64,
+    /// Spend entries booked in it (a report lists a group any fell in,
+    /// even one of zero figures; a grant is not spend).
+    pub entries: u64,
+}
+
+impl SpendCell {
+    fn add(&mut self, o: &SpendCell) {
+        self.entries = self.entries.saturating_add(o.entries);
+        self.requests = self.requests.saturating_add(o.requests);
+        self.input = self.input.saturating_add(o.input);
+        self.output = self.output.saturating_add(o.output);
+        self.cached = self.cached.saturating_add(o.cached);
+        self.cache_write = self.cache_write.saturating_add(o.cache_write);
+        self.cost = self.cost.saturating_add(o.cost);
+        self.saved = self.saved.saturating_add(o.saved);
+        self.grants = self.grants.saturating_add(o.grants);
+    }
+
+    fn tally(&self) -> SpendTally {
+        SpendTally {
+            cost: self.cost,
+            tokens: self.input.saturating_add(self.output),
+            requests: self.requests,
+            saved: self.saved,
+        }
+    }
+}
+
+/// Runs that ended in one cell, as `run_report::RunStats` counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunCell {
+    pub runs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub unreported: u64,
+    pub usage: RunUsage,
+    pub success_usage: RunUsage,
+}
+
+impl RunCell {
+    fn of(outcome: Option<RunOutcome>, u: &RunUsage) -> RunCell {
+        let mut c = RunCell {
+            runs: 1,
+            usage: *u,
+            ..RunCell::default()
+        };
+        match outcome {
+            Some(RunOutcome::Success) => {
+                c.succeeded = 1;
+                c.success_usage = *u;
+            }
+            Some(RunOutcome::Failure) => c.failed = 1,
+            None => c.unreported = 1,
+        }
+        c
+    }
+
+    /// Adds `o` (or takes it out: a run's contribution being replaced).
+    fn apply(&mut self, o: &RunCell, add: bool) {
+        let f = |a: &mut u64, b: u64| {
+            *a = if add {
+                a.wrapping_add(b)
+            } else {
+                a.wrapping_sub(b)
+            }
+        };
+        f(&mut self.runs, o.runs);
+        f(&mut self.succeeded, o.succeeded);
+        f(&mut self.failed, o.failed);
+        f(&mut self.unreported, o.unreported);
+        for (a, b) in [
+            (&mut self.usage, &o.usage),
+            (&mut self.success_usage, &o.success_usage),
+        ] {
+            f(&mut a.calls, b.calls);
+            f(&mut a.tokens, b.tokens);
+            f(&mut a.cost, b.cost);
+        }
+    }
+
+    fn stats(&self, key: String) -> RunStats {
+        RunStats {
+            key,
+            runs: self.runs,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            unreported: self.unreported,
+            usage: self.usage,
+            success_usage: self.success_usage,
+        }
+    }
+}
+
+/// A scope's figures: booked on exactly it, and at or below it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pair<T> {
+    pub here: T,
+    pub all: T,
+}
+
+/// What a hold's COMMIT is booked to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldMemo {
+    pub scope: u32,
+    pub model: u32,
+    /// The run it was reserved in (a run number, `RunTally`).
+    pub run: Option<u64>,
+    /// The seq of its Hold entry (a reused id is another hold).
+    pub seq: u64,
+}
+
+/// A run still open, or ended with holds still out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunTally {
+    /// The scope of its first step or call that named one.
+    pub scope: Option<u32>,
+    pub by_model: BTreeMap<u32, RunUsage>,
+    /// When it ended (its hour) and how.
+    pub ended: Option<(u32, Option<RunOutcome>)>,
+    /// Its holds not yet committed, released or forgotten.
+    pub holds: u32,
+}
+
+/// The fold. `Default` is the empty ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollup {
+    /// The last seq folded (0: none).
+    pub seq: u64,
+    /// Interned scopes (every level of every scope booked) and models; the
+    /// scope "" stands for a run that never named one.
+    pub scopes: Vec<String>,
+    pub models: Vec<String>,
+    pub(crate) scope_ids: Map<String, u32>,
+    pub(crate) model_ids: Map<String, u32>,
+    /// By scope id: (hour, model) → figures.
+    pub spend: Vec<BTreeMap<(u32, u32), Pair<SpendCell>>>,
+    pub runs: Vec<BTreeMap<(u32, u32), Pair<RunCell>>>,
+    pub holds: Map<String, HoldMemo>,
+    /// Expired holds, oldest first: (when, id, the hold's seq).
+    pub expired: VecDeque<(u64, String, u64)>,
+    /// Open runs: id → run number.
+    pub open: Map<String, u64>,
+    pub tallies: Map<u64, RunTally>,
+    pub next_run: u64,
+}
+
+impl Rollup {
+    pub fn new() -> Rollup {
+        Rollup::default()
+    }
+
+    fn scope_id(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.scope_ids.get(s) {
+            return id;
+        }
+        let id = self.scopes.len() as u32;
+        self.scopes.push(s.to_string());
+        self.scope_ids.insert(s.to_string(), id);
+        self.spend.push(BTreeMap::new());
+        self.runs.push(BTreeMap::new());
+        id
+    }
+
+    fn model_id(&mut self, m: &str) -> u32 {
+        if let Some(&id) = self.model_ids.get(m) {
+            return id;
+        }
+        let id = self.models.len() as u32;
+        self.models.push(m.to_string());
+        self.model_ids.insert(m.to_string(), id);
+        id
+    }
+
+    /// Rebuilds the id maps after the tables were loaded (a persisted
+    /// rollup: `store::format::rollup`).
+    pub fn reindex(&mut self) {
+        self.scope_ids = (self.scopes.iter().enumerate())
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        self.model_ids = (self.models.iter().enumerate())
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+    }
+
+    /// The ids of `scope` and each of its ancestors, the scope first.
+    fn chain_ids(&mut self, s: &str) -> Vec<u32> {
+        let levels: Vec<&str> = scope::chain(s).collect();
+        levels.into_iter().map(|p| self.scope_id(p)).collect()
+    }
+
+    fn book_spend(&mut self, scope: &str, hour: u32, model: u32, cell: &SpendCell) {
+        // A grant is kept, but is not spend: it makes no report group.
+        let entries = u64::from(cell.grants == 0);
+        let cell = &SpendCell { entries, ..*cell };
+        for (i, id) in self.chain_ids(scope).into_iter().enumerate() {
+            let p = self.spend[id as usize].entry((hour, model)).or_default();
+            if i == 0 {
+                p.here.add(cell);
+            }
+            p.all.add(cell);
+        }
+    }
+
+    /// Folds one entry (the next in the ledger).
+    pub fn add(&mut self, e: &Entry) {
+        debug_assert!(
+            e.seq > self.seq,
+            "entries in order: {} after {}",
+            e.seq,
+            self.seq
+        );
+        self.seq = e.seq;
+        let hour = hour_of(e.ts);
+        self.forget_expired(e.ts);
+        match &e.kind {
+            EntryKind::Hold {
+                id,
+                scope,
+                model,
+                run,
+                ..
+            } => {
+                let m = self.model_id(model);
+                let grant = SpendCell {
+                    grants: 1,
+                    ..SpendCell::default()
+                };
+                self.book_spend(scope, hour, m, &grant);
+                let run = run.as_ref().map(|r| {
+                    let n = self.tally(r, Some(scope));
+                    self.tallies.get_mut(&n).expect("open").holds += 1;
+                    n
+                });
+                let memo = HoldMemo {
+                    scope: self.scope_id(scope),
+                    model: m,
+                    run,
+                    seq: e.seq,
+                };
+                if let Some(old) = self.holds.insert(id.clone(), memo) {
+                    self.drop_hold(&old);
+                }
+            }
+            EntryKind::Commit {
+                id, usage, cost, ..
+            } => {
+                let Some(memo) = self.holds.remove(id) else {
+                    return;
+                };
+                let cell = SpendCell {
+                    requests: 1,
+                    input: usage.input,
+                    output: usage.output,
+                    cached: usage.cached,
+                    cache_write: usage.cache_write,
+                    cost: *cost,
+                    ..SpendCell::default()
+                };
+                let scope = self.scopes[memo.scope as usize].clone();
+                self.book_spend(&scope, hour, memo.model, &cell);
+                if let Some(n) = memo.run {
+                    let tokens = usage.input.saturating_add(usage.output);
+                    self.book_run(n, memo.model, tokens, *cost);
+                    self.drop_hold(&memo);
+                }
+            }
+            EntryKind::Release { id } => {
+                if let Some(memo) = self.holds.remove(id) {
+                    self.drop_hold(&memo);
+                }
+            }
+            EntryKind::Expire { id } => {
+                if let Some(memo) = self.holds.get(id) {
+                    self.expired.push_back((e.ts, id.clone(), memo.seq));
+                }
+            }
+            EntryKind::Spend {
+                scope,
+                model,
+                usage,
+                cost,
+                run,
+                ..
+            } => {
+                let m = self.model_id(model);
+                let cell = SpendCell {
+                    requests: 1,
+                    input: usage.input,
+                    output: usage.output,
+                    cached: usage.cached,
+                    cache_write: usage.cache_write,
+                    cost: *cost,
+                    ..SpendCell::default()
+                };
+                self.book_spend(scope, hour, m, &cell);
+                if let Some(r) = run {
+                    let n = self.tally(r, Some(scope));
+                    let tokens = usage.input.saturating_add(usage.output);
+                    self.book_run(n, m, tokens, *cost);
+                }
+            }
+            EntryKind::Saved { scope, cost } => {
+                let cell = SpendCell {
+                    saved: *cost,
+                    ..SpendCell::default()
+                };
+                self.book_spend(scope, hour, NO_MODEL, &cell);
+            }
+            EntryKind::Step { run, scope, .. } | EntryKind::StepDenied { run, scope } => {
+                self.tally(run, scope.as_deref());
+            }
+            EntryKind::RunEnd { run, outcome } => {
+                if let Some(n) = self.open.remove(run) {
+                    let t = self.tallies.get_mut(&n).expect("open");
+                    t.ended = Some((hour, *outcome));
+                    self.contribute(n, true);
+                    self.release_tally(n);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Expired holds whose late COMMIT can no longer come: forgotten.
+    fn forget_expired(&mut self, now: u64) {
+        while let Some((at, _, _)) = self.expired.front() {
+            if at.saturating_add(LATE_COMMIT_MS) > now {
+                break;
+            }
+            let (_, id, seq) = self.expired.pop_front().expect("front");
+            if self.holds.get(&id).is_some_and(|m| m.seq == seq) {
+                let memo = self.holds.remove(&id).expect("present");
+                self.drop_hold(&memo);
+            }
+        }
+    }
+
+    /// A hold of a run is settled or forgotten: the run keeps one fewer.
+    fn drop_hold(&mut self, memo: &HoldMemo) {
+        if let Some(n) = memo.run {
+            if let Some(t) = self.tallies.get_mut(&n) {
+                t.holds = t.holds.saturating_sub(1);
+            }
+            self.release_tally(n);
+        }
+    }
+
+    /// An ended run with no holds out needs no memory.
+    fn release_tally(&mut self, n: u64) {
+        if self
+            .tallies
+            .get(&n)
+            .is_some_and(|t| t.ended.is_some() && t.holds == 0)
+        {
+            self.tallies.remove(&n);
+        }
+    }
+
+    /// The open run `run`'s number, begun if new; it keeps its first scope.
+    fn tally(&mut self, run: &str, scope: Option<&str>) -> u64 {
+        let n = match self.open.get(run) {
+            Some(&n) => n,
+            None => {
+                let n = self.next_run;
+                self.next_run += 1;
+                self.open.insert(run.to_string(), n);
+                self.tallies.insert(n, RunTally::default());
+                n
+            }
+        };
+        if self.tallies[&n].scope.is_none() {
+            if let Some(s) = scope {
+                let id = self.scope_id(s);
+                self.tallies.get_mut(&n).expect("open").scope = Some(id);
+            }
+        }
+        n
+    }
+
+    /// A call of run `n` on `model`: an ended run's figures in the cells
+    /// are replaced by its figures with the call.
+    fn book_run(&mut self, n: u64, model: u32, tokens: u64, cost: u64) {
+        let ended = self.tallies.get(&n).is_some_and(|t| t.ended.is_some());
+        if ended {
+            self.contribute(n, false);
+        }
+        if let Some(t) = self.tallies.get_mut(&n) {
+            let u = t.by_model.entry(model).or_default();
+            u.calls = u.calls.saturating_add(1);
+            u.tokens = u.tokens.saturating_add(tokens);
+            u.cost = u.cost.saturating_add(cost);
+        }
+        if ended {
+            self.contribute(n, true);
+        }
+    }
+
+    /// Adds (or takes out) ended run `n`'s figures to the cells of its end
+    /// hour: under all models, and under each model it called (the
+    /// model "" when it called none); a run with no call and no outcome
+    /// counts nowhere, as in the full fold.
+    fn contribute(&mut self, n: u64, add: bool) {
+        let Some(t) = self.tallies.get(&n) else {
+            return;
+        };
+        let Some((hour, outcome)) = t.ended else {
+            return;
+        };
+        if t.by_model.is_empty() && outcome.is_none() {
+            return;
+        }
+        let by_model: Vec<(u32, RunUsage)> = t.by_model.iter().map(|(m, u)| (*m, *u)).collect();
+        let scope = t
+            .scope
+            .map_or(String::new(), |id| self.scopes[id as usize].clone());
+        let mut all = RunUsage::default();
+        for (_, u) in &by_model {
+            all.calls = all.calls.saturating_add(u.calls);
+            all.tokens = all.tokens.saturating_add(u.tokens);
+            all.cost = all.cost.saturating_add(u.cost);
+        }
+        let mut cells = vec![(ALL_MODELS, RunCell::of(outcome, &all))];
+        if by_model.is_empty() {
+            cells.push((self.model_id(""), RunCell::of(outcome, &all)));
+        }
+        cells.extend(by_model.iter().map(|(m, u)| (*m, RunCell::of(outcome, u))));
+        for (i, id) in self.chain_ids(&scope).into_iter().enumerate() {
+            for (m, c) in &cells {
+                let p = self.runs[id as usize].entry((hour, *m)).or_default();
+                if i == 0 {
+                    p.here.apply(c, add);
+                }
+                p.all.apply(c, add);
+            }
+        }
+    }
+
+    /// The scopes a report over `filter` reads, with the group key each
+    /// gives at `level` (None: not grouped by scope) and whether its `all`
+    /// (else its `here`) figures count: every scope within the filter
+    /// whose level is the group level, and the shallower ones for what was
+    /// booked on exactly them; without a filter, from the top.
+    fn sources(&self, filter: Option<&str>, level: Option<usize>) -> Vec<(u32, String, bool)> {
+        let filter = filter
+            .map(|p| p.trim_end_matches('/'))
+            .filter(|p| !p.is_empty());
+        let depth = |s: &str| {
+            if s.is_empty() {
+                0
+            } else {
+                s.matches('/').count() + 1
+            }
+        };
+        let Some(level) = level else {
+            // Every figure once: the filter's scope, or every top (and the
+            // runs that named none).
+            return match filter {
+                Some(p) => (self.scope_ids.get(p).map(|&id| (id, String::new(), true)))
+                    .into_iter()
+                    .collect(),
+                None => (self.scopes.iter().enumerate())
+                    .filter(|(_, s)| depth(s) <= 1)
+                    .map(|(i, _)| (i as u32, String::new(), true))
+                    .collect(),
+            };
+        };
+        let floor = filter.map_or(0, depth);
+        if let Some(p) = filter {
+            if level <= floor {
+                return (self.scope_ids.get(p))
+                    .map(|&id| (id, scope::top(p, level).to_string(), true))
+                    .into_iter()
+                    .collect();
+            }
+        }
+        (self.scopes.iter().enumerate())
+            .filter(|(_, s)| filter.is_none_or(|p| !s.is_empty() && scope::is_within(s, p)))
+            .filter_map(|(i, s)| {
+                let d = depth(s);
+                match d.cmp(&level) {
+                    std::cmp::Ordering::Equal => Some((i as u32, s.clone(), true)),
+                    std::cmp::Ordering::Less if d >= floor => Some((i as u32, s.clone(), false)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// `SpendReport`'s answer for `q`, whose `from` and `to` must be whole
+    /// hours (the admin API rounds them down).
+    pub fn spend(&self, q: &SpendQuery) -> (Vec<(String, SpendTally)>, SpendTally) {
+        let (from, to) = hours(q.from, q.to);
+        let level = match q.group {
+            SpendGroup::Scope { level } => Some(level),
+            _ => None,
+        };
+        let mut groups: BTreeMap<String, SpendTally> = BTreeMap::new();
+        for (id, key, all) in self.sources(q.scope.as_deref(), level) {
+            for (&(hour, model), p) in self.spend[id as usize].range((from, 0)..(to, 0)) {
+                let cell = if all { &p.all } else { &p.here };
+                if cell.entries == 0 {
+                    continue;
+                }
+                let key = match q.group {
+                    SpendGroup::Scope { .. } => key.clone(),
+                    SpendGroup::Model if model == NO_MODEL => continue,
+                    SpendGroup::Model => self.models[model as usize].clone(),
+                    SpendGroup::Day => utc(hour, "%Y-%m-%d"),
+                    SpendGroup::Hour => utc(hour, "%Y-%m-%dT%H:00Z"),
+                };
+                groups.entry(key).or_default().add(&cell.tally());
+            }
+        }
+        let mut rows: Vec<(String, SpendTally)> = groups.into_iter().collect();
+        rows.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
+        let mut total = SpendTally::default();
+        for (_, g) in &rows {
+            total.add(g);
+        }
+        (rows, total)
+    }
+
+    /// `RunReport`'s answer for `q` (whole hours, as `spend`).
+    pub fn runs(&self, q: &RunQuery) -> RunSummary {
+        let (from, to) = hours(q.from, q.to);
+        let filter = q
+            .scope
+            .as_deref()
+            .map(|p| p.trim_end_matches('/'))
+            .filter(|p| !p.is_empty());
+        let mut total = RunCell::default();
+        for (id, _, _) in self.sources(filter, None) {
+            for (_, p) in (self.runs[id as usize].range((from, 0)..(to, 0)))
+                .filter(|((_, m), _)| *m == ALL_MODELS)
+            {
+                total.apply(&p.all, true);
+            }
+        }
+        let mut groups: BTreeMap<String, RunCell> = BTreeMap::new();
+        let level = match q.group {
+            RunGroup::Scope { level } => Some(level),
+            RunGroup::Model => None,
+        };
+        for (id, key, all) in self.sources(filter, level) {
+            for (&(_, model), p) in self.runs[id as usize].range((from, 0)..(to, 0)) {
+                let by_scope = level.is_some();
+                if by_scope != (model == ALL_MODELS) {
+                    continue;
+                }
+                let key = match by_scope {
+                    true => key.clone(),
+                    false => self.models[model as usize].clone(),
+                };
+                let cell = if all { &p.all } else { &p.here };
+                // Every run counted here was taken out again.
+                if cell.runs == 0 {
+                    continue;
+                }
+                groups.entry(key).or_default().apply(cell, true);
+            }
+        }
+        let mut summary = RunSummary {
+            groups: groups.into_iter().map(|(k, c)| c.stats(k)).collect(),
+            total: total.stats(String::new()),
+            open: 0,
+        };
+        summary.open = (self.open.values())
+            .filter(|n| {
+                let s = self.tallies[n]
+                    .scope
+                    .map(|id| self.scopes[id as usize].as_str());
+                match (filter, s) {
+                    (None, _) => true,
+                    (Some(p), Some(s)) => scope::is_within(s, p),
+                    (Some(_), None) => false,
+                }
+            })
+            .count() as u64;
+        summary
+            .groups
+            .sort_by(|a, b| b.usage.cost.cmp(&a.usage.cost).then(a.key.cmp(&b.key)));
+        summary
+    }
+}
+
+/// A query's `[from, to)` in hours (ms rounded down to the hour).
+fn hours(from: Option<u64>, to: Option<u64>) -> (u32, u32) {
+    let from = from.map_or(0, hour_of);
+    let to = to.map_or(u32::MAX, hour_of);
+    (from, to.max(from))
+}
+
+fn utc(hour: u32, format: &str) -> String {
+    chrono::DateTime::from_timestamp_millis((hour as u64 * HOUR_MS) as i64)
+        .map_or(String::new(), |t| t.format(format).to_string())
+}
