@@ -118,13 +118,24 @@ impl Spendb {
     /// snapshot and the ledger after it, opens the response cache, and
     /// starts the committer thread.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Spendb, Error> {
+        Spendb::open_with_clock(dir, options, engine::system_clock())
+    }
+
+    /// `open` on a clock of the caller's (ms since the epoch, never going
+    /// back): a generator of a ledger that spans weeks in minutes
+    /// (`examples/ledger_gen.rs`), a test.
+    pub fn open_with_clock(
+        dir: impl AsRef<Path>,
+        options: Options,
+        clock: engine::Clock,
+    ) -> Result<Spendb, Error> {
         let dir = dir.as_ref();
         let store = LogStore::open_with(dir, options.segment_bytes)
             .map_err(|e| Error::Open(format!("{}: {e}", dir.display())))?;
         let cache = Cache::open(store.sled(), options.cache, now_ms())
             .map_err(|e| Error::Open(format!("the cache: {e}")))?;
         let (engine, committer, recovered) =
-            engine::start(Box::new(store), options.engine, engine::system_clock())
+            engine::start(Box::new(store), options.engine, clock)
                 .map_err(|e| Error::Open(format!("recovery failed: {e}")))?;
         let rollups = Rollups::start(dir, recovered.last_seq)
             .map_err(|e| Error::Open(format!("the rollups: {e}")))?;
