@@ -8,6 +8,8 @@
 #
 #   benches/reports.sh [entries ...]      (default: 1000000 10000000 50000000)
 #   REPORTS_DIR=/var/tmp/x benches/reports.sh   keeps the ledgers (~90 B an entry)
+#   REPORTS_CSV=docs/bench/reports.csv ...      also writes the figures as CSV
+#   (benches/plot_reports.py draws them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
@@ -17,6 +19,8 @@ mkdir -p "$store"
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(1000000 10000000 50000000)
 printf '%-10s %-9s %-9s %-28s %-28s\n' entries bytes start "spend month/org p50 p99 max" "runs p50 p99 max"
+csv=${REPORTS_CSV:-}
+[[ -z $csv ]] || echo "entries,start_s,spend_p50_ms,spend_p99_ms,spend_max_ms,runs_p50_ms,runs_p99_ms,runs_max_ms" >"$csv"
 for n in "${sizes[@]}"; do
   dir=$store/ledger-$n
   [ -d "$dir" ] || ./target/release/examples/ledger_gen "$dir" "$n" 30 2>/dev/null
@@ -54,5 +58,6 @@ PY
 )
   read -r spend runs <<<"$figures"
   printf '%-10s %-9s %-9s %-28s %-28s\n' "$n" "$(du -sh "$dir" | cut -f1)" "${start}s" "$spend" "$runs"
+  [[ -z $csv ]] || echo "$n,$start,${spend//\//,},${runs//\//,}" >>"$csv"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 done

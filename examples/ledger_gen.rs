@@ -24,7 +24,9 @@ fn main() {
     }
     let dir = std::path::PathBuf::from(&args[1]);
     let entries: u64 = args[2].parse().expect("entries: a number");
-    let days: u64 = args.get(3).map_or(30, |d| d.parse().expect("days: a number"));
+    let days: u64 = args
+        .get(3)
+        .map_or(30, |d| d.parse().expect("days: a number"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -34,8 +36,12 @@ fn main() {
     let tick = clock.clone();
     let mut options = Options::default();
     options.engine.durability = Durability::None;
-    let db = Spendb::open_with_clock(&dir, options, Box::new(move || tick.load(Ordering::Relaxed)))
-        .expect("open");
+    let db = Spendb::open_with_clock(
+        &dir,
+        options,
+        Box::new(move || tick.load(Ordering::Relaxed)),
+    )
+    .expect("open");
     let first = db.recovered().last_seq;
     // Two entries a call, a tenth more for the SPENDs and run ends.
     let calls = entries * 10 / 22;

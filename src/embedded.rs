@@ -134,9 +134,8 @@ impl Spendb {
             .map_err(|e| Error::Open(format!("{}: {e}", dir.display())))?;
         let cache = Cache::open(store.sled(), options.cache, now_ms())
             .map_err(|e| Error::Open(format!("the cache: {e}")))?;
-        let (engine, committer, recovered) =
-            engine::start(Box::new(store), options.engine, clock)
-                .map_err(|e| Error::Open(format!("recovery failed: {e}")))?;
+        let (engine, committer, recovered) = engine::start(Box::new(store), options.engine, clock)
+            .map_err(|e| Error::Open(format!("recovery failed: {e}")))?;
         let rollups = Rollups::start(dir, recovered.last_seq)
             .map_err(|e| Error::Open(format!("the rollups: {e}")))?;
         let tap = rollups.clone();

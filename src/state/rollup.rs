@@ -201,6 +201,8 @@ pub struct Rollup {
     pub models: Vec<String>,
     pub(crate) scope_ids: Map<String, u32>,
     pub(crate) model_ids: Map<String, u32>,
+    /// By scope id: its parent's (None at the top).
+    pub(crate) parents: Vec<Option<u32>>,
     /// By scope id: (hour, model) → figures.
     pub spend: Vec<BTreeMap<(u32, u32), Pair<SpendCell>>>,
     pub runs: Vec<BTreeMap<(u32, u32), Pair<RunCell>>>,
@@ -222,9 +224,12 @@ impl Rollup {
         if let Some(&id) = self.scope_ids.get(s) {
             return id;
         }
+        // Its parent first: a scope's ancestors always have smaller ids.
+        let parent = s.rfind('/').map(|i| self.scope_id(&s[..i]));
         let id = self.scopes.len() as u32;
         self.scopes.push(s.to_string());
         self.scope_ids.insert(s.to_string(), id);
+        self.parents.push(parent);
         self.spend.push(BTreeMap::new());
         self.runs.push(BTreeMap::new());
         id
@@ -246,27 +251,34 @@ impl Rollup {
         self.scope_ids = (self.scopes.iter().enumerate())
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
+        self.parents = (self.scopes.iter())
+            .map(|s| {
+                s.rfind('/')
+                    .and_then(|i| self.scope_ids.get(&s[..i]).copied())
+            })
+            .collect();
         self.model_ids = (self.models.iter().enumerate())
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
     }
 
-    /// The ids of `scope` and each of its ancestors, the scope first.
-    fn chain_ids(&mut self, s: &str) -> Vec<u32> {
-        let levels: Vec<&str> = scope::chain(s).collect();
-        levels.into_iter().map(|p| self.scope_id(p)).collect()
+    /// Scope `id` and each of its ancestors, the scope first.
+    fn chain_ids(&self, id: u32) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(Some(id), |&i| self.parents[i as usize])
     }
 
-    fn book_spend(&mut self, scope: &str, hour: u32, model: u32, cell: &SpendCell) {
+    fn book_spend(&mut self, scope: u32, hour: u32, model: u32, cell: &SpendCell) {
         // A grant is kept, but is not spend: it makes no report group.
         let entries = u64::from(cell.grants == 0);
         let cell = &SpendCell { entries, ..*cell };
-        for (i, id) in self.chain_ids(scope).into_iter().enumerate() {
+        let mut at = Some(scope);
+        while let Some(id) = at {
             let p = self.spend[id as usize].entry((hour, model)).or_default();
-            if i == 0 {
+            if id == scope {
                 p.here.add(cell);
             }
             p.all.add(cell);
+            at = self.parents[id as usize];
         }
     }
 
@@ -294,14 +306,15 @@ impl Rollup {
                     grants: 1,
                     ..SpendCell::default()
                 };
-                self.book_spend(scope, hour, m, &grant);
+                let sid = self.scope_id(scope);
+                self.book_spend(sid, hour, m, &grant);
                 let run = run.as_ref().map(|r| {
                     let n = self.tally(r, Some(scope));
                     self.tallies.get_mut(&n).expect("open").holds += 1;
                     n
                 });
                 let memo = HoldMemo {
-                    scope: self.scope_id(scope),
+                    scope: sid,
                     model: m,
                     run,
                     seq: e.seq,
@@ -325,8 +338,7 @@ impl Rollup {
                     cost: *cost,
                     ..SpendCell::default()
                 };
-                let scope = self.scopes[memo.scope as usize].clone();
-                self.book_spend(&scope, hour, memo.model, &cell);
+                self.book_spend(memo.scope, hour, memo.model, &cell);
                 if let Some(n) = memo.run {
                     let tokens = usage.input.saturating_add(usage.output);
                     self.book_run(n, memo.model, tokens, *cost);
@@ -361,7 +373,8 @@ impl Rollup {
                     cost: *cost,
                     ..SpendCell::default()
                 };
-                self.book_spend(scope, hour, m, &cell);
+                let sid = self.scope_id(scope);
+                self.book_spend(sid, hour, m, &cell);
                 if let Some(r) = run {
                     let n = self.tally(r, Some(scope));
                     let tokens = usage.input.saturating_add(usage.output);
@@ -373,7 +386,8 @@ impl Rollup {
                     saved: *cost,
                     ..SpendCell::default()
                 };
-                self.book_spend(scope, hour, NO_MODEL, &cell);
+                let sid = self.scope_id(scope);
+                self.book_spend(sid, hour, NO_MODEL, &cell);
             }
             EntryKind::Step { run, scope, .. } | EntryKind::StepDenied { run, scope } => {
                 self.tally(run, scope.as_deref());
@@ -479,9 +493,11 @@ impl Rollup {
             return;
         }
         let by_model: Vec<(u32, RunUsage)> = t.by_model.iter().map(|(m, u)| (*m, *u)).collect();
-        let scope = t
-            .scope
-            .map_or(String::new(), |id| self.scopes[id as usize].clone());
+        let scope = t.scope;
+        let scope = match scope {
+            Some(id) => id,
+            None => self.scope_id(""),
+        };
         let mut all = RunUsage::default();
         for (_, u) in &by_model {
             all.calls = all.calls.saturating_add(u.calls);
@@ -493,10 +509,11 @@ impl Rollup {
             cells.push((self.model_id(""), RunCell::of(outcome, &all)));
         }
         cells.extend(by_model.iter().map(|(m, u)| (*m, RunCell::of(outcome, u))));
-        for (i, id) in self.chain_ids(&scope).into_iter().enumerate() {
+        let ids: Vec<u32> = self.chain_ids(scope).collect();
+        for id in ids {
             for (m, c) in &cells {
                 let p = self.runs[id as usize].entry((hour, *m)).or_default();
-                if i == 0 {
+                if id == scope {
                     p.here.apply(c, add);
                 }
                 p.all.apply(c, add);
