@@ -383,6 +383,18 @@ impl HoldTable {
         self.expiry.len()
     }
 
+    /// Every open hold, through the expiry index (the open holds and at
+    /// most as many settled ones not yet cleaned out), not every hold
+    /// remembered: HOLD.LIST and the dashboard read it under the engine's
+    /// lock. A slot may appear twice (reused at the same expiry): the
+    /// caller dedups by id.
+    pub fn open(&self) -> impl Iterator<Item = (&str, Hold)> + '_ {
+        self.expiry.iter().filter_map(|Reverse((t, s))| {
+            let r = &self.recs[*s as usize];
+            (r.is_open() && r.expires_at == *t).then(|| (r.id.as_str(), self.view(*s)))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, Hold)> + '_ {
         self.index
             .iter()

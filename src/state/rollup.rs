@@ -262,6 +262,75 @@ impl Rollup {
             .collect();
     }
 
+    /// Whether `other` holds the same figures and memory, whatever ids
+    /// each gave its scopes and models (two builds may intern them in
+    /// another order): what `ledger verify` compares.
+    pub fn same_as(&self, other: &Rollup) -> bool {
+        self.seq == other.seq && self.canonical() == other.canonical()
+    }
+
+    /// Everything the rollup holds, keyed by names instead of ids.
+    #[allow(clippy::type_complexity)]
+    fn canonical(
+        &self,
+    ) -> (
+        BTreeMap<(&str, u32, &str), Pair<SpendCell>>,
+        BTreeMap<(&str, u32, &str), Pair<RunCell>>,
+        BTreeMap<&str, (&str, &str, Option<u64>, u64)>,
+        Vec<(u64, &str, u64)>,
+        BTreeMap<&str, u64>,
+        BTreeMap<
+            u64,
+            (
+                Option<&str>,
+                BTreeMap<&str, RunUsage>,
+                Option<(u32, Option<RunOutcome>)>,
+                u32,
+            ),
+        >,
+        u64,
+    ) {
+        let scope = |id: u32| self.scopes[id as usize].as_str();
+        let model = |id: u32| match id {
+            NO_MODEL => "\u{0}no model",
+            ALL_MODELS => "\u{0}all models",
+            m => self.models[m as usize].as_str(),
+        };
+        let cells = |t: &Vec<BTreeMap<(u32, u32), Pair<SpendCell>>>| {
+            let mut out = BTreeMap::new();
+            for (id, cells) in t.iter().enumerate() {
+                for (&(h, m), p) in cells {
+                    out.insert((scope(id as u32), h, model(m)), *p);
+                }
+            }
+            out
+        };
+        let mut runs = BTreeMap::new();
+        for (id, cells) in self.runs.iter().enumerate() {
+            for (&(h, m), p) in cells {
+                runs.insert((scope(id as u32), h, model(m)), *p);
+            }
+        }
+        (
+            cells(&self.spend),
+            runs,
+            (self.holds.iter())
+                .map(|(id, m)| (id.as_str(), (scope(m.scope), model(m.model), m.run, m.seq)))
+                .collect(),
+            (self.expired.iter())
+                .map(|(t, id, seq)| (*t, id.as_str(), *seq))
+                .collect(),
+            self.open.iter().map(|(id, n)| (id.as_str(), *n)).collect(),
+            (self.tallies.iter())
+                .map(|(n, t)| {
+                    let by_model = t.by_model.iter().map(|(m, u)| (model(*m), *u)).collect();
+                    (*n, (t.scope.map(scope), by_model, t.ended, t.holds))
+                })
+                .collect(),
+            self.next_run,
+        )
+    }
+
     /// Scope `id` and each of its ancestors, the scope first.
     fn chain_ids(&self, id: u32) -> impl Iterator<Item = u32> + '_ {
         std::iter::successors(Some(id), |&i| self.parents[i as usize])
@@ -679,4 +748,61 @@ fn hours(from: Option<u64>, to: Option<u64>) -> (u32, u32) {
 fn utc(hour: u32, format: &str) -> String {
     chrono::DateTime::from_timestamp_millis((hour as u64 * HOUR_MS) as i64)
         .map_or(String::new(), |t| t.format(format).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::price::Usage;
+
+    fn spend(seq: u64, scope: &str, input: u64) -> Entry {
+        Entry {
+            seq,
+            ts: seq * 1_000,
+            kind: EntryKind::Spend {
+                id: None,
+                scope: scope.into(),
+                model: "m".into(),
+                usage: Usage {
+                    input,
+                    ..Usage::default()
+                },
+                cost: input,
+                run: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_same_figures_under_other_ids_are_the_same_rollup_and_others_are_not() {
+        let mut a = Rollup::new();
+        a.add(&spend(1, "org:a/team:b", 5));
+        a.add(&spend(2, "org:c", 7));
+        // The same figures, the scopes interned in another order.
+        let mut b = Rollup::new();
+        b.scope_id("org:c");
+        b.add(&spend(1, "org:a/team:b", 5));
+        b.add(&spend(2, "org:c", 7));
+        assert_ne!(a.scope_ids, b.scope_ids, "other ids");
+        assert!(a.same_as(&b) && b.same_as(&a));
+        let mut c = a.clone();
+        c.add(&spend(3, "org:c", 0));
+        assert!(!a.same_as(&c), "another entry, even of nothing");
+        let mut d = b.clone();
+        d.seq = 9;
+        assert!(!b.same_as(&d), "another seq");
+    }
+
+    #[test]
+    fn a_scope_is_booked_at_every_level_here_only_on_itself() {
+        let mut r = Rollup::new();
+        r.add(&spend(1, "org:a/team:b/agent:c", 5));
+        let id = |s: &str| r.scope_ids[s] as usize;
+        let cell = |s: &str| r.spend[id(s)].values().next().copied().unwrap();
+        assert_eq!((cell("org:a").here.cost, cell("org:a").all.cost), (0, 5));
+        assert_eq!(cell("org:a/team:b").all.input, 5);
+        assert_eq!(cell("org:a/team:b/agent:c").here.cost, 5);
+        assert_eq!(r.parents[id("org:a/team:b")], Some(id("org:a") as u32));
+        assert_eq!(hour_of(HOUR_MS * 3 + 1), 3);
+    }
 }

@@ -150,7 +150,7 @@ pub fn verify(data_dir: &Path) -> Result<Vec<u64>, String> {
                 full.seq
             ));
         }
-        if full != kept {
+        if !full.same_as(&kept) {
             return Err(format!(
                 "{}: differs from the fold of the ledger through entry {seq}",
                 path.display()

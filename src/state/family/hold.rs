@@ -401,14 +401,13 @@ impl State {
     ) -> Value {
         let mut open: Vec<(&str, Hold)> = self
             .holds
-            .iter()
+            .open()
             .filter(|(_, h)| {
-                h.status == HoldStatus::Open
-                    && visible(&h.scope)
-                    && prefix.is_none_or(|p| scope::is_within(&h.scope, p))
+                visible(&h.scope) && prefix.is_none_or(|p| scope::is_within(&h.scope, p))
             })
             .collect();
         open.sort_by(|a, b| (a.1.created_at, a.0).cmp(&(b.1.created_at, b.0)));
+        open.dedup_by(|a, b| a.0 == b.0);
         Value::Array(
             open.into_iter()
                 .take(limit)
