@@ -460,6 +460,11 @@ impl Agent {
         store: &mut dyn GlobalStore,
         keys: &[String],
     ) -> Result<BTreeMap<String, PoolView>, KvError> {
+        if !self.reachable {
+            return Err(KvError::Unavailable(
+                "the last request to it failed; the agent's rounds retry".into(),
+            ));
+        }
         let mut out = BTreeMap::new();
         for key in keys {
             let (pool, grants) = escrow::read_limit(store, key)?;
@@ -914,7 +919,9 @@ impl Agent {
             let b = self.unabsorbed.entry(key.clone()).or_default();
             *b = b.saturating_add(*booked);
         }
-        if !self.registered {
+        // Out of reach (the last request failed): the answer does not wait
+        // for the store's timeout; the rounds charge it once it answers.
+        if !self.registered || !self.reachable {
             return Ok(());
         }
         let r = (|| -> Result<(), KvError> {

@@ -85,11 +85,20 @@ fn rollup_files(data_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The newest persisted rollup of `data_dir` that reads back whole (a
-/// damaged one is skipped, with a warning: the ledger rebuilds it), or
-/// None.
-pub fn load_latest(data_dir: &Path) -> std::io::Result<Option<Rollup>> {
+/// The newest persisted rollup of `data_dir` within the ledger (through
+/// `durable`) that reads back whole, or None. A damaged one is skipped
+/// with a warning, and one past the ledger's end (its damaged tail was
+/// cut) is removed: the ledger folds them again.
+pub fn load_latest(data_dir: &Path, durable: u64) -> std::io::Result<Option<Rollup>> {
     for (seq, path) in rollup_files(data_dir)? {
+        if seq > durable {
+            tracing::warn!(
+                "{}: covers entry {seq} but the ledger ends at {durable}; removed, folded again",
+                path.display()
+            );
+            std::fs::remove_file(&path)?;
+            continue;
+        }
         match decode_rollup(&std::fs::read(&path)?) {
             Ok(r) if r.seq == seq => return Ok(Some(r)),
             Ok(r) => tracing::warn!(
@@ -128,27 +137,50 @@ pub fn fold_ledger(data_dir: &Path, r: &mut Rollup, upto: Option<u64>) -> Result
     Ok(())
 }
 
+/// What `ledger verify` found of the persisted rollups.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RollupCheck {
+    /// Equal to the ledger folded through their seq.
+    pub checked: Vec<u64>,
+    /// Past the ledger's end (a damaged tail was cut): stale, removed and
+    /// folded again at the next start.
+    pub ahead: Vec<u64>,
+    /// Not checkable: the ledger before them is archived elsewhere (the
+    /// oldest such one is the base the later ones are checked from).
+    pub unchecked: Vec<u64>,
+}
+
 /// `ledger verify`: every persisted rollup of `data_dir` must read back
-/// whole and equal a fold of the ledger through its seq. Ok(the seqs
-/// checked, oldest first).
-pub fn verify(data_dir: &Path) -> Result<Vec<u64>, String> {
+/// whole and equal a fold of the ledger through its seq (from entry 1, or
+/// from an older rollup when the ledger's start is archived elsewhere).
+pub fn verify(data_dir: &Path) -> Result<RollupCheck, String> {
     let mut files = rollup_files(data_dir).map_err(|e| e.to_string())?;
     files.reverse();
-    let mut full = Rollup::new();
-    let mut checked = Vec::new();
+    let first = (all_segments(data_dir).map_err(|e| e.to_string())?)
+        .first()
+        .map_or(1, |(f, _)| *f);
+    let mut base = (first <= 1).then(Rollup::new);
+    let mut check = RollupCheck::default();
     for (seq, path) in files {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let kept = decode_rollup(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         if kept.seq != seq {
             return Err(format!("{}: says seq {}", path.display(), kept.seq));
         }
-        fold_ledger(data_dir, &mut full, Some(seq))?;
-        if full.seq != seq {
-            return Err(format!(
-                "{}: the ledger ends at {} before the rollup's seq {seq}",
-                path.display(),
-                full.seq
-            ));
+        let Some(full) = base.as_mut() else {
+            check.unchecked.push(seq);
+            if seq + 1 >= first {
+                base = Some(kept);
+            }
+            continue;
+        };
+        if full.seq > seq {
+            return Err(format!("{}: older than its base", path.display()));
+        }
+        fold_ledger(data_dir, full, Some(seq))?;
+        if full.seq < seq {
+            check.ahead.push(seq);
+            continue;
         }
         if !full.same_as(&kept) {
             return Err(format!(
@@ -156,9 +188,9 @@ pub fn verify(data_dir: &Path) -> Result<Vec<u64>, String> {
                 path.display()
             ));
         }
-        checked.push(seq);
+        check.checked.push(seq);
     }
-    Ok(checked)
+    Ok(check)
 }
 
 /// Writes `r` as `rollups/<seq>.rollup`, atomically, and drops older files
@@ -187,18 +219,7 @@ impl Rollups {
     /// `durable`: the last persisted rollup (or none) is caught up on the
     /// thread, from the ledger.
     pub fn start(data_dir: &Path, durable: u64) -> std::io::Result<Arc<Rollups>> {
-        let rollup = match load_latest(data_dir)? {
-            // Ahead of the ledger (a data dir put back from an older copy):
-            // folded again from the ledger.
-            Some(r) if r.seq > durable => {
-                tracing::warn!(
-                    "rollups: the persisted rollup covers entry {} but the ledger ends at {durable}; folding the ledger again",
-                    r.seq
-                );
-                Rollup::default()
-            }
-            r => r.unwrap_or_default(),
-        };
+        let rollup = load_latest(data_dir, durable)?.unwrap_or_default();
         let saved_seq = rollup.seq;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let r = Arc::new(Rollups {

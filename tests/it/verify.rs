@@ -85,7 +85,10 @@ fn a_damaged_last_record_is_cut_back_at_start() {
     assert_eq!(r.state.next_seq, last);
     assert_eq!(store.last_seq().unwrap(), last - 1);
     drop(store);
-    assert!(verify(&s.dir).0);
+    let (ok, out) = verify(&s.dir);
+    assert!(ok, "{out}");
+    // The rollup persisted at the stop covered the entry cut: stale.
+    assert!(out.contains("1 rollup(s) past the ledger's end"), "{out}");
 }
 
 /// A ledger whose records are intact (CRCs good) but break an invariant —

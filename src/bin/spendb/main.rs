@@ -148,13 +148,26 @@ fn verify(dir: &std::path::Path) -> Result<(), String> {
     // through its seq.
     let rollups = spendb::store::rollups::verify(dir)
         .map_err(|e| format!("ledger verify FAILED: the rollups: {e}"))?;
-    let rollups = match rollups.last() {
-        Some(seq) => format!(
-            ", {} rollup(s) matched the fold (the last at entry {seq})",
-            rollups.len()
-        ),
-        None => String::new(),
-    };
+    let mut said = Vec::new();
+    if let Some(seq) = rollups.checked.last() {
+        said.push(format!(
+            "{} rollup(s) matched the fold (the last at entry {seq})",
+            rollups.checked.len()
+        ));
+    }
+    if !rollups.unchecked.is_empty() {
+        said.push(format!(
+            "{} rollup(s) not checked (the ledger before them is archived elsewhere)",
+            rollups.unchecked.len()
+        ));
+    }
+    if !rollups.ahead.is_empty() {
+        said.push(format!(
+            "{} rollup(s) past the ledger's end (a cut tail), folded again at the next start",
+            rollups.ahead.len()
+        ));
+    }
+    let rollups: String = said.iter().map(|s| format!(", {s}")).collect();
     println!(
         "ledger ok: {} entries, every CRC checked, {} snapshot(s) matched the replay, {} scopes, {} open holds{from}{rollups}",
         r.entries, r.snapshots_compared, r.scopes, r.open_holds
