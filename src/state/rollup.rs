@@ -190,6 +190,25 @@ pub struct RunTally {
     pub holds: u32,
 }
 
+/// A rollup keyed by names (`Rollup::same_as`).
+#[derive(PartialEq, Eq)]
+struct Canonical<'a> {
+    spend: BTreeMap<(&'a str, u32, &'a str), Pair<SpendCell>>,
+    runs: BTreeMap<(&'a str, u32, &'a str), Pair<RunCell>>,
+    holds: BTreeMap<&'a str, (&'a str, &'a str, Option<u64>, u64)>,
+    expired: Vec<(u64, &'a str, u64)>,
+    open: BTreeMap<&'a str, u64>,
+    tallies: BTreeMap<u64, CanonicalTally<'a>>,
+    next_run: u64,
+}
+
+type CanonicalTally<'a> = (
+    Option<&'a str>,
+    BTreeMap<&'a str, RunUsage>,
+    Option<(u32, Option<RunOutcome>)>,
+    u32,
+);
+
 /// The fold. `Default` is the empty ledger.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rollup {
@@ -270,26 +289,7 @@ impl Rollup {
     }
 
     /// Everything the rollup holds, keyed by names instead of ids.
-    #[allow(clippy::type_complexity)]
-    fn canonical(
-        &self,
-    ) -> (
-        BTreeMap<(&str, u32, &str), Pair<SpendCell>>,
-        BTreeMap<(&str, u32, &str), Pair<RunCell>>,
-        BTreeMap<&str, (&str, &str, Option<u64>, u64)>,
-        Vec<(u64, &str, u64)>,
-        BTreeMap<&str, u64>,
-        BTreeMap<
-            u64,
-            (
-                Option<&str>,
-                BTreeMap<&str, RunUsage>,
-                Option<(u32, Option<RunOutcome>)>,
-                u32,
-            ),
-        >,
-        u64,
-    ) {
+    fn canonical(&self) -> Canonical<'_> {
         let scope = |id: u32| self.scopes[id as usize].as_str();
         let model = |id: u32| match id {
             NO_MODEL => "\u{0}no model",
@@ -311,24 +311,24 @@ impl Rollup {
                 runs.insert((scope(id as u32), h, model(m)), *p);
             }
         }
-        (
-            cells(&self.spend),
+        Canonical {
+            spend: cells(&self.spend),
             runs,
-            (self.holds.iter())
+            holds: (self.holds.iter())
                 .map(|(id, m)| (id.as_str(), (scope(m.scope), model(m.model), m.run, m.seq)))
                 .collect(),
-            (self.expired.iter())
+            expired: (self.expired.iter())
                 .map(|(t, id, seq)| (*t, id.as_str(), *seq))
                 .collect(),
-            self.open.iter().map(|(id, n)| (id.as_str(), *n)).collect(),
-            (self.tallies.iter())
+            open: self.open.iter().map(|(id, n)| (id.as_str(), *n)).collect(),
+            tallies: (self.tallies.iter())
                 .map(|(n, t)| {
                     let by_model = t.by_model.iter().map(|(m, u)| (model(*m), *u)).collect();
                     (*n, (t.scope.map(scope), by_model, t.ended, t.holds))
                 })
                 .collect(),
-            self.next_run,
-        )
+            next_run: self.next_run,
+        }
     }
 
     /// Scope `id` and each of its ancestors, the scope first.
