@@ -254,11 +254,6 @@ impl Node {
                 // ours can succeed; register again.
                 return Err(KvError::NoLease(self.lease.unwrap_or(0)));
             }
-            let guard = [
-                Compare::ModRev(pool_key(limit), prev),
-                Compare::ModRev(grant_key(limit, &self.name), grev),
-                Compare::ModRev(node_key(&self.name), node_rev),
-            ];
             let (pool, grant, kept) = match (g.presumed, local) {
                 // Reclaimed, and the disk says what was used: the true figure
                 // replaces the presumed one (never larger, by the two rules,
@@ -316,13 +311,7 @@ impl Node {
                 },
                 ..grant
             };
-            if store.txn(
-                &guard,
-                &[
-                    put(pool_key(limit), &pool),
-                    put(grant_key(limit, &self.name), &grant),
-                ],
-            )? {
+            if self.write_pool_and_grant(store, limit, [prev, grev, node_rev], &pool, &grant)? {
                 let fresh = LocalGrant {
                     epoch: self.epoch,
                     ..LocalGrant::default()
@@ -331,6 +320,29 @@ impl Node {
                 return Ok(());
             }
         }
+    }
+
+    /// Writes `limit`'s pool and this node's grant of it in one transaction,
+    /// guarded by the revisions they were read at and this registration's
+    /// node key (`[pool, grant, node]`): Ok(whether the store took it).
+    fn write_pool_and_grant(
+        &self,
+        store: &mut dyn GlobalStore,
+        limit: &str,
+        [pool_rev, grant_rev, node_rev]: [Rev; 3],
+        pool: &PoolV1,
+        grant: &GrantV1,
+    ) -> Result<bool, KvError> {
+        let guard = [
+            Compare::ModRev(pool_key(limit), pool_rev),
+            Compare::ModRev(grant_key(limit, &self.name), grant_rev),
+            Compare::ModRev(node_key(&self.name), node_rev),
+        ];
+        let writes = [
+            put(pool_key(limit), pool),
+            put(grant_key(limit, &self.name), grant),
+        ];
+        store.txn(&guard, &writes)
     }
 
     /// The revision of this registration's node key, to guard every write
@@ -395,18 +407,8 @@ impl Node {
             granted: g.granted + x,
             ..g
         };
-        let guard = [
-            Compare::ModRev(pool_key(limit), prev),
-            Compare::ModRev(grant_key(limit, &self.name), grev),
-            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
-        ];
-        let ok = store.txn(
-            &guard,
-            &[
-                put(pool_key(limit), &pool2),
-                put(grant_key(limit, &self.name), &g2),
-            ],
-        )?;
+        let node_rev = self.node_rev(store)?;
+        let ok = self.write_pool_and_grant(store, limit, [prev, grev, node_rev], &pool2, &g2)?;
         if ok {
             self.confirm(limit, &g2);
         }
@@ -493,18 +495,7 @@ impl Node {
             held: local.held.min(local.used),
             ..g
         };
-        let guard = [
-            Compare::ModRev(pool_key(limit), prev),
-            Compare::ModRev(grant_key(limit, &self.name), grev),
-            Compare::ModRev(node_key(&self.name), node_rev),
-        ];
-        if store.txn(
-            &guard,
-            &[
-                put(pool_key(limit), &pool2),
-                put(grant_key(limit, &self.name), &g2),
-            ],
-        )? {
+        if self.write_pool_and_grant(store, limit, [prev, grev, node_rev], &pool2, &g2)? {
             self.confirm(limit, &g2);
             return Ok(Some(charge));
         }
@@ -619,18 +610,8 @@ impl Node {
             reported: local.used,
             ..g
         };
-        let guard = [
-            Compare::ModRev(pool_key(limit), prev),
-            Compare::ModRev(grant_key(limit, &self.name), grev),
-            Compare::ModRev(node_key(&self.name), self.node_rev(store)?),
-        ];
-        if store.txn(
-            &guard,
-            &[
-                put(pool_key(limit), &pool2),
-                put(grant_key(limit, &self.name), &g2),
-            ],
-        )? {
+        let node_rev = self.node_rev(store)?;
+        if self.write_pool_and_grant(store, limit, [prev, grev, node_rev], &pool2, &g2)? {
             self.confirm(limit, &g2);
         }
         Ok(())

@@ -1334,23 +1334,7 @@ mod agents {
     /// Two nodes sharing `org:s TOKENS <limit> PER TOTAL`, registered and
     /// watching, at `now`.
     fn two_total_nodes(now: u64, limit: u64) -> (MemStore, [SimNode; 2]) {
-        let mut store = MemStore::new(now);
-        let budget = total_budget(limit);
-        agent::publish(&mut store, &budget, now).unwrap();
-        let mut nodes = ["a", "b"].map(|name| SimNode {
-            local: LocalState {
-                state: RefCell::new(fresh_state(0)),
-                now: Cell::new(now),
-            },
-            agent: Agent::new(name, config()),
-            paused_until: 0,
-        });
-        for n in &mut nodes {
-            n.agent.watched(None);
-            n.agent.tick(&mut store, &n.local, now);
-            assert!(n.agent.registered && n.agent.definitions_loaded);
-        }
-        (store, nodes)
+        two_nodes_with(now, &total_budget(limit))
     }
 
     fn total_budget(limit: u64) -> Command {
@@ -1553,7 +1537,6 @@ mod agents {
     /// Nodes a and b, registered at `now`, sharing `org:w`'s limit of
     /// `limit` requests in a rolling window of `window_ms`.
     fn two_nodes(now: u64, window_ms: u64, limit: u64) -> (MemStore, [SimNode; 2]) {
-        let mut store = MemStore::new(now);
         let budget = Command::BudgetSet {
             scope: "org:w".into(),
             limits: vec![LimitSpec {
@@ -1562,7 +1545,14 @@ mod agents {
                 amount: limit,
             }],
         };
-        agent::publish(&mut store, &budget, now).unwrap();
+        two_nodes_with(now, &budget)
+    }
+
+    /// Nodes a and b on a fresh store with `budget` in it, registered and
+    /// watching, at `now`.
+    fn two_nodes_with(now: u64, budget: &Command) -> (MemStore, [SimNode; 2]) {
+        let mut store = MemStore::new(now);
+        agent::publish(&mut store, budget, now).unwrap();
         let mut nodes = ["a", "b"].map(|name| SimNode {
             local: LocalState {
                 state: RefCell::new(fresh_state(0)),
