@@ -784,4 +784,19 @@ mod tests {
         let text = format!("{:?}", single.apply(now, &balance, &mut Vec::new()));
         assert!(!text.contains("covers"), "{text}");
     }
+
+    #[test]
+    fn past_the_grant_alone_is_noted_and_exactly_the_grant_is_not() {
+        let mut st = node();
+        let now = DAY + 1;
+        let key = line(&st, now, Dim::Tokens).key();
+        // Granted 200, reported 190: the unreported allowance (50) reaches
+        // 240, past the grant.
+        confirm(&mut st, now, Dim::Tokens, 200, 190);
+        confirm(&mut st, now, Dim::Requests, 10, 0);
+        assert!(matches!(spend(&mut st, now, 200), Outcome::Spent(_)));
+        assert!(st.overdrawn.is_empty(), "exactly the grant: {:?}", st.overdrawn);
+        assert!(matches!(spend(&mut st, now, 10), Outcome::Spent(_)));
+        assert_eq!(st.overdrawn.get(&key), Some(&10), "past the grant only");
+    }
 }
