@@ -718,6 +718,12 @@ mod tests {
         assert!(st
             .view_keys(now, &Command::BudgetList { prefix: None })
             .is_empty());
+        // BUDGET.GET: the scope's own limits only.
+        let get = |scope: &str| Command::BudgetGet {
+            scope: scope.into(),
+        };
+        assert_eq!(st.view_keys(now, &get("org:a")), keys);
+        assert!(st.view_keys(now, &get("org:a/agent:y")).is_empty());
         assert!(State::new(Config::default())
             .view_keys(now, &balance)
             .is_empty());
@@ -795,7 +801,11 @@ mod tests {
         confirm(&mut st, now, Dim::Tokens, 200, 190);
         confirm(&mut st, now, Dim::Requests, 10, 0);
         assert!(matches!(spend(&mut st, now, 200), Outcome::Spent(_)));
-        assert!(st.overdrawn.is_empty(), "exactly the grant: {:?}", st.overdrawn);
+        assert!(
+            st.overdrawn.is_empty(),
+            "exactly the grant: {:?}",
+            st.overdrawn
+        );
         assert!(matches!(spend(&mut st, now, 10), Outcome::Spent(_)));
         assert_eq!(st.overdrawn.get(&key), Some(&10), "past the grant only");
     }
