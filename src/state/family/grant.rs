@@ -808,5 +808,20 @@ mod tests {
         );
         assert!(matches!(spend(&mut st, now, 10), Outcome::Spent(_)));
         assert_eq!(st.overdrawn.get(&key), Some(&10), "past the grant only");
+        // The line stays past its grant until the agent charges it; a
+        // COMMIT as held books nothing outside the rules: no note.
+        st.overdrawn.clear();
+        confirm(&mut st, now, Dim::Tokens, 300, 280);
+        assert!(matches!(
+            reserve(&mut st, now, "h1", 40),
+            Outcome::Granted(_)
+        ));
+        // (Its grant lowered under its use, as a store's figure may be.)
+        confirm(&mut st, now, Dim::Tokens, 240, 240);
+        assert!(matches!(
+            commit(&mut st, now, "h1", 40),
+            Outcome::Committed(_)
+        ));
+        assert!(st.overdrawn.is_empty(), "{:?}", st.overdrawn);
     }
 }
