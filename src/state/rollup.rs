@@ -794,6 +794,37 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_keeps_every_part_of_a_calls_usage() {
+        let mut r = Rollup::new();
+        let mut e = spend(1, "org:a", 10);
+        if let EntryKind::Spend { usage, .. } = &mut e.kind {
+            *usage = Usage {
+                input: 10,
+                output: 4,
+                cached: 3,
+                cache_write: 2,
+            };
+        }
+        r.add(&e);
+        let c = r.spend[r.scope_ids["org:a"] as usize]
+            .values()
+            .next()
+            .unwrap()
+            .all;
+        assert_eq!(
+            (
+                c.requests,
+                c.input,
+                c.output,
+                c.cached,
+                c.cache_write,
+                c.cost
+            ),
+            (1, 10, 4, 3, 2, 10)
+        );
+    }
+
+    #[test]
     fn a_scope_is_booked_at_every_level_here_only_on_itself() {
         let mut r = Rollup::new();
         r.add(&spend(1, "org:a/team:b/agent:c", 5));

@@ -421,6 +421,43 @@ impl State {
 mod tests {
     use crate::state::*;
 
+    /// HOLD.LIST reads the open holds only (through the expiry index), oldest
+    /// first, each once: not the settled ones the state still remembers.
+    #[test]
+    fn the_hold_list_is_every_open_hold_oldest_first_and_no_settled_one() {
+        let mut st = State::new(Config::default());
+        let mut out = Vec::new();
+        for i in 0..4u64 {
+            let r = Command::Reserve(ReserveArgs::new(
+                format!("h{i}"),
+                "org:a",
+                "gpt-4o",
+                1,
+                OutputAsk::Tokens(0),
+            ));
+            st.apply(1_000 + i, &r, &mut out);
+        }
+        let commit = Command::Commit {
+            hold: "h1".into(),
+            usage: Usage::default(),
+        };
+        st.apply(2_000, &commit, &mut out);
+        let list = Command::HoldList {
+            prefix: None,
+            limit: 10,
+        };
+        let v = st.apply(2_001, &list, &mut out);
+        let Value::Array(items) = &v else {
+            panic!("{v:?}")
+        };
+        let ids: Vec<_> = items.iter().map(|h| h.field("hold").cloned()).collect();
+        let want: Vec<_> = ["h0", "h2", "h3"]
+            .iter()
+            .map(|h| Some(Value::str(*h)))
+            .collect();
+        assert_eq!(ids, want, "{v:?}");
+    }
+
     #[test]
     fn a_callers_hold_list_is_filtered_before_its_limit() {
         let mut st = State::new(Config::default());
