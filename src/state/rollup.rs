@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::price::Usage;
 use super::run_report::{RunGroup, RunQuery, RunStats, RunSummary, Usage as RunUsage};
 use super::spend_report::{SpendGroup, SpendQuery, SpendTally};
 use super::{scope, Entry, EntryKind, Map, RunOutcome};
@@ -73,6 +74,19 @@ pub struct SpendCell {
 }
 
 impl SpendCell {
+    /// One model call (a COMMIT, a SPEND).
+    fn call(usage: &Usage, cost: u64) -> SpendCell {
+        SpendCell {
+            requests: 1,
+            input: usage.input,
+            output: usage.output,
+            cached: usage.cached,
+            cache_write: usage.cache_write,
+            cost,
+            ..SpendCell::default()
+        }
+    }
+
     fn add(&mut self, o: &SpendCell) {
         self.entries = self.entries.saturating_add(o.entries);
         self.requests = self.requests.saturating_add(o.requests);
@@ -398,15 +412,7 @@ impl Rollup {
                 let Some(memo) = self.holds.remove(id) else {
                     return;
                 };
-                let cell = SpendCell {
-                    requests: 1,
-                    input: usage.input,
-                    output: usage.output,
-                    cached: usage.cached,
-                    cache_write: usage.cache_write,
-                    cost: *cost,
-                    ..SpendCell::default()
-                };
+                let cell = SpendCell::call(usage, *cost);
                 self.book_spend(memo.scope, hour, memo.model, &cell);
                 if let Some(n) = memo.run {
                     let tokens = usage.input.saturating_add(usage.output);
@@ -433,15 +439,7 @@ impl Rollup {
                 ..
             } => {
                 let m = self.model_id(model);
-                let cell = SpendCell {
-                    requests: 1,
-                    input: usage.input,
-                    output: usage.output,
-                    cached: usage.cached,
-                    cache_write: usage.cache_write,
-                    cost: *cost,
-                    ..SpendCell::default()
-                };
+                let cell = SpendCell::call(usage, *cost);
                 let sid = self.scope_id(scope);
                 self.book_spend(sid, hour, m, &cell);
                 if let Some(r) = run {
@@ -753,7 +751,6 @@ fn utc(hour: u32, format: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::price::Usage;
 
     fn spend(seq: u64, scope: &str, input: u64) -> Entry {
         Entry {
