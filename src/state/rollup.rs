@@ -790,6 +790,101 @@ mod tests {
         assert!(!b.same_as(&d), "another seq");
     }
 
+    fn e(seq: u64, ts: u64, kind: EntryKind) -> Entry {
+        Entry { seq, ts, kind }
+    }
+
+    fn hold(id: &str, run: Option<&str>) -> EntryKind {
+        EntryKind::Hold {
+            id: id.into(),
+            scope: "org:a".into(),
+            model: "m".into(),
+            input: 1,
+            output: 0,
+            ttl_ms: None,
+            amounts: crate::state::limit::Dims::call(1, 0, 1),
+            expires_at: u64::MAX,
+            run: run.map(str::to_string),
+        }
+    }
+
+    fn commit(id: &str) -> EntryKind {
+        EntryKind::Commit {
+            id: id.into(),
+            usage: Usage {
+                input: 1,
+                ..Usage::default()
+            },
+            cost: 1,
+            late: true,
+        }
+    }
+
+    /// What the fold remembers is bounded: a run's memory goes with its
+    /// end and its last hold, an expired hold's after LATE_COMMIT_MS (a
+    /// COMMIT later than that is not counted), and an id used again is
+    /// another hold, which the old one's expiry does not forget.
+    #[test]
+    fn memory_is_released_with_runs_holds_and_old_expiries() {
+        let mut r = Rollup::new();
+        r.add(&e(1, 1_000, hold("h1", Some("r1"))));
+        r.add(&e(2, 1_000, hold("h2", Some("r1"))));
+        r.add(&e(
+            3,
+            1_000,
+            EntryKind::RunEnd {
+                run: "r1".into(),
+                outcome: None,
+            },
+        ));
+        assert_eq!(r.tallies.len(), 1, "two holds out");
+        r.add(&e(4, 1_000, EntryKind::Release { id: "h2".into() }));
+        assert_eq!(r.tallies.values().next().unwrap().holds, 1);
+        r.add(&e(5, 1_000, commit("h1")));
+        assert!(
+            r.tallies.is_empty() && r.holds.is_empty(),
+            "{:?}",
+            r.tallies
+        );
+        // Expired at 2 s: kept until 2 s + LATE_COMMIT_MS.
+        r.add(&e(6, 1_000, hold("h3", None)));
+        r.add(&e(7, 2_000, EntryKind::Expire { id: "h3".into() }));
+        r.add(&e(8, 2_000 + LATE_COMMIT_MS - 1, hold("x", None)));
+        assert!(r.holds.contains_key("h3"));
+        r.add(&e(9, 2_000 + LATE_COMMIT_MS, hold("y", None)));
+        assert!(!r.holds.contains_key("h3"), "forgotten");
+        let before = r.spend.clone();
+        r.add(&e(10, 2_000 + LATE_COMMIT_MS, commit("h3")));
+        assert_eq!(
+            r.spend, before,
+            "a COMMIT the server would refuse books nothing"
+        );
+        // An id used again after an expiry: the new hold stays.
+        r.add(&e(
+            11,
+            3 * LATE_COMMIT_MS,
+            EntryKind::Expire { id: "x".into() },
+        ));
+        r.add(&e(12, 3 * LATE_COMMIT_MS, hold("x", None)));
+        r.add(&e(13, 5 * LATE_COMMIT_MS, hold("z", None)));
+        assert_eq!(r.holds.get("x").map(|m| m.seq), Some(12));
+    }
+
+    #[test]
+    fn a_cache_hit_books_its_savings_under_no_model() {
+        let mut r = Rollup::new();
+        r.add(&e(
+            1,
+            1_000,
+            EntryKind::Saved {
+                scope: "org:a".into(),
+                cost: 9,
+            },
+        ));
+        let cells = &r.spend[r.scope_ids["org:a"] as usize];
+        assert_eq!(cells.get(&(0, NO_MODEL)).map(|p| p.here.saved), Some(9));
+    }
+
     #[test]
     fn a_cell_keeps_every_part_of_a_calls_usage() {
         let mut r = Rollup::new();
