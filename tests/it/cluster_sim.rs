@@ -755,6 +755,32 @@ mod agents {
         })
     }
 
+    /// Each node's epoch, whether it is registered, and its TOKENS lines
+    /// (epoch, base, granted, reported, used): what a failure prints.
+    #[allow(clippy::type_complexity)]
+    fn token_lines(
+        nodes: &[SimNode],
+        now: u64,
+    ) -> Vec<(u64, bool, Vec<(u64, u64, u64, u64, u64)>)> {
+        (nodes.iter())
+            .map(|n| {
+                let u = (n.local.state.borrow().grant_uses(now).into_iter())
+                    .filter(|u| u.line.spec.dim == Dim::Tokens)
+                    .map(|u| {
+                        (
+                            u.line.epoch,
+                            u.line.base,
+                            u.line.granted,
+                            u.line.reported,
+                            u.used,
+                        )
+                    })
+                    .collect();
+                (n.agent.node.epoch, n.agent.registered, u)
+            })
+            .collect()
+    }
+
     /// A hold granted and left open, to be committed later (perhaps after
     /// it expired).
     struct OpenHold {
@@ -1164,23 +1190,7 @@ mod agents {
             over = over.max(tokens.saturating_sub(40_000 + unruled));
             if tokens > 40_000 + slack(40_000) + unruled && !rolling_only {
                 let st = escrow::read_limit(&mut store, "org:a|TOKENS|PER TOTAL|0");
-                let views: Vec<_> = (nodes.iter())
-                    .map(|n| {
-                        let u: Vec<_> = (n.local.state.borrow().grant_uses(now).into_iter())
-                            .filter(|u| u.line.spec.dim == Dim::Tokens)
-                            .map(|u| {
-                                (
-                                    u.line.epoch,
-                                    u.line.base,
-                                    u.line.granted,
-                                    u.line.reported,
-                                    u.used,
-                                )
-                            })
-                            .collect();
-                        (n.agent.node.epoch, u)
-                    })
-                    .collect();
+                let views = token_lines(&nodes, now);
                 return Err(format!(
                     "step {step}: {tokens} tokens granted of 40,000; store {st:?}; nodes {views:?}"
                 ));
@@ -1218,24 +1228,7 @@ mod agents {
                 let pending: u64 =
                     uncharged + nodes.iter().map(|n| n.agent.unabsorbed()).sum::<u64>();
                 if tokens > charged + pending {
-                    let views: Vec<_> = (nodes.iter())
-                        .map(|n| {
-                            let st = n.local.state.borrow();
-                            let u: Vec<_> = (st.grant_uses(now).into_iter())
-                                .filter(|u| u.line.spec.dim == Dim::Tokens)
-                                .map(|u| {
-                                    (
-                                        u.line.epoch,
-                                        u.line.base,
-                                        u.line.granted,
-                                        u.line.reported,
-                                        u.used,
-                                    )
-                                })
-                                .collect();
-                            (n.agent.node.epoch, n.agent.registered, u)
-                        })
-                        .collect();
+                    let views = token_lines(&nodes, now);
                     return Err(format!(
                         "step {step}: {tokens} tokens used, the pool charged {charged} \
                          ({pool:?}, {grants:?}), {pending} past grants not yet charged; nodes \
