@@ -29,8 +29,8 @@ struct RollupV1 {
     scopes: Vec<String>,
     models: Vec<String>,
     /// Per scope: (hour, model, here, all).
-    spend: Vec<Vec<(u32, u32, SpendV1, SpendV1)>>,
-    runs: Vec<Vec<(u32, u32, RunV1, RunV1)>>,
+    spend: TableV1<SpendV1>,
+    runs: TableV1<RunV1>,
     /// (hold id, scope, model, run, hold seq), sorted by id.
     holds: Vec<(String, u32, u32, Option<u64>, u64)>,
     expired: Vec<(u64, String, u64)>,
@@ -129,6 +129,36 @@ fn outcome_of(o: RunOutcomeV1) -> RunOutcome {
     }
 }
 
+/// A table of cells per scope, as stored: (hour, model, here, all).
+type TableV1<V> = Vec<Vec<(u32, u32, V, V)>>;
+type Table<T> = Vec<BTreeMap<(u32, u32), Pair<T>>>;
+
+fn table_v1<T, V>(t: &Table<T>, v1: fn(&T) -> V) -> TableV1<V> {
+    (t.iter())
+        .map(|cells| {
+            (cells.iter())
+                .map(|(&(h, m), p)| (h, m, v1(&p.here), v1(&p.all)))
+                .collect()
+        })
+        .collect()
+}
+
+fn table_of<T, V>(t: TableV1<V>, of: fn(&V) -> T) -> Table<T> {
+    (t.into_iter())
+        .map(|cells| {
+            (cells.into_iter())
+                .map(|(h, m, here, all)| {
+                    let p = Pair {
+                        here: of(&here),
+                        all: of(&all),
+                    };
+                    ((h, m), p)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The rollup's bytes (the same rollup gives the same bytes).
 pub fn encode_rollup(r: &Rollup) -> Vec<u8> {
     let mut holds: Vec<_> = (r.holds.iter())
@@ -154,20 +184,8 @@ pub fn encode_rollup(r: &Rollup) -> Vec<u8> {
         seq: r.seq,
         scopes: r.scopes.clone(),
         models: r.models.clone(),
-        spend: (r.spend.iter())
-            .map(|cells| {
-                (cells.iter())
-                    .map(|(&(h, m), p)| (h, m, spend_v1(&p.here), spend_v1(&p.all)))
-                    .collect()
-            })
-            .collect(),
-        runs: (r.runs.iter())
-            .map(|cells| {
-                (cells.iter())
-                    .map(|(&(h, m), p)| (h, m, run_v1(&p.here), run_v1(&p.all)))
-                    .collect()
-            })
-            .collect(),
+        spend: table_v1(&r.spend, spend_v1),
+        runs: table_v1(&r.runs, run_v1),
         holds,
         expired: r.expired.iter().cloned().collect(),
         open,
@@ -194,32 +212,8 @@ pub fn decode_rollup(bytes: &[u8]) -> Result<Rollup, String> {
         seq: v.seq,
         scopes: v.scopes,
         models: v.models,
-        spend: (v.spend.into_iter())
-            .map(|cells| {
-                (cells.into_iter())
-                    .map(|(h, m, here, all)| {
-                        let p = Pair {
-                            here: spend_of(&here),
-                            all: spend_of(&all),
-                        };
-                        ((h, m), p)
-                    })
-                    .collect::<BTreeMap<_, _>>()
-            })
-            .collect(),
-        runs: (v.runs.into_iter())
-            .map(|cells| {
-                (cells.into_iter())
-                    .map(|(h, m, here, all)| {
-                        let p = Pair {
-                            here: run_of(&here),
-                            all: run_of(&all),
-                        };
-                        ((h, m), p)
-                    })
-                    .collect::<BTreeMap<_, _>>()
-            })
-            .collect(),
+        spend: table_of(v.spend, spend_of),
+        runs: table_of(v.runs, run_of),
         holds: (v.holds.into_iter())
             .map(|(id, scope, model, run, seq)| {
                 let m = HoldMemo {
