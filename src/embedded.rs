@@ -41,6 +41,7 @@ use crate::state::money::Nanos;
 use crate::state::outcome::{Committed, Denied, Granted, Released, Spent};
 use crate::state::price::Usage;
 use crate::state::{Command, ErrorCode, Outcome, OutputAsk, ReserveArgs, Value};
+use crate::store::archive::{ArchiveConfig, Shipper};
 use crate::store::cache::{Cache, CacheLimits};
 use crate::store::recovery::RecoveryInfo;
 use crate::store::rollups::Rollups;
@@ -56,6 +57,9 @@ pub struct Options {
     pub segment_bytes: u64,
     /// The response cache's bounds.
     pub cache: CacheLimits,
+    /// Ship the ledger, snapshots and rollups to object storage
+    /// (`--archive`, `store::archive`); None: the ledger stays on this disk.
+    pub archive: Option<ArchiveConfig>,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             engine: EngineConfig::default(),
             segment_bytes: crate::store::log_store::SEGMENT_MAX,
             cache: CacheLimits::default(),
+            archive: None,
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Spendb {
     cache: Arc<Cache>,
     /// The reports' rollups (`store::rollups`), fed by the engine.
     rollups: Arc<Rollups>,
+    /// The archive's shipper (`--archive`).
+    shipper: Option<Arc<Shipper>>,
     committer: Option<JoinHandle<()>>,
     recovered: RecoveryInfo,
 }
@@ -140,10 +147,19 @@ impl Spendb {
             .map_err(|e| Error::Open(format!("the rollups: {e}")))?;
         let tap = rollups.clone();
         engine.set_tap(Box::new(move |entries| tap.feed(entries)));
+        let shipper = match options.archive {
+            Some(config) => {
+                let durable = rollups.clone();
+                let started = Shipper::start(dir, config, Arc::new(move || durable.durable()));
+                Some(started.map_err(|e| Error::Open(format!("--archive: {e}")))?)
+            }
+            None => None,
+        };
         Ok(Spendb {
             engine,
             cache: Arc::new(cache),
             rollups,
+            shipper,
             committer: Some(committer),
             recovered,
         })
@@ -158,6 +174,11 @@ impl Spendb {
     /// The reports' rollups.
     pub fn rollups(&self) -> &Arc<Rollups> {
         &self.rollups
+    }
+
+    /// The archive's shipper, when the ledger is shipped (`--archive`).
+    pub fn shipper(&self) -> Option<&Arc<Shipper>> {
+        self.shipper.as_ref()
     }
 
     /// The response cache.
@@ -311,6 +332,10 @@ impl Spendb {
         let _ = committer.join();
         // Everything is written: the rollups fold the rest and persist.
         self.rollups.stop();
+        // Then the archive ships what is left (the last rollup with it).
+        if let Some(shipper) = &self.shipper {
+            shipper.stop();
+        }
         self.cache
             .flush()
             .map_err(|e| Error::Open(format!("writing the cache out: {e}")))?;

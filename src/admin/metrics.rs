@@ -177,6 +177,9 @@ pub async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     );
     ctx.engine.stats.metrics.write(&mut out);
     spend_series(&ctx, &mut out).await;
+    if let Some(shipper) = &ctx.archive {
+        archive_metrics(&shipper.status(), &mut out);
+    }
     if let Some(node) = &ctx.cluster {
         cluster_metrics(&node.view(), &mut out);
     }
@@ -344,4 +347,68 @@ fn cluster_metrics(v: &crate::node::NodeView, out: &mut String) {
         "Global limits this node holds a grant of.",
         v.grants.len(),
     );
+}
+
+/// `--archive`: what is shipped and how far behind (docs/OPERATIONS.md,
+/// "Archive"; the alert rule in deploy/).
+fn archive_metrics(s: &crate::store::archive::ArchiveStatus, out: &mut String) {
+    let gauges: [(&str, &str, u64); 3] = [
+        (
+            "spendb_archive_shipped_seq",
+            "Every ledger entry through this seq is in the archive, confirmed by the store.",
+            s.shipped_seq,
+        ),
+        (
+            "spendb_archive_lag_entries",
+            "Durable ledger entries not in the archive yet.",
+            s.lag_entries,
+        ),
+        (
+            "spendb_archive_refused",
+            "1 when the archive holds more of this node's ledger than its data dir (nothing is shipped).",
+            u64::from(s.refused.is_some()),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        metric(out, name, "gauge", help, value);
+    }
+    metric(
+        out,
+        "spendb_archive_lag_seconds",
+        "gauge",
+        "Age of the oldest durable ledger entry not in the archive yet (0 when none).",
+        s.lag_ms as f64 / 1000.0,
+    );
+    metric(
+        out,
+        "spendb_archive_lagging",
+        "gauge",
+        "1 while the archive's lag is past --archive-lag-alert.",
+        u8::from(s.lagging),
+    );
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "spendb_archive_chunks_total",
+            "Ledger chunks shipped since start.",
+            s.chunks,
+        ),
+        (
+            "spendb_archive_bytes_total",
+            "Bytes of ledger chunks shipped since start.",
+            s.bytes,
+        ),
+        (
+            "spendb_archive_errors_total",
+            "Failed tries to write to the archive (each retried).",
+            s.errors,
+        ),
+        (
+            "spendb_archive_removed_segments_total",
+            "Segments removed from archive/ on disk once the archive held them.",
+            s.removed_segments,
+        ),
+    ];
+    for (name, help, value) in counters {
+        metric(out, name, "counter", help, value);
+    }
 }

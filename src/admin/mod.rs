@@ -46,6 +46,8 @@ pub struct AdminCtx {
     pub rollups: Arc<crate::store::rollups::Rollups>,
     /// Cluster mode's agent (None on a single node).
     pub cluster: Option<Arc<crate::node::ClusterNode>>,
+    /// The archive's shipper (`--archive`; None: not shipped).
+    pub archive: Option<Arc<crate::store::archive::Shipper>>,
 }
 
 pub type Ctx = Arc<AdminCtx>;
@@ -278,6 +280,7 @@ mod rights_tests {
         routes::put_price,
         routes::cache_stats,
         routes::cluster,
+        routes::archive,
         alerts::list_alerts,
         alerts::list_rules,
         alerts::put_rules,

@@ -42,6 +42,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/v1/prices/{model}", axum::routing::put(put_price))
         .route("/v1/cache/stats", get(cache_stats))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/archive", get(archive))
 }
 
 /// Liveness: the process serves HTTP.
@@ -307,6 +308,37 @@ pub async fn cluster(State(ctx): State<Ctx>) -> Reply {
         Err(e) => body["store_error"] = e.into(),
     }
     Ok(Json(body))
+}
+
+/// `--archive`: where this node ships its ledger, up to which entry the
+/// store confirmed it, the lag (entries, and the age of the oldest entry
+/// not shipped), errors. 404 when the ledger is not shipped.
+#[utoipa::path(get, path = "/v1/archive", security(("bearer" = [])),
+    responses((status = 200, description = "the archive's shipping", body = Object),
+        (status = 404, description = "no --archive", body = Object)))]
+pub async fn archive(State(ctx): State<Ctx>) -> Reply {
+    let Some(shipper) = &ctx.archive else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOARCHIVE",
+            "this server does not ship its ledger (spendb serve --archive <url>)",
+        ));
+    };
+    let s = shipper.status();
+    Ok(Json(serde_json::json!({
+        "url": s.url,
+        "durable_seq": s.durable_seq,
+        "shipped_seq": s.shipped_seq,
+        "lag_entries": s.lag_entries,
+        "lag_seconds": s.lag_ms as f64 / 1000.0,
+        "lagging": s.lagging,
+        "chunks": s.chunks,
+        "bytes": s.bytes,
+        "errors": s.errors,
+        "last_error": s.last_error,
+        "removed_segments": s.removed_segments,
+        "refused": s.refused,
+    })))
 }
 
 #[derive(Deserialize, IntoParams)]

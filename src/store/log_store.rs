@@ -275,6 +275,59 @@ pub fn read_page(
     Ok(out)
 }
 
+/// Records of one segment read from byte `offset`, where entry `expect`
+/// begins, through entry `upto` (a segment the server may be writing:
+/// what lies past `upto` is not read as damage).
+pub(crate) struct Records {
+    /// The records as stored (`[len][crc][entry]` each).
+    pub bytes: Vec<u8>,
+    pub entries: Vec<Entry>,
+    /// The offset after the last record read.
+    pub end: u64,
+}
+
+/// See [`Records`]. Damage before `upto` is an error.
+pub(crate) fn read_records(
+    path: &Path,
+    offset: u64,
+    expect: u64,
+    upto: u64,
+) -> Result<Records, StoreError> {
+    let f = File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut buf = vec![0u8; size.saturating_sub(offset) as usize];
+    f.read_exact_at(&mut buf, offset)?;
+    let (found, damage) = scan(&buf, expect);
+    let mut entries = Vec::new();
+    let mut end = 0u64;
+    for (at, e) in found {
+        if e.seq > upto {
+            break;
+        }
+        end = at + record_len(&buf, at as usize);
+        entries.push(e);
+    }
+    // A record the ledger acknowledged that does not read back (past
+    // `upto`, a record being written reads as torn: not damage).
+    if let Some(d) = damage.filter(|d| d.seq <= upto) {
+        return Err(StoreError::Corrupt {
+            seq: d.seq,
+            what: format!(
+                "{} (in {} at byte {})",
+                d.what,
+                path.display(),
+                offset + d.offset
+            ),
+        });
+    }
+    buf.truncate(end as usize);
+    Ok(Records {
+        bytes: buf,
+        entries,
+        end: offset + end,
+    })
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }

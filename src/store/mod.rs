@@ -10,6 +10,7 @@
 //! - `cache`: the exact-response cache in sled;
 //! - `vcache`, `vindex`: the semantic cache in sled, and its vector index.
 
+pub mod archive;
 pub mod cache;
 pub mod format;
 pub mod frame;

@@ -62,7 +62,7 @@ fn file_name(seq: u64) -> String {
 }
 
 /// The persisted rollups of a data dir, newest first: (seq, path).
-fn rollup_files(data_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn rollup_files(data_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let dir = rollup_dir(data_dir);
     let mut out = Vec::new();
     match std::fs::read_dir(&dir) {
@@ -277,6 +277,11 @@ impl Rollups {
             return Err(format!("the rollups cannot be folded from the ledger: {e}"));
         }
         Ok(f(&kept.rollup))
+    }
+
+    /// The last entry the engine made durable (handed to `feed`).
+    pub fn durable(&self) -> u64 {
+        self.fed.load(Ordering::Acquire)
     }
 
     /// The seq the rollup covers, and the last seq persisted.

@@ -31,6 +31,7 @@ mod rollups;
 mod runs;
 mod semantic;
 mod server;
+mod ship;
 mod sidecar;
 mod sim;
 mod tenants;

@@ -81,6 +81,9 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: LedgerCmd,
     },
+    /// Rebuild a node's data dir from its archive (--archive): the ledger
+    /// (to its end, or --to-seq), the snapshots and rollups it covers.
+    Restore(RestoreArgs),
     /// Cluster mode (docs/CLUSTER.md): look at a cluster in etcd.
     Cluster {
         #[command(subcommand)]
@@ -108,6 +111,10 @@ pub(crate) enum LedgerCmd {
     Verify {
         #[arg(long, env = "SPENDB_DATA_DIR", default_value = "./spendb-data")]
         data_dir: PathBuf,
+        /// Verify a node's archive instead (`<archive url>/<node>`, e.g.
+        /// s3://bucket/prefix/node-1): restored into a temporary dir first.
+        #[arg(long)]
+        from: Option<String>,
     },
     /// Print ledger entries as JSON lines (archived ones too), oldest first:
     /// seq, ts, kind and its fields (amounts in nano-USD). Works while the
@@ -118,7 +125,26 @@ pub(crate) enum LedgerCmd {
         /// Only entries with a seq above this.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Export a node's archive instead (`<archive url>/<node>`):
+        /// restored into a temporary dir first.
+        #[arg(long)]
+        from: Option<String>,
     },
+}
+
+/// `spendb restore`.
+#[derive(Args)]
+pub(crate) struct RestoreArgs {
+    /// A node's archive: `<archive url>/<node>` (s3://bucket/prefix/node-1,
+    /// file:///mnt/archive/node-1). S3 credentials from the environment.
+    #[arg(long)]
+    pub(crate) from: String,
+    /// The data dir to rebuild (must be empty or absent).
+    #[arg(long)]
+    pub(crate) data_dir: PathBuf,
+    /// Restore the ledger through this entry only (the books as of then).
+    #[arg(long)]
+    pub(crate) to_seq: Option<u64>,
 }
 
 #[derive(Args)]
@@ -328,6 +354,26 @@ pub(crate) struct ServeArgs {
     /// every snapshot covers move to <data-dir>/archive/ (unset: keep all).
     #[arg(long, env = "SPENDB_LEDGER_RETAIN")]
     pub(crate) ledger_retain: Option<u64>,
+    /// Ship the ledger, snapshots and rollups to object storage:
+    /// s3://bucket/prefix (S3 and S3-compatible stores; credentials and
+    /// endpoint from the environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT, …)
+    /// or file:///path (docs/OPERATIONS.md, "Archive").
+    #[arg(long, env = "SPENDB_ARCHIVE")]
+    pub(crate) archive: Option<String>,
+    /// This node's folder in the archive (default: --node, else the host
+    /// name).
+    #[arg(long, env = "SPENDB_ARCHIVE_NODE", requires = "archive")]
+    pub(crate) archive_node: Option<String>,
+    /// Ship a chunk at least this often (and whenever a segment closes).
+    #[arg(long, env = "SPENDB_ARCHIVE_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub(crate) archive_interval: Duration,
+    /// Also write the ledger as Parquet files, partitioned by node and day.
+    #[arg(long, env = "SPENDB_ARCHIVE_PARQUET", requires = "archive")]
+    pub(crate) archive_parquet: bool,
+    /// Log an error and set spendb_archive_lagging once the oldest entry
+    /// not yet shipped is older than this.
+    #[arg(long, env = "SPENDB_ARCHIVE_LAG_ALERT", default_value = "5m", value_parser = duration)]
+    pub(crate) archive_lag_alert: Duration,
     /// Size at which a ledger segment is closed (tests of archiving).
     #[arg(long, hide = true, default_value_t = spendb::store::log_store::SEGMENT_MAX)]
     pub(crate) segment_bytes: u64,

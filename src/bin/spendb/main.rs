@@ -103,11 +103,23 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve(*a),
         Cmd::Bench(a) => bench(*a),
         Cmd::Ledger {
-            cmd: LedgerCmd::Verify { data_dir },
-        } => verify(&data_dir),
+            cmd: LedgerCmd::Verify { data_dir, from },
+        } => match from {
+            Some(url) => from_archive(&url, verify),
+            None => verify(&data_dir),
+        },
         Cmd::Ledger {
-            cmd: LedgerCmd::Export { data_dir, after },
-        } => export(&data_dir, after),
+            cmd:
+                LedgerCmd::Export {
+                    data_dir,
+                    after,
+                    from,
+                },
+        } => match from {
+            Some(url) => from_archive(&url, |dir| export(dir, after)),
+            None => export(&data_dir, after),
+        },
+        Cmd::Restore(a) => restore(a),
         Cmd::Cluster {
             cmd: ClusterCmd::Status { etcd },
         } => cluster_status(&etcd),
@@ -131,6 +143,37 @@ fn cluster_status(etcd: &[String]) -> Result<(), String> {
     let json = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
     println!("{json}");
     Ok(())
+}
+
+/// `spendb restore`: the data dir rebuilt from a node's archive.
+fn restore(a: cli::RestoreArgs) -> Result<(), String> {
+    let r = spendb::store::archive::restore(&a.from, &a.data_dir, a.to_seq)?;
+    println!(
+        "restored entries {} to {} from {} chunk(s) of {} ({} snapshot(s), {} rollup(s)) into {}; \
+         the archive holds entries through {}",
+        r.first_seq,
+        r.last_seq,
+        r.chunks,
+        a.from,
+        r.snapshots.len(),
+        r.rollups.len(),
+        a.data_dir.display(),
+        r.shipped_seq
+    );
+    Ok(())
+}
+
+/// Runs `f` on a temporary data dir restored from a node's archive (for
+/// `ledger verify --from`, `ledger export --from`), then removes it.
+fn from_archive(
+    url: &str,
+    f: impl FnOnce(&std::path::Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let tmp = std::env::temp_dir().join(format!("spendb-from-archive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = spendb::store::archive::restore(url, &tmp, None).and_then(|_| f(&tmp));
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 fn verify(dir: &std::path::Path) -> Result<(), String> {
@@ -282,6 +325,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             max_value: a.cache_max_value,
             semantic_approx_from: a.semantic_approx_from,
         },
+        archive: archive_config(&a, cluster.as_deref())?,
     };
     // The server is a user of the embedded API: the same engine, store and
     // cache, with the Redis and HTTP front ends in front of them.
@@ -289,6 +333,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let rec = *db.recovered();
     let (handle, cache) = (db.engine().clone(), db.cache().clone());
     let rollups = db.rollups().clone();
+    let archive = db.shipper().cloned();
     let cluster_node = match &cluster {
         Some(name) => {
             let store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(2));
@@ -398,6 +443,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             ),
             rollups: rollups.clone(),
             cluster: cluster_node.clone(),
+            archive: archive.clone(),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
         let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);
@@ -451,6 +497,38 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     closed.map_err(|e| format!("closing: {e}"))?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `--archive` and its flags: the node's folder is --archive-node, else
+/// the cluster node's name, else the host name.
+fn archive_config(
+    a: &ServeArgs,
+    cluster_node: Option<&str>,
+) -> Result<Option<spendb::store::archive::ArchiveConfig>, String> {
+    let Some(url) = &a.archive else {
+        return Ok(None);
+    };
+    let node = match (&a.archive_node, cluster_node) {
+        (Some(n), _) => n.clone(),
+        (None, Some(n)) => n.to_string(),
+        (None, None) => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .ok_or("--archive: name this node's folder with --archive-node (no host name)")?,
+    };
+    spendb::store::archive::ship::node_name_ok(&node)
+        .map_err(|e| format!("--archive-node: {e}"))?;
+    if a.archive_interval < Duration::from_millis(100) {
+        return Err("--archive-interval must be at least 100ms".into());
+    }
+    Ok(Some(spendb::store::archive::ArchiveConfig {
+        url: url.clone(),
+        node,
+        interval: a.archive_interval,
+        parquet: a.archive_parquet,
+        lag_alert: a.archive_lag_alert,
+    }))
 }
 
 /// Binds `--unixsocket`: a socket file left by a server that is gone is

@@ -10,7 +10,10 @@
 //!   of `frame.rs`); its JSON view for `/v1/ledger` and `ledger export`.
 //! - `snapshot`: the state at a ledger position, layout 3.
 //! - `rollup`: the reports' rollups at a ledger position, version 1.
+//! - `chunk`: what `--archive` ships: ledger chunks (version 1) and the
+//!   manifest of a node's part of the bucket (JSON, version 1).
 
+pub mod chunk;
 pub mod ledger;
 pub mod rollup;
 pub mod snapshot;

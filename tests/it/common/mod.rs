@@ -18,6 +18,8 @@ pub struct Server {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub extra: Vec<String>,
+    /// Environment variables the server runs with (kept for `restart`).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn bin() -> &'static str {
@@ -46,7 +48,12 @@ impl Server {
     }
 
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
-        let (child, port, admin_port) = spawn_ports(dir, extra, &[]);
+        Server::start_in_env(dir, extra, &[])
+    }
+
+    /// `start_in` with environment variables (an archive's credentials).
+    pub fn start_in_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let (child, port, admin_port) = spawn_ports(dir, extra, env);
         Server {
             child,
             port,
@@ -54,6 +61,10 @@ impl Server {
             dir: dir.to_path_buf(),
             _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -91,7 +102,12 @@ impl Server {
     /// Restarts on the same data dir (after stop or crash).
     pub fn restart(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        (self.child, self.port, self.admin_port) = spawn_ports(&self.dir, &extra, &[]);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        (self.child, self.port, self.admin_port) = spawn_ports(&self.dir, &extra, &env);
     }
 }
 
