@@ -48,6 +48,9 @@ pub struct AdminCtx {
     pub cluster: Option<Arc<crate::node::ClusterNode>>,
     /// The archive's shipper (`--archive`; None: not shipped).
     pub archive: Option<Arc<crate::store::archive::Shipper>>,
+    /// Cluster mode with `--archive`: the other nodes' books, read from
+    /// the archive for the cluster's reports.
+    pub books: Option<Arc<crate::store::archive::ArchiveBooks>>,
 }
 
 pub type Ctx = Arc<AdminCtx>;

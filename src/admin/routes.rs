@@ -468,6 +468,9 @@ pub struct ReportQuery {
     /// Only the N largest groups by cost (default all).
     #[param(value_type = Option<u32>, nullable = false, minimum = 1, maximum = 10000)]
     top: Option<String>,
+    /// Cluster mode: `this` for this node's books only (default: the
+    /// cluster's, every node's merged; the reply's `cluster` says which).
+    node: Option<String>,
 }
 
 /// How long a report waits for the rollups to fold what was acknowledged
@@ -485,6 +488,101 @@ async fn from_rollups<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ERR", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "IOERR", e))
+}
+
+/// Whether a report covers the cluster: a cluster node, unless the query
+/// says `node=this`.
+fn whole_cluster(ctx: &Ctx, node: &Option<String>) -> Result<bool, ApiError> {
+    match node.as_deref() {
+        None => Ok(ctx.cluster.is_some()),
+        Some("this") => Ok(false),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ERR",
+            "node must be `this` (or left out: the cluster's books)",
+        )),
+    }
+}
+
+/// The other nodes' answers to a report (issue #29 part 3), read from
+/// their books in the archive (`store::archive::books`), and what the
+/// merged answer covers: `{"nodes": [{"node", "seq", "source", …}],
+/// "missing": [{"node", "why"}], "complete"}`. A node the store lists as
+/// live, or with a folder in the archive, that cannot be read is missing,
+/// never silently left out.
+async fn other_nodes<T: Send + 'static>(
+    ctx: &Ctx,
+    seq: u64,
+    f: impl Fn(&crate::state::rollup::Rollup) -> T + Send + 'static,
+) -> (Vec<T>, serde_json::Value) {
+    let Some(node) = ctx.cluster.clone() else {
+        return (Vec::new(), serde_json::Value::Null);
+    };
+    let me = node.view().node;
+    let (live, live_error) = match node.status().await {
+        Ok(st) => (
+            st.nodes.into_iter().map(|n| n.node).collect::<Vec<_>>(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let books = ctx.books.clone();
+    let me2 = me.clone();
+    let live2 = live.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut parts = Vec::new();
+        let mut covered = Vec::new();
+        let mut missing = Vec::new();
+        let Some(books) = books else {
+            for n in live2.iter().filter(|n| **n != me2) {
+                missing.push(serde_json::json!({"node": n, "why":
+                    "this node runs without --archive: the other nodes' books are read from the archive"}));
+            }
+            return (parts, covered, missing);
+        };
+        let mut names = match books.nodes() {
+            Ok(n) => n,
+            Err(e) => {
+                missing.push(serde_json::json!({"node": null, "why": e}));
+                Vec::new()
+            }
+        };
+        names.extend(live2.iter().cloned());
+        names.sort();
+        names.dedup();
+        for n in names.into_iter().filter(|n| *n != me2) {
+            match books.with(&n, |r, cov| (f(r), cov.clone())) {
+                Ok((part, cov)) => {
+                    parts.push(part);
+                    covered.push(serde_json::json!({"node": n, "seq": cov.seq,
+                        "source": "archive", "shipped_at": cov.ts, "live": live2.contains(&n)}));
+                }
+                Err(why) => missing.push(serde_json::json!({"node": n, "why": why})),
+            }
+        }
+        (parts, covered, missing)
+    })
+    .await;
+    let (parts, covered, mut missing) = read.unwrap_or_else(|e| {
+        (
+            Vec::new(),
+            Vec::new(),
+            vec![serde_json::json!({"node": null, "why": e.to_string()})],
+        )
+    });
+    if let Some(e) = live_error {
+        missing.push(serde_json::json!({"node": null,
+            "why": format!("the live nodes could not be read from the store: {e}")}));
+    }
+    let mut nodes =
+        vec![serde_json::json!({"node": me, "seq": seq, "source": "this node", "live": true})];
+    nodes.extend(covered);
+    let cover = serde_json::json!({
+        "nodes": nodes,
+        "complete": missing.is_empty(),
+        "missing": missing,
+    });
+    (parts, cover)
 }
 
 /// A report's `from` and `to` (ms), rounded down to the hour: the rollups
@@ -536,7 +634,18 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         to: whole_hours(number(&q.to, "to")?),
     };
     let (from, to) = (query.from, query.to);
-    let ((rows, total), seq) = from_rollups(&ctx, move |r| r.spend(&query)).await?;
+    let cluster = whole_cluster(&ctx, &q.node)?;
+    let mine = query.clone();
+    let ((rows, total), seq) = from_rollups(&ctx, move |r| r.spend(&mine)).await?;
+    let (rows, total, cover) = match cluster {
+        true => {
+            let (mut parts, cover) = other_nodes(&ctx, seq, move |r| r.spend(&query)).await;
+            parts.push((rows, total));
+            let (rows, total) = crate::state::spend_report::merge(parts);
+            (rows, total, cover)
+        }
+        false => (rows, total, serde_json::Value::Null),
+    };
     let usd = crate::state::money::format_usd;
     let json = |key: Option<&str>, g: &SpendTally| {
         let mut o = serde_json::json!({"cost": usd(g.cost), "tokens": g.tokens, "requests": g.requests, "saved": usd(g.saved)});
@@ -550,9 +659,11 @@ pub async fn spend_report(State(ctx): State<Ctx>, q: QueryResult<ReportQuery>) -
         .take(top.unwrap_or(usize::MAX))
         .map(|(k, g)| json(Some(k), g))
         .collect();
-    Ok(Json(
-        serde_json::json!({"groups": shown, "total": json(None, &total), "from": from, "to": to, "seq": seq}),
-    ))
+    let mut body = serde_json::json!({"groups": shown, "total": json(None, &total), "from": from, "to": to, "seq": seq});
+    if cluster {
+        body["cluster"] = cover;
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -574,6 +685,9 @@ pub struct RunsQuery {
     /// Runs that ended before this time (ms since the Unix epoch).
     #[param(value_type = Option<i64>, nullable = false, minimum = 0)]
     to: Option<String>,
+    /// Cluster mode: `this` for this node's books only (default: the
+    /// cluster's; the reply's `cluster` says which nodes it covers).
+    node: Option<String>,
 }
 
 /// Cost per run and per successful run (`RESERVE` / `SPEND … RUN`,
@@ -613,7 +727,17 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
         to: whole_hours(number(&q.to, "to")?),
     };
     let (from, to) = (query.from, query.to);
-    let (summary, seq) = from_rollups(&ctx, move |r| r.runs(&query)).await?;
+    let cluster = whole_cluster(&ctx, &q.node)?;
+    let mine = query.clone();
+    let (summary, seq) = from_rollups(&ctx, move |r| r.runs(&mine)).await?;
+    let (summary, cover) = match cluster {
+        true => {
+            let (mut parts, cover) = other_nodes(&ctx, seq, move |r| r.runs(&query)).await;
+            parts.push(summary);
+            (crate::state::run_report::merge(parts), cover)
+        }
+        false => (summary, serde_json::Value::Null),
+    };
     let usd = crate::state::money::format_usd;
     // A group's figures (`total` has no key).
     let json = |key: Option<&str>, g: &RunStats| {
@@ -643,9 +767,11 @@ pub async fn runs_report(State(ctx): State<Ctx>, q: QueryResult<RunsQuery>) -> R
         .map(|g| json(Some(&g.key), g))
         .collect();
     let total = json(None, &summary.total);
-    Ok(Json(
-        serde_json::json!({"groups": groups, "total": total, "open": summary.open, "from": from, "to": to, "seq": seq}),
-    ))
+    let mut body = serde_json::json!({"groups": groups, "total": total, "open": summary.open, "from": from, "to": to, "seq": seq});
+    if cluster {
+        body["cluster"] = cover;
+    }
+    Ok(Json(body))
 }
 
 /// Burn-rate forecast of a scope's calendar limits: for each, the recent

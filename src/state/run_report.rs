@@ -70,7 +70,45 @@ pub struct RunStats {
     pub success_usage: Usage,
 }
 
+/// Several books' answers to one runs query as one (a cluster's nodes:
+/// a run is counted where it ended, as each node's ledger has it): groups
+/// of the same key summed, sorted as one answer is, totals and open runs
+/// summed.
+pub fn merge(parts: Vec<RunSummary>) -> RunSummary {
+    let mut groups: BTreeMap<String, RunStats> = BTreeMap::new();
+    let mut out = RunSummary {
+        groups: Vec::new(),
+        total: RunStats::default(),
+        open: 0,
+    };
+    for part in parts {
+        out.total.merge(&part.total);
+        out.open = out.open.saturating_add(part.open);
+        for g in part.groups {
+            let kept = groups.entry(g.key.clone()).or_insert_with(|| RunStats {
+                key: g.key.clone(),
+                ..RunStats::default()
+            });
+            kept.merge(&g);
+        }
+    }
+    out.groups = groups.into_values().collect();
+    out.groups
+        .sort_by(|a, b| b.usage.cost.cmp(&a.usage.cost).then(a.key.cmp(&b.key)));
+    out
+}
+
 impl RunStats {
+    /// Adds another group's figures (its key is not looked at).
+    fn merge(&mut self, o: &RunStats) {
+        self.runs = self.runs.saturating_add(o.runs);
+        self.succeeded = self.succeeded.saturating_add(o.succeeded);
+        self.failed = self.failed.saturating_add(o.failed);
+        self.unreported = self.unreported.saturating_add(o.unreported);
+        self.usage.add(&o.usage);
+        self.success_usage.add(&o.success_usage);
+    }
+
     fn add(&mut self, outcome: Option<RunOutcome>, u: &Usage) {
         self.runs += 1;
         match outcome {
@@ -307,6 +345,50 @@ mod tests {
     use super::*;
     use crate::state::limit::Dims;
     use crate::state::price::Usage as Tokens;
+
+    #[test]
+    fn merged_summaries_sum_every_figure_by_key() {
+        let u = |calls, tokens, cost| Usage {
+            calls,
+            tokens,
+            cost,
+        };
+        let stats = |key: &str, runs, ok, bad, none, usage, success| RunStats {
+            key: key.to_string(),
+            runs,
+            succeeded: ok,
+            failed: bad,
+            unreported: none,
+            usage,
+            success_usage: success,
+        };
+        let a = RunSummary {
+            groups: vec![stats("org:a", 2, 1, 1, 0, u(4, 40, 400), u(2, 20, 200))],
+            total: stats("", 2, 1, 1, 0, u(4, 40, 400), u(2, 20, 200)),
+            open: 1,
+        };
+        let b = RunSummary {
+            groups: vec![
+                stats("org:b", 1, 0, 0, 1, u(9, 90, 900), u(0, 0, 0)),
+                stats("org:a", 1, 1, 0, 0, u(1, 10, 100), u(1, 10, 100)),
+            ],
+            total: stats("", 2, 1, 0, 1, u(10, 100, 1000), u(1, 10, 100)),
+            open: 2,
+        };
+        let m = merge(vec![a, b]);
+        assert_eq!(m.open, 3);
+        assert_eq!(
+            m.total,
+            stats("", 4, 2, 1, 1, u(14, 140, 1400), u(3, 30, 300))
+        );
+        assert_eq!(
+            m.groups,
+            vec![
+                stats("org:b", 1, 0, 0, 1, u(9, 90, 900), u(0, 0, 0)),
+                stats("org:a", 3, 2, 1, 0, u(5, 50, 500), u(3, 30, 300)),
+            ]
+        );
+    }
 
     fn e(seq: u64, kind: EntryKind) -> Entry {
         Entry {

@@ -8,6 +8,8 @@
 //! the scope and model. Spends name both; a cache hit's savings name a
 //! scope only (so they are left out of the groups by model).
 
+use std::collections::BTreeMap;
+
 use super::{scope, Entry, EntryKind, Map};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,25 @@ impl SpendTally {
         self.requests = self.requests.saturating_add(o.requests);
         self.saved = self.saved.saturating_add(o.saved);
     }
+}
+
+/// Several books' answers to one spend query as one (a cluster's nodes,
+/// each its own ledger: issue #29): groups of the same key summed, sorted
+/// as one answer is (cost, largest first, then key), the totals summed.
+pub fn merge(
+    parts: Vec<(Vec<(String, SpendTally)>, SpendTally)>,
+) -> (Vec<(String, SpendTally)>, SpendTally) {
+    let mut groups: BTreeMap<String, SpendTally> = BTreeMap::new();
+    let mut total = SpendTally::default();
+    for (rows, t) in parts {
+        total.add(&t);
+        for (key, g) in rows {
+            groups.entry(key).or_default().add(&g);
+        }
+    }
+    let mut rows: Vec<(String, SpendTally)> = groups.into_iter().collect();
+    rows.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then_with(|| a.0.cmp(&b.0)));
+    (rows, total)
 }
 
 /// The fold: feed it the ledger in order, then `finish`.
@@ -155,6 +176,50 @@ mod tests {
     use super::*;
     use crate::state::limit::Dims;
     use crate::state::price::Usage;
+
+    #[test]
+    fn merged_answers_sum_each_key_once_and_sort_as_one_answer() {
+        let t = |cost, tokens, requests, saved| SpendTally {
+            cost,
+            tokens,
+            requests,
+            saved,
+        };
+        let a = (
+            vec![
+                ("org:a".to_string(), t(5, 50, 1, 0)),
+                ("org:b".into(), t(3, 30, 1, 1)),
+            ],
+            t(8, 80, 2, 1),
+        );
+        let b = (
+            vec![
+                ("org:b".to_string(), t(4, 40, 2, 2)),
+                ("org:c".into(), t(6, 60, 1, 0)),
+            ],
+            t(10, 100, 3, 2),
+        );
+        let (rows, total) = merge(vec![a, b]);
+        assert_eq!(
+            rows,
+            vec![
+                ("org:b".to_string(), t(7, 70, 3, 3)),
+                ("org:c".into(), t(6, 60, 1, 0)),
+                ("org:a".into(), t(5, 50, 1, 0)),
+            ]
+        );
+        assert_eq!(total, t(18, 180, 5, 3));
+        // Equal costs: by key.
+        let (rows, _) = merge(vec![(
+            vec![
+                ("z".to_string(), t(1, 0, 0, 0)),
+                ("y".into(), t(1, 0, 0, 0)),
+            ],
+            t(2, 0, 0, 0),
+        )]);
+        assert_eq!(rows[0].0, "y");
+        assert_eq!(merge(Vec::new()), (Vec::new(), SpendTally::default()));
+    }
 
     fn report(
         kinds: &[EntryKind],

@@ -23,7 +23,7 @@ pub(crate) fn node(endpoints: &[String], name: &str) -> Server {
     node_with(endpoints, name, &[])
 }
 
-fn node_with(endpoints: &[String], name: &str, args: &[&str]) -> Server {
+pub(crate) fn node_with(endpoints: &[String], name: &str, args: &[&str]) -> Server {
     let etcd = endpoints.join(",");
     let mut all = vec!["--etcd", &etcd, "--node", name, "--lease-ttl", TTL];
     all.extend_from_slice(args);

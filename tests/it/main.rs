@@ -16,6 +16,7 @@ mod cluster_books;
 mod cluster_etcd;
 mod cluster_nodes;
 mod cluster_sim;
+mod cluster_view;
 mod compat;
 mod crash;
 mod edges;

@@ -101,6 +101,42 @@ pub(crate) enum ClusterCmd {
         #[arg(long, env = "SPENDB_ETCD", value_delimiter = ',', required = true)]
         etcd: Vec<String>,
     },
+    /// Print the cluster's spend: every node's books in the archive (live,
+    /// dead or removed nodes alike, each as of the last entry it shipped),
+    /// merged; the nodes etcd lists as live that the archive lacks are
+    /// named as missing.
+    Report(Box<ClusterReportArgs>),
+}
+
+/// `spendb cluster report`.
+#[derive(Args)]
+pub(crate) struct ClusterReportArgs {
+    /// etcd client URLs, comma-separated (the live nodes).
+    #[arg(long, env = "SPENDB_ETCD", value_delimiter = ',', required = true)]
+    pub(crate) etcd: Vec<String>,
+    /// The archive the nodes ship to (their --archive): each node's books
+    /// are read from it.
+    #[arg(long, env = "SPENDB_ARCHIVE", required = true)]
+    pub(crate) archive: String,
+    /// scope (default), model, day or hour (UTC).
+    #[arg(long, default_value = "scope")]
+    pub(crate) group: String,
+    /// With --group scope: how many segments of the scope to keep.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) level: usize,
+    /// Only spend at or below this scope.
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
+    /// Spend at or after this time (ms since the epoch; rounded down to
+    /// the hour).
+    #[arg(long)]
+    pub(crate) from: Option<u64>,
+    /// Spend before this time (ms since the epoch; rounded down to the hour).
+    #[arg(long)]
+    pub(crate) to: Option<u64>,
+    /// Print JSON (as /v1/reports/spend answers) instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand)]

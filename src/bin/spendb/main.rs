@@ -123,6 +123,9 @@ fn main() -> ExitCode {
         Cmd::Cluster {
             cmd: ClusterCmd::Status { etcd },
         } => cluster_status(&etcd),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Report(a),
+        } => cluster_report(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +134,116 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `spendb cluster report`: every node's books in the archive, merged.
+fn cluster_report(a: cli::ClusterReportArgs) -> Result<(), String> {
+    use spendb::state::money::format_usd;
+    use spendb::state::rollup::HOUR_MS;
+    use spendb::state::spend_report::{merge, SpendGroup, SpendQuery};
+    let group = match a.group.as_str() {
+        "scope" if (1..=8).contains(&a.level) => SpendGroup::Scope { level: a.level },
+        "model" => SpendGroup::Model,
+        "day" => SpendGroup::Day,
+        "hour" => SpendGroup::Hour,
+        _ => return Err("--group is scope (with --level 1 to 8), model, day or hour".into()),
+    };
+    let query = SpendQuery {
+        group,
+        scope: a.scope.clone(),
+        from: a.from.map(|t| t / HOUR_MS * HOUR_MS),
+        to: a.to.map(|t| t / HOUR_MS * HOUR_MS),
+    };
+    let mut store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(5));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let live: Vec<String> = spendb::cluster::escrow::status(&mut store, now)
+        .map_err(|e| format!("reading the live nodes from etcd: {e}"))?
+        .nodes
+        .into_iter()
+        .map(|n| n.node)
+        .collect();
+    let books = spendb::store::archive::ArchiveBooks::open(&a.archive)?;
+    let mut names = books.nodes()?;
+    names.extend(live.iter().cloned());
+    names.sort();
+    names.dedup();
+    let (mut parts, mut nodes, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for n in names {
+        match books.with(&n, |r, cov| (r.spend(&query), cov.clone())) {
+            Ok((part, cov)) => {
+                parts.push(part);
+                nodes.push(
+                    serde_json::json!({"node": n, "seq": cov.seq, "source": "archive",
+                    "shipped_at": cov.ts, "live": live.contains(&n)}),
+                );
+            }
+            Err(why) => missing.push(serde_json::json!({"node": n, "why": why})),
+        }
+    }
+    let (rows, total) = merge(parts);
+    if a.json {
+        let tally = |key: Option<&str>, g: &spendb::state::spend_report::SpendTally| {
+            let mut o = serde_json::json!({"cost": format_usd(g.cost), "tokens": g.tokens,
+                "requests": g.requests, "saved": format_usd(g.saved)});
+            if let Some(k) = key {
+                o["key"] = k.into();
+            }
+            o
+        };
+        let groups: Vec<_> = rows.iter().map(|(k, g)| tally(Some(k), g)).collect();
+        let body = serde_json::json!({"groups": groups, "total": tally(None, &total),
+            "from": query.from, "to": query.to,
+            "cluster": {"nodes": nodes, "complete": missing.is_empty(), "missing": missing}});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:>16} {:>14} {:>10} {:>14}",
+        a.group, "cost USD", "tokens", "requests", "saved USD"
+    );
+    for (key, g) in rows
+        .iter()
+        .chain(std::iter::once(&("total".to_string(), total)))
+    {
+        println!(
+            "{key:<40} {:>16} {:>14} {:>10} {:>14}",
+            format_usd(g.cost),
+            g.tokens,
+            g.requests,
+            format_usd(g.saved)
+        );
+    }
+    for n in &nodes {
+        println!(
+            "node {}: through entry {} ({}, from the archive)",
+            n["node"].as_str().unwrap_or(""),
+            n["seq"],
+            if n["live"] == true {
+                "live"
+            } else {
+                "not live"
+            },
+        );
+    }
+    for m in &missing {
+        println!(
+            "node {}: MISSING: {}",
+            m["node"].as_str().unwrap_or("?"),
+            m["why"].as_str().unwrap_or("")
+        );
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} node(s) missing: the figures above are partial",
+            missing.len()
+        ));
+    }
+    Ok(())
 }
 
 fn cluster_status(etcd: &[String]) -> Result<(), String> {
@@ -334,6 +447,14 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let (handle, cache) = (db.engine().clone(), db.cache().clone());
     let rollups = db.rollups().clone();
     let archive = db.shipper().cloned();
+    // A cluster node reads the other nodes' books from the archive.
+    let books = match (&a.archive, &cluster) {
+        (Some(url), Some(_)) => Some(Arc::new(
+            spendb::store::archive::ArchiveBooks::open(url)
+                .map_err(|e| format!("--archive: {e}"))?,
+        )),
+        _ => None,
+    };
     let cluster_node = match &cluster {
         Some(name) => {
             let store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(2));
@@ -444,6 +565,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             rollups: rollups.clone(),
             cluster: cluster_node.clone(),
             archive: archive.clone(),
+            books: books.clone(),
         });
         let admin = tokio::spawn(spendb::admin::serve(admin_listener, admin_ctx));
         let webhooks = spendb::webhook::spawn(handle.clone(), webhooks);

@@ -9,7 +9,9 @@
 //! - `restore`: a data dir rebuilt from the bucket (`spendb restore`, and
 //!   `ledger verify` / `export --from`);
 //! - `parquet`: the ledger as Parquet files for warehouses
-//!   (`--archive-parquet`).
+//!   (`--archive-parquet`);
+//! - `books`: other nodes' rollups read back from the bucket, caught up
+//!   with their shipped chunks, for the cluster's reports.
 //!
 //! Layout under `<url>` (formats in `format::chunk`):
 //!
@@ -21,11 +23,13 @@
 //! parquet/node=<node>/day=<YYYY-MM-DD>/<first>-<last>.parquet
 //! ```
 
+pub mod books;
 pub mod parquet;
 pub mod restore;
 pub mod ship;
 pub mod target;
 
+pub use books::{ArchiveBooks, Covered};
 pub use restore::{restore, Restored};
 pub use ship::{ArchiveConfig, ArchiveStatus, Shipper};
 pub use target::Target;

@@ -201,6 +201,19 @@ impl Target {
         Ok(out)
     }
 
+    /// The folders right under this target's root (nodes, `parquet`).
+    pub fn folders(&self) -> Result<Vec<String>, String> {
+        let prefix = (self.root.parts().count() > 0).then_some(&self.root);
+        let listed = (self.rt)
+            .block_on(self.store.list_with_delimiter(prefix))
+            .map_err(|e| format!("listing {}: {e}", self.shown))?;
+        let mut out: Vec<String> = (listed.common_prefixes.iter())
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Removes `key` (nothing if it is not there).
     pub fn delete(&self, key: &str) -> Result<(), String> {
         let path = self.path(key);
