@@ -36,7 +36,7 @@ round() { # round <mode> <n> → "RESERVE/s shipped_seq durable_seq"
   local data="$work/$mode-$n" port admin pid
   case $mode in
     file) args=(--archive "file://$work/bucket-$n" --archive-node "$mode") ;;
-    parquet) args=(--archive "file://$work/bucket-$n" --archive-node "$mode" --archive-parquet) ;;
+    parquet) args=(--archive "file://$work/bucket-$n" --archive-node pq --archive-parquet) ;;
     s3) args=(--archive "s3://books/run-$n" --archive-node "$mode") ;;
   esac
   port=$(free_port); admin=$(free_port)
@@ -50,7 +50,7 @@ round() { # round <mode> <n> → "RESERVE/s shipped_seq durable_seq"
   local shipped="-"
   if [[ $mode != none ]]; then
     shipped=$(curl -s "http://127.0.0.1:$admin/v1/archive" |
-      python3 -c 'import json,sys; a=json.load(sys.stdin); print(f"{a[\"shipped_seq\"]}/{a[\"durable_seq\"]}")')
+      python3 -c 'import json,sys; a=json.load(sys.stdin); print("%d/%d" % (a["shipped_seq"], a["durable_seq"]))')
   fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$data"

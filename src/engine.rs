@@ -291,11 +291,38 @@ pub trait ClusterLink: Send + Sync {
     /// (`State::view_keys`), for a BALANCE or BUDGET.GET to show the
     /// cluster's figures.
     fn view(&self, keys: Vec<String>) -> oneshot::Receiver<ClusterView>;
+    /// Claims the delivery of this node's alert (its scope, rule key and
+    /// period) for the cluster: one node delivers each (issue #29).
+    fn claim_alert(
+        &self,
+        scope: &str,
+        key: &str,
+        period: u64,
+    ) -> oneshot::Receiver<Result<AlertClaim, String>>;
+    /// This node delivered that alert (Ok(false): another node had taken
+    /// the claim over meanwhile).
+    fn alert_delivered(
+        &self,
+        scope: &str,
+        key: &str,
+        period: u64,
+    ) -> oneshot::Receiver<Result<bool, String>>;
     /// This node's name (a hold another node granted is not here).
     fn node(&self) -> &str;
     /// Why the node may not grant yet (it has not read the cluster's
     /// definitions since it started), or None.
     fn not_ready(&self) -> Option<String>;
+}
+
+/// Who delivers an alert in a cluster (`ClusterLink::claim_alert`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlertClaim {
+    /// This node: deliver it.
+    Mine,
+    /// Delivered already, by this node: record it, send nothing.
+    Delivered { by: String },
+    /// Another live node holds it: wait.
+    Held { by: String },
 }
 
 /// What asking the global store for room did.
@@ -713,6 +740,11 @@ impl EngineHandle {
     /// mode). False whenever nothing is queued: a turn is never lost.
     pub fn turn_taken(&self) -> bool {
         self.shared.lock().writing
+    }
+
+    /// Cluster mode's link (None on a single node).
+    pub fn cluster_link(&self) -> Option<Arc<dyn ClusterLink>> {
+        self.shared.link.get().cloned()
     }
 
     /// Whether this engine is a cluster node's.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::cluster::agent::{self, Agent, AgentConfig, AgentStats, Answer, Local, Shortage};
 use crate::cluster::escrow::{self, ClusterStatus};
 use crate::cluster::kv::{Compare, GlobalStore, KeyValue, KvError, LeaseId, Op, Rev};
-use crate::engine::{Asked, ClusterLink, EngineHandle};
+use crate::engine::{AlertClaim, Asked, ClusterLink, EngineHandle};
 use crate::state::grant::{ClusterView, GrantLine, GrantUse};
 use crate::state::outcome::Denied;
 use crate::state::{Command, Outcome};
@@ -39,6 +39,10 @@ enum Request {
     View(Vec<String>, oneshot::Sender<ClusterView>),
     /// A watched key changed (None: a watch started).
     Watched(Option<String>),
+    /// May this node deliver this alert (its store key)?
+    ClaimAlert(String, oneshot::Sender<Result<AlertClaim, String>>),
+    /// This node delivered this alert.
+    AlertDelivered(String, oneshot::Sender<Result<bool, String>>),
 }
 
 /// The store, counting every request this node sends it (the figure the
@@ -196,6 +200,7 @@ impl ClusterNode {
             .spawn(move || {
                 let tick = Duration::from_millis(100);
                 let mut last_tick = 0;
+                let mut last_alert_view = 0;
                 // RESERVEs waiting while other nodes give recalled room back.
                 let mut waiting: Vec<Waiting> = Vec::new();
                 loop {
@@ -217,6 +222,13 @@ impl ClusterNode {
                     if now.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                         agent.tick(&mut store, &local, now);
                         last_tick = now;
+                    }
+                    if agent.registered
+                        && agent.reachable
+                        && now.saturating_sub(last_alert_view) >= ALERT_VIEW_EVERY_MS
+                    {
+                        refresh_alert_views(&mut agent, &mut store, &local);
+                        last_alert_view = now;
                     }
                     waiting = (waiting.into_iter())
                         .filter_map(|w| poll(&mut agent, &mut store, &local, w, now))
@@ -363,8 +375,49 @@ fn serve(
         Request::Status(reply) => {
             let _ = reply.send(escrow::status(store, now_ms()).map_err(|e| e.to_string()));
         }
+        Request::ClaimAlert(key, reply) => {
+            let me = agent.node.name.clone();
+            let r = match crate::cluster::alerts::claim(store, &me, &key) {
+                Ok(crate::cluster::alerts::Claim::Mine) => Ok(AlertClaim::Mine),
+                Ok(crate::cluster::alerts::Claim::Delivered { by }) => {
+                    Ok(AlertClaim::Delivered { by })
+                }
+                Ok(crate::cluster::alerts::Claim::Held { by }) => Ok(AlertClaim::Held { by }),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(r);
+        }
+        Request::AlertDelivered(key, reply) => {
+            let me = agent.node.name.clone();
+            let r = crate::cluster::alerts::delivered(store, &me, &key).map_err(|e| e.to_string());
+            let _ = reply.send(r);
+        }
     }
     None
+}
+
+/// How often the pools that alert thresholds watch are read (two store
+/// reads a line), so a threshold fires on the cluster's use.
+const ALERT_VIEW_EVERY_MS: u64 = 1_000;
+
+/// Reads the pools of the lines alert thresholds watch and hands them to
+/// the state, which checks the thresholds against the cluster's use.
+fn refresh_alert_views(agent: &mut Agent, store: &mut dyn GlobalStore, local: &EngineLocal) {
+    let keys = match local.0.decide_with(|s, now, _| s.alert_keys(now)) {
+        Ok(k) if !k.is_empty() => k,
+        _ => return,
+    };
+    match agent.view(store, &keys) {
+        Ok(views) => {
+            if let Err(e) = local
+                .0
+                .decide_with(|s, now, out| s.alerts_seen(now, views, out))
+            {
+                tracing::warn!("cluster: checking alert thresholds: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("cluster: reading the pools alerts watch: {e}"),
+    }
 }
 
 impl ClusterLink for ClusterNode {
@@ -388,6 +441,30 @@ impl ClusterLink for ClusterNode {
     fn overdrawn(&self, lines: Vec<(String, u64)>) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Overdrawn(lines, tx));
+        rx
+    }
+
+    fn claim_alert(
+        &self,
+        scope: &str,
+        key: &str,
+        period: u64,
+    ) -> oneshot::Receiver<Result<AlertClaim, String>> {
+        let (tx, rx) = oneshot::channel();
+        let key = crate::cluster::alerts::alert_key(scope, key, period);
+        self.send(Request::ClaimAlert(key, tx));
+        rx
+    }
+
+    fn alert_delivered(
+        &self,
+        scope: &str,
+        key: &str,
+        period: u64,
+    ) -> oneshot::Receiver<Result<bool, String>> {
+        let (tx, rx) = oneshot::channel();
+        let key = crate::cluster::alerts::alert_key(scope, key, period);
+        self.send(Request::AlertDelivered(key, tx));
         rx
     }
 

@@ -10,12 +10,20 @@
 //! so later ones wait while an earlier one is retried. The only duplicate possible is a crash between the
 //! receiver's 2xx and that entry being durable; the payload's `id` lets a
 //! receiver drop it.
+//!
+//! Cluster mode: a threshold alert is the cluster's (every node with the
+//! rule checks it against the cluster's use, so each may fire it). Before
+//! POSTing one, the node claims it in the store (`cluster::alerts`, through
+//! `ClusterLink::claim_alert`): only the claimer sends it; a node that
+//! finds it delivered records its own copy as delivered; a dead claimer's
+//! claim is taken over. The POST carries `X-Spendb-Alert-Key` (scope, rule
+//! key and period: the same on every node) and `X-Spendb-Node`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::engine::EngineHandle;
+use crate::engine::{AlertClaim, EngineHandle};
 use crate::state::{Command, Value};
 
 #[derive(Clone, Debug)]
@@ -61,6 +69,7 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
         .into();
     let mut retries: HashMap<u64, Retry> = HashMap::new();
     let mut warned_no_url = false;
+    let mut warned_no_store = false;
     loop {
         tokio::time::sleep(cfg.poll).await;
         let list = Command::AlertList {
@@ -96,16 +105,55 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
                 blocked.insert(url);
                 continue;
             }
+            // Cluster mode: a threshold alert is the cluster's; every node
+            // may have fired it, one delivers it (`cluster::alerts`).
+            let shared = match (engine.cluster_link(), alert_ident(&alert)) {
+                (Some(link), Some(ident)) => Some((link, ident)),
+                _ => None,
+            };
+            if let Some((link, (scope, key, period))) = &shared {
+                let claim = link.claim_alert(scope, key, *period).await;
+                match claim.unwrap_or_else(|_| Err("the cluster agent stopped".into())) {
+                    Ok(AlertClaim::Mine) => {}
+                    Ok(AlertClaim::Delivered { by }) => {
+                        tracing::info!("alert {id}: node {by} delivered it for the cluster");
+                        let r = engine
+                            .execute(vec![Command::AlertDelivered { id }])
+                            .await
+                            .remove(0);
+                        if r.is_error() {
+                            tracing::warn!("alert {id}: recording its delivery: {r:?}");
+                        }
+                        continue;
+                    }
+                    Ok(AlertClaim::Held { .. }) => continue,
+                    Err(e) => {
+                        if !warned_no_store {
+                            tracing::warn!("alert {id}: the cluster store cannot say who delivers it ({e}); waiting");
+                            warned_no_store = true;
+                        }
+                        continue;
+                    }
+                }
+            }
             let mut payload = crate::admin::json_of(&alert);
             payload["source"] = "spendb".into();
+            let cluster_key = shared
+                .as_ref()
+                .map(|(_, (scope, key, period))| format!("{scope}|{key}|{period}"));
+            let node = engine.cluster_link().map(|l| l.node().to_string());
             let post = {
                 let agent = agent.clone();
                 let url = url.clone();
                 tokio::task::spawn_blocking(move || {
-                    agent
-                        .post(&url)
-                        .header("X-Spendb-Alert-Id", id.to_string())
-                        .send_json(payload)
+                    let mut req = agent.post(&url).header("X-Spendb-Alert-Id", id.to_string());
+                    if let Some(k) = &cluster_key {
+                        req = req.header("X-Spendb-Alert-Key", k);
+                    }
+                    if let Some(n) = &node {
+                        req = req.header("X-Spendb-Node", n);
+                    }
+                    req.send_json(payload)
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                 })
@@ -115,6 +163,18 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
                 Ok(()) => {
                     metrics.webhook_delivered.fetch_add(1, Ordering::Relaxed);
                     retries.remove(&id);
+                    if let Some((link, (scope, key, period))) = &shared {
+                        let done = link.alert_delivered(scope, key, *period).await;
+                        match done.unwrap_or_else(|_| Err("the cluster agent stopped".into())) {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(
+                                "alert {id}: delivered, but another node had taken it over (it may deliver it too)"
+                            ),
+                            Err(e) => tracing::warn!(
+                                "alert {id}: delivered, not recorded in the cluster store ({e}): another node may deliver it too"
+                            ),
+                        }
+                    }
                     let r = engine
                         .execute(vec![Command::AlertDelivered { id }])
                         .await
@@ -141,6 +201,23 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
             }
         }
     }
+}
+
+/// A threshold alert's scope, rule key and period: what makes it one
+/// alert across a cluster's nodes.
+fn alert_ident(v: &Value) -> Option<(String, String, u64)> {
+    let text = |f| match v.field(f) {
+        Some(Value::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    if text("rule")? != "threshold" {
+        return None;
+    }
+    let period = match v.field("period") {
+        Some(Value::Int(n)) => *n as u64,
+        _ => return None,
+    };
+    Some((text("scope")?, text("key")?, period))
 }
 
 fn alert_id(v: &Value) -> Option<u64> {

@@ -19,6 +19,7 @@
 //! (`state/grant.rs`).
 
 pub mod agent;
+pub mod alerts;
 pub mod escrow;
 pub mod etcd;
 pub mod kv;

@@ -226,6 +226,20 @@ impl ScopeAlerts {
 
     /// Threshold and forecast checks against the scope's limits at `now`.
     pub fn check_limits(&self, scope: &str, limits: &[Limit], now: u64, out: &mut Vec<AlertEvent>) {
+        self.check_limits_with(scope, limits, now, &|l: &Limit| l.used(now), out)
+    }
+
+    /// `check_limits` with each limit's usage as `used_of` gives it (the
+    /// cluster's, for a global limit in cluster mode: issue #29). The
+    /// forecast keeps this node's own rate.
+    pub fn check_limits_with(
+        &self,
+        scope: &str,
+        limits: &[Limit],
+        now: u64,
+        used_of: &dyn Fn(&Limit) -> u64,
+        out: &mut Vec<AlertEvent>,
+    ) {
         for l in limits {
             let (dim, amount) = (l.spec.dim, l.spec.amount);
             let period = match l.spec.window {
@@ -233,7 +247,7 @@ impl ScopeAlerts {
                 Window::Total => 0,
                 Window::Rolling(_) => continue,
             };
-            let used = l.used(now);
+            let used = used_of(l);
             // Nothing to format unless a threshold or the forecast is reached.
             let desc = || {
                 let w = l

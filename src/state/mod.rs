@@ -207,6 +207,10 @@ pub struct State {
     /// BUDGET.GET shows (`grant::PoolView`), set by the engine for that one
     /// command; None otherwise. An input, like the clock.
     pub cluster_view: Option<grant::ClusterView>,
+    /// Cluster mode: the pools of the global lines that alert thresholds
+    /// watch, as the node last read them (`alerts_seen`). An input, like
+    /// the clock: never in the ledger or a snapshot.
+    pub cluster_seen: BTreeMap<String, grant::PoolView>,
 }
 
 /// Settled usage per top-level scope and model, with a bounded number of

@@ -12,6 +12,7 @@ mod archive;
 mod auth;
 mod bench;
 mod cache;
+mod cluster_alerts;
 mod cluster_books;
 mod cluster_etcd;
 mod cluster_nodes;

@@ -17,13 +17,75 @@ impl State {
                 continue;
             };
             if let Some(n) = self.nodes.get(s) {
-                a.check_limits(s, &n.limits, now, &mut fired);
+                // Cluster mode: a global limit's threshold is the cluster's
+                // use, as the agent last read it (`cluster_seen`) with
+                // this node's own use now; until a view is read, this
+                // node's own (never more than the cluster's).
+                let used_of = |l: &crate::state::limit::Limit| -> u64 {
+                    let own = l.used(now);
+                    if self.config.cluster.is_none() || l.is_rolling() {
+                        return own;
+                    }
+                    let Some((key, _)) = grant::key(s, &l.spec, now) else {
+                        return own;
+                    };
+                    let Some(view) = self.cluster_seen.get(&key) else {
+                        return own;
+                    };
+                    let held = l.held_part(n.held.get(l.spec.dim));
+                    let base = self.grants.get(&key).map_or(0, |g| g.base);
+                    view.figures(own, held, base).used.max(own)
+                };
+                a.check_limits_with(s, &n.limits, now, &used_of, &mut fired);
             }
             a.check_spike(s, now, &mut fired);
             a.check_runaway(s, now, &mut fired);
         }
         for ev in fired {
             self.emit(now, EntryKind::Alert(ev), out);
+        }
+    }
+
+    /// Cluster mode: the keys of the global lines that alert thresholds
+    /// watch (the calendar and TOTAL limits of every scope with
+    /// thresholds), for the node to read their pools (`alerts_seen`).
+    pub fn alert_keys(&self, now: u64) -> Vec<String> {
+        if self.config.cluster.is_none() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        for (s, a) in &self.alerts.scopes {
+            if a.rules.thresholds.is_empty() {
+                continue;
+            }
+            let Some(n) = self.nodes.get(s) else {
+                continue;
+            };
+            for l in n.limits.iter().filter(|l| !l.is_rolling()) {
+                keys.extend(grant::key(s, &l.spec, now).map(|(k, _)| k));
+            }
+        }
+        keys
+    }
+
+    /// Cluster mode: the pools of the lines `alert_keys` named, as the node
+    /// just read them (an input, like the clock); the thresholds are
+    /// checked again against the cluster's use, and what fires is
+    /// recorded (each node fires its own alert; the webhook task delivers
+    /// one per cluster, deduplicated through the store).
+    pub fn alerts_seen(
+        &mut self,
+        now: u64,
+        views: BTreeMap<String, grant::PoolView>,
+        out: &mut Vec<Entry>,
+    ) {
+        self.cluster_seen = views;
+        let scopes: Vec<String> = (self.alerts.scopes.iter())
+            .filter(|(_, a)| !a.rules.thresholds.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in scopes {
+            self.check_alerts(now, &s, out);
         }
     }
 

@@ -704,6 +704,64 @@ mod tests {
     }
 
     #[test]
+    fn a_threshold_on_a_global_limit_fires_on_the_clusters_use() {
+        use crate::state::alerts::AlertRules;
+        use crate::state::grant::PoolView;
+        let mut st = node();
+        let now = DAY + 1;
+        assert!(st.alert_keys(now).is_empty(), "no rules yet");
+        let rules = Command::AlertRulesSet {
+            scope: "org:a".into(),
+            rules: Some(AlertRules {
+                thresholds: vec![50],
+                ..AlertRules::default()
+            }),
+        };
+        st.apply(now, &rules, &mut Vec::new());
+        let tokens_key = line(&st, now, Dim::Tokens).key();
+        let keys = st.alert_keys(now);
+        assert_eq!(keys.len(), 2, "both global lines: {keys:?}");
+        assert!(keys.contains(&tokens_key));
+        // 200 of 1,000 here: under 50 % on this node's own use.
+        confirm(&mut st, now, Dim::Tokens, 300, 0);
+        assert!(matches!(spend(&mut st, now, 200), Outcome::Spent(_)));
+        let fired = |st: &State| {
+            st.alerts
+                .log
+                .iter()
+                .filter(|r| r.event.rule == "threshold")
+                .count()
+        };
+        assert_eq!(fired(&st), 0);
+        // The others have reported 250: 450 in all, still under.
+        let view = |others| PoolView {
+            others_taken: others,
+            nodes: vec!["n1".into(), "n2".into()],
+            ..PoolView::default()
+        };
+        let mut out = Vec::new();
+        st.alerts_seen(now, [(tokens_key.clone(), view(250))].into(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // 350 elsewhere: 550 of 1,000 across the cluster.
+        st.alerts_seen(now, [(tokens_key.clone(), view(350))].into(), &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let EntryKind::Alert(ev) = &out[0].kind else {
+            panic!("{out:?}")
+        };
+        assert_eq!(ev.observed, 550);
+        assert_eq!(ev.bound, 500);
+        // Once a period, however often the view comes.
+        let mut again = Vec::new();
+        st.alerts_seen(now, [(tokens_key.clone(), view(400))].into(), &mut again);
+        assert!(again.is_empty());
+        assert_eq!(fired(&st), 1);
+        // A single node has no global lines to watch.
+        let mut single = State::new(Config::default());
+        single.apply(now, &rules, &mut Vec::new());
+        assert!(single.alert_keys(now).is_empty());
+    }
+
+    #[test]
     fn a_balance_in_cluster_mode_shows_the_clusters_figures_beside_this_nodes() {
         use crate::state::grant::PoolView;
         let mut st = node();
