@@ -9,7 +9,8 @@
 #             target/clients/s3, which scripts/test installs; moto is a
 #             Python server sharing the two cores: its CPU is in the figure)
 # At the default --archive-interval (10s). Prints each round's RESERVE/s,
-# the medians and each mode's ratio to none, and what the archive shipped.
+# what the archive had shipped at the end, the shipper thread's share of
+# the server's CPU time, the medians and each mode's ratio to none.
 #
 #   benches/archive.sh [rounds] [seconds]      (default 3 rounds of 20 s)
 set -euo pipefail
@@ -47,6 +48,26 @@ round() { # round <mode> <n> → "RESERVE/s shipped_seq durable_seq"
   local rps
   rps=$("$bin" bench -p "$port" -q -c 50 -d "${secs}s" --tree 4x8x64 --json - 2>/dev/null |
     python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(dict(r["commands"])["reserve"]["per_second"]))')
+  # The shipper thread's CPU against the whole server's (clock ticks).
+  local share
+  share=$(python3 - "$pid" <<'PY'
+import os, sys
+pid = sys.argv[1]
+total = ship = 0
+for t in os.listdir(f"/proc/{pid}/task"):
+    try:
+        stat = open(f"/proc/{pid}/task/{t}/stat").read()
+    except OSError:
+        continue
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    f = stat[stat.rindex(")") + 2:].split()
+    ticks = int(f[11]) + int(f[12])
+    total += ticks
+    if name == "spendb-archive":
+        ship += ticks
+print(f"{100 * ship / max(total, 1):.1f}%")
+PY
+)
   local shipped="-"
   if [[ $mode != none ]]; then
     shipped=$(curl -s "http://127.0.0.1:$admin/v1/archive" |
@@ -54,16 +75,16 @@ round() { # round <mode> <n> → "RESERVE/s shipped_seq durable_seq"
   fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$data"
-  echo "$rps $shipped"
+  echo "$rps $shipped $share"
 }
 
 declare -A got
 for r in $(seq "$rounds"); do
   line="round $r:"
   for m in "${modes[@]}"; do
-    read -r rps shipped < <(round "$m" "$r")
+    read -r rps shipped share < <(round "$m" "$r")
     got[$m]+="$rps "
-    line+=" $m $rps (shipped at the end of the run: $shipped);"
+    line+=" $m $rps (shipped/durable at the end $shipped, shipper CPU $share of the server's);"
   done
   echo "$line"
 done
