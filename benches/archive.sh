@@ -81,7 +81,10 @@ PY
 declare -A got
 for r in $(seq "$rounds"); do
   line="round $r:"
-  for m in "${modes[@]}"; do
+  # Each round starts with another mode: the first run of a round was
+  # faster or slower by itself in an earlier run (the order, not the mode).
+  k=$(((r - 1) % ${#modes[@]}))
+  for m in "${modes[@]:k}" "${modes[@]:0:k}"; do
     read -r rps shipped share < <(round "$m" "$r")
     got[$m]+="$rps "
     line+=" $m $rps (shipped/durable at the end $shipped, shipper CPU $share of the server's);"

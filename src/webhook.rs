@@ -117,13 +117,7 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
                     Ok(AlertClaim::Mine) => {}
                     Ok(AlertClaim::Delivered { by }) => {
                         tracing::info!("alert {id}: node {by} delivered it for the cluster");
-                        let r = engine
-                            .execute(vec![Command::AlertDelivered { id }])
-                            .await
-                            .remove(0);
-                        if r.is_error() {
-                            tracing::warn!("alert {id}: recording its delivery: {r:?}");
-                        }
+                        record_delivered(&engine, id).await;
                         continue;
                     }
                     Ok(AlertClaim::Held { .. }) => continue,
@@ -175,13 +169,7 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
                             ),
                         }
                     }
-                    let r = engine
-                        .execute(vec![Command::AlertDelivered { id }])
-                        .await
-                        .remove(0);
-                    if r.is_error() {
-                        tracing::warn!("alert {id} was delivered but not recorded as such: {r:?}");
-                    }
+                    record_delivered(&engine, id).await;
                 }
                 Err(e) => {
                     metrics.webhook_failed.fetch_add(1, Ordering::Relaxed);
@@ -200,6 +188,18 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
                 }
             }
         }
+    }
+}
+
+/// Records alert `id` as delivered (an `AlertDelivered` entry), so it is
+/// not sent again, not even after a restart.
+async fn record_delivered(engine: &EngineHandle, id: u64) {
+    let r = engine
+        .execute(vec![Command::AlertDelivered { id }])
+        .await
+        .remove(0);
+    if r.is_error() {
+        tracing::warn!("alert {id} was delivered but not recorded as such: {r:?}");
     }
 }
 

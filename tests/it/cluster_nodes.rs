@@ -8,14 +8,12 @@
 //!
 //! Needs the `etcd` binary (`scripts/test` installs it).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::etcd::EtcdCluster;
-use crate::common::{err, q, raw, unsafe_kill, Get, Http, Server};
+use crate::common::{err, q, raw, unsafe_kill, Get, Http, Proxy, Server};
 
 const TTL: &str = "3s";
 
@@ -341,64 +339,6 @@ fn a_node_stopped_past_its_lease_resumes_fenced_and_the_budget_holds() {
     let spent_all = spent(&a, "org:k") + spent(&b, "org:k");
     assert_eq!(spent_all, total);
     assert!(spent_all <= LIMIT);
-}
-
-/// A TCP proxy to one etcd member that can cut every connection.
-struct Proxy {
-    url: String,
-    open: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn to(target: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let target = target.trim_start_matches("http://").to_string();
-        let open = Arc::new(AtomicBool::new(true));
-        let conns = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
-        let (o, cs) = (open.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for inbound in listener.incoming() {
-                let Ok(inbound) = inbound else { return };
-                if !o.load(Ordering::SeqCst) {
-                    let _ = inbound.shutdown(std::net::Shutdown::Both);
-                    continue;
-                }
-                let Ok(outbound) = TcpStream::connect(&target) else {
-                    continue;
-                };
-                cs.lock().unwrap().push(inbound.try_clone().unwrap());
-                cs.lock().unwrap().push(outbound.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
-                    (outbound, inbound),
-                ] {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { url, open, conns }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn heal(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
 }
 
 /// Node `a` (with `args`) reaches etcd through proxies, `b` directly; the

@@ -5,12 +5,11 @@
 //! from the bucket alone; the store goes down and comes back behind a TCP
 //! proxy the test cuts; DuckDB reads the Parquet files.
 
-use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cluster_nodes::wait_until;
@@ -75,114 +74,21 @@ impl Drop for Moto {
     }
 }
 
-/// A TCP proxy to a port that the test can cut off (every connection
-/// closed, new ones refused by closing them) and restore.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn to(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (up2, conns2, stop2) = (up.clone(), conns.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stop2.load(Ordering::Acquire) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                if !up2.load(Ordering::Acquire) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                let mut kept = conns2.lock().unwrap();
-                kept.push(client.try_clone().unwrap());
-                kept.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy {
-            port,
-            up,
-            conns,
-            stop,
-        }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::Release);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::Release);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.down();
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
 /// The S3 secret key the tests use: it must never show.
 const SECRET: &str = "sekrit-9f2c41";
 
-/// The environment an S3 archive at `port` is reached with.
-fn s3_env(port: u16) -> Vec<(String, String)> {
+/// The environment an S3 archive at `endpoint` is reached with.
+fn s3_env(endpoint: &str) -> Vec<(String, String)> {
     [
         ("AWS_ACCESS_KEY_ID", "test".to_string()),
         ("AWS_SECRET_ACCESS_KEY", SECRET.into()),
         ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("AWS_ENDPOINT", endpoint.to_string()),
         ("AWS_ALLOW_HTTP", "true".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
-}
-
-/// Runs the binary with `args` and `env`; it must succeed: its stdout.
-fn spendb_env(args: &[&str], env: &[(String, String)]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "spendb {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn archive_status(s: &Server) -> serde_json::Value {
@@ -277,8 +183,10 @@ const CHURN: [&str; 6] = [
     "100",
 ];
 
-#[test]
-fn a_data_dir_wiped_under_load_is_rebuilt_from_the_archive_with_every_older_entry() {
+/// A server with the test budget on a fresh data dir (under the second
+/// temp dir), shipping as node `n1` every `interval` to a fresh directory
+/// (its URL, and the dir), with CHURN's settings.
+fn churning(interval: &str) -> (Server, String, tempfile::TempDir, tempfile::TempDir) {
     let bucket = tempfile::tempdir().unwrap();
     let url = format!("file://{}", bucket.path().display());
     let tmp = tempfile::tempdir().unwrap();
@@ -288,11 +196,17 @@ fn a_data_dir_wiped_under_load_is_rebuilt_from_the_archive_with_every_older_entr
         "--archive-node",
         "n1",
         "--archive-interval",
-        "200ms",
+        interval,
     ];
     args.extend(CHURN);
-    let mut s = Server::start_in(&tmp.path().join("data"), &args);
+    let s = Server::start_in(&tmp.path().join("data"), &args);
     budget(&s);
+    (s, url, tmp, bucket)
+}
+
+#[test]
+fn a_data_dir_wiped_under_load_is_rebuilt_from_the_archive_with_every_older_entry() {
+    let (mut s, url, tmp, _bucket) = churning("200ms");
     let stop = Arc::new(AtomicBool::new(false));
     let workers = load(&s, 3, stop.clone());
     std::thread::sleep(Duration::from_secs(4));
@@ -363,20 +277,7 @@ fn a_data_dir_wiped_under_load_is_rebuilt_from_the_archive_with_every_older_entr
 
 #[test]
 fn a_restored_node_answers_every_figure_the_lost_one_acknowledged() {
-    let bucket = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", bucket.path().display());
-    let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "--archive",
-        &url,
-        "--archive-node",
-        "n1",
-        "--archive-interval",
-        "300ms",
-    ];
-    args.extend(CHURN);
-    let mut s = Server::start_in(&tmp.path().join("data"), &args);
-    budget(&s);
+    let (mut s, url, tmp, _bucket) = churning("300ms");
     let stop = Arc::new(AtomicBool::new(false));
     let workers = load(&s, 2, stop.clone());
     std::thread::sleep(Duration::from_secs(2));
@@ -474,8 +375,8 @@ fn a_restored_node_answers_every_figure_the_lost_one_acknowledged() {
 fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
     let moto = Moto::start();
     moto.bucket("books");
-    let proxy = Proxy::to(moto.port);
-    let env = s3_env(proxy.port);
+    let proxy = Proxy::to(&format!("127.0.0.1:{}", moto.port));
+    let env = s3_env(&proxy.url);
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start_in_env(
@@ -504,7 +405,7 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
     assert_eq!(before["shipped_seq"], 21, "{before}");
     assert_eq!(before["url"], "s3://books/spend/n1");
 
-    proxy.down();
+    proxy.cut();
     for i in 0..20 {
         // The node serves while the store is away.
         let r = q(
@@ -542,7 +443,7 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
     assert!(metrics.contains("spendb_archive_lagging 1"), "{metrics}");
     assert!(!metrics.contains(SECRET) && !down.to_string().contains(SECRET));
 
-    proxy.restore();
+    proxy.heal();
     let after = caught_up(&s);
     assert_eq!(after["shipped_seq"], 41, "{after}");
     assert_eq!(after["lagging"], false);
@@ -550,9 +451,9 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
 
     // The bucket alone: verify, export, equal to the node's own ledger.
     let from = "s3://books/spend/n1";
-    let said = spendb_env(&["ledger", "verify", "--from", from], &env);
+    let said = spendb_ok_env(&["ledger", "verify", "--from", from], &env);
     assert!(said.contains("ledger ok: 41 entries"), "{said}");
-    let remote = spendb_env(&["ledger", "export", "--from", from], &env);
+    let remote = spendb_ok_env(&["ledger", "export", "--from", from], &env);
     let local = spendb_ok(&["ledger", "export", "--data-dir", s.dir.to_str().unwrap()]);
     assert_eq!(remote, local);
 }

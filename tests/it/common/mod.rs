@@ -7,8 +7,12 @@ pub mod etcd;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub struct Server {
     pub child: Child,
@@ -362,7 +366,16 @@ pub fn bench_report(args: &[&str]) -> (serde_json::Value, String) {
 /// Runs the binary with `args` (a CLI subcommand), which must succeed (its
 /// stderr is the failure's message): its stdout.
 pub fn spendb_ok(args: &[&str]) -> String {
-    let out = Command::new(bin()).args(args).output().unwrap();
+    spendb_ok_env(args, &[])
+}
+
+/// `spendb_ok` with environment variables (an archive's credentials).
+pub fn spendb_ok_env(args: &[&str], env: &[(String, String)]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "spendb {}: {}",
@@ -370,4 +383,65 @@ pub fn spendb_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A TCP proxy on 127.0.0.1 to another local server (an etcd member, an
+/// S3 store) that can cut every connection and refuse new ones, then heal.
+pub struct Proxy {
+    /// `http://127.0.0.1:<port>`: where to connect instead.
+    pub url: String,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// A proxy to `target` (`host:port`, with or without `http://`).
+    pub fn to(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("http://").to_string();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (o, cs) = (open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { return };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                cs.lock().unwrap().push(inbound.try_clone().unwrap());
+                cs.lock().unwrap().push(outbound.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { url, open, conns }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
 }
