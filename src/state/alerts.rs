@@ -566,6 +566,45 @@ mod tests {
         assert!(later.is_empty(), "{later:?}");
     }
 
+    #[test]
+    fn no_forecast_without_its_rule_nor_once_the_limit_is_reached() {
+        let start = 10 * DAY;
+        let hour = 3_600_000;
+        let window = Window::Calendar(Period::Day, Zone::UTC);
+        // 4 h in at a pace that projects past the limit (as above).
+        let at = |used_last: u64| {
+            let mut l = day_limit(1000, 0, start);
+            l.counter.charge(window, start + 3 * hour, used_last);
+            l
+        };
+        let now = start + 4 * hour;
+        // A threshold rule alone never forecasts.
+        let thresholds = ScopeAlerts::new(
+            AlertRules {
+                thresholds: vec![90],
+                ..Default::default()
+            },
+            0,
+        );
+        let mut out = Vec::new();
+        thresholds.check_limits("t", std::slice::from_ref(&at(400)), now, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // At the limit exactly, a forecast says nothing the threshold
+        // does not: the limit is reached, not on course to be.
+        let forecast = ScopeAlerts::new(
+            AlertRules {
+                forecast: true,
+                ..Default::default()
+            },
+            0,
+        );
+        forecast.check_limits("t", std::slice::from_ref(&at(1000)), now, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        forecast.check_limits("t", std::slice::from_ref(&at(999)), now, &mut out);
+        assert_eq!(out.len(), 1, "just under it, on course past it");
+        assert_eq!(out[0].rule, "forecast");
+    }
+
     /// A spike of 3× the hour's average, over 5 minutes, of tokens.
     fn five_minute_spike_rules() -> AlertRules {
         AlertRules {

@@ -459,6 +459,44 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
 }
 
 #[test]
+fn a_store_never_reached_raises_the_lag_alert_while_the_node_serves() {
+    // Nothing listens on this port: the bucket is never read.
+    let env = s3_env(&format!("http://127.0.0.1:{}", free_port()));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_in_env(
+        &tmp.path().join("data"),
+        &[
+            "--archive",
+            "s3://books/x",
+            "--archive-node",
+            "n1",
+            "--archive-lag-alert",
+            "1s",
+        ],
+        &env_refs,
+    );
+    let mut c = s.conn();
+    assert_eq!(
+        q(&mut c, "SPEND org:a gpt-4o INPUT 10 OUTPUT 5").s("status"),
+        "spent"
+    );
+    let mut st = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the lag alert", || {
+        st = archive_status(&s);
+        st["lagging"] == true
+    });
+    assert_eq!(st["shipped_seq"], 0, "{st}");
+    assert_eq!(st["lag_entries"], 1, "{st}");
+    assert!(st["errors"].as_u64() > Some(0), "{st}");
+    assert_eq!(Http::new(&s, None).get("/readyz").0, 200);
+    assert_eq!(
+        q(&mut c, "SPEND org:a gpt-4o INPUT 10 OUTPUT 5").s("status"),
+        "spent"
+    );
+}
+
+#[test]
 fn a_bucket_ahead_of_the_data_dir_is_not_written_over() {
     let bucket = tempfile::tempdir().unwrap();
     let url = format!("file://{}", bucket.path().display());

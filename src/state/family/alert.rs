@@ -21,9 +21,10 @@ impl State {
                 // use, as the agent last read it (`cluster_seen`) with
                 // this node's own use now; until a view is read, this
                 // node's own (never more than the cluster's).
+                // (Rolling windows are not checked: no key is looked up.)
                 let used_of = |l: &crate::state::limit::Limit| -> u64 {
                     let own = l.used(now);
-                    if self.config.cluster.is_none() || l.is_rolling() {
+                    if self.config.cluster.is_none() {
                         return own;
                     }
                     let Some((key, _)) = grant::key(s, &l.spec, now) else {

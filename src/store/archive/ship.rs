@@ -137,6 +137,8 @@ struct Ship {
     segments_seen: usize,
     /// (seq, ts) of the oldest unshipped entry, as last read.
     oldest: Option<(u64, u64)>,
+    /// When the shipper started (the lag while the bucket cannot be read).
+    started: Instant,
     status: ArchiveStatus,
 }
 
@@ -207,6 +209,7 @@ impl Shipper {
             backoff: Duration::ZERO,
             segments_seen: 0,
             oldest: None,
+            started: Instant::now(),
             status,
         };
         let me = shipper.clone();
@@ -620,9 +623,13 @@ impl Ship {
         let shipped = self.shipped();
         self.status.shipped_seq = shipped;
         self.status.lag_entries = durable.saturating_sub(shipped);
-        if self.status.lag_entries == 0 || self.manifest.is_none() {
+        if self.status.lag_entries == 0 {
             self.oldest = None;
             self.status.lag_ms = 0;
+        } else if self.manifest.is_none() {
+            // The bucket was never read: nothing is known shipped, and the
+            // lag is at least as old as this shipper.
+            self.status.lag_ms = self.started.elapsed().as_millis() as u64;
         } else {
             let want = shipped + 1;
             if self.oldest.is_none_or(|(seq, _)| seq != want) {
