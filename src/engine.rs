@@ -344,7 +344,10 @@ pub type Tap = Box<dyn Fn(Vec<Entry>) + Send + Sync>;
 fn link_publishes(cmd: &Command) -> bool {
     matches!(
         cmd,
-        Command::BudgetSet { .. } | Command::BudgetDel { .. } | Command::PriceSet { .. }
+        Command::BudgetSet { .. }
+            | Command::BudgetDel { .. }
+            | Command::PriceSet { .. }
+            | Command::AlertRulesSet { .. }
     )
 }
 

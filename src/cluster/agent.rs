@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::escrow::{self, segment, unsegment, EscrowConfig, LocalGrant, Node, PREFIX};
 use super::kv::{GlobalStore, KvError, Op, Rev};
 use super::rolling::{self, Took};
+use crate::state::alerts::{AlertRules, RunawayRule, SpikeRule};
 use crate::state::grant::{self, GrantLine, GrantUse, PoolView};
 use crate::state::limit::{Blocker, Dim, LimitSpec, Window};
 use crate::state::outcome::Denied;
@@ -46,7 +47,7 @@ pub struct AgentConfig {
     pub report_every_ms: u64,
     /// Looks for low pools to give idle room back to this often.
     pub relieve_every_ms: u64,
-    /// Reads the definitions this often (`budget/`, `price/`).
+    /// Reads the definitions this often (`budget/`, `price/`, `alerts/`).
     pub definitions_every_ms: u64,
 }
 
@@ -84,7 +85,8 @@ pub struct AgentStats {
     pub definitions_applied: u64,
 }
 
-/// A definition as the store keeps it (`budget/<scope>`, `price/<model>`):
+/// A definition as the store keeps it (`budget/<scope>`, `price/<model>`,
+/// `alerts/<scope>`):
 /// JSON, readable with `etcdctl get --prefix /spendb/v1/`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +101,51 @@ pub enum DefinitionV1 {
         cache_write: Option<u64>,
         max_output: Option<u64>,
     },
+    /// A scope's alert rules (`alerts/<scope>`): every node checks them, and
+    /// a threshold's alert is delivered once (`cluster::alerts`).
+    AlertRules {
+        thresholds: Vec<u32>,
+        forecast: bool,
+        spike: Option<SpikeV1>,
+        runaway: Option<RunawayV1>,
+        webhook: Option<String>,
+    },
+}
+
+/// A spike rule as the store keeps it (`dim` by its name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpikeV1 {
+    pub dim: String,
+    pub factor: u32,
+    pub window_ms: u64,
+    pub min: u64,
+}
+
+/// A runaway rule as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunawayV1 {
+    pub events: u32,
+    pub window_ms: u64,
+}
+
+impl DefinitionV1 {
+    fn of_rules(r: &AlertRules) -> DefinitionV1 {
+        DefinitionV1::AlertRules {
+            thresholds: r.thresholds.clone(),
+            forecast: r.forecast,
+            spike: r.spike.map(|s| SpikeV1 {
+                dim: s.dim.name().to_string(),
+                factor: s.factor,
+                window_ms: s.window_ms,
+                min: s.min,
+            }),
+            runaway: r.runaway.map(|r| RunawayV1 {
+                events: r.events,
+                window_ms: r.window_ms,
+            }),
+            webhook: r.webhook.clone(),
+        }
+    }
 }
 
 /// A limit: its dimension, its amount in the dimension's unit (nano-USD for
@@ -148,6 +195,10 @@ fn price_key(model: &str) -> String {
     format!("{PREFIX}price/{}", segment(model))
 }
 
+fn alerts_key(scope: &str) -> String {
+    format!("{PREFIX}alerts/{}", segment(scope))
+}
+
 fn definitions_version_key() -> String {
     format!("{PREFIX}definitions")
 }
@@ -179,6 +230,15 @@ pub fn definition(cmd: &Command) -> Option<(String, Option<DefinitionV1>)> {
                 cache_write: *cache_write,
                 max_output: *max_output,
             }),
+        ),
+        // Rules the state would refuse are not written to the store: this
+        // node refuses them and no other node sees them.
+        Command::AlertRulesSet { scope, rules } => (
+            alerts_key(scope),
+            match rules.clone().map(AlertRules::validate).transpose() {
+                Ok(r) => r.as_ref().map(DefinitionV1::of_rules),
+                Err(_) => return None,
+            },
         ),
         _ => return None,
     })
@@ -213,6 +273,41 @@ fn command_of(key: &str, def: Option<&DefinitionV1>) -> Result<Command, String> 
             cached: *cached,
             cache_write: *cache_write,
             max_output: *max_output,
+        }),
+        (
+            Some(("alerts", scope)),
+            Some(DefinitionV1::AlertRules {
+                thresholds,
+                forecast,
+                spike,
+                runaway,
+                webhook,
+            }),
+        ) => Ok(Command::AlertRulesSet {
+            scope: unsegment(scope),
+            rules: Some(AlertRules {
+                thresholds: thresholds.clone(),
+                forecast: *forecast,
+                spike: match spike {
+                    Some(s) => Some(SpikeRule {
+                        dim: Dim::parse(&s.dim)
+                            .ok_or_else(|| format!("{key}: dimension '{}'", s.dim))?,
+                        factor: s.factor,
+                        window_ms: s.window_ms,
+                        min: s.min,
+                    }),
+                    None => None,
+                },
+                runaway: runaway.as_ref().map(|r| RunawayRule {
+                    events: r.events,
+                    window_ms: r.window_ms,
+                }),
+                webhook: webhook.clone(),
+            }),
+        }),
+        (Some(("alerts", scope)), None) => Ok(Command::AlertRulesSet {
+            scope: unsegment(scope),
+            rules: None,
         }),
         _ => Err(format!("{key}: not a definition spendb wrote")),
     }
@@ -1555,7 +1650,7 @@ impl Agent {
             return Ok(());
         }
         let mut found = Vec::new();
-        for prefix in ["budget/", "price/"] {
+        for prefix in ["budget/", "price/", "alerts/"] {
             found.extend(store.range(&format!("{PREFIX}{prefix}"))?);
         }
         found.sort_by_key(|kv| kv.mod_rev);
@@ -1580,7 +1675,10 @@ impl Agent {
             .collect();
         for key in gone {
             self.applied.remove(&key);
-            if key.starts_with(&format!("{PREFIX}budget/")) {
+            // A budget or a scope's alert rules deleted (a price stays).
+            if key.starts_with(&format!("{PREFIX}budget/"))
+                || key.starts_with(&format!("{PREFIX}alerts/"))
+            {
                 local
                     .define(command_of(&key, None).map_err(KvError::Corrupt)?)
                     .map_err(KvError::Unavailable)?;
@@ -1610,6 +1708,48 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::state::limit::{Period, Window, Zone};
+
+    #[test]
+    fn alert_rules_are_definitions_that_round_trip_and_invalid_ones_stay_home() {
+        let rules = AlertRules {
+            thresholds: vec![50, 80],
+            forecast: true,
+            spike: Some(SpikeRule {
+                dim: Dim::Cost,
+                factor: 3,
+                window_ms: 300_000,
+                min: 5,
+            }),
+            runaway: Some(RunawayRule {
+                events: 10,
+                window_ms: 60_000,
+            }),
+            webhook: Some("http://127.0.0.1:9/hook".into()),
+        };
+        let set = Command::AlertRulesSet {
+            scope: "org:a/team:b".into(),
+            rules: Some(rules.clone()),
+        };
+        let (key, def) = definition(&set).unwrap();
+        assert_eq!(key, "/spendb/v1/alerts/org:a%2Fteam:b");
+        assert_eq!(command_of(&key, def.as_ref()).unwrap(), set);
+        let del = Command::AlertRulesSet {
+            scope: "org:a/team:b".into(),
+            rules: None,
+        };
+        let (key, def) = definition(&del).unwrap();
+        assert_eq!(def, None);
+        assert_eq!(command_of(&key, None).unwrap(), del);
+        // Rules the state refuses are not published.
+        let bad = Command::AlertRulesSet {
+            scope: "org:a".into(),
+            rules: Some(AlertRules {
+                thresholds: vec![0],
+                ..rules
+            }),
+        };
+        assert_eq!(definition(&bad), None);
+    }
 
     #[test]
     fn a_watched_recall_or_definition_is_acted_on_in_the_next_round() {
