@@ -183,6 +183,21 @@ const CHURN: [&str; 6] = [
     "100",
 ];
 
+/// `spendb restore` of node n1 of the archive at `url` into `dir`, with
+/// `more` arguments; it must succeed: what it printed.
+fn restore(url: &str, dir: &Path, more: &[&str]) -> String {
+    let from = format!("{url}/n1");
+    let mut args = vec![
+        "restore",
+        "--from",
+        &from,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    spendb_ok(&args)
+}
+
 /// A server with the test budget on a fresh data dir (under the second
 /// temp dir), shipping as node `n1` every `interval` to a fresh directory
 /// (its URL, and the dir), with CHURN's settings.
@@ -220,13 +235,7 @@ fn a_data_dir_wiped_under_load_is_rebuilt_from_the_archive_with_every_older_entr
         .flat_map(|w| w.join().unwrap())
         .collect();
     let restored = tmp.path().join("restored");
-    let said = spendb_ok(&[
-        "restore",
-        "--from",
-        &format!("{url}/n1"),
-        "--data-dir",
-        restored.to_str().unwrap(),
-    ]);
+    let said = restore(&url, &restored, &[]);
     assert!(said.starts_with("restored entries 1 to "), "{said}");
     let (ok, text) = verify(&restored);
     assert!(ok, "{text}");
@@ -314,13 +323,7 @@ fn a_restored_node_answers_every_figure_the_lost_one_acknowledged() {
     std::fs::remove_dir_all(&s.dir).unwrap();
 
     let restored = tmp.path().join("restored");
-    let said = spendb_ok(&[
-        "restore",
-        "--from",
-        &format!("{url}/n1"),
-        "--data-dir",
-        restored.to_str().unwrap(),
-    ]);
+    let said = restore(&url, &restored, &[]);
     assert!(said.contains(&format!(" to {shipped} ")), "{said}");
     let r = Server::start_in(&restored, &[]);
     let mut c = r.conn();
@@ -336,15 +339,7 @@ fn a_restored_node_answers_every_figure_the_lost_one_acknowledged() {
     // As of an earlier entry: the ledger through it, and it verifies.
     let earlier = tmp.path().join("earlier");
     let to = shipped / 2;
-    let said = spendb_ok(&[
-        "restore",
-        "--from",
-        &format!("{url}/n1"),
-        "--data-dir",
-        earlier.to_str().unwrap(),
-        "--to-seq",
-        &to.to_string(),
-    ]);
+    let said = restore(&url, &earlier, &["--to-seq", &to.to_string()]);
     assert!(
         said.starts_with(&format!("restored entries 1 to {to} ")),
         "{said}"
