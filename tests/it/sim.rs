@@ -32,7 +32,9 @@ use spendb::engine::{
 use spendb::resp::cmd;
 use spendb::state::holds::Hold;
 use spendb::state::limit::Dim;
+use spendb::state::rollup::Rollup;
 use spendb::state::{Command, Config, Entry, EntryKind, HoldStatus, State, Value};
+use spendb::store::format::rollup::{decode_rollup, encode_rollup};
 use spendb::store::frame::encode_entry_into;
 use spendb::store::log_store::scan;
 use spendb::store::{LedgerRead, Mark, SnapshotSink, Storage, StoreError};
@@ -271,6 +273,11 @@ struct Sim {
     next_hold: u64,
     trace: std::collections::hash_map::DefaultHasher,
     stats: Stats,
+    /// The reports' rollup as `store::rollups` keeps it: folded from the
+    /// durable ledger only, persisted now and then, resumed from the
+    /// persisted one after a crash and caught up from the ledger.
+    rollup: Rollup,
+    persisted: Rollup,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -281,6 +288,7 @@ struct Stats {
     crashes: u64,
     replay_checks: u64,
     run_outcomes: u64,
+    rollup_checks: u64,
 }
 
 fn config() -> EngineConfig {
@@ -335,6 +343,8 @@ impl Sim {
             next_hold: 0,
             trace: Default::default(),
             stats: Stats::default(),
+            rollup: Rollup::new(),
+            persisted: Rollup::new(),
         };
         for b in BUDGETS {
             sim.send(vec![b.to_string()]);
@@ -472,9 +482,54 @@ impl Sim {
         }
     }
 
+    /// The durable ledger's entries after `after` (what survives a crash).
+    fn durable_after(&self, after: u64) -> Vec<Entry> {
+        let d = self.store.disk();
+        let (entries, _) = scan(&d.log[..d.synced], 1);
+        (entries.into_iter())
+            .map(|(_, e)| e)
+            .filter(|e| e.seq > after)
+            .collect()
+    }
+
+    /// Folds the durable entries not yet in the rollup; every 100 steps it
+    /// is persisted.
+    fn fold_rollup(&mut self, n: usize) {
+        for e in self.durable_after(self.rollup.seq) {
+            self.rollup.add(&e);
+        }
+        if n.is_multiple_of(100) {
+            // Through its file format, as `store::rollups` writes it.
+            let bytes = encode_rollup(&self.rollup);
+            self.persisted = decode_rollup(&bytes).expect("a rollup reads back");
+        }
+    }
+
+    /// The rollup, resumed and caught up across crashes, equals the fold
+    /// of the whole durable ledger from its first entry.
+    fn rollup_check(&mut self, n: usize) {
+        self.fold_rollup(n);
+        let mut full = Rollup::new();
+        for e in self.durable_after(0) {
+            full.add(&e);
+        }
+        assert!(
+            self.rollup.same_as(&full),
+            "seed {}, step {n}: the rollup (resumed from entry {}) differs from the full fold \
+             through entry {}",
+            self.seed,
+            self.persisted.seq,
+            full.seq
+        );
+        self.stats.rollup_checks += 1;
+    }
+
     fn crash(&mut self) {
         self.stats.crashes += 1;
         self.store.disk().crash(&mut self.rng);
+        // As a restart does: the last persisted rollup (it covers durable
+        // entries only, which survive), caught up from the ledger later.
+        self.rollup = self.persisted.clone();
         let (engine, committer) = boot(&self.store, &self.clock);
         // The old engine and its waiters go (their replies never arrive).
         self.engine = engine;
@@ -537,6 +592,7 @@ impl Sim {
         });
         if n.is_multiple_of(25) {
             self.replay_check(n);
+            self.rollup_check(n);
         }
     }
 
@@ -580,6 +636,7 @@ impl Sim {
         self.collect();
         self.check(steps);
         self.replay_check(0);
+        self.rollup_check(steps);
         self.engine
             .inspect(|s| format!("{:?}", s.digest()))
             .hash(&mut self.trace);
@@ -661,12 +718,14 @@ fn seeded_simulation_with_faults_and_crashes() {
         total.ioerr += stats.ioerr;
         total.lost_in_crash += stats.lost_in_crash;
         total.crashes += stats.crashes;
+        total.rollup_checks += stats.rollup_checks;
         total.replay_checks += stats.replay_checks;
         total.run_outcomes += stats.run_outcomes;
     }
     eprintln!(
-        "simulation: {} acknowledged replies ({} run outcomes), all found after {} crashes; {} IOERR, {} unanswered at a crash; {} replay comparisons; 0 invariant violations",
-        total.acked, total.run_outcomes, total.crashes, total.ioerr, total.lost_in_crash, total.replay_checks
+        "simulation: {} acknowledged replies ({} run outcomes), all found after {} crashes; {} IOERR, {} unanswered at a crash; {} replay comparisons; {} rollups resumed across crashes equal to the full fold; 0 invariant violations",
+        total.acked, total.run_outcomes, total.crashes, total.ioerr, total.lost_in_crash, total.replay_checks, total.rollup_checks
     );
     assert!(total.crashes > 0 && total.acked > 0 && total.run_outcomes > 0);
+    assert!(total.rollup_checks > 0);
 }
