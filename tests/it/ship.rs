@@ -454,6 +454,49 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
 }
 
 #[test]
+fn s3_keys_may_come_from_the_shared_credentials_file() {
+    let moto = Moto::start();
+    moto.bucket("books");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("credentials");
+    std::fs::write(
+        &file,
+        format!("[default]\naws_access_key_id = x\n[ci]\naws_access_key_id = AKIACI\naws_secret_access_key = {SECRET}\n"),
+    )
+    .unwrap();
+    // No keys in the environment: only the file's `ci` profile has them
+    // (without any, object_store would ask the instance metadata service).
+    let mut env: Vec<(String, String)> = s3_env(&format!("http://127.0.0.1:{}", moto.port))
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"))
+        .collect();
+    env.push((
+        "AWS_SHARED_CREDENTIALS_FILE".into(),
+        file.display().to_string(),
+    ));
+    env.push(("AWS_PROFILE".into(), "ci".into()));
+    env.push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = Server::start_in_env(
+        &tmp.path().join("data"),
+        &[
+            "--archive",
+            "s3://books/creds",
+            "--archive-node",
+            "n1",
+            "--archive-interval",
+            "200ms",
+        ],
+        &env_refs,
+    );
+    q(&mut s.conn(), "SPEND org:a gpt-4o INPUT 10 OUTPUT 5");
+    let st = caught_up(&s);
+    assert_eq!(st["shipped_seq"], 1, "{st}");
+    let said = spendb_ok_env(&["ledger", "verify", "--from", "s3://books/creds/n1"], &env);
+    assert!(said.contains("ledger ok: 1 entries"), "{said}");
+}
+
+#[test]
 fn a_store_never_reached_raises_the_lag_alert_while_the_node_serves() {
     // Nothing listens on this port: the bucket is never read.
     let env = s3_env(&format!("http://127.0.0.1:{}", free_port()));

@@ -7,8 +7,10 @@
 //!   Credentials and the endpoint come the usual way, from the environment
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 //!   `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, a web identity token
-//!   file, the instance or container metadata service): never argv, and
-//!   the object store's errors name the URL, not the credentials.
+//!   file, the instance or container metadata service) or, with no keys
+//!   there, the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`,
+//!   else `~/.aws/credentials`, profile `AWS_PROFILE` or `default`): never
+//!   argv, and the object store's errors name the URL, not the credentials.
 //! - `file:///path`: a mounted volume. object_store writes a temp file and
 //!   renames it; this wrapper also fsyncs the file and its directory, so
 //!   "confirmed" means on stable storage there too.
@@ -61,7 +63,21 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
     // Timeouts as config keys: `with_client_options` would replace what
     // the environment set (AWS_ALLOW_HTTP among them).
     let client = |key| AmazonS3ConfigKey::Client(key);
-    let store = AmazonS3Builder::from_env()
+    let mut builder = AmazonS3Builder::from_env();
+    // No keys in the environment: the shared credentials file, as the AWS
+    // tools read it (object_store reads the environment and the metadata
+    // services, not this file).
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        if let Some(keys) = shared_credentials() {
+            builder = builder
+                .with_access_key_id(keys.access_key_id)
+                .with_secret_access_key(keys.secret_access_key);
+            if let Some(token) = keys.session_token {
+                builder = builder.with_token(token);
+            }
+        }
+    }
+    let store = builder
         .with_bucket_name(bucket)
         .with_retry(retry)
         .with_config(
@@ -72,6 +88,60 @@ fn s3(bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
         .build()
         .map_err(|e| format!("s3://{bucket}: {e}"))?;
     Ok(Arc::new(store))
+}
+
+/// Keys from an AWS shared credentials file.
+#[derive(Debug, PartialEq, Eq)]
+struct Keys {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+/// The keys of profile `AWS_PROFILE` (else `default`) in
+/// `AWS_SHARED_CREDENTIALS_FILE` (else `~/.aws/credentials`), if any.
+fn shared_credentials() -> Option<Keys> {
+    let path = match std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".aws/credentials"),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    profile_keys(&text, &profile)
+}
+
+/// A profile's keys in the INI text of a credentials file.
+fn profile_keys(text: &str, profile: &str) -> Option<Keys> {
+    let mut section = String::new();
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if section != profile {
+            continue;
+        }
+        let value = value.trim().to_string();
+        match key.trim().to_ascii_lowercase().as_str() {
+            "aws_access_key_id" => id = Some(value),
+            "aws_secret_access_key" => secret = Some(value),
+            "aws_session_token" => token = Some(value),
+            _ => {}
+        }
+    }
+    Some(Keys {
+        access_key_id: id?,
+        secret_access_key: secret?,
+        session_token: token,
+    })
 }
 
 impl Target {
@@ -221,5 +291,35 @@ impl Target {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(format!("removing {}/{key}: {e}", self.shown)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profiles_keys_are_read_from_a_credentials_file() {
+        let text = "# keys\n[default]\naws_access_key_id = AKIA1\naws_secret_access_key=s1\n\n\
+                    [ci]\nAWS_ACCESS_KEY_ID = AKIA2\naws_secret_access_key = s2\n\
+                    aws_session_token = t2\n[half]\naws_access_key_id = AKIA3\n";
+        assert_eq!(
+            profile_keys(text, "default"),
+            Some(Keys {
+                access_key_id: "AKIA1".into(),
+                secret_access_key: "s1".into(),
+                session_token: None,
+            })
+        );
+        assert_eq!(
+            profile_keys(text, "ci"),
+            Some(Keys {
+                access_key_id: "AKIA2".into(),
+                secret_access_key: "s2".into(),
+                session_token: Some("t2".into()),
+            })
+        );
+        assert_eq!(profile_keys(text, "half"), None, "a secret is needed too");
+        assert_eq!(profile_keys(text, "absent"), None);
     }
 }
