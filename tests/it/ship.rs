@@ -372,7 +372,6 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
     moto.bucket("books");
     let proxy = Proxy::to(&format!("127.0.0.1:{}", moto.port));
     let env = s3_env(&proxy.url);
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start_in_env(
         &tmp.path().join("data"),
@@ -386,7 +385,7 @@ fn an_s3_archive_rides_out_the_store_going_down_and_catches_up() {
             "--archive-lag-alert",
             "1s",
         ],
-        &env_refs,
+        &env,
     );
     budget(&s);
     let mut c = s.conn();
@@ -476,7 +475,6 @@ fn s3_keys_may_come_from_the_shared_credentials_file() {
     ));
     env.push(("AWS_PROFILE".into(), "ci".into()));
     env.push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let s = Server::start_in_env(
         &tmp.path().join("data"),
         &[
@@ -487,7 +485,7 @@ fn s3_keys_may_come_from_the_shared_credentials_file() {
             "--archive-interval",
             "200ms",
         ],
-        &env_refs,
+        &env,
     );
     q(&mut s.conn(), "SPEND org:a gpt-4o INPUT 10 OUTPUT 5");
     let st = caught_up(&s);
@@ -500,7 +498,6 @@ fn s3_keys_may_come_from_the_shared_credentials_file() {
 fn a_store_never_reached_raises_the_lag_alert_while_the_node_serves() {
     // Nothing listens on this port: the bucket is never read.
     let env = s3_env(&format!("http://127.0.0.1:{}", free_port()));
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let tmp = tempfile::tempdir().unwrap();
     let s = Server::start_in_env(
         &tmp.path().join("data"),
@@ -512,7 +509,7 @@ fn a_store_never_reached_raises_the_lag_alert_while_the_node_serves() {
             "--archive-lag-alert",
             "1s",
         ],
-        &env_refs,
+        &env,
     );
     let mut c = s.conn();
     assert_eq!(

@@ -56,8 +56,9 @@ impl Server {
     }
 
     /// `start_in` with environment variables (an archive's credentials).
-    pub fn start_in_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let (child, port, admin_port) = spawn_ports(dir, extra, env);
+    pub fn start_in_env(dir: &Path, extra: &[&str], env: &[(String, String)]) -> Server {
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (child, port, admin_port) = spawn_ports(dir, extra, &refs);
         Server {
             child,
             port,
@@ -65,10 +66,7 @@ impl Server {
             dir: dir.to_path_buf(),
             _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.to_vec(),
         }
     }
 
