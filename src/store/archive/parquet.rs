@@ -167,31 +167,36 @@ fn row(e: &Entry) -> Row {
     }
 }
 
-/// The UTC day of a time in ms, `YYYY-MM-DD`.
-fn day(ts: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(int(ts))
+const DAY_MS: u64 = 86_400_000;
+
+/// A UTC day (days since the epoch) as `YYYY-MM-DD`.
+fn day_name(day: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(int(day * DAY_MS))
         .map_or_else(|| "1970-01-01".into(), |d| d.format("%Y-%m-%d").to_string())
 }
 
 /// The Parquet files of a chunk's entries: (key under the node's parquet
 /// prefix, bytes), one per UTC day.
-pub fn by_day(entries: &[Entry]) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn by_day(entries: &[Entry]) -> Result<Vec<(String, bytes::Bytes)>, String> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < entries.len() {
-        let d = day(entries[start].ts);
+        // Days compared as numbers; the name is formatted once a file.
+        let d = entries[start].ts / DAY_MS;
         let end = start
             + entries[start..]
                 .iter()
-                .position(|e| day(e.ts) != d)
+                .position(|e| e.ts / DAY_MS != d)
                 .unwrap_or(entries.len() - start);
         let part = &entries[start..end];
         let key = format!(
-            "day={d}/{:020}-{:020}.parquet",
+            "day={}/{:020}-{:020}.parquet",
+            day_name(d),
             part[0].seq,
             part[part.len() - 1].seq
         );
-        out.push((key, encode(part).map_err(|e| format!("Parquet: {e}"))?));
+        let file = encode(part).map_err(|e| format!("Parquet: {e}"))?;
+        out.push((key, file.into()));
         start = end;
     }
     Ok(out)

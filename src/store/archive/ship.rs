@@ -112,8 +112,8 @@ struct Pending {
     first: u64,
     last: u64,
     last_ts: u64,
-    chunk: Vec<u8>,
-    parquet: Vec<(String, Vec<u8>)>,
+    chunk: bytes::Bytes,
+    parquet: Vec<(String, bytes::Bytes)>,
     next: Cursor,
 }
 
@@ -510,7 +510,7 @@ impl Ship {
                     first: first.seq,
                     last: last.seq,
                     last_ts: last.ts,
-                    chunk: encode_chunk(first.seq, last.seq, &records.bytes),
+                    chunk: encode_chunk(first.seq, last.seq, &records.bytes).into(),
                     parquet,
                     next: Cursor {
                         segment: cursor.segment,

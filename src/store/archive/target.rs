@@ -216,10 +216,11 @@ impl Target {
     }
 
     /// Writes `key` (whole, replacing it); Ok once the store confirmed it.
-    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+    /// (`Bytes`: a retry puts the same buffer, not a copy of it.)
+    pub fn put(&self, key: &str, bytes: impl Into<bytes::Bytes>) -> Result<(), String> {
         let path = self.path(key);
         self.rt
-            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .block_on(self.store.put(&path, PutPayload::from(bytes.into())))
             .map_err(|e| format!("writing {}/{key}: {e}", self.shown))?;
         if let Some(dir) = &self.local_root {
             let file = dir.join(key);
