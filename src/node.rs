@@ -32,6 +32,8 @@ enum Request {
     Short(Shortage, oneshot::Sender<Asked>),
     Publish(Command, oneshot::Sender<Result<(), String>>),
     Status(oneshot::Sender<Result<ClusterStatus, String>>),
+    /// The registered nodes' names (one range).
+    LiveNodes(oneshot::Sender<Result<Vec<String>, String>>),
     /// Usage was booked past these lines' grants: charge it to the pools.
     Overdrawn(Vec<(String, u64)>, oneshot::Sender<()>),
     /// What the store says of these lines beyond this node (a BALANCE or
@@ -254,6 +256,15 @@ impl ClusterNode {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The names of the nodes registered in the store now (the cluster's
+    /// reports: which nodes are live).
+    pub async fn live_nodes(&self) -> Result<Vec<String>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::LiveNodes(tx));
+        rx.await
+            .unwrap_or_else(|_| Err("the cluster agent stopped".into()))
+    }
+
     /// The whole cluster's figures, read from the store now.
     pub async fn status(&self) -> Result<ClusterStatus, String> {
         let (tx, rx) = oneshot::channel();
@@ -374,6 +385,12 @@ fn serve(
         }
         Request::Status(reply) => {
             let _ = reply.send(escrow::status(store, now_ms()).map_err(|e| e.to_string()));
+        }
+        Request::LiveNodes(reply) => {
+            let names = escrow::nodes(store)
+                .map(|ns| ns.into_iter().map(|n| n.node).collect())
+                .map_err(|e| e.to_string());
+            let _ = reply.send(names);
         }
         Request::ClaimAlert(key, reply) => {
             let me = agent.node.name.clone();

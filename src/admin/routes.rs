@@ -519,11 +519,8 @@ async fn other_nodes<T: Send + 'static>(
         return (Vec::new(), serde_json::Value::Null);
     };
     let me = node.view().node;
-    let (live, live_error) = match node.status().await {
-        Ok(st) => (
-            st.nodes.into_iter().map(|n| n.node).collect::<Vec<_>>(),
-            None,
-        ),
+    let (live, live_error) = match node.live_nodes().await {
+        Ok(names) => (names, None),
         Err(e) => (Vec::new(), Some(e)),
     };
     let books = ctx.books.clone();

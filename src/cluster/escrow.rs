@@ -921,10 +921,9 @@ pub struct GrantStatus {
     pub grant: GrantV1,
 }
 
-/// Reads the whole cluster's figures (five ranges); `now` (ms) says which
-/// rolling charges still count.
-pub fn status(store: &mut dyn GlobalStore, now: u64) -> Result<ClusterStatus, KvError> {
-    let nodes = (store.range(&format!("{PREFIX}node/"))?.into_iter())
+/// The registered (live) nodes: one range.
+pub fn nodes(store: &mut dyn GlobalStore) -> Result<Vec<NodeStatus>, KvError> {
+    (store.range(&format!("{PREFIX}node/"))?.into_iter())
         .map(|kv| {
             let node = kv.key[format!("{PREFIX}node/").len()..].to_string();
             let lease = kv.lease;
@@ -934,7 +933,13 @@ pub fn status(store: &mut dyn GlobalStore, now: u64) -> Result<ClusterStatus, Kv
                 lease,
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// Reads the whole cluster's figures (five ranges); `now` (ms) says which
+/// rolling charges still count.
+pub fn status(store: &mut dyn GlobalStore, now: u64) -> Result<ClusterStatus, KvError> {
+    let nodes = nodes(store)?;
     let revision = store.revision()?;
     let mut pools = Vec::new();
     for kv in store.range(&format!("{PREFIX}pool/"))? {

@@ -155,12 +155,8 @@ fn cluster_report(a: cli::ClusterReportArgs) -> Result<(), String> {
         to: a.to.map(|t| t / HOUR_MS * HOUR_MS),
     };
     let mut store = spendb::cluster::etcd::EtcdStore::new(&a.etcd, Duration::from_secs(5));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let live: Vec<String> = spendb::cluster::escrow::status(&mut store, now)
+    let live: Vec<String> = spendb::cluster::escrow::nodes(&mut store)
         .map_err(|e| format!("reading the live nodes from etcd: {e}"))?
-        .nodes
         .into_iter()
         .map(|n| n.node)
         .collect();
