@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use super::target::Target;
 use super::{rollup_key, MANIFEST};
 use crate::state::rollup::Rollup;
-use crate::store::format::chunk::{decode_chunk, parse_chunk_key, ManifestV1};
+use crate::store::format::chunk::ManifestV1;
 use crate::store::format::rollup::decode_rollup;
 use crate::store::log_store::scan;
 
@@ -101,12 +101,7 @@ fn catch_up(target: &Target, m: &ManifestV1, r: &mut Rollup) -> Result<(), Strin
             m.first_seq
         ));
     }
-    let mut chunks: Vec<(u64, u64, String)> = (target.list("ledger")?.into_iter())
-        .filter_map(|(key, _)| parse_chunk_key(&key).map(|(f, l)| (f, l, key)))
-        .filter(|&(_, last, _)| last > r.seq)
-        .collect();
-    chunks.sort();
-    for (first, _, key) in chunks {
+    for (first, last, key) in super::chunk_keys(target, r.seq)? {
         if r.seq >= m.shipped_seq {
             break;
         }
@@ -117,10 +112,8 @@ fn catch_up(target: &Target, m: &ManifestV1, r: &mut Rollup) -> Result<(), Strin
                 r.seq + 1
             ));
         }
-        let bytes = (target.get(&key)?)
-            .ok_or_else(|| format!("{}/{key} went away while it was read", target.url()))?;
-        let chunk = decode_chunk(&bytes).map_err(|e| format!("{}/{key}: {e}", target.url()))?;
-        let (entries, damage) = scan(chunk.records, chunk.first);
+        let records = super::read_chunk(target, first, last, &key)?;
+        let (entries, damage) = scan(&records, first);
         if let Some(d) = damage {
             return Err(format!(
                 "{}/{key}: entry {}: {}",

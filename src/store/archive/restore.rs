@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::target::Target;
 use super::{rollup_key, snapshot_key, MANIFEST};
-use crate::store::format::chunk::{decode_chunk, parse_chunk_key, ManifestV1};
+use crate::store::format::chunk::ManifestV1;
 use crate::store::log_store::{scan_seqs, SEGMENT_MAX};
 
 /// What `restore` wrote.
@@ -65,12 +65,7 @@ pub fn restore(from: &str, data_dir: &Path, to_seq: Option<u64>) -> Result<Resto
             m.first_seq
         ));
     }
-    let mut chunks: Vec<(u64, u64, String)> = target
-        .list("ledger")?
-        .into_iter()
-        .filter_map(|(key, _)| parse_chunk_key(&key).map(|(f, l)| (f, l, key)))
-        .collect();
-    chunks.sort();
+    let chunks = super::chunk_keys(&target, 0)?;
     let seg_dir = data_dir.join("ledger");
     std::fs::create_dir_all(&seg_dir).map_err(|e| format!("{}: {e}", seg_dir.display()))?;
     let mut next = m.first_seq;
@@ -91,17 +86,8 @@ pub fn restore(from: &str, data_dir: &Path, to_seq: Option<u64>) -> Result<Resto
         if last < next {
             continue; // a chunk shipped twice (the shipper stopped between put and manifest)
         }
-        let bytes = target
-            .get(&key)?
-            .ok_or_else(|| format!("{from}/{key} went away while it was read"))?;
-        let chunk = decode_chunk(&bytes).map_err(|e| format!("{from}/{key}: {e}"))?;
-        if (chunk.first, chunk.last) != (first, last) {
-            return Err(format!(
-                "{from}/{key}: the chunk says entries {} to {}",
-                chunk.first, chunk.last
-            ));
-        }
-        let (records, damage) = scan_seqs(chunk.records, first);
+        let chunk = super::read_chunk(&target, first, last, &key)?;
+        let (records, damage) = scan_seqs(&chunk, first);
         if let Some(d) = damage {
             return Err(format!("{from}/{key}: entry {}: {}", d.seq, d.what));
         }
@@ -116,9 +102,9 @@ pub fn restore(from: &str, data_dir: &Path, to_seq: Option<u64>) -> Result<Resto
             records
                 .iter()
                 .find(|r| r.1 == seq)
-                .map_or(chunk.records.len(), |r| r.0 as usize)
+                .map_or(chunk.len(), |r| r.0 as usize)
         };
-        let slice = &chunk.records[offset_of(next)..offset_of(upto + 1)];
+        let slice = &chunk[offset_of(next)..offset_of(upto + 1)];
         if segment.as_ref().is_none_or(|s| s.len >= SEGMENT_MAX) {
             close(segment.take())?;
             let path = seg_dir.join(format!("{next:020}.seg"));
