@@ -132,9 +132,9 @@ pub async fn run(engine: EngineHandle, cfg: WebhookConfig) {
             }
             let mut payload = crate::admin::json_of(&alert);
             payload["source"] = "spendb".into();
-            let cluster_key = shared
-                .as_ref()
-                .map(|(_, (scope, key, period))| format!("{scope}|{key}|{period}"));
+            let cluster_key = shared.as_ref().map(|(_, (scope, key, period))| {
+                crate::cluster::alerts::alert_name(scope, key, *period)
+            });
             let node = engine.cluster_link().map(|l| l.node().to_string());
             let post = {
                 let agent = agent.clone();

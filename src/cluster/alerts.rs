@@ -46,12 +46,15 @@ pub enum Claim {
     Held { by: String },
 }
 
-/// The store's key of one alert: its scope, rule key and period.
+/// One alert's name across the cluster: its scope, rule key and period
+/// (the webhook's `X-Spendb-Alert-Key`).
+pub fn alert_name(scope: &str, key: &str, period: u64) -> String {
+    format!("{scope}|{key}|{period}")
+}
+
+/// The store's key of one alert (`alert_name`, as one key segment).
 pub fn alert_key(scope: &str, key: &str, period: u64) -> String {
-    format!(
-        "{PREFIX}alert/{}",
-        segment(&format!("{scope}|{key}|{period}"))
-    )
+    format!("{PREFIX}alert/{}", segment(&alert_name(scope, key, period)))
 }
 
 fn put(key: &str, c: &ClaimV1) -> Op {
